@@ -1,0 +1,185 @@
+"""The wire contract between the validator host and the GPU pod.
+
+Both sides validate every message with these classes; the store persists and
+the API serves the same shapes. Strict by construction: unknown fields are
+rejected, sizes are bounded and NaN/inf cannot pass (LESSONS 26).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from eval.rules import ContestRules
+
+REPO_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$"
+REVISION_PATTERN = r"^[0-9a-f]{40}$"
+BLOCK_HASH_PATTERN = r"^0x[0-9a-f]{64}$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+SS58_PATTERN = r"^[1-9A-HJ-NP-Za-km-z]{40,60}$"  # base58 alphabet; also accepts sim hotkeys
+
+MAX_PROMPTS_PER_JOB = 1024
+MAX_PROMPT_CHARS = 100_000
+MAX_MODELS_PER_JOB = 65  # king + 64 challengers
+MAX_FINGERPRINT_LEN = 65_536
+
+RepoId = Annotated[str, StringConstraints(pattern=REPO_ID_PATTERN)]
+Revision = Annotated[str, StringConstraints(pattern=REVISION_PATTERN)]
+BlockHash = Annotated[str, StringConstraints(pattern=BLOCK_HASH_PATTERN)]
+Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
+Hotkey = Annotated[str, StringConstraints(pattern=SS58_PATTERN)]
+JobId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+Seconds = Annotated[float, Field(ge=0.0, le=10_000_000.0)]
+
+
+class Strict(BaseModel):
+    """Base for every wire type: frozen, no extra keys, no NaN/inf."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class SubmissionId(Strict):
+    """Who submitted, and when: the only identity of a submission (never the uid)."""
+
+    hotkey: Hotkey
+    commit_block: int = Field(ge=0)
+
+    @property
+    def key(self) -> str:
+        return f"{self.hotkey}:{self.commit_block}"
+
+
+class ModelRef(Strict):
+    """A submission's model pinned to an immutable revision."""
+
+    repo: RepoId
+    revision: Revision
+    submission: SubmissionId
+
+    @property
+    def key(self) -> str:
+        return self.submission.key
+
+    @property
+    def spec(self) -> str:
+        return f"{self.repo}@{self.revision}"
+
+    @model_validator(mode="after")
+    def _no_dot_segments(self) -> ModelRef:
+        if ".." in self.repo:
+            raise ValueError("repo id may not contain '..'")
+        return self
+
+
+class EvalJob(Strict):
+    """One king-of-the-hill evaluation: every model is scored on the same prompts."""
+
+    job_id: JobId
+    block: int = Field(ge=0)
+    block_hash: BlockHash
+    rules: ContestRules
+    teacher_revision: Revision | None = None
+    prompts: list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS)]] = Field(
+        min_length=1, max_length=MAX_PROMPTS_PER_JOB
+    )
+    king: ModelRef | None = None
+    challengers: list[ModelRef] = Field(default_factory=list, max_length=MAX_MODELS_PER_JOB - 1)
+
+    @property
+    def models(self) -> list[ModelRef]:
+        """King first (it is scored in full and early stopping compares against it)."""
+        return ([self.king] if self.king else []) + list(self.challengers)
+
+    @model_validator(mode="after")
+    def _each_submission_once(self) -> EvalJob:
+        keys = [m.key for m in self.models]
+        if not keys:
+            raise ValueError("a job needs at least one model")
+        if len(set(keys)) != len(keys):
+            raise ValueError("a submission may appear only once per job")
+        return self
+
+
+ModelStatus = Literal["ok", "model_error", "early_stopped"]
+
+
+class ModelTimings(Strict):
+    download_s: Seconds = 0.0
+    load_s: Seconds = 0.0
+    score_s: Seconds = 0.0
+    total_s: Seconds = 0.0
+
+
+class ModelResult(Strict):
+    """One model's outcome. prompt_kl[i] is the mean KL over prompt i's continuation tokens."""
+
+    ref: ModelRef
+    status: ModelStatus
+    error: str | None = Field(None, max_length=2000)
+    prompt_kl: list[Annotated[float, Field(ge=0.0)]] = Field(default_factory=list, max_length=MAX_PROMPTS_PER_JOB)
+    prompt_tokens: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=MAX_PROMPTS_PER_JOB)
+    content_hash: Sha256 | None = None
+    fingerprint: list[float] | None = Field(None, max_length=MAX_FINGERPRINT_LEN)
+    timings: ModelTimings = ModelTimings()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelResult:
+        if len(self.prompt_kl) != len(self.prompt_tokens):
+            raise ValueError("prompt_kl and prompt_tokens differ in length")
+        if self.status == "model_error" and not self.error:
+            raise ValueError("model_error needs an error message")
+        if self.status == "ok" and not self.prompt_kl:
+            raise ValueError("an ok result needs per-prompt KL")
+        return self
+
+    @property
+    def mean_kl(self) -> float | None:
+        return sum(self.prompt_kl) / len(self.prompt_kl) if self.prompt_kl else None
+
+
+class TeacherInfo(Strict):
+    repo: RepoId
+    revision: Revision | None = None
+    continuation_tokens: list[Annotated[int, Field(ge=0)]] = Field(max_length=MAX_PROMPTS_PER_JOB)
+    seconds: Seconds = 0.0
+
+
+class EvalResult(Strict):
+    """What the pod returns for a job; the host checks it against the job before use."""
+
+    job_id: JobId
+    block_hash: BlockHash
+    teacher: TeacherInfo
+    models: list[ModelResult] = Field(max_length=MAX_MODELS_PER_JOB)
+    device: str = Field("", max_length=200)
+    total_s: Seconds = 0.0
+
+    def by_key(self) -> dict[str, ModelResult]:
+        return {m.ref.key: m for m in self.models}
+
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
+
+
+class JobProgress(Strict):
+    """Live progress of a running job, readable while it runs."""
+
+    phase: Literal["queued", "teacher", "download", "student", "fingerprint", "done"] = "queued"
+    model: str | None = Field(None, max_length=300)
+    model_index: int = Field(0, ge=0)
+    model_count: int = Field(0, ge=0)
+    prompt: int = Field(0, ge=0)
+    prompt_count: int = Field(0, ge=0)
+    tokens_per_s: float = Field(0.0, ge=0.0)
+    eta_s: float | None = Field(None, ge=0.0)
+
+
+class JobStatus(Strict):
+    """The pod's answer to GET /jobs/{id}."""
+
+    job_id: JobId
+    state: JobState
+    progress: JobProgress = JobProgress()
+    error: str | None = Field(None, max_length=2000)
+    result: EvalResult | None = None

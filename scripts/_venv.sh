@@ -1,0 +1,21 @@
+# Shared by scripts/test.sh and scripts/demo.sh: create and fill .venv idempotently.
+# torch is pinned to 2.13.0 so pip takes the CPU wheel instead of several GB of CUDA.
+ensure_venv() {
+  local py="${PYTHON:-python3}"
+  if [ ! -x .venv/bin/python ]; then
+    echo "== creating .venv"
+    "$py" -m venv .venv
+  fi
+  local stamp=".venv/.klhill-installed"
+  local want
+  want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  echo "== installing klhill and its pinned dependencies (first run takes a few minutes)"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-input \
+    -c constraints.txt "torch==2.13.0"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-input \
+    -c constraints.txt -e ".[dev]"
+  echo "$want" > "$stamp"
+}
