@@ -1,0 +1,146 @@
+"""Tiny Qwen3.5 models and a tokenizer, built in-process with no network.
+
+The embedded demo and the tests need real transformers models of the contest
+architecture (Qwen3.5: linear-attention plus full-attention layers), small
+enough that a forward pass over a 64-token batch takes milliseconds on a CPU.
+The tokenizer is a byte-level BPE trained on text every Python install carries
+(pydoc topics), so nothing is downloaded and everything is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3_5ForCausalLM, Qwen3_5TextConfig
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+
+
+def corpus_texts() -> list[str]:
+    """English prose from ``pydoc_data.topics`` in a fixed (sorted-key) order."""
+    from pydoc_data.topics import topics
+
+    return [topics[key] for key in sorted(topics) if topics[key].strip()]
+
+
+def train_tokenizer(vocab_size: int = 512, texts: Sequence[str] | None = None) -> PreTrainedTokenizerFast:
+    """Train a deterministic byte-level BPE and wrap it for transformers.
+
+    Special tokens come first (eos = 0, pad = 1), so ids are stable across runs.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    corpus = list(texts) if texts is not None else corpus_texts()
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
+
+
+def tiny_config(
+    vocab_size: int,
+    *,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    intermediate_size: int = 128,
+    eos_token_id: int = 0,
+    pad_token_id: int = 1,
+) -> Qwen3_5TextConfig:
+    """A Qwen3.5 text config a few hundred kB large.
+
+    Layers alternate linear/full attention and the last one is always
+    ``full_attention``: with only linear-attention layers generation fails.
+    """
+    layer_types = ["linear_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+    layer_types[-1] = "full_attention"
+    head_dim = max(hidden_size // heads, 8)
+    return Qwen3_5TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(heads // 2, 1),
+        head_dim=head_dim,
+        linear_key_head_dim=head_dim,
+        linear_value_head_dim=head_dim,
+        linear_num_key_heads=max(heads // 2, 1),
+        linear_num_value_heads=heads,
+        layer_types=layer_types,
+        max_position_embeddings=4096,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+        architectures=["Qwen3_5ForCausalLM"],
+    )
+
+
+def tiny_model(config: Qwen3_5TextConfig, seed: int) -> PreTrainedModel:
+    """Randomly initialised model; the same seed gives the same weights."""
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = Qwen3_5ForCausalLM(config)
+    finally:
+        torch.random.set_rng_state(state)
+    return model.float().eval()
+
+
+def save_model_dir(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast | None,
+    path: str | Path,
+    *,
+    max_shard_size: str | int | None = None,
+) -> Path:
+    """Write safetensors + config.json (+ tokenizer files): no code, no pickle."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, object] = {"safe_serialization": True}
+    if max_shard_size is not None:
+        kwargs["max_shard_size"] = max_shard_size
+    model.save_pretrained(out, **kwargs)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out
+
+
+def quick_train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    texts: Sequence[str],
+    *,
+    steps: int = 30,
+    lr: float = 3e-3,
+    seq_len: int = 64,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """A few AdamW steps of next-token training so distributions are not uniform."""
+    ids = [i for text in texts for i in tokenizer(text)["input_ids"]]
+    if len(ids) < seq_len + 1:
+        raise ValueError("not enough text to train on")
+    gen = torch.Generator().manual_seed(seed)
+    data = torch.tensor(ids, dtype=torch.long)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - seq_len - 1, (batch_size,), generator=gen)
+        batch = torch.stack([data[s : s + seq_len] for s in starts.tolist()])
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
