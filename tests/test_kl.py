@@ -1,0 +1,153 @@
+"""Full-vocabulary KL: exact against float64, robust to adversarial logits, bounded memory path."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from eval.errors import InfraError, ModelError, VocabMismatchError
+from eval.kl import default_chunk_size, kl_from_hidden, kl_per_position
+
+
+def reference_kl(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """The textbook formula in float64, masked teacher entries contributing 0."""
+    lt = torch.log_softmax(teacher.double(), -1)
+    ls = torch.log_softmax(student.double(), -1)
+    p = lt.exp()
+    terms = torch.where(p > 0, p * (lt - ls), torch.zeros_like(p))
+    return terms.sum(-1)
+
+
+def _pair(shape: tuple[int, ...], scale: float = 3.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randn(shape, generator=gen) * scale
+    return t, t + torch.randn(shape, generator=gen)
+
+
+def test_two_token_analytic_case() -> None:
+    # p = (0.5, 0.5), q = softmax(0, log 3) = (0.25, 0.75): KL = 0.5 ln 2 + 0.5 ln(2/3).
+    t = torch.tensor([[0.0, 0.0]])
+    s = torch.tensor([[0.0, math.log(3.0)]])
+    expected = 0.5 * math.log(2.0) + 0.5 * math.log(2.0 / 3.0)
+    assert kl_per_position(t, s).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_uniform_teacher_against_uniform_student_is_zero() -> None:
+    assert kl_per_position(torch.zeros(3, 1000), torch.full((3, 1000), 7.0)).abs().max().item() < 1e-6
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 10.0, 100.0])
+def test_matches_float64_reference_on_random_logits(scale: float) -> None:
+    t, s = _pair((2, 5, 4096), scale=scale)
+    got = kl_per_position(t, s)
+    assert got.shape == (2, 5) and got.dtype == torch.float32
+    assert torch.allclose(got.double(), reference_kl(t, s), atol=1e-4, rtol=1e-5)
+
+
+def test_adversarial_peaked_flat_and_huge() -> None:
+    v = 50_000
+    rows = [
+        (torch.zeros(v), torch.zeros(v)),  # flat vs flat
+        (torch.zeros(v), torch.randn(v)),  # flat vs random
+        (torch.nn.functional.one_hot(torch.tensor(3), v).float() * 1e4, torch.zeros(v)),  # one-hot teacher
+        (torch.zeros(v), torch.nn.functional.one_hot(torch.tensor(3), v).float() * 80),  # peaked student
+        (torch.randn(v) * 1e4, torch.randn(v) * 1e4),  # huge magnitudes
+        (torch.randn(v) + 3e4, torch.randn(v) - 3e4),  # huge offsets, same shape of distribution
+    ]
+    t = torch.stack([r[0] for r in rows])
+    s = torch.stack([r[1] for r in rows])
+    got = kl_per_position(t, s, chunk_size=2)
+    ref = reference_kl(t, s)
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got.double(), ref, rtol=1e-5, atol=1e-4), (got, ref)
+
+
+def test_masked_teacher_entries_count_as_zero_probability() -> None:
+    t, s = _pair((4, 1000))
+    t[:, 500:] = float("-inf")
+    got = kl_per_position(t, s)
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got.double(), reference_kl(t, s), atol=1e-5)
+
+
+def test_self_kl_is_exactly_nonnegative_zero() -> None:
+    t, _ = _pair((8, 3000), scale=20.0)
+    got = kl_per_position(t, t.clone())
+    assert (got >= 0).all() and got.max().item() < 1e-6
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
+def test_chunked_equals_unchunked(chunk: int) -> None:
+    t, s = _pair((3, 7, 2000))
+    assert torch.allclose(kl_per_position(t, s, chunk_size=chunk), kl_per_position(t, s, chunk_size=21), atol=1e-6)
+
+
+def test_bf16_and_fp16_inputs() -> None:
+    t, s = _pair((6, 3000))
+    for dtype in (torch.bfloat16, torch.float16):
+        tl, sl = t.to(dtype), s.to(dtype)
+        got = kl_per_position(tl, sl)
+        assert got.dtype == torch.float32
+        assert torch.allclose(got.double(), reference_kl(tl, sl), atol=1e-4)
+
+
+def test_empty_input_gives_empty_output() -> None:
+    got = kl_per_position(torch.empty(0, 10), torch.empty(0, 10))
+    assert got.shape == (0,)
+    assert kl_from_hidden(torch.empty(0, 10), torch.empty(0, 4), torch.randn(10, 4)).shape == (0,)
+
+
+def test_vocab_mismatch_raises() -> None:
+    with pytest.raises(VocabMismatchError):
+        kl_per_position(torch.zeros(2, 10), torch.zeros(2, 11))
+    with pytest.raises(VocabMismatchError):
+        kl_from_hidden(torch.zeros(2, 10), torch.zeros(2, 4), torch.zeros(11, 4))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_student_is_the_models_fault(bad: float) -> None:
+    t, s = _pair((3, 100))
+    s[1, 5] = bad
+    with pytest.raises(ModelError):
+        kl_per_position(t, s)
+
+
+def test_non_finite_teacher_is_infra() -> None:
+    t, s = _pair((3, 100))
+    t[0, 0] = float("nan")
+    with pytest.raises(InfraError):
+        kl_per_position(t, s)
+    t2, _ = _pair((3, 100))
+    t2[2] = float("-inf")
+    with pytest.raises(InfraError):
+        kl_per_position(t2, s)
+
+
+def test_inputs_are_not_modified() -> None:
+    t, s = _pair((4, 500))
+    t0, s0 = t.clone(), s.clone()
+    kl_per_position(t, s, chunk_size=1)
+    assert torch.equal(t, t0) and torch.equal(s, s0)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 5, 1000])
+def test_hidden_path_equals_logits_path(chunk: int | None) -> None:
+    gen = torch.Generator().manual_seed(1)
+    steps, hidden, vocab = 37, 32, 3000
+    h = torch.randn(steps, hidden, generator=gen)
+    w = torch.randn(vocab, hidden, generator=gen) / hidden**0.5
+    b = torch.randn(vocab, generator=gen)
+    teacher = torch.log_softmax(torch.randn(steps, vocab, generator=gen) * 2, -1)
+    plain = kl_per_position(teacher, h @ w.T + b)
+    got = kl_from_hidden(teacher, h, w, b, chunk_size=chunk)
+    assert torch.allclose(got, plain, atol=1e-5)
+    assert torch.allclose(kl_from_hidden(teacher, h, w), kl_per_position(teacher, h @ w.T), atol=1e-5)
+
+
+def test_default_chunk_size_is_positive_and_bounded() -> None:
+    cpu = torch.device("cpu")
+    assert default_chunk_size(248_320, cpu) >= 1
+    assert default_chunk_size(248_320, cpu) * 248_320 * 4 <= 8 * 1024 * 1024
+    assert default_chunk_size(10, cpu) > 1000
