@@ -1,0 +1,213 @@
+"""eval.stats: table-driven decisions on constructed KL lists, plus a false-stop simulation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from eval.rules import ContestRules
+from eval.stats import Decision, decide, kl_summary, mean_ci, paired_p_value, should_stop_early
+
+RULES = ContestRules()  # epsilon 0.01, alpha 0.05, early stop after 8 prompts at 0.001
+
+
+def _king(n: int = 40, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0.2, 0.6, n)
+
+
+def _noise(n: int, sd: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0.0, sd, n)
+
+
+# --- mean_ci ---------------------------------------------------------------------------------
+
+
+def test_mean_ci_matches_scipy_t_interval() -> None:
+    xs = [0.31, 0.42, 0.28, 0.35, 0.5, 0.33]
+    mean, lo, hi = mean_ci(xs)
+    ref = st.t.interval(0.95, len(xs) - 1, loc=np.mean(xs), scale=st.sem(xs))
+    assert mean == pytest.approx(np.mean(xs)) and lo == pytest.approx(ref[0]) and hi == pytest.approx(ref[1])
+    assert mean_ci(xs, 0.99)[1] < lo  # wider at a higher level
+
+
+def test_mean_ci_small_samples_are_defined() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        mean_ci([])
+    assert mean_ci([0.7]) == (0.7, -math.inf, math.inf)
+    assert mean_ci([0.3, 0.3, 0.3]) == (pytest.approx(0.3), pytest.approx(0.3), pytest.approx(0.3))
+    with pytest.raises(ValueError):
+        mean_ci([0.1, float("nan")])
+    with pytest.raises(ValueError):
+        mean_ci([0.1, 0.2], level=1.0)
+
+
+def test_kl_summary_is_json_safe() -> None:
+    assert kl_summary([]) == {"mean": None, "ci_lo": None, "ci_hi": None, "n": 0}
+    assert kl_summary([0.5]) == {"mean": 0.5, "ci_lo": None, "ci_hi": None, "n": 1}
+    s = kl_summary([0.4, 0.5, 0.6])
+    assert s["n"] == 3 and s["ci_lo"] < 0.5 < s["ci_hi"]
+
+
+# --- paired_p_value ---------------------------------------------------------------------------
+
+
+def test_paired_p_matches_scipy_ttest_rel() -> None:
+    k = _king()
+    c = k * 0.97 + _noise(40, 0.02, 1)
+    ref = st.ttest_rel(k, c, alternative="greater").pvalue
+    assert paired_p_value(k, c) == pytest.approx(ref, rel=1e-9)
+    # direction: a worse challenger gets a large p
+    assert paired_p_value(k, k * 1.05 + _noise(40, 0.01, 2)) > 0.99
+
+
+@pytest.mark.parametrize(
+    ("king", "challenger", "expected"),
+    [
+        ([0.5] * 10, [0.4] * 10, 0.0),  # better by the same amount on every prompt: certain
+        ([0.5] * 10, [0.6] * 10, 1.0),  # worse on every prompt
+        ([0.5] * 10, [0.5] * 10, 1.0),  # identical: no evidence
+        ([0.5], [0.1], 1.0),  # one prompt is no evidence
+        ([], [], 1.0),
+    ],
+)
+def test_paired_p_degenerate_cases_are_not_nan(king: list[float], challenger: list[float], expected: float) -> None:
+    assert paired_p_value(king, challenger) == expected
+
+
+@pytest.mark.parametrize(
+    ("king", "challenger", "match"),
+    [
+        ([0.1, 0.2, 0.3], [0.1, 0.2], "same prompts"),
+        ([0.1, float("nan")], [0.1, 0.2], "NaN"),
+        ([0.1, 0.2], [0.1, float("inf")], "NaN or inf"),
+        ([0.1, 0.2], [0.1, -0.2], "negative"),
+    ],
+)
+def test_paired_p_rejects_bad_input(king: list[float], challenger: list[float], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        paired_p_value(king, challenger)
+
+
+# --- decide -----------------------------------------------------------------------------------
+
+K = _king()
+CASES = {
+    # name: (challenger list, expected dethrone)
+    "clear win": (K * 0.9 + _noise(40, 0.005, 3), True),
+    "identical (a copy)": (K.copy(), False),
+    "within epsilon, very consistent": (K * 0.995, False),
+    "noisy tie": (K + _noise(40, 0.1, 4), False),
+    "significant but smaller than epsilon": (K * 0.996 + _noise(40, 0.0002, 5), False),
+    "worse": (K * 1.2, False),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_decide_table(name: str) -> None:
+    challenger, expected = CASES[name]
+    d = decide(K, challenger, RULES)
+    assert isinstance(d, Decision) and d.dethrone is expected, d.reason
+    assert d.king_mean == pytest.approx(K.mean()) and d.threshold == pytest.approx(K.mean() * 0.99)
+    assert d.reason and 0.0 <= d.p_value <= 1.0
+
+
+def test_significant_but_within_epsilon_is_really_significant() -> None:
+    d = decide(K, CASES["significant but smaller than epsilon"][0], RULES)
+    assert d.p_value < 1e-6 and not d.dethrone and "margin" in d.reason
+
+
+def test_better_by_more_than_epsilon_but_not_significant() -> None:
+    # mean 5% lower, but one outlier prompt swings it: differences are all noise
+    king = [0.3, 0.5, 0.4, 0.6]
+    challenger = [0.6, 0.2, 0.7, 0.2]
+    d = decide(king, challenger, RULES)
+    assert d.challenger_mean < d.threshold and d.p_value >= RULES.alpha and not d.dethrone
+    assert "not significantly" in d.reason
+
+
+def test_zero_variance_win_dethrones() -> None:
+    d = decide([0.5] * 40, [0.4] * 40, RULES)
+    assert d.dethrone and d.p_value == 0.0
+
+
+def test_single_prompt_never_dethrones() -> None:
+    assert not decide([0.9], [0.1], RULES).dethrone
+
+
+def test_decide_uses_rules() -> None:
+    loose = RULES.model_copy(update={"epsilon": 0.0})
+    challenger = K * 0.995
+    assert not decide(K, challenger, RULES).dethrone
+    assert decide(K, challenger, loose).dethrone
+
+
+@pytest.mark.parametrize(
+    ("king", "challenger"),
+    [([0.1, 0.2, 0.3], [0.1, 0.2]), ([], []), ([0.1, float("nan")], [0.1, 0.1])],
+)
+def test_decide_refuses_unaligned_or_bad_lists(king: list[float], challenger: list[float]) -> None:
+    with pytest.raises(ValueError):
+        decide(king, challenger, RULES)
+
+
+# --- should_stop_early ------------------------------------------------------------------------
+
+
+def test_never_stops_without_a_king() -> None:
+    assert not should_stop_early(None, [5.0] * 40, RULES)
+    assert not should_stop_early([], [5.0] * 40, RULES)
+
+
+def test_waits_for_min_prompts() -> None:
+    k = list(K)
+    n = RULES.early_stop_min_prompts
+    assert not should_stop_early(k, [5.0] * (n - 1), RULES)
+    assert should_stop_early(k, [5.0] * n, RULES)
+
+
+def test_stops_a_clearly_worse_challenger_but_not_a_contender() -> None:
+    worse = K * 1.3 + _noise(40, 0.02, 6)
+    contender = K * 0.995 + _noise(40, 0.02, 7)  # inside the margin, but not significantly worse
+    assert should_stop_early(K, worse[:12], RULES)
+    assert not any(should_stop_early(K, contender[:i], RULES) for i in range(1, 41))
+
+
+def test_compares_against_this_king_only() -> None:
+    # A degenerate KL = 0 elsewhere (another model, another round) has no way in: the only reference is
+    # the king list passed here, so a challenger level with this round's king keeps going (LESSONS 15).
+    challenger = K * 0.98
+    assert not should_stop_early(K, challenger[:20], RULES)
+    # ...and a zero-KL king is a real reference: nobody can beat it, so stopping is right.
+    assert should_stop_early([0.0] * 40, challenger[:20], RULES)
+
+
+def test_king_list_must_cover_the_partial() -> None:
+    with pytest.raises(ValueError, match="covers"):
+        should_stop_early(K[:10], [0.3] * 12, RULES)
+    with pytest.raises(ValueError):
+        should_stop_early(K, [0.3] * 9 + [float("nan")], RULES)
+
+
+def test_false_stop_rate_is_bounded_by_simulation() -> None:
+    """A challenger that truly beats the king by 3x epsilon is almost never stopped.
+
+    2,000 seeded rounds of 40 prompts; the challenger is checked after every
+    prompt, as the scorer does. Per-prompt noise (sd 0.05 on KL ~0.4) makes
+    single prompts swing by far more than the margin.
+    """
+    rng = np.random.default_rng(1234)
+    eps = RULES.epsilon
+    trials, n = 2000, RULES.prompts_per_round
+    false_stops = 0
+    wins = 0
+    for _ in range(trials):
+        king = rng.uniform(0.2, 0.6, n)
+        challenger = np.clip(king * (1 - 3 * eps) + rng.normal(0.0, 0.05, n), 0.0, None)
+        if any(should_stop_early(king, challenger[:i], RULES) for i in range(RULES.early_stop_min_prompts, n + 1)):
+            false_stops += 1
+        wins += decide(king, challenger, RULES).dethrone
+    assert false_stops / trials < 0.01
+    assert wins > 0  # the setting is not trivially hopeless for the challenger
