@@ -1,0 +1,236 @@
+"""Round planning, submission intake, weights cadence and strikes: table-driven, pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from eval.rules import ContestRules
+from validator.contest import (
+    Candidate,
+    new_submissions,
+    plan_round,
+    strike_missing_repo,
+    weights_due,
+    weights_for,
+)
+
+REV = "b" * 40
+RULES = ContestRules(max_challengers_per_round=4, max_queued_per_coldkey=2, coronation_candidates=2)
+
+
+@dataclass(frozen=True)
+class C:  # chain commitment
+    hotkey: str
+    block: int
+    text: str
+
+
+@dataclass(frozen=True)
+class N:  # neuron
+    uid: int
+    hotkey: str
+    coldkey: str
+
+
+def good(repo: str = "org/m") -> str:
+    return '{"model":"' + repo + '","revision":"' + REV + '"}'
+
+
+def cand(hk: str, block: int, status: str = "admitted", coldkey: str | None = None, kl=None, registered=True):
+    return Candidate(hk, block, f"org/{hk}", REV, coldkey or f"cold-{hk}", status, kl, registered)
+
+
+# --- new_submissions -------------------------------------------------------
+
+
+def test_new_commitment_is_pending_with_chain_fields():
+    out = new_submissions([C("hkA", 10, good())], set(), [N(3, "hkA", "ckA")])
+    assert len(out) == 1
+    s = out[0]
+    assert (s.key, s.uid, s.coldkey, s.status, s.repo, s.revision) == (("hkA", 10), 3, "ckA", "pending", "org/m", REV)
+
+
+def test_spoofed_block_key_is_invalid_and_chain_block_is_kept():
+    """LESSONS 2: a "block" in the text neither overrides the chain block nor passes."""
+    text = '{"block":1,"model":"org/m","revision":"' + REV + '"}'
+    (s,) = new_submissions([C("hkA", 500, text)], set(), [N(0, "hkA", "ck")])
+    assert s.commit_block == 500 and s.status == "invalid" and "unknown keys" in (s.reason or "")
+
+
+def test_known_submission_is_not_recorded_again():
+    assert new_submissions([C("hkA", 10, good())], {("hkA", 10)}, [N(0, "hkA", "ck")]) == []
+
+
+def test_recommit_is_recorded_as_ignored():
+    (s,) = new_submissions([C("hkA", 20, good("org/new"))], {("hkA", 10)}, [N(0, "hkA", "ck")])
+    assert s.key == ("hkA", 20) and s.status == "ignored" and s.repo is None
+
+
+def test_recommit_seen_once_is_not_recorded_twice():
+    assert new_submissions([C("hkA", 20, good())], {("hkA", 10), ("hkA", 20)}, [N(0, "hkA", "ck")]) == []
+
+
+def test_recycled_uid_new_hotkey_is_a_fresh_submission():
+    """LESSONS 17: uid 7 belonged to hkOld; hkNew on uid 7 is new, keyed by its own hotkey."""
+    out = new_submissions([C("hkNew", 30, good())], {("hkOld", 10)}, [N(7, "hkNew", "ck2")])
+    assert [(s.key, s.status, s.uid) for s in out] == [(("hkNew", 30), "pending", 7)]
+
+
+def test_unregistered_hotkeys_are_skipped_and_output_is_fifo():
+    commits = [C("hkB", 12, good()), C("hkZ", 5, good()), C("hkA", 12, good()), C("gone", 1, good())]
+    neurons = [N(0, "hkA", "c"), N(1, "hkB", "c"), N(2, "hkZ", "c")]
+    assert [s.key for s in new_submissions(commits, set(), neurons)] == [("hkZ", 5), ("hkA", 12), ("hkB", 12)]
+
+
+def test_two_commitments_same_hotkey_in_one_sync_first_counts():
+    commits = [C("hkA", 20, good("org/late")), C("hkA", 10, good("org/early"))]
+    (s,) = new_submissions(commits, set(), [N(0, "hkA", "c")])
+    assert s.key == ("hkA", 10) and s.repo == "org/early"
+
+
+# --- plan_round ------------------------------------------------------------
+
+
+def test_no_challengers_means_no_job():
+    king = cand("K", 1, "evaluated", kl=0.5)
+    plan = plan_round(king, [king, cand("L", 2, "evaluated", kl=0.6)], RULES)
+    assert plan.kind == "none" and plan.challengers == () and plan.king == king
+
+
+def test_challenge_fifo_by_block_then_hotkey_and_cap():
+    king = cand("K", 1, "evaluated", kl=0.5)
+    pool = [cand("e", 9), cand("d", 3), cand("c", 3), cand("b", 7), cand("a", 8), cand("x", 2, "pending")]
+    plan = plan_round(king, [king, *pool], RULES, max_challengers=3)
+    assert plan.kind == "challenge"
+    assert [c.key for c in plan.challengers] == [("c", 3), ("d", 3), ("b", 7)]
+    assert plan.models[0] == king
+
+
+def test_evaluated_submissions_never_challenge_again():
+    """LESSONS 18 / 6: one evaluation per submission, ever."""
+    king = cand("K", 1, "evaluated", kl=0.5)
+    done = [cand(h, i + 2, s) for i, (h, s) in enumerate([("a", "evaluated"), ("b", "disqualified"), ("c", "invalid")])]
+    assert plan_round(king, [king, *done], RULES).kind == "none"
+
+
+def test_per_coldkey_cap_blocks_sybil_flood():
+    """LESSONS 6: 10 hotkeys of one coldkey get at most max_queued_per_coldkey slots."""
+    king = cand("K", 1, "evaluated", kl=0.5)
+    swarm = [cand(f"s{i}", 2 + i, coldkey="whale") for i in range(10)]
+    honest = cand("h", 50, coldkey="honest")
+    plan = plan_round(king, [king, *swarm, honest], RULES)
+    assert [c.key for c in plan.challengers] == [("s0", 2), ("s1", 3), ("h", 50)]
+
+
+def test_unregistered_admitted_submission_is_not_queued():
+    king = cand("K", 1, "evaluated", kl=0.5)
+    assert plan_round(king, [king, cand("a", 2, registered=False)], RULES).kind == "none"
+
+
+def test_first_round_takes_all_candidates_together():
+    pool = [cand("a", 5), cand("b", 3)]
+    plan = plan_round(None, pool, RULES)
+    assert plan.kind == "first" and plan.king is None
+    assert [c.key for c in plan.challengers] == [("b", 3), ("a", 5)]
+
+
+def test_no_king_no_candidates_is_none():
+    assert plan_round(None, [cand("x", 1, "pending")], RULES).kind == "none"
+
+
+@pytest.mark.parametrize("status, registered", [("removed", True), ("disqualified", True), ("evaluated", False)])
+def test_vanished_king_triggers_coronation_of_survivors_plus_new(status, registered):
+    """LESSONS 20 / 14: a vanished king is replaced by a fresh same-prompt decision."""
+    king = cand("K", 1, status, kl=0.01, registered=registered)
+    survivors = [cand("s1", 2, "evaluated", kl=0.9), cand("s2", 3, "evaluated", kl=0.3)]
+    survivors.append(cand("s3", 4, "evaluated", kl=0.4))
+    dq = cand("dq", 5, "disqualified", kl=0.0)
+    new = cand("n", 9)
+    plan = plan_round(king, [king, *survivors, dq, new], RULES)
+    assert plan.kind == "coronation" and plan.king is None and plan.vanished_king == ("K", 1)
+    assert [c.key for c in plan.challengers] == [("s2", 3), ("s3", 4), ("n", 9)]
+    assert plan.reevaluated == (("s2", 3), ("s3", 4))
+
+
+def test_live_king_with_stale_better_scores_is_still_king():
+    """LESSONS 14: an old, lower KL from another prompt set never replaces the stored king."""
+    king = cand("K", 1, "evaluated", kl=0.5)
+    stale = cand("old", 2, "evaluated", kl=0.0)
+    plan = plan_round(king, [king, stale, cand("n", 3)], RULES)
+    assert plan.kind == "challenge" and plan.king == king
+    assert [c.key for c in plan.challengers] == [("n", 3)]
+
+
+def test_no_king_but_survivors_is_coronation_even_without_new():
+    plan = plan_round(None, [cand("s", 2, "evaluated", kl=0.4)], RULES)
+    assert plan.kind == "coronation" and [c.key for c in plan.challengers] == [("s", 2)]
+
+
+def test_coronation_with_nobody_left_is_none():
+    plan = plan_round(cand("K", 1, "removed", kl=0.1), [], RULES)
+    assert plan.kind == "none" and plan.vanished_king == ("K", 1)
+
+
+def test_max_challengers_must_be_positive():
+    with pytest.raises(ValueError):
+        plan_round(None, [], RULES, max_challengers=0)
+
+
+# --- weights ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "last, head, changed, due",
+    [
+        (None, 100, False, True),  # never set
+        (100, 150, True, False),  # king changed but inside the rate limit (LESSONS 23)
+        (100, 200, True, True),  # changed, rate limit passed
+        (100, 200, False, False),  # unchanged, interval not reached
+        (100, 460, False, True),  # unchanged, interval reached
+        (100, 100, False, False),  # same block: a tight loop sets nothing
+    ],
+)
+def test_weights_due(last, head, changed, due):
+    assert weights_due(last, head, changed, interval=360, rate_limit=100) is due
+
+
+def test_weights_for_king_one_others_zero():
+    neurons = [N(2, "b", "c"), N(0, "K", "c"), N(1, "a", "c")]
+    assert weights_for(("K", 5), neurons) == ([0, 1, 2], [1.0, 0.0, 0.0])
+
+
+def test_weights_for_no_king_or_deregistered_king_sets_nothing():
+    assert weights_for(None, [N(0, "a", "c")]) is None
+    assert weights_for(("K", 5), [N(0, "new-owner-of-uid", "c")]) is None
+
+
+# --- strikes ---------------------------------------------------------------
+
+
+def test_missing_repo_strikes_then_removed():
+    """LESSONS 19: a ghost repo loses its slot after bounded strikes."""
+    s = 0
+    results = []
+    for _ in range(3):
+        r = strike_missing_repo(s, 3, "missing")
+        s = r.strikes
+        results.append(r.removed)
+    assert results == [False, False, True]
+
+
+def test_transient_errors_never_count():
+    """LESSONS 21: 100 outages in a row remove nobody."""
+    s = 2
+    for _ in range(100):
+        r = strike_missing_repo(s, 3, "transient")
+        assert not r.removed
+        s = r.strikes
+    assert s == 2
+
+
+def test_ok_resets_strikes_and_bad_max_refused():
+    assert strike_missing_repo(2, 3, "ok").strikes == 0
+    with pytest.raises(ValueError):
+        strike_missing_repo(0, 0, "missing")

@@ -1,0 +1,263 @@
+"""King-of-the-hill contest decisions, as pure functions of plain data.
+
+No I/O, no clock, no randomness: the loop reads the chain and the store, hands
+plain values in, and records what comes out. Every submission is identified by
+``(hotkey, commit_block)``, never by uid (LESSONS 1, 17). The round result is
+interpreted in ``validator.verdicts``; this module decides who enters which
+round and when weights are due.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from eval.rules import ContestRules
+from validator.commitments import Invalid, parse_commitment
+
+Key = tuple[str, int]
+"""A submission's identity: (hotkey, commit_block)."""
+
+RoundKind = Literal["none", "challenge", "first", "coronation"]
+SubmissionStatus = Literal[
+    "pending",  # seen, waiting for admission
+    "admitted",  # passed admission, never evaluated: a challenger
+    "evaluated",  # final: evaluated in a round (lost, won, early-stopped, model error)
+    "invalid",  # final: malformed commitment or failed admission
+    "removed",  # final: repo gone (strikes exhausted) or deregistered owner
+    "disqualified",  # final: COPY, FUNCTIONAL_COPY, KL_TOO_HIGH
+    "ignored",  # a re-commit by a hotkey whose first commitment already counts
+]
+VANISHED_STATUSES: frozenset[str] = frozenset({"invalid", "removed", "disqualified"})
+
+
+class CommitmentLike(Protocol):
+    """What ``validator.chain.Commitment`` provides (chain fields come only from here)."""
+
+    hotkey: str
+    block: int
+    text: str
+
+
+class NeuronLike(Protocol):
+    uid: int
+    hotkey: str
+    coldkey: str
+
+
+def order_key(key: Key) -> tuple[int, str]:
+    """Seniority: earlier commit block first, ties broken by hotkey (deterministic)."""
+    return (key[1], key[0])
+
+
+@dataclass(frozen=True)
+class NewSubmission:
+    """A commitment seen for the first time; ``status`` is pending, invalid or ignored."""
+
+    hotkey: str
+    commit_block: int
+    uid: int
+    coldkey: str
+    raw_text: str
+    status: Literal["pending", "invalid", "ignored"]
+    repo: str | None = None
+    revision: str | None = None
+    reason: str | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.hotkey, self.commit_block)
+
+
+def new_submissions(
+    commitments: Iterable[CommitmentLike],
+    known_keys: Iterable[Key],
+    neurons: Iterable[NeuronLike],
+) -> list[NewSubmission]:
+    """Submissions to record from this sync, in seniority order.
+
+    ``known_keys`` are all recorded keys (ignored re-commits included). The first
+    commitment per hotkey counts; a later one (another block) is recorded as
+    ``ignored``. Hotkeys not registered now are skipped (they have no uid to
+    reward); identity never involves the uid, so a new hotkey on a recycled uid
+    inherits nothing (LESSONS 17).
+    """
+    known = set(known_keys)
+    known_hotkeys = {hotkey for hotkey, _ in known}
+    by_hotkey = {n.hotkey: n for n in neurons}
+    latest: dict[str, CommitmentLike] = {}
+    for c in commitments:
+        prev = latest.get(c.hotkey)
+        if prev is None or c.block < prev.block:
+            latest[c.hotkey] = c
+    out: list[NewSubmission] = []
+    for c in sorted(latest.values(), key=lambda c: (c.block, c.hotkey)):
+        neuron = by_hotkey.get(c.hotkey)
+        if neuron is None or (c.hotkey, c.block) in known:
+            continue
+        base = dict(hotkey=c.hotkey, commit_block=c.block, uid=neuron.uid, coldkey=neuron.coldkey, raw_text=c.text)
+        if c.hotkey in known_hotkeys:
+            out.append(NewSubmission(**base, status="ignored", reason="re-commit: the first commitment counts"))
+            continue
+        parsed = parse_commitment(c.text)
+        if isinstance(parsed, Invalid):
+            out.append(NewSubmission(**base, status="invalid", reason=parsed.reason))
+        else:
+            out.append(NewSubmission(**base, status="pending", repo=parsed.repo, revision=parsed.revision))
+    return out
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A recorded submission as the planner sees it."""
+
+    hotkey: str
+    commit_block: int
+    repo: str
+    revision: str
+    coldkey: str
+    status: str
+    last_kl: float | None = None
+    registered: bool = True
+
+    @property
+    def key(self) -> Key:
+        return (self.hotkey, self.commit_block)
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Who is scored in one round. ``king`` is None for first and coronation rounds."""
+
+    kind: RoundKind
+    king: Candidate | None
+    challengers: tuple[Candidate, ...]
+    reevaluated: tuple[Key, ...] = ()
+    vanished_king: Key | None = None
+
+    @property
+    def models(self) -> tuple[Candidate, ...]:
+        """King first, then challengers; each submission at most once (LESSONS 1)."""
+        return ((self.king,) if self.king else ()) + self.challengers
+
+
+def king_vanished(king: Candidate) -> bool:
+    """A king that is REMOVED, invalid, disqualified or deregistered can hold nothing (LESSONS 20)."""
+    return king.status in VANISHED_STATUSES or not king.registered
+
+
+def _fresh_challengers(candidates: Sequence[Candidate], rules: ContestRules, cap: int) -> list[Candidate]:
+    """Admitted, never evaluated, FIFO by commit block, per-round and per-coldkey caps (LESSONS 6)."""
+    fresh = sorted(
+        (c for c in candidates if c.status == "admitted" and c.registered), key=lambda c: order_key(c.key)
+    )
+    per_coldkey: dict[str, int] = {}
+    picked: list[Candidate] = []
+    for c in fresh:
+        if len(picked) >= cap:
+            break
+        if per_coldkey.get(c.coldkey, 0) >= rules.max_queued_per_coldkey:
+            continue
+        per_coldkey[c.coldkey] = per_coldkey.get(c.coldkey, 0) + 1
+        picked.append(c)
+    return picked
+
+
+def _survivors(candidates: Sequence[Candidate], exclude: Key | None, n: int) -> list[Candidate]:
+    """Best previously evaluated, still eligible submissions by their last KL."""
+    alive = [
+        c
+        for c in candidates
+        if c.status == "evaluated" and c.registered and c.last_kl is not None and c.key != exclude
+    ]
+    alive.sort(key=lambda c: (c.last_kl, *order_key(c.key)))
+    return alive[:n]
+
+
+def plan_round(
+    king: Candidate | None,
+    candidates: Sequence[Candidate],
+    rules: ContestRules,
+    max_challengers: int | None = None,
+) -> RoundPlan:
+    """Plan the next round. ``king`` is the stored king, never re-derived from old scores.
+
+    - king alive + fresh challengers -> "challenge"; no fresh challengers -> "none" (no job).
+    - no king and nothing evaluated survives -> "first": fresh candidates together.
+    - king vanished, or no king while evaluated survivors exist -> "coronation": the best
+      ``rules.coronation_candidates`` survivors are re-scored on fresh prompts with any fresh
+      challengers; stale scores from other prompt sets never crown anyone (LESSONS 14, 20).
+    """
+    cap = rules.max_challengers_per_round if max_challengers is None else max_challengers
+    if cap < 1:
+        raise ValueError("max_challengers must be >= 1")
+    fresh = _fresh_challengers(candidates, rules, cap)
+    if king is not None and not king_vanished(king):
+        if not fresh:
+            return RoundPlan("none", king, ())
+        return RoundPlan("challenge", king, tuple(c for c in fresh if c.key != king.key))
+    vanished = king.key if king is not None else None
+    survivors = _survivors(candidates, vanished, rules.coronation_candidates)
+    if king is None and not survivors:
+        return RoundPlan("first", None, tuple(fresh)) if fresh else RoundPlan("none", None, ())
+    models = survivors + [c for c in fresh if c.key not in {s.key for s in survivors}]
+    if not models:
+        return RoundPlan("none", None, (), vanished_king=vanished)
+    return RoundPlan("coronation", None, tuple(models), tuple(s.key for s in survivors), vanished)
+
+
+def weights_due(
+    last_set_block: int | None,
+    head_block: int,
+    king_changed: bool,
+    interval: int,
+    rate_limit: int,
+) -> bool:
+    """Set weights only when changed or due, never inside the chain's rate limit (LESSONS 23)."""
+    if last_set_block is None:
+        return True
+    since = head_block - last_set_block
+    if since < rate_limit:
+        return False
+    return king_changed or since >= interval
+
+
+def weights_for(king: Key | None, neurons: Iterable[NeuronLike]) -> tuple[list[int], list[float]] | None:
+    """King 1.0, every other uid 0.0. None (set nothing) when there is no registered king.
+
+    With no king there is nobody to reward; leaving the last weights in place
+    until a king is crowned beats pointing emission at an arbitrary uid.
+    """
+    if king is None:
+        return None
+    uids = sorted({n.uid for n in neurons})
+    king_uids = [n.uid for n in neurons if n.hotkey == king[0]]
+    if not king_uids:
+        return None
+    return uids, [1.0 if uid == king_uids[0] else 0.0 for uid in uids]
+
+
+@dataclass(frozen=True)
+class StrikeResult:
+    strikes: int
+    removed: bool
+
+
+def strike_missing_repo(
+    strikes: int, max_strikes: int, outcome: Literal["missing", "transient", "ok"]
+) -> StrikeResult:
+    """Bounded strikes for a repo that is gone (LESSONS 19); transient errors never count (LESSONS 21).
+
+    ``missing`` is a definite answer (404, private, revision gone); after
+    ``max_strikes`` of them in a row the submission is REMOVED. ``ok`` resets.
+    """
+    if max_strikes < 1:
+        raise ValueError("max_strikes must be >= 1")
+    if outcome == "transient":
+        return StrikeResult(strikes, False)
+    if outcome == "ok":
+        return StrikeResult(0, False)
+    strikes += 1
+    return StrikeResult(strikes, strikes >= max_strikes)
+
