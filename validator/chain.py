@@ -1,0 +1,183 @@
+"""The narrow port between the contest and a chain: types, errors and the ``Chain`` protocol.
+
+Two implementations sit behind it: ``validator.simchain.SimChain`` (an embedded chain in a
+SQLite file, the default for the demo and the tests) and ``validator.subtensor_chain.SubtensorChain``
+(bittensor v11). Everything the contest learns from a chain arrives as these frozen types, so
+chain fields (hotkey, commit block) can never be overridden by miner text (LESSONS 2).
+
+Error split: a ``ChainError`` is a definite answer ("not registered", "already committed") and
+is worth reporting as-is; ``eval.errors.TransientError`` means the chain could not be asked
+(dropped websocket, timeout) and the caller should try again later (LESSONS 21).
+
+Type-check the adapters against the SDK's own hints with:
+``.venv/bin/mypy validator/chain.py validator/simchain.py validator/subtensor_chain.py validator/wallets.py``
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Protocol, runtime_checkable
+
+from eval.errors import KlhillError
+
+#: One ``Raw`` commitment field holds at most 128 bytes on subtensor; SimChain enforces the same.
+COMMITMENT_MAX_BYTES = 128
+
+_HASH_RE = re.compile(r"^0x[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class BlockRef:
+    """A block as the contest sees it: number plus its hash ("0x" + 64 lowercase hex)."""
+
+    number: int
+    hash: str
+
+    def __post_init__(self) -> None:
+        if self.number < 0:
+            raise ValueError(f"block number must be >= 0, got {self.number}")
+        if not _HASH_RE.match(self.hash):
+            raise ValueError(f"block hash must be 0x + 64 lowercase hex, got {self.hash!r}")
+
+
+@dataclass(frozen=True)
+class Neuron:
+    """One registered uid on the subnet. ``uid`` is a slot and gets recycled: key nothing by it."""
+
+    uid: int
+    hotkey: str
+    coldkey: str
+    stake: float
+    validator_permit: bool
+    incentive: float
+    emission: float
+    last_update: int
+
+
+@dataclass(frozen=True)
+class Commitment:
+    """A hotkey's commitment exactly as the chain stores it: raw text and the block it landed in."""
+
+    hotkey: str
+    block: int
+    text: str
+
+
+@dataclass(frozen=True)
+class WeightsReceipt:
+    """Outcome of a weight submission. ``success`` is True only once the chain shows the update.
+
+    ``reason`` is a short machine-readable cause for failures (``rate_limited``,
+    ``not_registered``, ``no_permit``, ``rejected``, ``not_confirmed``); empty on success.
+    """
+
+    success: bool
+    message: str
+    block: int | None
+    reason: str = ""
+
+
+class ChainError(KlhillError):
+    """The chain gave a definite answer that the call cannot succeed as asked."""
+
+
+class NotRegistered(ChainError):
+    """The hotkey has no uid on this subnet."""
+
+
+class AlreadyCommitted(ChainError):
+    """The hotkey already has a commitment on this subnet; the first one counts."""
+
+
+class CommitmentTooLong(ChainError):
+    """The commitment text is longer than ``COMMITMENT_MAX_BYTES`` bytes of UTF-8."""
+
+
+class RateLimited(ChainError):
+    """The chain refuses this action until more blocks have passed."""
+
+
+def check_commitment_text(text: str) -> bytes:
+    """Validate commitment text before anything is signed; return its UTF-8 bytes."""
+    data = text.encode("utf-8")
+    if not data:
+        raise ChainError("Commitment text is empty; commit compact JSON such as {\"model\":...,\"revision\":...}.")
+    if len(data) > COMMITMENT_MAX_BYTES:
+        raise CommitmentTooLong(
+            f"Commitment is {len(data)} bytes of UTF-8; the chain holds at most {COMMITMENT_MAX_BYTES}."
+        )
+    return data
+
+
+def version_key(version: str | None = None) -> int:
+    """The weights ``version_key`` for a package version: major*10000 + minor*100 + patch.
+
+    ``0.1.0`` -> 100, ``1.2.3`` -> 10203. Defaults to the installed ``klhill`` version, so
+    every validator of one release signs the same key and the subnet owner can require it.
+    """
+    if version is None:
+        try:
+            version = metadata.version("klhill")
+        except metadata.PackageNotFoundError:
+            version = "0.0.0"
+    match = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?", version)
+    if match is None:
+        raise ValueError(f"cannot derive a version key from version {version!r}")
+    major, minor, patch = (int(part or 0) for part in match.groups())
+    if minor > 99 or patch > 99:
+        raise ValueError(f"version {version!r} has a minor/patch above 99; the key would be ambiguous")
+    return major * 10000 + minor * 100 + patch
+
+
+@runtime_checkable
+class Chain(Protocol):
+    """What the validator and the miner CLI need from a chain, and nothing more.
+
+    Writes are signed by the one hotkey the implementation was built with. Reads return
+    what the chain says: ``commitments`` reports the chain's current commitment per hotkey
+    with its block; deciding that the first commitment counts is the contest's job.
+    """
+
+    netuid: int
+
+    def head(self) -> BlockRef:
+        """The current best block."""
+        ...
+
+    def block_hash(self, number: int) -> str:
+        """Hash of an existing block; ``ChainError`` for a block that does not exist yet."""
+        ...
+
+    def neurons(self) -> list[Neuron]:
+        """Every registered neuron on the subnet, ordered by uid."""
+        ...
+
+    def commitments(self) -> dict[str, Commitment]:
+        """Readable commitments on the subnet, keyed by hotkey (sealed ones are left out)."""
+        ...
+
+    def set_weights(self, uids: list[int], weights: list[float]) -> WeightsReceipt:
+        """Submit weights; refusals (rate limit, registration) come back as a failed receipt."""
+        ...
+
+    def commit(self, text: str) -> int:
+        """Publish a commitment and return a best-effort block number for it.
+
+        The authoritative block is what ``commitments()`` reports afterwards: poll it.
+        Raises ``NotRegistered``, ``AlreadyCommitted``, ``CommitmentTooLong`` or ``RateLimited``.
+        """
+        ...
+
+    def weights_rate_limit(self) -> int:
+        """Blocks a hotkey must wait between weight submissions on this subnet."""
+        ...
+
+    def last_weights_block(self, hotkey: str) -> int | None:
+        """Block of the hotkey's last weight submission; None if never set or not registered."""
+        ...
+
+    def is_registered(self, hotkey: str) -> bool:
+        """Whether the hotkey currently holds a uid on this subnet."""
+        ...
