@@ -1,0 +1,205 @@
+"""Interpreting a round's result: final states, copies, dethroning on this round's prompts only."""
+
+from __future__ import annotations
+
+import pytest
+
+from eval.rules import ContestRules
+from eval.schemas import EvalResult, ModelRef, ModelResult, SubmissionId, TeacherInfo
+from validator.contest import Candidate, RoundPlan
+from validator.verdicts import ResultMismatch, interpret_result, mean_abs_distance
+
+REV = "c" * 40
+BH = "0x" + "1" * 64
+RULES = ContestRules(prompts_per_round=10, early_stop_min_prompts=2, max_kl=2.0, fingerprint_threshold=0.02)
+N = 10
+
+
+def hk(name: str) -> str:
+    return (name.replace("l", "L") + "5" * 48)[:48]  # base58 has no lowercase 'l'
+
+
+def cand(name: str, block: int, status: str = "admitted") -> Candidate:
+    return Candidate(hk(name), block, f"org/{name}", REV, f"ck-{name}", status, None)
+
+
+def res(c: Candidate, kl=None, status="ok", content_hash=None, fingerprint=None, n=N, error=None) -> ModelResult:
+    kls = [] if status == "model_error" else [kl] * n if isinstance(kl, float) else list(kl or [])
+    sub = SubmissionId(hotkey=c.hotkey, commit_block=c.commit_block)
+    ref = ModelRef(repo=c.repo, revision=c.revision, submission=sub)
+    return ModelResult(ref=ref, status=status, prompt_kl=kls, prompt_tokens=[5] * len(kls), error=error,
+                       content_hash=content_hash, fingerprint=fingerprint)  # fmt: skip
+
+
+def result(*models: ModelResult) -> EvalResult:
+    teacher = TeacherInfo(repo="org/teacher", continuation_tokens=[5] * N)
+    return EvalResult(job_id="j1", block_hash=BH, teacher=teacher, models=list(models))
+
+
+def noisy(base: float, amp: float = 0.01) -> list[float]:
+    return [base + amp * ((i * 7) % 5 - 2) for i in range(N)]
+
+
+K = cand("king", 1, "evaluated")
+A = cand("alice", 5)
+B = cand("bob", 6)
+
+
+def challenge(*cs: Candidate) -> RoundPlan:
+    return RoundPlan("challenge", K, tuple(cs))
+
+
+def states(out) -> dict[str, str]:
+    return {v.hotkey[:4].lower(): v.state for v in out.verdicts}
+
+
+def test_clear_winner_dethrones_king_with_p_value():
+    out = interpret_result(challenge(A), result(res(K, noisy(1.0)), res(A, noisy(0.5))), RULES)
+    assert out.new_king == A.key and out.king_changed and out.king_before == K.key
+    assert states(out) == {"king": "dethroned", "alic": "won"}
+    assert out.p_value is not None and out.p_value < RULES.alpha
+
+
+def test_close_challenger_loses_and_king_defends():
+    """LESSONS 4: a gain inside epsilon (noise-level) never dethrones."""
+    out = interpret_result(challenge(A), result(res(K, noisy(1.0)), res(A, noisy(0.999))), RULES)
+    assert out.new_king == K.key and not out.king_changed
+    assert states(out) == {"king": "king", "alic": "lost"}
+
+
+def test_best_of_several_winners_takes_crown_others_lost():
+    out = interpret_result(challenge(A, B), result(res(K, noisy(1.0)), res(A, noisy(0.6)), res(B, noisy(0.4))), RULES)
+    assert out.new_king == B.key
+    assert states(out) == {"king": "dethroned", "alic": "lost", "bob5": "won"}
+
+
+def test_kl_too_high_is_disqualified():
+    out = interpret_result(challenge(A), result(res(K, noisy(1.0)), res(A, 2.5)), RULES)
+    assert states(out)["alic"] == "kl_too_high"
+    (dq,) = out.dqs
+    assert (dq.reason, dq.check, dq.hotkey) == ("KL_TOO_HIGH", "max_kl", A.hotkey)
+
+
+def test_content_copy_of_king_is_copy_and_never_takes_kings_result():
+    """LESSONS 1: a later copy of the king's weights is COPY; the king keeps its own entry."""
+    out = interpret_result(
+        challenge(A), result(res(K, noisy(1.0), content_hash="e" * 64), res(A, noisy(0.1), content_hash="e" * 64)),
+        RULES, known_content_hashes=[(K.key, "e" * 64)],
+    )  # fmt: skip
+    assert out.new_king == K.key and states(out) == {"king": "king", "alic": "copy"}
+    assert out.dqs[0].evidence["copy_of"] == {"hotkey": K.hotkey, "commit_block": 1}
+
+
+def test_king_is_not_exempt_from_copy_check():
+    early = ((hk("orig"), 0), "f" * 64)
+    out = interpret_result(
+        challenge(A), result(res(K, noisy(1.0), content_hash="f" * 64), res(A, noisy(1.2))), RULES,
+        known_content_hashes=[early],
+    )  # fmt: skip
+    assert states(out)["king"] == "copy"
+    assert out.new_king == A.key  # the only eligible model on this round's prompts
+
+
+def test_same_round_copy_later_commit_is_copy_earlier_owns():
+    plan = RoundPlan("first", None, (B, A))
+    out = interpret_result(plan, result(res(B, 0.5, content_hash="d" * 64), res(A, 0.5, content_hash="d" * 64)), RULES)
+    assert states(out) == {"bob5": "copy", "alic": "won"}
+
+
+def test_functional_copy_against_past_rounds_fingerprints():
+    """LESSONS 4: a perturbed copy (close fingerprint) of an earlier submission is FUNCTIONAL_COPY."""
+    past = [((hk("old"), 2), [0.1, 0.2, 0.3, 0.4])]
+    fp = [0.105, 0.2, 0.3, 0.4]
+    out = interpret_result(challenge(A), result(res(K, noisy(1.0)), res(A, noisy(0.2), fingerprint=fp)), RULES,
+                           known_fingerprints=past)  # fmt: skip
+    assert states(out)["alic"] == "functional_copy" and out.new_king == K.key
+    assert out.dqs[0].evidence["copy_of"]["hotkey"] == hk("old")
+
+
+def test_later_fingerprint_does_not_disqualify_earlier_commit():
+    later = [((hk("late"), 99), [0.1, 0.2])]
+    out = interpret_result(challenge(A), result(res(K, noisy(1.0)), res(A, noisy(0.5), fingerprint=[0.1, 0.2])), RULES,
+                           known_fingerprints=later)  # fmt: skip
+    assert states(out)["alic"] == "won"
+
+
+def test_model_error_and_early_stop_are_final_not_king():
+    """LESSONS 18: failures reach a final state instead of being retried forever."""
+    plan = challenge(A, B)
+    out = interpret_result(plan, result(res(K, noisy(1.0)), res(A, status="model_error", error="bad weights"),
+                                        res(B, [1.5, 1.6], status="early_stopped")), RULES)  # fmt: skip
+    assert states(out) == {"king": "king", "alic": "model_error", "bob5": "early_stopped"}
+    assert out.new_king == K.key and out.dqs == ()
+
+
+def test_king_model_error_crowns_best_challenger_of_this_round():
+    out = interpret_result(challenge(A, B), result(res(K, status="model_error", error="gone"), res(A, noisy(0.7)),
+                                                   res(B, noisy(0.9))), RULES)  # fmt: skip
+    assert out.new_king == A.key and states(out)["king"] == "dethroned"
+
+
+def test_decision_uses_this_rounds_king_scores_only():
+    """LESSONS 14/15: decide() receives exactly this round's king KL, same prompts."""
+    seen = []
+
+    class D:
+        dethrone, p_value, reason = False, 0.5, "no"
+
+    def spy(king_kl, ch_kl, rules):
+        seen.append((list(king_kl), list(ch_kl)))
+        return D()
+
+    interpret_result(challenge(A), result(res(K, noisy(1.0)), res(A, noisy(0.9))), RULES, decide=spy)
+    assert seen == [(noisy(1.0), noisy(0.9))]
+
+
+def test_first_round_crowns_lowest_eligible():
+    plan = RoundPlan("first", None, (A, B, cand("carl", 7)))
+    out = interpret_result(plan, result(res(A, 0.8), res(B, 3.0), res(cand("carl", 7), 0.6)), RULES)
+    assert out.new_king == cand("carl", 7).key and out.king_before is None
+    assert states(out) == {"alic": "lost", "bob5": "kl_too_high", "carl": "won"}
+
+
+def test_first_round_nobody_eligible_no_king():
+    out = interpret_result(RoundPlan("first", None, (A,)), result(res(A, 2.5)), RULES)
+    assert out.new_king is None and out.reason.startswith("no eligible")
+
+
+def test_coronation_crowns_on_fresh_scores_not_stale():
+    """LESSONS 14/20: stale last_kl is ignored; this round's mean decides."""
+    s1 = Candidate(hk("s1"), 2, "org/s1", REV, "c", "evaluated", last_kl=0.1)
+    s2 = Candidate(hk("s2"), 3, "org/s2", REV, "c", "evaluated", last_kl=0.9)
+    plan = RoundPlan("coronation", None, (s1, s2), (s1.key, s2.key), vanished_king=K.key)
+    out = interpret_result(plan, result(res(s1, 0.9), res(s2, 0.3)), RULES)
+    assert out.new_king == s2.key and out.king_before == K.key and out.king_changed
+
+
+def test_suspicious_zero_kl_is_flagged():
+    """LESSONS 8: KL ~ 0 is flagged for the operator."""
+    out = interpret_result(challenge(A), result(res(K, noisy(1.0)), res(A, 0.0)), RULES)
+    assert out.suspicious == (A.key,)
+
+
+@pytest.mark.parametrize(
+    "models, match",
+    [
+        (lambda: [res(K, noisy(1.0))], "no result"),
+        (lambda: [res(K, noisy(1.0)), res(A, 0.5), res(A, 0.5)], "duplicate"),
+        (lambda: [res(K, noisy(1.0)), res(A, 0.5), res(B, 0.5)], "unexpected"),
+        (lambda: [res(K, noisy(1.0)), res(A, 0.5, n=N - 1)], "prompts"),
+        (lambda: [res(K, noisy(1.0)), res(Candidate(A.hotkey, 5, "org/other", REV, "c", "admitted"), 0.5)], "names"),
+    ],
+)
+def test_result_must_answer_the_plan(models, match):
+    with pytest.raises(ResultMismatch, match=match):
+        interpret_result(challenge(A), result(*models()), RULES)
+
+
+def test_none_round_has_nothing_to_interpret():
+    with pytest.raises(ValueError):
+        interpret_result(RoundPlan("none", K, ()), result(res(K, noisy(1.0))), RULES)
+
+
+def test_mean_abs_distance():
+    assert mean_abs_distance([0.0, 1.0], [0.5, 0.5]) == 0.5
+    assert mean_abs_distance([0.0], [0.0, 1.0]) == float("inf")
