@@ -37,9 +37,7 @@ def _aligned(king: Sequence[float], challenger: Sequence[float]) -> tuple[np.nda
     k = _finite_array(king, "king KL", nonnegative=True)
     c = _finite_array(challenger, "challenger KL", nonnegative=True)
     if k.shape != c.shape:
-        raise ValueError(
-            f"king and challenger must be scored on the same prompts: {k.size} vs {c.size} values"
-        )
+        raise ValueError(f"king and challenger must be scored on the same prompts: {k.size} vs {c.size} values")
     return k, c
 
 
