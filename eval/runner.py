@@ -1,0 +1,316 @@
+"""The one evaluation routine: an ``EvalJob`` in, an ``EvalResult`` out.
+
+The pod service, the in-process pod and ``miner.py eval`` all call
+:func:`run_job`, so a miner reproduces exactly what a validator computes.
+Order of work: the teacher is downloaded and run once per job; then every
+model, king first, is downloaded at its pinned revision only, hashed, loaded,
+scored (challengers may stop early against *this round's* king, never the king
+itself - LESSONS 14/15), fingerprinted on the fixed canary prompts, freed and
+deleted from disk (LESSONS 24).
+
+Failure split: a model's own fault becomes ``model_error`` with a reason and
+the job goes on; a fault of the machine (disk full, out of memory, the teacher
+missing, a hub that keeps answering "not now") raises :class:`InfraError` and
+fails the whole job, so nobody is penalised for it (LESSONS 21).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+from eval import scoring, stores
+from eval.errors import InfraError, KlhillError, ModelError, TransientError
+from eval.hashing import content_hash
+from eval.schemas import EvalJob, EvalResult, JobProgress, ModelRef, ModelResult, ModelTimings, TeacherInfo
+
+log = logging.getLogger(__name__)
+
+# Only weights, config and tokenizer files are ever fetched: no code, no pickle (LESSONS 7/8).
+MODEL_PATTERNS: tuple[str, ...] = (
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+DEFAULT_MIN_FREE_BYTES = 2 * 1024**3
+DEFAULT_TEACHER_RAM_BYTES = 4 * 1024**3
+DOWNLOAD_ATTEMPTS = 3
+
+ProgressFn = Callable[[JobProgress], None]
+CancelFn = Callable[[], bool]
+
+
+class JobCancelled(KlhillError):
+    """The caller asked the job to stop; no partial result is returned."""
+
+
+@dataclass(frozen=True)
+class DiskLimits:
+    """Bounds checked before every download: free space on the disk and our own footprint."""
+
+    min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
+    max_workdir_bytes: int | None = None
+
+
+def dir_bytes(path: Path) -> int:
+    """Total size of the regular files under ``path`` (0 when it does not exist)."""
+    if not path.exists():
+        return 0
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def check_disk(workdir: Path, limits: DiskLimits, need_bytes: int = 0) -> None:
+    """Raise InfraError when a download of ``need_bytes`` would break a disk bound."""
+    free = shutil.disk_usage(workdir).free
+    if free - need_bytes < limits.min_free_bytes:
+        raise InfraError(f"disk nearly full: {free} bytes free, {need_bytes} needed, {limits.min_free_bytes} reserved")
+    if limits.max_workdir_bytes is not None:
+        used = dir_bytes(workdir / "models") + dir_bytes(workdir / "teacher-cache")
+        if used + need_bytes > limits.max_workdir_bytes:
+            raise InfraError(f"workdir bound reached: {used} bytes used, {need_bytes} needed")
+
+
+class _Progress:
+    """Turns scorer callbacks into JobProgress snapshots (tokens/s, ETA)."""
+
+    def __init__(self, sink: ProgressFn | None, model_count: int, prompt_count: int) -> None:
+        self.sink = sink
+        self.state = JobProgress(phase="queued", model_count=model_count, prompt_count=prompt_count)
+        self._t0 = time.monotonic()
+        self._tokens = 0
+
+    def phase(self, phase: str, model: str | None = None, index: int = 0) -> None:
+        self._t0, self._tokens = time.monotonic(), 0
+        self._emit(phase=phase, model=model, model_index=index, prompt=0, tokens_per_s=0.0, eta_s=None)
+
+    def prompt_done(self, done: int, total: int | None = None, tokens: int = 0) -> None:
+        total = total or self.state.prompt_count
+        self._tokens += max(0, int(tokens))
+        elapsed = max(time.monotonic() - self._t0, 1e-9)
+        eta = elapsed / done * (total - done) if done > 0 else None
+        self._emit(prompt=min(done, total), prompt_count=total, tokens_per_s=self._tokens / elapsed, eta_s=eta)
+
+    def callback(self) -> Callable[..., None]:
+        def cb(done: int, total: int | None = None, tokens: int = 0, *_: Any, **__: Any) -> None:
+            self.prompt_done(done, total, tokens)
+
+        return cb
+
+    def _emit(self, **changes: Any) -> None:
+        self.state = self.state.model_copy(update=changes)
+        if self.sink is not None:
+            try:
+                self.sink(self.state)
+            except Exception:  # a broken progress sink must never break an evaluation
+                log.exception("progress sink failed")
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def _download_size(store: stores.ModelStore, repo: str, revision: str) -> int:
+    """Bytes a download will take, from the store's listing (transient errors: retried by _download)."""
+    try:
+        infos = store.files(repo, revision)
+    except TransientError:
+        return 0
+    return sum(i.size for i in infos if any(fnmatch(i.path, pat) for pat in MODEL_PATTERNS))
+
+
+def _download(store: stores.ModelStore, repo: str, revision: str, dest: Path) -> Path:
+    """Download with a few retries on transient errors; a hub that stays down is an infra failure."""
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        try:
+            return store.download(repo, revision, dest, allow_patterns=list(MODEL_PATTERNS))
+        except TransientError as exc:
+            if attempt == DOWNLOAD_ATTEMPTS:
+                raise InfraError(f"{repo}@{revision}: model store unavailable: {exc}") from exc
+            time.sleep(min(2.0**attempt, 10.0))
+            shutil.rmtree(dest, ignore_errors=True)
+    raise AssertionError("unreachable")
+
+
+def _teacher(
+    job: EvalJob, store: stores.ModelStore, workdir: Path, device: str, limits: DiskLimits
+) -> tuple[str, Path, Any, Any]:
+    """Resolve, download (cached by revision) and load the teacher; any failure is ours."""
+    repo = job.rules.teacher_repo
+    revision = job.teacher_revision or job.rules.teacher_revision
+    try:
+        if revision is None:
+            revision = store.resolve(repo)
+        dest = workdir / "teacher" / f"{repo.replace('/', '--')}@{revision}"
+        marker = dest / ".complete"
+        if not marker.exists():
+            shutil.rmtree(dest, ignore_errors=True)
+            check_disk(workdir, limits, _download_size(store, repo, revision))
+            _download(store, repo, revision, dest)
+            marker.write_text(revision)
+        tokenizer = scoring.load_tokenizer(dest)
+        model = scoring.load_causal_lm(dest, device)
+    except InfraError:
+        raise
+    except (KlhillError, OSError) as exc:
+        raise InfraError(f"teacher {repo}@{revision} unavailable: {exc}") from exc
+    return revision, dest, tokenizer, model
+
+
+def _score_one(
+    ref: ModelRef,
+    ctx: _JobContext,
+    king_kl: list[float] | None,
+) -> ModelResult:
+    """Download, hash, load, score and fingerprint one model; its own faults become model_error."""
+    t0 = time.monotonic()
+    dest = ctx.workdir / "models" / ctx.job.job_id / ref.key.replace(":", "_")
+    timings: dict[str, float] = {}
+    model = None
+    try:
+        ctx.progress.phase("download", ref.spec, ctx.index)
+        try:
+            check_disk(ctx.workdir, ctx.limits, _download_size(ctx.store, ref.repo, ref.revision))
+            _download(ctx.store, ref.repo, ref.revision, dest)
+        except stores.DefiniteStoreError as exc:
+            return _error(ref, f"repo removed or inaccessible: {exc}", t0)
+        timings["download_s"] = time.monotonic() - t0
+        digest = content_hash(dest)
+        t1 = time.monotonic()
+        model = scoring.load_causal_lm(dest, ctx.device)
+        timings["load_s"] = time.monotonic() - t1
+        ctx.progress.phase("student", ref.spec, ctx.index)
+        t2 = time.monotonic()
+        score = scoring.score_student(
+            model, ctx.run, ctx.job.rules, king_kl=king_kl, progress=ctx.progress.callback(),
+            should_cancel=ctx.should_cancel,
+        )
+        if ctx.should_cancel():
+            raise JobCancelled(f"job {ctx.job.job_id} cancelled")
+        timings["score_s"] = time.monotonic() - t2
+        ctx.progress.phase("fingerprint", ref.spec, ctx.index)
+        fp = scoring.fingerprint(model, ctx.tokenizer, ctx.job.rules)
+        return ModelResult(
+            ref=ref, status=score.status, prompt_kl=list(score.prompt_kl), prompt_tokens=list(score.prompt_tokens),
+            content_hash=digest, fingerprint=list(fp),
+            timings=ModelTimings(**timings, total_s=time.monotonic() - t0),
+        )
+    except ModelError as exc:
+        return _error(ref, str(exc) or type(exc).__name__, t0)
+    except (JobCancelled, InfraError):
+        raise
+    except BaseException as exc:
+        if _is_disk_full(exc) or _is_oom(exc):
+            raise InfraError(f"{ref.spec}: {type(exc).__name__}: {exc}") from exc
+        raise
+    finally:
+        if model is not None:
+            scoring.free_model(model)
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+def _error(ref: ModelRef, reason: str, t0: float) -> ModelResult:
+    log.warning("model_error %s: %s", ref.spec, reason)
+    return ModelResult(
+        ref=ref, status="model_error", error=reason[:2000], timings=ModelTimings(total_s=time.monotonic() - t0)
+    )
+
+
+@dataclass
+class _JobContext:
+    job: EvalJob
+    store: stores.ModelStore
+    workdir: Path
+    device: str
+    limits: DiskLimits
+    progress: _Progress
+    should_cancel: CancelFn
+    run: Any = None
+    tokenizer: Any = None
+    index: int = 0
+
+
+def run_job(
+    job: EvalJob,
+    store: stores.ModelStore,
+    workdir: Path,
+    device: str,
+    *,
+    on_progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+    teacher_store: stores.ModelStore | None = None,
+    limits: DiskLimits | None = None,
+    teacher_ram_bytes: int = DEFAULT_TEACHER_RAM_BYTES,
+) -> EvalResult:
+    """Evaluate every model of ``job`` on the job's prompts; see the module docstring.
+
+    Raises InfraError (job failed, nobody penalised) or JobCancelled; otherwise
+    every model of the job appears exactly once in the result, in job order.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    limits = limits or DiskLimits()
+    cancel = should_cancel or (lambda: False)
+    models = job.models
+    progress = _Progress(on_progress, len(models), len(job.prompts))
+    ctx = _JobContext(job, store, workdir, device, limits, progress, cancel)
+    started = time.monotonic()
+    cache_dir = workdir / "teacher-cache" / job.job_id
+    teacher_model = None
+    try:
+        ctx.progress.phase("teacher", job.rules.teacher_repo)
+        revision, _, ctx.tokenizer, teacher_model = _teacher(job, teacher_store or store, workdir, device, limits)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        try:
+            ctx.run = scoring.run_teacher(
+                teacher_model, ctx.tokenizer, list(job.prompts), job.rules, cache_dir=cache_dir,
+                ram_limit_bytes=teacher_ram_bytes, progress=ctx.progress.callback(),
+            )
+        except (ModelError, OSError, MemoryError) as exc:
+            raise InfraError(f"teacher run failed: {type(exc).__name__}: {exc}") from exc
+        teacher = TeacherInfo(
+            repo=job.rules.teacher_repo, revision=revision,
+            continuation_tokens=[len(c) for c in ctx.run.continuation_ids], seconds=time.monotonic() - t0,
+        )
+        scoring.free_model(teacher_model)
+        teacher_model = None
+        results: list[ModelResult] = []
+        king_kl: list[float] | None = None
+        for index, ref in enumerate(models):
+            if cancel():
+                raise JobCancelled(f"job {job.job_id} cancelled")
+            ctx.index = index
+            is_king = job.king is not None and index == 0
+            result = _score_one(ref, ctx, None if is_king else king_kl)
+            if is_king and result.status == "ok":
+                king_kl = list(result.prompt_kl)
+            log.info("job %s model %d/%d %s: %s", job.job_id, index + 1, len(models), ref.spec, result.status)
+            results.append(result)
+        ctx.progress.phase("done")
+        return EvalResult(
+            job_id=job.job_id, block_hash=job.block_hash, teacher=teacher, models=results, device=device[:200],
+            total_s=time.monotonic() - started,
+        )
+    finally:
+        if teacher_model is not None:
+            scoring.free_model(teacher_model)
+        if ctx.run is not None:
+            ctx.run.close()
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        shutil.rmtree(workdir / "models" / job.job_id, ignore_errors=True)

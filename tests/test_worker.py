@@ -1,0 +1,212 @@
+"""The pod service on loopback: signed calls, every refusal class, idempotency, queue, cancel, restart."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from bittensor import http_auth
+
+from eval.pod_jobs import JobManager
+from eval.worker import PodSettings, create_app, json_too_deep, parse_args
+from tests.pod_helpers import ScriptedRunner, make_job, make_wallet, serve
+
+
+@pytest.fixture(scope="module")
+def wallets(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("wallets")
+    return make_wallet(root, "validator"), make_wallet(root, "stranger")
+
+
+def settings(tmp_path: Path, wallets, **kw) -> PodSettings:
+    return PodSettings(allow_hotkeys=frozenset({wallets[0].hotkey.ss58_address}), workdir=tmp_path, **kw)
+
+
+def signed(client: httpx.Client, wallet, method: str, path: str, body: bytes = b"", **sign_kw) -> httpx.Response:
+    headers = http_auth.sign(wallet, method=method, path=path, body=body, **sign_kw)
+    return client.request(method, path, content=body, headers=headers)
+
+
+def wait_state(client, wallet, job_id: str, states: tuple[str, ...], timeout: float = 20.0) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        data = signed(client, wallet, "GET", f"/jobs/{job_id}").json()
+        if data["state"] in states:
+            return data
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never reached {states}")
+
+
+@pytest.fixture
+def pod(tmp_path, wallets):
+    runner = ScriptedRunner(seconds=0.2)
+    app = create_app(settings(tmp_path, wallets, max_queued=2), runner=runner)
+    with serve(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+        yield client, runner
+
+
+def test_signed_job_runs_and_reports_result(pod, wallets):
+    client, runner = pod
+    job = make_job("ok-1")
+    resp = signed(client, wallets[0], "POST", "/jobs", job.model_dump_json().encode())
+    assert resp.status_code == 202, resp.text
+    data = wait_state(client, wallets[0], "ok-1", ("done",))
+    assert data["result"]["job_id"] == "ok-1"
+    assert [m["ref"]["repo"] for m in data["result"]["models"]] == ["miner/king", "miner/c0"]
+    assert runner.calls == ["ok-1"]
+    health = client.get("/health").json()
+    assert set(health) == {"version", "state", "queued", "gpu", "free_disk_bytes"}
+
+
+def test_refusal_classes(pod, wallets):
+    client, runner = pod
+    validator, stranger = wallets
+    body = make_job("r-1").model_dump_json().encode()
+    # unsigned
+    assert client.post("/jobs", content=body).status_code == 401
+    # malformed signature header
+    h = http_auth.sign(validator, method="POST", path="/jobs", body=body)
+    h[http_auth.HEADER_SIGNATURE] = "0xzz"
+    assert client.post("/jobs", content=body, headers=h).status_code == 401
+    # stale nonce
+    old = time.time_ns() - 120 * 10**9
+    assert signed(client, validator, "POST", "/jobs", body, nonce_ns=old).status_code == 401
+    # tampered body (signature over another body)
+    h = http_auth.sign(validator, method="POST", path="/jobs", body=body)
+    assert client.post("/jobs", content=body.replace(b"r-1", b"r-2"), headers=h).status_code == 401
+    # signed for another path
+    h = http_auth.sign(validator, method="POST", path="/other", body=body)
+    assert client.post("/jobs", content=body, headers=h).status_code == 401
+    # valid signature, hotkey not allow-listed
+    resp = signed(client, stranger, "POST", "/jobs", body)
+    assert resp.status_code == 403 and resp.json() == {"error": "hotkey not allowed"}
+    assert signed(client, stranger, "GET", "/jobs/r-1").status_code == 403
+    # nothing was done
+    assert runner.calls == []
+    assert signed(client, validator, "GET", "/jobs/r-1").status_code == 404
+
+
+def test_replay_refused(pod, wallets):
+    client, runner = pod
+    body = make_job("rp-1").model_dump_json().encode()
+    h = http_auth.sign(wallets[0], method="POST", path="/jobs", body=body)
+    assert client.post("/jobs", content=body, headers=h).status_code == 202
+    resp = client.post("/jobs", content=body, headers=h)
+    assert resp.status_code == 401 and "Replayed" in resp.json()["error"]
+
+
+def test_bad_bodies(pod, wallets):
+    client, runner = pod
+    v = wallets[0]
+    huge = b"x" * (100 * 1024**2)
+    resp = client.post("/jobs", content=huge, headers=http_auth.sign(v, method="POST", path="/jobs", body=b""))
+    assert resp.status_code == 413
+    deep = b"[" * 5000 + b"]" * 5000
+    assert signed(client, v, "POST", "/jobs", deep).status_code == 422
+    job = json.loads(make_job("many").model_dump_json())
+    job["challengers"] = [dict(job["challengers"][0], submission={"hotkey": job["king"]["submission"]["hotkey"],
+                                                                  "commit_block": i}) for i in range(10_000)]
+    assert signed(client, v, "POST", "/jobs", json.dumps(job).encode()).status_code == 422
+    job = json.loads(make_job("badrev").model_dump_json())
+    job["king"]["revision"] = "main"
+    assert signed(client, v, "POST", "/jobs", json.dumps(job).encode()).status_code == 422
+    assert signed(client, v, "POST", "/jobs", b"not json").status_code == 422
+    assert runner.calls == []
+
+
+def test_oversize_body_refused_without_reading_it(tmp_path, wallets):
+    """A streamed (chunked) body is cut off at the limit: the server never buffers 100 MB."""
+    app = create_app(settings(tmp_path, wallets, max_body_bytes=1024), runner=ScriptedRunner())
+    with serve(app) as url:
+
+        def chunks():
+            for _ in range(100):
+                yield b"x" * (1024**2)
+
+        headers = http_auth.sign(wallets[0], method="POST", path="/jobs", body=b"")
+        with httpx.Client(base_url=url, timeout=10) as client:
+            try:
+                resp = client.post("/jobs", content=chunks(), headers=headers)
+                assert resp.status_code == 413
+            except httpx.HTTPError:
+                pass  # the server may close the connection before the client finished sending
+
+
+def test_idempotent_and_conflict(pod, wallets):
+    client, runner = pod
+    job = make_job("id-1")
+    body = job.model_dump_json().encode()
+    assert signed(client, wallets[0], "POST", "/jobs", body).status_code == 202
+    again = signed(client, wallets[0], "POST", "/jobs", body)
+    assert again.status_code == 200 and again.json()["job_id"] == "id-1"
+    other = make_job("id-1", prompts=["something else entirely"]).model_dump_json().encode()
+    assert signed(client, wallets[0], "POST", "/jobs", other).status_code == 409
+    wait_state(client, wallets[0], "id-1", ("done",))
+    assert runner.calls == ["id-1"]
+
+
+def test_queue_bound_and_cancel(tmp_path, wallets):
+    runner = ScriptedRunner(seconds=30)
+    app = create_app(settings(tmp_path, wallets, max_queued=1), runner=runner)
+    v = wallets[0]
+    with serve(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+        for job_id in ("q-1", "q-2"):
+            assert signed(client, v, "POST", "/jobs", make_job(job_id).model_dump_json().encode()).status_code == 202
+            if job_id == "q-1":
+                running = wait_state(client, v, "q-1", ("running",))
+        assert signed(client, v, "POST", "/jobs", make_job("q-3").model_dump_json().encode()).status_code == 429
+        assert signed(client, v, "DELETE", "/jobs/q-2").json()["state"] == "cancelled"
+        running = wait_state(client, v, "q-1", ("running",))
+        assert running["progress"]["phase"] == "student"
+        signed(client, v, "DELETE", "/jobs/q-1")
+        data = wait_state(client, v, "q-1", ("cancelled",), timeout=5)
+        assert data["result"] is None
+    assert runner.calls == ["q-1"]
+
+
+def test_restart_reports_interrupted_then_resubmission_runs(tmp_path, wallets):
+    job = make_job("rs-1")
+    first = JobManager(tmp_path / "jobs", ScriptedRunner(seconds=30))
+    first.start()
+    first.submit(job)
+    time.sleep(0.2)
+    assert first.status("rs-1").state == "running"
+    # simulate death: a new manager reads the same records without the old one finishing
+    second = JobManager(tmp_path / "jobs", ScriptedRunner())
+    status = second.status("rs-1")
+    assert status.state == "interrupted" and status.result is None
+    second.start()
+    status, created = second.submit(job)
+    assert created and status.state == "queued"
+    end = time.monotonic() + 10
+    while second.status("rs-1").state != "done" and time.monotonic() < end:
+        time.sleep(0.02)
+    assert second.status("rs-1").result is not None
+    first.stop()
+    second.stop()
+
+
+def test_refuses_to_start_without_allow_list(tmp_path, monkeypatch):
+    monkeypatch.delenv("KLHILL_POD_ALLOW_HOTKEYS", raising=False)
+    with pytest.raises(SystemExit):
+        parse_args(["--workdir", str(tmp_path)])
+    with pytest.raises(ValueError):
+        PodSettings(allow_hotkeys=frozenset(), workdir=tmp_path)
+
+
+def test_json_depth_check_ignores_brackets_in_strings():
+    assert not json_too_deep(json.dumps({"a": "[[[[[[" * 100}).encode(), 4)
+    assert json_too_deep(b'{"a":[[[[[1]]]]]}', 4)
+
+
+def test_client_disconnect_does_not_kill_the_service(pod, wallets):
+    client, _ = pod
+    url = str(client.base_url)
+    host, port = url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"job")
+    assert client.get("/health").status_code == 200
