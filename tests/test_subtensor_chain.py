@@ -238,6 +238,6 @@ def test_commit_encoding_and_checks(chain: SubtensorChain, state: FakeState) -> 
 
 def test_mypy_passes_on_the_adapters() -> None:
     root = Path(__file__).resolve().parents[1]
-    files = ["validator/chain.py", "validator/subtensor_chain.py", "validator/simchain.py"]
+    files = ["validator/chain.py", "validator/subtensor_chain.py", "validator/simchain.py", "validator/wallets.py"]
     proc = subprocess.run([sys.executable, "-m", "mypy", *files], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
