@@ -28,7 +28,8 @@ from typing import Any
 
 from eval import scoring, stores
 from eval.errors import InfraError, KlhillError, ModelError, TransientError
-from eval.hashing import content_hash
+from eval.hashing import HashingError, content_hash
+from eval.safetensors_header import HeaderError
 from eval.schemas import EvalJob, EvalResult, JobProgress, ModelRef, ModelResult, ModelTimings, TeacherInfo
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,10 @@ def _score_one(
         except stores.DefiniteStoreError as exc:
             return _error(ref, f"repo removed or inaccessible: {exc}", t0)
         timings["download_s"] = time.monotonic() - t0
-        digest = content_hash(dest)
+        try:
+            digest = content_hash(dest)
+        except (HashingError, HeaderError) as exc:  # unreadable weights are the repo's fault
+            return _error(ref, f"cannot hash weights: {exc}", t0)
         t1 = time.monotonic()
         model = scoring.load_causal_lm(dest, ctx.device)
         timings["load_s"] = time.monotonic() - t1
@@ -200,7 +204,7 @@ def _score_one(
             model, ctx.run, ctx.job.rules, king_kl=king_kl, progress=ctx.progress.callback(),
             should_cancel=ctx.should_cancel,
         )
-        if ctx.should_cancel():
+        if score.status not in ("ok", "early_stopped") or ctx.should_cancel():
             raise JobCancelled(f"job {ctx.job.job_id} cancelled")
         timings["score_s"] = time.monotonic() - t2
         ctx.progress.phase("fingerprint", ref.spec, ctx.index)

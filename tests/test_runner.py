@@ -1,0 +1,126 @@
+"""run_job with real tiny Qwen3.5 models in a local hub: order, failures, disk bounds, cleanup."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from eval.errors import InfraError
+from eval.runner import DiskLimits, JobCancelled, check_disk, run_job
+from eval.schemas import JobProgress
+from eval.stores import LocalHub
+from eval.tiny import save_model_dir, tiny_config, tiny_model, train_tokenizer
+from tests.pod_helpers import make_job, ref
+
+NO_DISK_RESERVE = DiskLimits(min_free_bytes=0)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalHub, dict[str, str]]:
+    """A local hub with a tiny teacher, three tiny students and one with a foreign vocabulary."""
+    root = tmp_path_factory.mktemp("hub")
+    tok = train_tokenizer(512)
+    hub = LocalHub(root / "hub")
+    cfg = tiny_config(512)
+    revs = {}
+    for name, seed, config in [("test/teacher", 0, cfg), ("miner/king", 1, cfg), ("miner/c0", 2, cfg),
+                               ("miner/c1", 3, cfg), ("miner/badvocab", 4, tiny_config(640))]:
+        src = save_model_dir(tiny_model(config, seed), tok, root / "src" / name.replace("/", "_"))
+        revs[name] = hub.publish(name, src)
+    return hub, revs
+
+
+def job_for(revs: dict[str, str], names: list[str], job_id: str = "rj-1"):
+    king = ref(names[0], revs[names[0]], 1)
+    challengers = [ref(n, revs[n], 10 + i) for i, n in enumerate(names[1:])]
+    return make_job(job_id, king=king, challengers=challengers)
+
+
+def test_scores_every_model_king_first_and_cleans_up(hub, tmp_path):
+    store, revs = hub
+    job = job_for(revs, ["miner/king", "miner/c0", "miner/badvocab"])
+    phases: list[JobProgress] = []
+    result = run_job(job, store, tmp_path, "cpu", on_progress=phases.append, limits=NO_DISK_RESERVE)
+    assert [m.ref.repo for m in result.models] == ["miner/king", "miner/c0", "miner/badvocab"]
+    king, c0, bad = result.models
+    assert king.status == "ok" and len(king.prompt_kl) == len(job.prompts)
+    assert all(math.isfinite(x) and x >= 0 for x in king.prompt_kl)
+    assert king.content_hash and king.content_hash != c0.content_hash
+    assert king.fingerprint and len(king.fingerprint) > 0
+    assert bad.status == "model_error" and bad.error
+    assert result.teacher.revision == revs["test/teacher"]
+    assert len(result.teacher.continuation_tokens) == len(job.prompts)
+    assert {"teacher", "download", "student", "fingerprint", "done"} <= {p.phase for p in phases}
+    assert any(p.prompt == p.prompt_count and p.tokens_per_s > 0 for p in phases if p.phase == "student")
+    # downloads and teacher cache are gone; only the (reusable) teacher snapshot stays
+    assert not any((tmp_path / "models").rglob("*.safetensors"))
+    assert not any((tmp_path / "teacher-cache").rglob("*"))
+
+
+def test_repo_removed_mid_job_is_model_error_and_job_continues(hub, tmp_path):
+    store, revs = hub
+    job = job_for(revs, ["miner/king", "miner/c1", "miner/c0"], "rj-2")
+    removed = []
+
+    def on_progress(p: JobProgress) -> None:
+        if p.phase == "student" and not removed:
+            # the owner deletes c1 while the king is being scored (copy the repo back afterwards)
+            removed.append(store.root / "miner" / "c1")
+            import shutil
+
+            shutil.move(str(store.root / "miner" / "c1"), str(tmp_path / "c1-backup"))
+
+    try:
+        result = run_job(job, store, tmp_path / "w", "cpu", on_progress=on_progress, limits=NO_DISK_RESERVE)
+    finally:
+        import shutil
+
+        if (tmp_path / "c1-backup").exists():
+            shutil.move(str(tmp_path / "c1-backup"), str(store.root / "miner" / "c1"))
+    statuses = {m.ref.repo: (m.status, m.error) for m in result.models}
+    assert statuses["miner/c1"][0] == "model_error" and "removed" in statuses["miner/c1"][1]
+    assert statuses["miner/king"][0] == "ok" and statuses["miner/c0"][0] in ("ok", "early_stopped")
+
+
+def test_disk_bounds_fail_the_job_not_the_model(hub, tmp_path):
+    store, revs = hub
+    job = job_for(revs, ["miner/king"], "rj-3")
+    with pytest.raises(InfraError, match="disk"):
+        run_job(job, store, tmp_path, "cpu", limits=DiskLimits(min_free_bytes=10**18))
+    with pytest.raises(InfraError, match="workdir bound"):
+        check_disk(tmp_path, DiskLimits(min_free_bytes=0, max_workdir_bytes=10), need_bytes=11)
+
+
+def test_missing_teacher_is_infra_error(hub, tmp_path):
+    store, revs = hub
+    job = job_for(revs, ["miner/king"], "rj-4")
+    job = job.model_copy(update={"rules": job.rules.model_copy(update={"teacher_repo": "test/absent"})})
+    with pytest.raises(InfraError, match="teacher"):
+        run_job(job, store, tmp_path, "cpu", limits=NO_DISK_RESERVE)
+
+
+def test_cancel_stops_and_cleans(hub, tmp_path):
+    store, revs = hub
+    job = job_for(revs, ["miner/king", "miner/c0"], "rj-5")
+    seen: list[str] = []
+
+    def cancel() -> bool:
+        return "student" in seen
+
+    with pytest.raises(JobCancelled):
+        run_job(job, store, tmp_path, "cpu", on_progress=lambda p: seen.append(p.phase), should_cancel=cancel,
+                limits=NO_DISK_RESERVE)
+    assert not (tmp_path / "models" / "rj-5").exists()
+    assert not (tmp_path / "teacher-cache" / "rj-5").exists()
+
+
+def test_result_round_trips_through_json(hub, tmp_path):
+    store, revs = hub
+    job = job_for(revs, ["miner/king", "miner/c0"], "rj-6")
+    result = run_job(job, store, tmp_path, "cpu", limits=NO_DISK_RESERVE)
+    again = type(result).model_validate_json(json.dumps(result.model_dump(mode="json")))
+    assert again == result
+    assert Path(tmp_path / "teacher").is_dir()
