@@ -1,0 +1,176 @@
+"""Read-only queries on the store, for the loop and the API. All return plain dicts or contest types.
+
+Kept apart from the writers so the API's read-only connection exposes exactly
+these. JSON columns are decoded here, so callers never see raw JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+from validator.contest import Candidate, Key
+
+MAX_PER_PAGE = 100
+
+
+def _key(row: sqlite3.Row | dict[str, Any]) -> str:
+    return f"{row['hotkey']}:{row['commit_block']}"
+
+
+class StoreReads:
+    _db: sqlite3.Connection
+
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._db.execute(sql, args)]
+
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> dict[str, Any] | None:
+        row = self._db.execute(sql, args).fetchone()
+        return dict(row) if row else None
+
+    @staticmethod
+    def _round_row(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
+        d = dict(row)
+        d["prompt_sha256s"] = json.loads(d["prompt_sha256s"])
+        d["rules"] = json.loads(d["rules"])
+        d["models"] = [tuple(k) for k in json.loads(d["models"])]
+        return d
+
+    @staticmethod
+    def _eval_row(row: dict[str, Any]) -> dict[str, Any]:
+        row["prompt_kl"] = json.loads(row["prompt_kl"])
+        row["prompt_tokens"] = json.loads(row["prompt_tokens"])
+        row["suspicious"] = bool(row["suspicious"])
+        return row
+
+    # --- for the loop -----------------------------------------------------------
+    def integrity_ok(self) -> bool:
+        return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    def meta(self) -> dict[str, Any]:
+        return {r["key"]: json.loads(r["value"]) for r in self._all("SELECT key, value FROM meta")}
+
+    def known_keys(self) -> set[Key]:
+        return {(r[0], r[1]) for r in self._db.execute("SELECT hotkey, commit_block FROM submissions")}
+
+    def candidates(self, registered_hotkeys: Iterable[str]) -> list[Candidate]:
+        """Every submission with a model, as the planner sees it (``registered`` from the current neurons)."""
+        reg = set(registered_hotkeys)
+        rows = self._db.execute("SELECT hotkey, commit_block, repo, revision, coldkey, status, last_kl FROM submissions"
+                                " WHERE repo IS NOT NULL ORDER BY commit_block, hotkey")  # fmt: skip
+        return [Candidate(r["hotkey"], r["commit_block"], r["repo"], r["revision"], r["coldkey"] or "", r["status"],
+                          r["last_kl"], r["hotkey"] in reg) for r in rows]  # fmt: skip
+
+    def pending_admissions(self, block: int) -> list[dict[str, Any]]:
+        """Submissions waiting for admission whose retry time (if any) has come."""
+        return self._all(
+            "SELECT s.*, a.attempts, a.next_retry_block FROM submissions s LEFT JOIN admissions a"
+            " USING (hotkey, commit_block) WHERE s.status = 'pending'"
+            " AND (a.next_retry_block IS NULL OR a.next_retry_block <= ?) ORDER BY s.commit_block, s.hotkey",
+            (block,),
+        )
+
+    def known_content_hashes(self) -> list[tuple[Key, str]]:
+        rows = self._db.execute("SELECT hotkey, commit_block, value FROM hashes WHERE kind = 'content'")
+        return [((r[0], r[1]), r[2]) for r in rows]
+
+    def metadata_hash_owner(self, value: str) -> Key | None:
+        row = self._db.execute("SELECT hotkey, commit_block FROM hashes WHERE kind = 'metadata' AND value = ?"
+                               " ORDER BY commit_block, hotkey LIMIT 1", (value,)).fetchone()  # fmt: skip
+        return (row[0], row[1]) if row else None
+
+    def known_fingerprints(self) -> list[tuple[Key, list[float]]]:
+        rows = self._db.execute("SELECT hotkey, commit_block, vector FROM fingerprints")
+        return [((r[0], r[1]), json.loads(r[2])) for r in rows]
+
+    def current_king(self) -> dict[str, Any] | None:
+        return self._one("SELECT k.*, s.repo, s.revision, s.uid_at_sight FROM king k JOIN submissions s"
+                         " USING (hotkey, commit_block) WHERE k.id = 1")  # fmt: skip
+
+    def last_weights(self, successful: bool = True) -> dict[str, Any] | None:
+        where = "WHERE success = 1" if successful else ""
+        row = self._one(f"SELECT * FROM weight_submissions {where} ORDER BY id DESC LIMIT 1")
+        if row:
+            row["uids"], row["weights"] = json.loads(row["uids"]), json.loads(row["weights"])
+        return row
+
+    # --- for the API ------------------------------------------------------------
+    def commitments(self) -> list[dict[str, Any]]:
+        return self._all("SELECT hotkey, uid_at_sight AS uid, commit_block, repo AS model, revision, status,"
+                         " status_detail, coldkey, first_seen FROM submissions"
+                         " ORDER BY commit_block, hotkey")  # fmt: skip
+
+    def disqualifications(self) -> list[dict[str, Any]]:
+        rows = self._all("SELECT hotkey, commit_block, reason, check_name AS 'check', detail, evidence, block,"
+                         " round_id, at FROM disqualifications ORDER BY block, id")  # fmt: skip
+        for r in rows:
+            r["evidence"] = json.loads(r["evidence"])
+        return rows
+
+    def scores(self) -> dict[str, Any]:
+        """The king, each evaluated submission's latest evaluation (KL + 95% CI), DQ reasons, last round."""
+        evals = self._all(
+            "SELECT e.hotkey, e.commit_block, e.round_id, e.state, e.status, e.mean_kl, e.ci_lo, e.ci_hi,"
+            " json_array_length(e.prompt_kl) AS n_prompts, s.repo, s.revision, s.uid_at_sight AS uid"
+            " FROM evaluations e JOIN submissions s USING (hotkey, commit_block)"
+            " WHERE e.id = (SELECT MAX(id) FROM evaluations x WHERE x.hotkey = e.hotkey"
+            " AND x.commit_block = e.commit_block) ORDER BY e.mean_kl IS NULL, e.mean_kl, e.commit_block"
+        )
+        dq: dict[str, list[str]] = {}
+        for r in self._db.execute("SELECT hotkey, commit_block, reason FROM disqualifications ORDER BY id"):
+            dq.setdefault(_key(r), []).append(r["reason"])
+        for e in evals:
+            e["disqualified"] = dq.get(_key(e), [])
+        last = self._one("SELECT id, kind, block, finished, decision, p_value FROM rounds WHERE state = 'done'"
+                         " ORDER BY id DESC LIMIT 1")  # fmt: skip
+        return {"king": self.current_king(), "evaluations": evals, "last_round": last}
+
+    def rounds(self, page: int = 1, per_page: int = 20) -> dict[str, Any]:
+        """Round summaries, newest first; ``page`` from 1, ``per_page`` bounded to MAX_PER_PAGE."""
+        page, per_page = max(1, int(page)), max(1, min(MAX_PER_PAGE, int(per_page)))
+        total = self._db.execute("SELECT COUNT(*) FROM rounds").fetchone()[0]
+        items = self._all(
+            "SELECT id, kind, block, block_hash, state, started, finished, decision, p_value, king_hotkey,"
+            " king_block, new_king_hotkey, new_king_block, job_id FROM rounds ORDER BY id DESC LIMIT ? OFFSET ?",
+            (per_page, (page - 1) * per_page),
+        )
+        return {"page": page, "per_page": per_page, "total": total, "items": items}
+
+    def round(self, round_id: int) -> dict[str, Any] | None:
+        """The full audit record of one round: prompts' hashes, rules, teacher, per-prompt KL, decision."""
+        row = self._one("SELECT * FROM rounds WHERE id = ?", (round_id,))
+        if row is None:
+            return None
+        out = self._round_row(row)
+        out["evaluations"] = [self._eval_row(e) for e in self._all(
+            "SELECT * FROM evaluations WHERE round_id = ? ORDER BY id", (round_id,))]  # fmt: skip
+        return out
+
+    def submission(self, hotkey: str) -> list[dict[str, Any]]:
+        """Everything about a hotkey's submissions (first one counts; re-commits show as ignored)."""
+        subs = self._all("SELECT * FROM submissions WHERE hotkey = ? ORDER BY commit_block", (hotkey,))
+        for s in subs:
+            k = (s["hotkey"], s["commit_block"])
+            s["admission"] = self._one("SELECT * FROM admissions WHERE hotkey = ? AND commit_block = ?", k)
+            s["hashes"] = {r["kind"]: r["value"] for r in self._all(
+                "SELECT kind, value FROM hashes WHERE hotkey = ? AND commit_block = ?", k)}  # fmt: skip
+            s["evaluations"] = [self._eval_row(e) for e in self._all(
+                "SELECT * FROM evaluations WHERE hotkey = ? AND commit_block = ? ORDER BY id", k)]  # fmt: skip
+            s["disqualifications"] = [d for d in self.disqualifications() if (d["hotkey"], d["commit_block"]) == k]
+        return subs
+
+    def king_history(self) -> list[dict[str, Any]]:
+        return self._all("SELECT hotkey, commit_block, from_block, round_id, kl, reason, at FROM king_history"
+                         " ORDER BY id")  # fmt: skip
+
+    def metagraph(self) -> dict[str, Any] | None:
+        row = self._one("SELECT block, neurons, at FROM metagraph ORDER BY block DESC LIMIT 1")
+        if row:
+            row["neurons"] = json.loads(row["neurons"])
+        return row
+
+    def progress(self) -> dict[str, Any] | None:
+        row = self._one("SELECT data, updated FROM progress WHERE id = 1")
+        return {"data": json.loads(row["data"]), "updated": row["updated"]} if row else None
