@@ -156,7 +156,13 @@ class EvalResult(Strict):
     total_s: Seconds = 0.0
 
     def by_key(self) -> dict[str, ModelResult]:
-        return {m.ref.key: m for m in self.models}
+        """Results keyed by submission; a duplicate is refused, never silently overwritten (LESSONS 1)."""
+        out: dict[str, ModelResult] = {}
+        for m in self.models:
+            if m.ref.key in out:
+                raise ValueError(f"submission {m.ref.key} appears more than once in result {self.job_id}")
+            out[m.ref.key] = m
+        return out
 
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
