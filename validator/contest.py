@@ -96,15 +96,15 @@ def new_submissions(
         neuron = by_hotkey.get(c.hotkey)
         if neuron is None or (c.hotkey, c.block) in known:
             continue
-        base = dict(hotkey=c.hotkey, commit_block=c.block, uid=neuron.uid, coldkey=neuron.coldkey, raw_text=c.text)
+        base = (c.hotkey, c.block, neuron.uid, neuron.coldkey, c.text)
         if c.hotkey in known_hotkeys:
-            out.append(NewSubmission(**base, status="ignored", reason="re-commit: the first commitment counts"))
+            out.append(NewSubmission(*base, status="ignored", reason="re-commit: the first commitment counts"))
             continue
         parsed = parse_commitment(c.text)
         if isinstance(parsed, Invalid):
-            out.append(NewSubmission(**base, status="invalid", reason=parsed.reason))
+            out.append(NewSubmission(*base, status="invalid", reason=parsed.reason))
         else:
-            out.append(NewSubmission(**base, status="pending", repo=parsed.repo, revision=parsed.revision))
+            out.append(NewSubmission(*base, status="pending", repo=parsed.repo, revision=parsed.revision))
     return out
 
 

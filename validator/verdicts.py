@@ -26,9 +26,14 @@ DQ_STATES: dict[str, str] = {"copy": "COPY", "functional_copy": "FUNCTIONAL_COPY
 
 
 class DecisionLike(Protocol):
-    dethrone: bool
-    p_value: float | None
-    reason: str
+    """What ``eval.stats.Decision`` provides."""
+
+    @property
+    def dethrone(self) -> bool: ...
+    @property
+    def p_value(self) -> float | None: ...
+    @property
+    def reason(self) -> str: ...
 
 
 DecideFn = Callable[[Sequence[float], Sequence[float], ContestRules], DecisionLike]
@@ -200,6 +205,7 @@ def interpret_result(
             verdicts[c.key] = Verdict(c.hotkey, c.commit_block, "lost", mean, suspicious=sus)
 
     king = plan.king
+    new_king: Key | None
     if king is not None and any(k == king.key for k, _ in eligible):
         new_king, kl, reason, p = _challenge(king, got[king.key], eligible, rules, decide, verdicts)
     else:
