@@ -107,3 +107,25 @@ def serve(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def build_hub(root: Path) -> tuple[Any, dict[str, str]]:
+    """A LocalHub with a tiny teacher, three tiny students and one with a foreign vocabulary."""
+    from eval.stores import LocalHub
+    from eval.tiny import save_model_dir, tiny_config, tiny_model, train_tokenizer
+
+    tok = train_tokenizer(512)
+    hub = LocalHub(root / "hub")
+    cfg = tiny_config(512)
+    revs = {}
+    for name, seed, config in [("test/teacher", 0, cfg), ("miner/king", 1, cfg), ("miner/c0", 2, cfg),
+                               ("miner/c1", 3, cfg), ("miner/badvocab", 4, tiny_config(640))]:
+        src = save_model_dir(tiny_model(config, seed), tok, root / "src" / name.replace("/", "_"))
+        revs[name] = hub.publish(name, src)
+    return hub, revs
+
+
+def hub_job(revs: dict[str, str], names: list[str], job_id: str, **kw: Any) -> EvalJob:
+    king = ref(names[0], revs[names[0]], 1)
+    challengers = [ref(n, revs[n], 10 + i) for i, n in enumerate(names[1:])]
+    return make_job(job_id, king=king, challengers=challengers, **kw)

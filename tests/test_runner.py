@@ -12,31 +12,18 @@ from eval.errors import InfraError
 from eval.runner import DiskLimits, JobCancelled, check_disk, run_job
 from eval.schemas import JobProgress
 from eval.stores import LocalHub
-from eval.tiny import save_model_dir, tiny_config, tiny_model, train_tokenizer
-from tests.pod_helpers import make_job, ref
+from tests.pod_helpers import build_hub, hub_job
 
 NO_DISK_RESERVE = DiskLimits(min_free_bytes=0)
 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalHub, dict[str, str]]:
-    """A local hub with a tiny teacher, three tiny students and one with a foreign vocabulary."""
-    root = tmp_path_factory.mktemp("hub")
-    tok = train_tokenizer(512)
-    hub = LocalHub(root / "hub")
-    cfg = tiny_config(512)
-    revs = {}
-    for name, seed, config in [("test/teacher", 0, cfg), ("miner/king", 1, cfg), ("miner/c0", 2, cfg),
-                               ("miner/c1", 3, cfg), ("miner/badvocab", 4, tiny_config(640))]:
-        src = save_model_dir(tiny_model(config, seed), tok, root / "src" / name.replace("/", "_"))
-        revs[name] = hub.publish(name, src)
-    return hub, revs
+    return build_hub(tmp_path_factory.mktemp("hub"))
 
 
 def job_for(revs: dict[str, str], names: list[str], job_id: str = "rj-1"):
-    king = ref(names[0], revs[names[0]], 1)
-    challengers = [ref(n, revs[n], 10 + i) for i, n in enumerate(names[1:])]
-    return make_job(job_id, king=king, challengers=challengers)
+    return hub_job(revs, names, job_id)
 
 
 def test_scores_every_model_king_first_and_cleans_up(hub, tmp_path):

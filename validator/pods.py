@@ -1,0 +1,259 @@
+"""Pod clients on the secure host: one ``Pod`` protocol, an HTTP pod, an in-process pod, a pool.
+
+The host trusts no result blindly: every client checks the pod's answer
+against the job it sent (:func:`validate_result`) before anyone records it.
+``HttpPod`` signs every call with the validator hotkey (btauth/1, a fresh nonce
+per attempt), polls with backoff, cancels the job when the deadline passes and
+re-submits once when a restarted pod reports the job ``interrupted``.
+``PodPool`` runs the whole job on the first healthy pod and moves it to the
+next pod when one is down or misbehaves: the king and every challenger are
+always scored on the same machine and prompts (LESSONS 14).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+from bittensor import http_auth
+
+from eval.errors import KlhillError
+from eval.schemas import EvalJob, EvalResult, JobStatus
+
+log = logging.getLogger(__name__)
+
+
+class PodError(KlhillError):
+    """The pod's answer cannot be used for this job."""
+
+
+class PodDown(PodError):
+    """The pod cannot be reached (or keeps losing the job): try another pod."""
+
+
+class PodTimeout(PodError):
+    """The job missed its deadline; it was cancelled on the pod."""
+
+
+class PodRejected(PodError):
+    """The pod refused the request (auth, schema, conflict): retrying will not help."""
+
+
+class PodJobFailed(PodError):
+    """The pod ran the job and reported an infrastructure failure or a cancellation."""
+
+
+class InvalidResult(PodError):
+    """The result does not match the job that was sent."""
+
+
+class Pod(Protocol):
+    def run(self, job: EvalJob, deadline_s: float) -> EvalResult: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+def validate_result(job: EvalJob, result: EvalResult) -> EvalResult:
+    """Check that ``result`` answers exactly ``job``; raise InvalidResult naming the first mismatch."""
+    if result.job_id != job.job_id or result.block_hash != job.block_hash:
+        raise InvalidResult(f"result is for job {result.job_id}, expected {job.job_id}")
+    n = len(job.prompts)
+    if len(result.teacher.continuation_tokens) != n:
+        raise InvalidResult(f"teacher reports {len(result.teacher.continuation_tokens)} prompts, job has {n}")
+    expected = {m.key: m for m in job.models}
+    got = [m.ref.key for m in result.models]
+    if len(got) != len(set(got)) or set(got) != set(expected):
+        raise InvalidResult(f"model set differs: sent {sorted(expected)}, got {sorted(got)}")
+    for m in result.models:
+        if m.ref != expected[m.ref.key]:
+            raise InvalidResult(f"{m.ref.key}: result names {m.ref.spec}, job sent {expected[m.ref.key].spec}")
+        if m.status == "ok" and len(m.prompt_kl) != n:
+            raise InvalidResult(f"{m.ref.key}: ok with {len(m.prompt_kl)} of {n} prompts")
+        if m.status == "early_stopped":
+            if job.king is not None and m.ref.key == job.king.key:
+                raise InvalidResult("the king can never be early-stopped")
+            if not 0 < len(m.prompt_kl) <= n:
+                raise InvalidResult(f"{m.ref.key}: early_stopped with {len(m.prompt_kl)} prompts")
+        if any(t > job.rules.max_new_tokens for t in m.prompt_tokens):
+            raise InvalidResult(f"{m.ref.key}: more tokens than max_new_tokens on some prompt")
+        values = list(m.prompt_kl) + list(m.fingerprint or [])
+        if not all(math.isfinite(v) for v in values):
+            raise InvalidResult(f"{m.ref.key}: non-finite values")
+    return result
+
+
+class HttpPod:
+    """A remote pod over HTTP, signed with the validator hotkey."""
+
+    def __init__(
+        self,
+        url: str,
+        wallet: Any,
+        *,
+        receiver_ss58: str | None = None,
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 10.0,
+        timeout: float = 30.0,
+        retries: int = 4,
+        client: httpx.Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.wallet = wallet
+        self.receiver_ss58 = receiver_ss58
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self.retries = retries
+        self._client = client or httpx.Client(timeout=timeout)
+        self._sleep = sleep
+
+    def __repr__(self) -> str:
+        return f"HttpPod({self.url})"
+
+    # --- transport ---------------------------------------------------------
+    def _call(self, method: str, path: str, body: bytes = b"") -> httpx.Response:
+        """One signed request with retries on network errors, 429 and 5xx; PodDown when they run out."""
+        delay = 0.5
+        last = ""
+        for attempt in range(self.retries + 1):
+            headers = http_auth.sign(self.wallet, method=method, path=path, body=body, receiver_ss58=self.receiver_ss58)
+            if body:
+                headers["Content-Type"] = "application/json"
+            try:
+                resp = self._client.request(method, self.url + path, content=body, headers=headers)
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if resp.status_code < 500 and resp.status_code != 429:
+                    return resp
+                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+            if attempt < self.retries:
+                self._sleep(delay)
+                delay = min(delay * 2, 8.0)
+        raise PodDown(f"{self.url}{path}: {last}")
+
+    @staticmethod
+    def _status(resp: httpx.Response, what: str) -> JobStatus:
+        if resp.status_code >= 400:
+            raise PodRejected(f"{what}: HTTP {resp.status_code}: {resp.text[:300]}")
+        try:
+            return JobStatus.model_validate_json(resp.content)
+        except ValueError as exc:
+            raise InvalidResult(f"{what}: malformed job status: {exc}") from exc
+
+    def submit(self, job: EvalJob) -> JobStatus:
+        return self._status(self._call("POST", "/jobs", job.model_dump_json().encode()), f"submit {job.job_id}")
+
+    def status(self, job_id: str) -> JobStatus:
+        resp = self._call("GET", f"/jobs/{job_id}")
+        if resp.status_code == 404:  # the pod lost its records: same as a restart mid-job
+            return JobStatus(job_id=job_id, state="interrupted", error="unknown to the pod")
+        return self._status(resp, f"status {job_id}")
+
+    def cancel(self, job_id: str) -> None:
+        try:
+            self._call("DELETE", f"/jobs/{job_id}")
+        except PodError as exc:
+            log.warning("could not cancel %s on %s: %s", job_id, self.url, exc)
+
+    def health(self) -> dict[str, Any]:
+        try:
+            resp = self._client.get(self.url + "/health")
+            resp.raise_for_status()
+            return dict(resp.json())
+        except (httpx.HTTPError, ValueError) as exc:
+            raise PodDown(f"{self.url}/health: {exc}") from exc
+
+    # --- the job -------------------------------------------------------------
+    def run(self, job: EvalJob, deadline_s: float) -> EvalResult:
+        """Submit, poll until done or the deadline, validate; see the module docstring."""
+        deadline = time.monotonic() + deadline_s
+        status = self.submit(job)
+        resubmitted = False
+        interval = self.poll_interval
+        while True:
+            if status.state == "done":
+                if status.result is None:
+                    raise InvalidResult(f"job {job.job_id} done without a result")
+                return validate_result(job, status.result)
+            if status.state in ("failed", "cancelled"):
+                raise PodJobFailed(f"job {job.job_id} {status.state} on {self.url}: {status.error}")
+            if status.state == "interrupted":
+                if resubmitted:
+                    raise PodDown(f"job {job.job_id} interrupted twice on {self.url}")
+                log.warning("job %s interrupted on %s (pod restarted): re-submitting", job.job_id, self.url)
+                resubmitted = True
+                status = self.submit(job)
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.cancel(job.job_id)
+                raise PodTimeout(f"job {job.job_id} missed its {deadline_s:.0f}s deadline on {self.url}")
+            self._sleep(min(interval, remaining))
+            interval = min(interval * 1.5, self.max_poll_interval)
+            status = self.status(job.job_id)
+
+
+class LocalPod:
+    """Runs the job in this process with the same routine as the pod service."""
+
+    def __init__(self, store: Any, workdir: Path, device: str = "cpu", **run_kwargs: Any) -> None:
+        self.store, self.workdir, self.device, self.run_kwargs = store, Path(workdir), device, run_kwargs
+
+    def health(self) -> dict[str, Any]:
+        return {"state": "idle", "device": self.device}
+
+    def run(self, job: EvalJob, deadline_s: float) -> EvalResult:
+        from eval.runner import JobCancelled, run_job
+
+        deadline = time.monotonic() + deadline_s
+        try:
+            result = run_job(
+                job, self.store, self.workdir, self.device,
+                should_cancel=lambda: time.monotonic() > deadline, **self.run_kwargs,
+            )
+        except JobCancelled as exc:
+            raise PodTimeout(f"job {job.job_id} missed its {deadline_s:.0f}s deadline in-process") from exc
+        except KlhillError as exc:
+            raise PodJobFailed(f"job {job.job_id} failed in-process: {exc}") from exc
+        if time.monotonic() > deadline:
+            raise PodTimeout(f"job {job.job_id} missed its {deadline_s:.0f}s deadline in-process")
+        return validate_result(job, result)
+
+
+class PodPool:
+    """Several pods; the whole job goes to the first that works, a dead pod's job moves on."""
+
+    def __init__(self, pods: Sequence[Pod]) -> None:
+        if not pods:
+            raise ValueError("a pod pool needs at least one pod")
+        self.pods = list(pods)
+
+    def health(self) -> dict[str, Any]:
+        states = []
+        for pod in self.pods:
+            try:
+                states.append(pod.health())
+            except PodError as exc:
+                states.append({"state": "down", "error": str(exc)})
+        return {"pods": states}
+
+    def run(self, job: EvalJob, deadline_s: float) -> EvalResult:
+        deadline = time.monotonic() + deadline_s
+        errors: list[str] = []
+        for pod in self.pods:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                pod.health()
+                return pod.run(job, remaining)
+            except (PodDown, InvalidResult) as exc:
+                log.warning("pod %r unusable for job %s: %s; trying the next one", pod, job.job_id, exc)
+                errors.append(f"{pod!r}: {exc}")
+        raise PodDown(f"no pod could run job {job.job_id}: " + "; ".join(errors or ["deadline passed"]))
