@@ -137,11 +137,13 @@ def _wrapped(source: PromptSource, shard: str, start: int, rows: int) -> Iterato
     for text in source.read(shard, start):
         yield text
         count += 1
+    if count >= rows:
+        return
     for text in source.read(shard, 0):
-        if count >= rows:
-            return
         yield text
         count += 1
+        if count >= rows:
+            return
 
 
 # --- parquet reading shared by both adapters ---------------------------------------------------
@@ -291,4 +293,4 @@ class FineWebSource:
     def _hub_open(path: str) -> BinaryIO:
         from huggingface_hub import HfFileSystem
 
-        return HfFileSystem().open(path.removeprefix("hf://"), "rb")  # type: ignore[return-value]
+        return HfFileSystem().open(path, "rb")  # type: ignore[return-value]  # hf:// prefix is optional

@@ -276,3 +276,11 @@ def test_parquet_without_text_column_fails_closed(tmp_path: Path) -> None:
     pq.write_table(pa.table({"content": ["x" * 300] * 5}), tmp_path / "x.parquet")
     with pytest.raises(PromptError, match="'text' column"):
         sample_prompts(H, SMALL, LocalCorpus(tmp_path))
+
+
+def test_wrap_reads_every_row_exactly_once(tmp_path: Path) -> None:
+    # exactly 4 usable documents among 9 rows: every start offset must find all of them, each once
+    _write_jsonl(tmp_path / "w.jsonl", _docs(9, short_every=2))
+    src = LocalCorpus(tmp_path)
+    for i in range(12):
+        assert sorted(_doc_id(p) for p in sample_prompts(_hash(i), SMALL, src)) == [1, 3, 5, 7]
