@@ -144,7 +144,7 @@ class LocalHub:
         paths = self._walk(rev_dir)
         out = []
         for rel in paths:
-            p = self._safe_path(repo, revision, rel)
+            p = rev_dir / rel  # _walk already refused anything leaving the revision dir
             size = p.stat().st_size
             if manifest is not None and manifest.get(rel, {}).get("size") == size:
                 sha = manifest[rel]["sha256"]

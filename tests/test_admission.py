@@ -1,0 +1,326 @@
+"""Admission checks against a real LocalHub: every rejection class, every LESSONS rule that lives here."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+
+import pytest
+import torch
+from admission_fixtures import TOKENIZER, VOCAB, config, tensors, write_model, write_teacher
+from safetensors.torch import save_file
+
+from eval.admission import Admitted, Rejected, TeacherSpec, check_model
+from eval.errors import TransientError
+from eval.rules import ContestRules
+from eval.stores import LocalHub, RepoInaccessible
+
+RULES = ContestRules(vocab_size=VOCAB)
+
+
+@pytest.fixture
+def hub(tmp_path):
+    return LocalHub(tmp_path / "hub")
+
+
+@pytest.fixture
+def teacher(tmp_path):
+    return TeacherSpec.from_dir(write_teacher(tmp_path / "teacher"))
+
+
+def admit(hub, tmp_path, teacher, rules=RULES, existed_before=False, **kw):
+    src = write_model(tmp_path / "src", **kw)
+    rev = hub.publish("org/m", src)
+    return check_model(hub, "org/m", rev, rules, teacher, existed_before=existed_before)
+
+
+def reject(hub, tmp_path, teacher, check, **kw) -> Rejected:
+    out = admit(hub, tmp_path, teacher, **kw)
+    assert isinstance(out, Rejected), out
+    assert (out.reason, out.check) == ("INVALID", check), out
+    return out
+
+
+def test_good_model_is_admitted(hub, tmp_path, teacher):
+    out = admit(hub, tmp_path, teacher, shards=2)
+    assert isinstance(out, Admitted)
+    assert out.params == sum(t.numel() for t in tensors().values())
+    assert out.shards == 2 and out.dtypes == ["F32"] and out.architectures == ["Qwen3_5ForCausalLM"]
+    assert len(out.metadata_hash) == 64
+
+
+def test_teacher_spec_from_store_matches_from_dir(hub, tmp_path, teacher):
+    rev = hub.publish("org/teacher", tmp_path / "teacher")
+    assert TeacherSpec.from_store(hub, "org/teacher", rev) == teacher
+    assert teacher.chat_template_sha256 is not None and teacher.vocab_size == VOCAB
+
+
+@pytest.mark.parametrize(
+    ("repo", "rev"),
+    [("org/m", "main"), ("org/m", "abc1234"), ("org/m", "A" * 40), ("https://x/y", "0" * 40), ("a/../b", "0" * 40)],
+)
+def test_format(hub, teacher, repo, rev):
+    out = check_model(hub, repo, rev, RULES, teacher)
+    assert (out.reason, out.check) == ("INVALID", "format")
+
+
+def test_missing_repo_invalid_if_never_existed_removed_if_it_had(hub, tmp_path, teacher):
+    rev = hub.publish("org/m", write_model(tmp_path / "src"))
+    assert isinstance(check_model(hub, "org/m", rev, RULES, teacher), Admitted)
+    hub.delete("org/m")
+    never = check_model(hub, "org/m", rev, RULES, teacher)
+    gone = check_model(hub, "org/m", rev, RULES, teacher, existed_before=True)
+    assert (never.reason, never.check) == ("INVALID", "availability")
+    assert (gone.reason, gone.check) == ("REMOVED", "availability")
+
+
+def test_missing_revision_is_definite(hub, tmp_path, teacher):
+    hub.publish("org/m", write_model(tmp_path / "src"))
+    out = check_model(hub, "org/m", "1" * 40, RULES, teacher, existed_before=True)
+    assert (out.reason, out.check) == ("REMOVED", "availability")
+
+
+class _FlakyStore:
+    """Wraps a store and raises a chosen error from files()."""
+
+    def __init__(self, inner, exc):
+        self.inner, self.exc = inner, exc
+
+    def files(self, repo, revision):
+        raise self.exc
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_transient_errors_propagate_never_reject(hub, tmp_path, teacher):
+    # LESSONS 21: a 429/503/timeout must not turn into a disqualification.
+    rev = hub.publish("org/m", write_model(tmp_path / "src"))
+    with pytest.raises(TransientError):
+        check_model(_FlakyStore(hub, TransientError("503")), "org/m", rev, RULES, teacher, existed_before=True)
+    out = check_model(_FlakyStore(hub, RepoInaccessible("gated")), "org/m", rev, RULES, teacher, existed_before=True)
+    assert out.reason == "REMOVED"
+
+
+@pytest.mark.parametrize(
+    "name", ["modeling_qwen.py", "pytorch_model.bin", "model.pt", "x.pth", "x.ckpt", "x.pkl", "x.gguf", "x.onnx",
+             "tf_model.h5", "flax_model.msgpack", "sub/tokenization.py"],
+)  # fmt: skip
+def test_forbidden_files(hub, tmp_path, teacher, name):
+    # LESSONS 7/8: remote code and pickle formats (a huge .bin beside a tiny decoy safetensors).
+    src = write_model(tmp_path / "src")
+    (src / name).parent.mkdir(parents=True, exist_ok=True)
+    (src / name).write_bytes(b"x")
+    rev = hub.publish("org/m", src)
+    out = check_model(hub, "org/m", rev, RULES, teacher)
+    assert (out.reason, out.check) == ("INVALID", "files") and "forbidden" in out.detail
+
+
+def test_unknown_file_and_missing_pieces(hub, tmp_path, teacher):
+    src = write_model(tmp_path / "src")
+    (src / "notes.txt").write_text("hi")
+    rev = hub.publish("org/m", src)
+    assert check_model(hub, "org/m", rev, RULES, teacher).check == "files"
+    (src / "notes.txt").unlink()
+    (src / "config.json").unlink()
+    assert "config.json" in check_model(hub, "org/m", hub.publish("org/m", src), RULES, teacher).detail
+
+
+def test_ten_thousand_tiny_files(hub, tmp_path, teacher):
+    rev = hub.publish("org/m", write_model(tmp_path / "src"))
+    many = hub.root / "org/m" / rev / "junk"  # placed straight into the hub: the repo itself is hostile
+    many.mkdir()
+    for i in range(10_000):
+        (many / f"{i}.json").write_bytes(b"{}")
+    t0 = time.perf_counter()
+    out = check_model(hub, "org/m", rev, RULES, teacher)
+    assert (out.reason, out.check) == ("INVALID", "files") and "10" in out.detail
+    assert time.perf_counter() - t0 < 10
+
+
+def test_symlink_escaping_repo_rejected(hub, tmp_path, teacher):
+    rev = hub.publish("org/m", write_model(tmp_path / "src"))
+    os.symlink("/etc/passwd", hub.root / "org/m" / rev / "README.md")
+    out = check_model(hub, "org/m", rev, RULES, teacher)
+    assert (out.reason, out.check) == ("INVALID", "files") and "outside" in out.detail
+
+
+@pytest.mark.parametrize(
+    ("cfg", "check"),
+    [
+        (config(architectures=["LlamaForCausalLM"]), "architecture"),
+        (config(architectures="Qwen3_5ForCausalLM"), "config"),
+        ({k: v for k, v in config().items() if k != "architectures"}, "config"),
+        (config(auto_map={"AutoModelForCausalLM": "modeling.Model"}), "config"),  # LESSONS 7
+        (config(quantization_config={"quant_method": "gptq"}), "quantization"),  # LESSONS 9
+        (config(text_config={"sub": {"quantization_config": {"bits": 4}}}), "quantization"),  # nested
+        (config(vocab_size=VOCAB + 1), "vocab"),
+        (config(text_config={"vocab_size": VOCAB * 2}), "vocab"),  # LESSONS 8: nested text_config is read
+        ({k: v for k, v in config().items() if k != "vocab_size"}, "config"),
+    ],
+)
+def test_config_rules(hub, tmp_path, teacher, cfg, check):
+    reject(hub, tmp_path, teacher, check, cfg=cfg)
+
+
+def test_vocab_only_in_text_config_is_accepted(hub, tmp_path, teacher):
+    cfg = {k: v for k, v in config().items() if k != "vocab_size"} | {"text_config": {"vocab_size": VOCAB}}
+    assert isinstance(admit(hub, tmp_path, teacher, cfg=cfg), Admitted)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"[1, 2, 3]", b'"just a string"', b"null", b"{broken", b"\xff\xfe\x00{}", b"[" * 100_000 + b"]" * 100_000,
+     json.dumps(config(deep=json.loads("[" * 50 + "]" * 50))).encode(), b"{" + b" " * (2 << 20) + b"}"],
+)  # fmt: skip
+def test_hostile_configs(hub, tmp_path, teacher, raw):
+    src = write_model(tmp_path / "src")
+    (src / "config.json").write_bytes(raw)
+    out = check_model(hub, "org/m", hub.publish("org/m", src), RULES, teacher)
+    assert (out.reason, out.check) in {("INVALID", "config"), ("INVALID", "files")}, out
+    assert out.detail
+
+
+def test_tokenizer_must_be_byte_identical(hub, tmp_path, teacher):
+    # LESSONS 10: a one-byte difference (here, whitespace) fails closed.
+    tok = dict(TOKENIZER, **{"tokenizer.json": TOKENIZER["tokenizer.json"] + " "})
+    assert "tokenizer.json" in reject(hub, tmp_path, teacher, "tokenizer", tokenizer=tok).detail
+
+
+def test_chat_template_is_compared(hub, tmp_path, teacher):
+    cfg = json.loads(TOKENIZER["tokenizer_config.json"])
+    cfg["chat_template"] = "{{ 'pwned' }}"
+    tok = dict(TOKENIZER, **{"tokenizer_config.json": json.dumps(cfg)})
+    reject(hub, tmp_path, teacher, "chat_template", tokenizer=tok)
+
+
+def test_missing_or_extra_tokenizer_files(hub, tmp_path, teacher):
+    reject(hub, tmp_path, teacher, "tokenizer", tokenizer={"tokenizer.json": TOKENIZER["tokenizer.json"]})
+    reject(hub, tmp_path, teacher, "tokenizer", tokenizer=dict(TOKENIZER, **{"chat_template.jinja": "x"}))
+
+
+def test_params_counted_over_all_shards(hub, tmp_path, teacher):
+    # LESSONS 8: counting only the first shard (or the config) would let a big model through.
+    total = sum(t.numel() for t in tensors().values())
+    first_shard = sum(t.numel() for n, t in tensors().items() if n in sorted(tensors())[::4])
+    rules = ContestRules(vocab_size=VOCAB, max_params=first_shard + 1)
+    out = reject(hub, tmp_path, teacher, "params", rules=rules, shards=4)
+    assert f"{total:,}" in out.detail
+    ok = admit(hub, tmp_path, teacher, rules=ContestRules(vocab_size=VOCAB, max_params=total), shards=4)
+    assert isinstance(ok, Admitted)
+
+
+def test_config_cannot_hide_size(hub, tmp_path, teacher):
+    cfg = config(num_hidden_layers=1, hidden_size=2, num_experts=1)
+    out = reject(hub, tmp_path, teacher, "params", rules=ContestRules(vocab_size=VOCAB, max_params=100), cfg=cfg)
+    assert "parameters" in out.detail
+
+
+def test_dtypes(hub, tmp_path, teacher):
+    reject(hub, tmp_path, teacher, "dtype", tensor_dict=tensors(torch.float64))
+    t = tensors()
+    t["model.layers.0.mlp.up_proj.weight"] = t["model.layers.0.mlp.up_proj.weight"].to(torch.int8)
+    reject(hub, tmp_path, teacher, "dtype", tensor_dict=t)
+    assert isinstance(admit(hub, tmp_path, teacher, tensor_dict=tensors(torch.bfloat16)), Admitted)
+
+
+@pytest.mark.parametrize(
+    "marker", ["model.layers.0.mlp.up_proj.qweight", "model.layers.0.mlp.up_proj.scales", "x.weight.absmax",
+               "model.layers.0.mlp.up_proj.SCB", "model.layers.0.mlp.up_proj.weight_scale",
+               "x.weight.quant_state.bitsandbytes__nf4"],
+)  # fmt: skip
+def test_quantization_marker_tensors(hub, tmp_path, teacher, marker):
+    # LESSONS 9: quantization config stripped, markers still in the weights.
+    t = tensors() | {marker: torch.zeros(4)}
+    reject(hub, tmp_path, teacher, "quantization", tensor_dict=t)
+
+
+def test_embedding_shape_matches_vocab(hub, tmp_path, teacher):
+    t = tensors()
+    t["model.embed_tokens.weight"] = torch.zeros(VOCAB - 1, 8)
+    reject(hub, tmp_path, teacher, "embedding", tensor_dict=t)
+    t = tensors()
+    del t["model.embed_tokens.weight"]
+    reject(hub, tmp_path, teacher, "embedding", tensor_dict=t)
+
+
+def _raw_shard(header: bytes, data: bytes = b"", length: int | None = None) -> bytes:
+    return struct.pack("<Q", len(header) if length is None else length) + header + data
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        _raw_shard(b"{}", length=2**64 - 8),  # "negative" length
+        _raw_shard(b"{}", length=50 * 2**20),  # longer than the file
+        _raw_shard(b"{" * 10 + b"x"),  # invalid JSON
+        _raw_shard(b"[" * 100_000 + b"]" * 100_000),  # deeply nested header
+        _raw_shard(json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                               "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}).encode(), b"\0" * 12),
+        _raw_shard(json.dumps({"a": {"dtype": "F32", "shape": [1 << 20], "data_offsets": [0, 4 << 20]}}).encode()),
+        b"\x01\x02\x03",
+    ],
+)  # fmt: skip
+def test_hostile_shards(hub, tmp_path, teacher, blob):
+    src = write_model(tmp_path / "src")
+    (src / "model-extra.safetensors").write_bytes(blob)
+    out = check_model(hub, "org/m", hub.publish("org/m", src), RULES, teacher)
+    assert (out.reason, out.check) == ("INVALID", "safetensors"), out
+
+
+def test_truncated_real_shard(hub, tmp_path, teacher):
+    src = write_model(tmp_path / "src")
+    data = (src / "model.safetensors").read_bytes()
+    (src / "model.safetensors").write_bytes(data[:-10])
+    out = check_model(hub, "org/m", hub.publish("org/m", src), RULES, teacher)
+    assert (out.check, "truncated" in out.detail) == ("safetensors", True)
+
+
+def test_huge_header_is_bounded(hub, tmp_path, teacher):
+    src = write_model(tmp_path / "src")
+    header = json.dumps({f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(210_000)})
+    (src / "model-00002.safetensors").write_bytes(_raw_shard(header.encode()))
+    out = check_model(hub, "org/m", hub.publish("org/m", src), RULES, teacher)
+    assert (out.check, "too many" in out.detail) == ("safetensors", True)
+
+
+def test_duplicate_tensor_across_shards(hub, tmp_path, teacher):
+    src = write_model(tmp_path / "src")
+    save_file({"model.layers.0.input_layernorm.weight": torch.ones(8)}, str(src / "model-00002.safetensors"))
+    reject_out = check_model(hub, "org/m", hub.publish("org/m", src), RULES, teacher)
+    assert reject_out.check == "safetensors" and "more than one shard" in reject_out.detail
+
+
+def test_index_must_match_headers(hub, tmp_path, teacher):
+    src = write_model(tmp_path / "src", shards=2)
+    idx = json.loads((src / "model.safetensors.index.json").read_text())
+    idx["weight_map"]["ghost.weight"] = "model-00001-of-00002.safetensors"
+    (src / "model.safetensors.index.json").write_text(json.dumps(idx))
+    assert check_model(hub, "org/m", hub.publish("org/m", src), RULES, teacher).check == "safetensors"
+
+
+def test_non_utf8_tokenizer_file_just_differs(hub, tmp_path, teacher):
+    src = write_model(tmp_path / "src")
+    (src / "tokenizer.json").write_bytes(b"\xff\xfe\xfd")
+    assert check_model(hub, "org/m", hub.publish("org/m", src), RULES, teacher).check == "tokenizer"
+
+
+def test_admission_reads_no_tensor_bytes(hub, tmp_path, teacher):
+    src = write_model(tmp_path / "src", shards=4)
+    rev = hub.publish("org/m", src)
+    hub.bytes_read = 0
+    assert isinstance(check_model(hub, "org/m", rev, RULES, teacher), Admitted)
+    shard_files = sorted(src.glob("*.safetensors"))
+    header_bytes = sum(8 + struct.unpack("<Q", p.read_bytes()[:8])[0] for p in shard_files)
+    small = sum(p.stat().st_size for p in src.iterdir() if not p.name.endswith(".safetensors"))
+    assert hub.bytes_read <= header_bytes + small
+    assert hub.bytes_read < header_bytes + small + 1  # and not one tensor byte beyond
+
+
+def test_metadata_hash_detects_exact_reupload(hub, tmp_path, teacher):
+    src = write_model(tmp_path / "src", shards=2)
+    a = check_model(hub, "org/a", hub.publish("org/a", src), RULES, teacher)
+    b = check_model(hub, "org/b", hub.publish("org/b", src), RULES, teacher)
+    assert a.metadata_hash == b.metadata_hash
