@@ -1,0 +1,106 @@
+"""`miner.py check` end to end: a real tiny Qwen3.5 model, a local teacher, exit codes and the JSON shape."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import miner
+from eval.stores import LocalHub
+from eval.tiny import save_model_dir, tiny_config, tiny_model, train_tokenizer
+
+KEYS = {"ok", "reason", "check", "detail", "params", "content_hash"}
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("miner")
+    tok = train_tokenizer(vocab_size=512)
+    cfg = tiny_config(len(tok))
+    model = tiny_model(cfg, seed=0)
+    teacher = save_model_dir(model, tok, root / "teacher")
+    student = save_model_dir(tiny_model(cfg, seed=1), tok, root / "student", max_shard_size="200KB")
+    return root, teacher, student
+
+
+def run_json(capsys, *argv: str) -> tuple[int, dict]:
+    code = miner.main(["check", *argv, "--json"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    doc = json.loads(out[0])
+    assert set(doc) == KEYS
+    return code, doc
+
+
+def test_local_dir_admissible_with_content_hash(dirs, capsys):
+    _, teacher, student = dirs
+    assert len(list(student.glob("*.safetensors"))) > 1  # sharded
+    code, doc = run_json(capsys, "--model", str(student), "--teacher", str(teacher))
+    assert code == 0 and doc["ok"] is True and doc["reason"] is None and doc["check"] is None
+    assert doc["params"] > 0 and len(doc["content_hash"]) == 64
+
+
+def test_local_dir_rejected_exit_1_and_hint(dirs, capsys, tmp_path):
+    _, teacher, student = dirs
+    bad = shutil.copytree(student, tmp_path / "bad")
+    (bad / "modeling_evil.py").write_text("import os")
+    code, doc = run_json(capsys, "--model", str(bad), "--teacher", str(teacher))
+    assert (code, doc["ok"], doc["reason"], doc["check"]) == (1, False, "INVALID", "files")
+    assert doc["params"] is None and doc["content_hash"] is None
+    assert miner.main(["check", "--model", str(bad), "--teacher", str(teacher)]) == 1
+    human = capsys.readouterr().out
+    assert "modeling_evil.py" in human and "to fix:" in human
+
+
+def test_teacher_replaces_rules_vocab(dirs, capsys, tmp_path):
+    _, teacher, student = dirs
+    other = shutil.copytree(teacher, tmp_path / "t2")
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["vocab_size"] = 1024
+    (other / "config.json").write_text(json.dumps(cfg))
+    code, doc = run_json(capsys, "--model", str(student), "--teacher", str(other))
+    assert (code, doc["check"]) == (1, "vocab")
+
+
+def test_hub_dir_path_with_revision(dirs, capsys, tmp_path):
+    _, teacher, student = dirs
+    hub = LocalHub(tmp_path / "hub")
+    rev = hub.publish("miner/student", student)
+    trev = hub.publish("org/teacher", teacher)
+    hub_args = ["--hub-dir", str(hub.root)]
+    code, doc = run_json(capsys, "--model", f"miner/student@{rev}", "--teacher", f"org/teacher@{trev}", *hub_args)
+    assert code == 0 and doc["ok"] and doc["content_hash"] is None and rev in doc["detail"]
+    code, doc = run_json(capsys, "--model", "miner/student", "--teacher", "org/teacher", *hub_args)  # resolves main
+    assert code == 0
+    code, doc = run_json(capsys, "--model", "miner/student@main", "--teacher", str(teacher), *hub_args)
+    assert (code, doc["check"]) == (1, "format")
+    code, doc = run_json(capsys, "--model", "miner/gone@" + "0" * 40, "--teacher", str(teacher), *hub_args)
+    assert (code, doc["reason"], doc["check"]) == (1, "INVALID", "availability")
+
+
+def test_usage_errors_exit_2(dirs, capsys, tmp_path):
+    _, teacher, student = dirs
+    assert miner.main(["check", "--model", str(student)]) == 2
+    assert miner.main([]) == 2
+    code, doc = run_json(
+        capsys, "--model", str(student), "--teacher", str(tmp_path / "nope"), "--hub-dir", str(tmp_path)
+    )
+    assert (code, doc["check"]) == (2, "usage")
+
+
+def test_script_entry_point(dirs):
+    _, teacher, student = dirs
+    proc = subprocess.run(
+        [sys.executable, "miner.py", "check", "--model", str(student), "--teacher", str(teacher), "--json"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["ok"] is True
