@@ -1,0 +1,159 @@
+"""Hugging Face adapter for the ModelStore port.
+
+One ``model_info(files_metadata=True)`` call gives the file list with LFS
+sha256; headers come from HTTP range reads of the pinned revision; small files
+from one bounded GET. Everything read for a (repo, revision) is cached in
+memory, so a revision already admitted costs zero HTTP calls. Every call has a
+timeout; 429/5xx/timeouts become ``TransientError`` (LESSONS 21), 404/401/403/
+gated/disabled become definite errors. The token comes from ``HF_TOKEN`` and is
+never put in a message.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import errors as hf_errors
+from huggingface_hub.utils import get_session
+
+from eval.errors import TransientError
+from eval.safetensors_header import PREFIX_READ, SafetensorsHeader, header_length, parse_header
+from eval.stores import (
+    REVISION_RE,
+    FileInfo,
+    RepoInaccessible,
+    RepoNotFound,
+    RevisionNotFound,
+    UnsafeRepoContent,
+    validate_file_path,
+    validate_repo,
+    validate_revision,
+)
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+class HuggingFaceStore:
+    def __init__(self, token: str | None = None, endpoint: str | None = None, timeout: float = 20.0) -> None:
+        self._token = token if token is not None else os.environ.get("HF_TOKEN") or None
+        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+        self.timeout = timeout
+        self._api = HfApi(endpoint=self.endpoint, token=self._token or False)
+        self._files: dict[tuple[str, str], list[FileInfo]] = {}
+        self._blobs: dict[tuple[str, str, str], bytes] = {}
+        self._headers: dict[tuple[str, str, str], SafetensorsHeader] = {}
+        self.http_calls = 0
+
+    def __repr__(self) -> str:  # never show the token
+        return f"HuggingFaceStore(endpoint={self.endpoint!r}, token={'set' if self._token else 'none'})"
+
+    # --- ModelStore ------------------------------------------------------------
+    def files(self, repo: str, revision: str) -> list[FileInfo]:
+        key = (validate_repo(repo), validate_revision(revision))
+        if key not in self._files:
+            info = self._call(repo, revision, self._api.model_info, repo, revision=revision, files_metadata=True,
+                              timeout=self.timeout)  # fmt: skip
+            if getattr(info, "sha", None) not in (None, revision):
+                raise RevisionNotFound(f"{repo}: the hub answered revision {info.sha}, not {revision}")
+            if getattr(info, "disabled", False) or getattr(info, "private", False) or getattr(info, "gated", False):
+                raise RepoInaccessible(f"{repo} is private, gated or disabled")
+            self._files[key] = [_file_info(s) for s in (info.siblings or [])]
+        return list(self._files[key])
+
+    def read_file(self, repo: str, revision: str, path: str, max_bytes: int) -> bytes:
+        key = (validate_repo(repo), validate_revision(revision), validate_file_path(path))
+        if key not in self._blobs:
+            data = self._get(repo, revision, path, None, max_bytes)
+            if len(data) > max_bytes:
+                raise UnsafeRepoContent(f"{path!r} is larger than {max_bytes} bytes")
+            self._blobs[key] = data
+        return self._blobs[key]
+
+    def safetensors_header(self, repo: str, revision: str, path: str) -> SafetensorsHeader:
+        key = (validate_repo(repo), validate_revision(revision), validate_file_path(path))
+        if key not in self._headers:
+            size = next((f.size for f in self.files(repo, revision) if f.path == path), None)
+            if size is None:
+                raise UnsafeRepoContent(f"{path!r} is not in {repo}@{revision}")
+            prefix = self._get(repo, revision, path, (0, min(PREFIX_READ, size) - 1), PREFIX_READ)
+            n = header_length(prefix, size)
+            if len(prefix) < 8 + n:  # header longer than the first read: one more range read
+                prefix += self._get(repo, revision, path, (len(prefix), 8 + n - 1), 8 + n - len(prefix))
+            self._headers[key] = parse_header(prefix[: 8 + n], size)
+        return self._headers[key]
+
+    def download(self, repo: str, revision: str, dest: Path, allow_patterns: list[str]) -> Path:
+        validate_repo(repo)
+        validate_revision(revision)
+        path = self._call(repo, revision, snapshot_download, repo_id=repo, revision=revision, local_dir=str(dest),
+                          allow_patterns=allow_patterns, token=self._token or False, endpoint=self.endpoint,
+                          etag_timeout=self.timeout)  # fmt: skip
+        return Path(path)
+
+    def resolve(self, repo: str, ref: str = "main") -> str:
+        validate_repo(repo)
+        info = self._call(repo, ref, self._api.model_info, repo, revision=ref, timeout=self.timeout)
+        sha = getattr(info, "sha", None)
+        if not isinstance(sha, str) or not REVISION_RE.match(sha):
+            raise TransientError(f"{repo}: the hub returned no commit id for {ref!r}")
+        return sha
+
+    # --- HTTP ----------------------------------------------------------------------
+    def _get(self, repo: str, revision: str, path: str, byte_range: tuple[int, int] | None, limit: int) -> bytes:
+        """One bounded GET of a file at the pinned revision (a Range read when ``byte_range`` is given)."""
+        url = f"{self.endpoint}/{repo}/resolve/{revision}/{path}"
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        if byte_range is not None:
+            headers["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
+
+        def fetch() -> bytes:
+            with get_session().stream("GET", url, headers=headers, timeout=self.timeout, follow_redirects=True) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    from huggingface_hub.utils import hf_raise_for_status
+
+                    hf_raise_for_status(r)
+                out = bytearray()
+                for chunk in r.iter_bytes():
+                    out += chunk
+                    if len(out) > limit:
+                        break
+                return bytes(out[: limit + 1])
+
+        return self._call(repo, revision, fetch)
+
+    def _call(self, repo: str, revision: str, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Run one hub call and translate its failure into the store's error classes."""
+        self.http_calls += 1
+        try:
+            return fn(*args, **kwargs)
+        except hf_errors.RevisionNotFoundError:
+            raise RevisionNotFound(f"revision {revision} not found in {repo}") from None
+        except (hf_errors.GatedRepoError, hf_errors.DisabledRepoError):
+            raise RepoInaccessible(f"{repo} is gated or disabled") from None
+        except hf_errors.RepositoryNotFoundError:
+            raise RepoNotFound(f"{repo} not found (or private)") from None
+        except hf_errors.EntryNotFoundError:
+            raise UnsafeRepoContent(f"a listed file of {repo}@{revision} is missing") from None
+        except hf_errors.HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status in (401, 403):
+                raise RepoInaccessible(f"{repo}: access denied ({status})") from None
+            if status == 404:
+                raise RepoNotFound(f"{repo}: not found (404)") from None
+            raise TransientError(f"{repo}@{revision}: hub answered {status}") from None
+        except (OSError, TimeoutError) as exc:  # connection errors, timeouts (httpx errors are OSError-free: below)
+            raise TransientError(f"{repo}@{revision}: {type(exc).__name__}") from None
+        except Exception as exc:
+            if type(exc).__module__.startswith(("httpx", "httpcore")):
+                raise TransientError(f"{repo}@{revision}: {type(exc).__name__}") from None
+            raise
+
+
+def _file_info(sibling: Any) -> FileInfo:
+    lfs = getattr(sibling, "lfs", None)
+    size = lfs.size if lfs is not None else sibling.size
+    return FileInfo(path=sibling.rfilename, size=int(size or 0), sha256=lfs.sha256 if lfs is not None else None)
