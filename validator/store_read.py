@@ -174,3 +174,33 @@ class StoreReads:
     def progress(self) -> dict[str, Any] | None:
         row = self._one("SELECT data, updated FROM progress WHERE id = 1")
         return {"data": json.loads(row["data"]), "updated": row["updated"]} if row else None
+
+    # --- for the API (charts, rules, metrics) -------------------------------------
+    def king_kl_series(self, limit: int = 2000) -> list[dict[str, Any]]:
+        """The king's mean KL after each finished round (oldest first): the king's own row of that round."""
+        rows = self._all(
+            "SELECT r.id AS round_id, r.block, r.finished, e.hotkey, e.commit_block, e.mean_kl AS kl"
+            " FROM rounds r JOIN evaluations e ON e.round_id = r.id AND e.hotkey = r.new_king_hotkey"
+            " AND e.commit_block = r.new_king_block WHERE r.state = 'done' ORDER BY r.id DESC LIMIT ?",
+            (max(1, int(limit)),),
+        )
+        return rows[::-1]
+
+    def latest_rules(self) -> dict[str, Any] | None:
+        """The rules of the newest round (what the validator judges by now), with its digest."""
+        row = self._one("SELECT id AS round_id, rules, rules_digest FROM rounds ORDER BY id DESC LIMIT 1")
+        if row:
+            row["rules"] = json.loads(row["rules"])
+        return row
+
+    def stats(self, recent: int = 100) -> dict[str, Any]:
+        """Counts for monitoring: submissions by status, rounds by state, recent round durations."""
+        by_status = {r[0]: r[1] for r in self._db.execute("SELECT status, COUNT(*) FROM submissions GROUP BY status")}
+        by_state = {r[0]: r[1] for r in self._db.execute("SELECT state, COUNT(*) FROM rounds GROUP BY state")}
+        durations = [r[0] for r in self._db.execute(
+            "SELECT finished - started FROM rounds WHERE state = 'done' AND finished IS NOT NULL"
+            " ORDER BY id DESC LIMIT ?", (max(1, int(recent)),))]  # fmt: skip
+        model_errors = self._db.execute("SELECT COUNT(*) FROM evaluations WHERE status = 'model_error'").fetchone()[0]
+        last_round = self._one("SELECT id, state, started, finished FROM rounds ORDER BY id DESC LIMIT 1")
+        return {"submissions": by_status, "rounds": by_state, "durations": durations, "model_errors": model_errors,
+                "last_round": last_round, "last_weights": self.last_weights()}  # fmt: skip

@@ -1,0 +1,152 @@
+"""Store rows -> response models: one function per endpoint, no HTTP in here.
+
+Each takes the read-only ``Store`` (and the current wall time where ages are
+reported) and returns a validated model; ``render`` turns it into the bytes
+the cache keeps.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from api import models as m
+from eval.rules import DEFAULT_RULES, ContestRules
+from eval.schemas import JobProgress
+from validator.store import Store
+
+PROGRESS_STALE_S = 900.0
+"""Progress older than this (and no dispatched round) is shown as inactive."""
+
+
+def render(model: BaseModel) -> bytes:
+    return model.model_dump_json().encode()
+
+
+def _rules(store: Store) -> tuple[ContestRules | dict[str, Any], str, int | None]:
+    row = store.latest_rules()
+    if row is None:
+        return DEFAULT_RULES, DEFAULT_RULES.digest(), None
+    try:
+        return ContestRules.model_validate(row["rules"]), row["rules_digest"], row["round_id"]
+    except ValidationError:  # rules written by another version of the code: serve them as stored
+        return m.sanitize(row["rules"]), row["rules_digest"], row["round_id"]
+
+
+def _age(now: float, at: float | None) -> float | None:
+    return max(0.0, now - at) if at is not None else None
+
+
+def health(store: Store, now: float | None = None) -> m.Health:
+    now = time.time() if now is None else now
+    meta = store.meta()
+    mg = store.metagraph()
+    block = meta.get("last_sync_block", mg["block"] if mg else None)
+    at = meta.get("last_sync_at", mg["at"] if mg else None)
+    last = store.stats(recent=1)["last_round"]
+    last_at = (last["finished"] or last["started"]) if last else None
+    return m.Health(
+        status="ok",
+        db_ok=True,
+        last_sync_block=block,
+        last_sync_age_s=_age(now, at),
+        last_round_id=last["id"] if last else None,
+        last_round_state=last["state"] if last else None,
+        last_round_age_s=_age(now, last_at),
+        now=now,
+    )
+
+
+def metagraph(store: Store) -> m.MetagraphOut:
+    mg = store.metagraph()
+    if mg is None:
+        return m.MetagraphOut(n=0, neurons=[])
+    neurons = m.sanitize(mg["neurons"])
+    return m.MetagraphOut(block=mg["block"], at=mg["at"], n=len(neurons), neurons=neurons)
+
+
+def commitments(store: Store) -> m.CommitmentsOut:
+    rows = store.commitments()
+    return m.CommitmentsOut(total=len(rows), items=m.sanitize(rows))
+
+
+def scores(store: Store) -> m.ScoresOut:
+    data = m.sanitize(store.scores())
+    rules, digest, _ = _rules(store)
+    r = rules if isinstance(rules, ContestRules) else DEFAULT_RULES
+    return m.ScoresOut(
+        **data, epsilon=r.epsilon, alpha=r.alpha, max_kl=r.max_kl, rules_version=r.version, rules_digest=digest
+    )
+
+
+def disqualifications(store: Store) -> m.DisqualificationsOut:
+    rows = store.disqualifications()
+    return m.DisqualificationsOut(total=len(rows), items=m.sanitize(rows))
+
+
+def rounds(store: Store, page: int, per_page: int) -> m.RoundsPage:
+    data = m.sanitize(store.rounds(page=page, per_page=per_page))
+    pages = max(1, -(-data["total"] // data["per_page"]))
+    return m.RoundsPage(**data, pages=pages)
+
+
+def _keyed(k: Any) -> dict[str, Any]:
+    return {"hotkey": k[0], "commit_block": k[1]}
+
+
+def round_audit(store: Store, round_id: int) -> m.RoundAudit | None:
+    row = store.round(round_id)
+    if row is None:
+        return None
+    row = m.sanitize(row)
+    row["models"] = [_keyed(k) for k in row["models"]]
+    return m.RoundAudit(**row)
+
+
+def miner(store: Store, hotkey: str) -> m.MinerOut | None:
+    subs = store.submission(hotkey)
+    if not subs:
+        return None
+    king = store.current_king()
+    return m.MinerOut(hotkey=hotkey, is_king=bool(king and king["hotkey"] == hotkey), submissions=m.sanitize(subs))
+
+
+def history(store: Store) -> m.HistoryOut:
+    return m.HistoryOut(points=m.sanitize(store.king_kl_series()), changes=m.sanitize(store.king_history()))
+
+
+def progress(store: Store, now: float | None = None) -> m.ProgressOut:
+    now = time.time() if now is None else now
+    row = store.progress()
+    if row is None:
+        return m.ProgressOut(active=False)
+    data = m.sanitize(row["data"])
+    if not isinstance(data, dict):
+        data = {"value": data}
+    src = data.get("progress") if isinstance(data.get("progress"), dict) else data
+    try:
+        prog: JobProgress | None = JobProgress.model_validate(
+            {k: v for k, v in src.items() if k in JobProgress.model_fields}
+        )
+    except ValidationError:
+        prog = None
+    rid = data.get("round_id")
+    live = store.interrupted_rounds()
+    active = bool(live) and (rid is None or any(r["id"] == rid for r in live))
+    age = _age(now, row["updated"])
+    active = active and (age is None or age < PROGRESS_STALE_S)
+    return m.ProgressOut(
+        active=active,
+        round_id=rid if isinstance(rid, int) else None,
+        updated=row["updated"],
+        age_s=age,
+        progress=prog,
+        data=data,
+    )
+
+
+def rules(store: Store) -> m.RulesOut:
+    r, digest, rid = _rules(store)
+    return m.RulesOut(source="round" if rid is not None else "default", round_id=rid, digest=digest, rules=r)

@@ -1,0 +1,244 @@
+"""Build a realistic validator store with the real validator code (reusable by end-to-end tests).
+
+Nothing here writes rows by hand: submissions come from SimChain commitments through
+``contest.new_submissions``, rounds are planned with ``contest.plan_round``, results are
+constructed ``EvalResult``s interpreted by ``verdicts.interpret_result`` and recorded with
+the ``Store`` write methods, metagraph snapshots are SimChain neurons.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from eval.rules import ContestRules
+from eval.schemas import EvalResult, ModelRef, ModelResult, SubmissionId, TeacherInfo
+from validator.contest import Candidate, Key, new_submissions, plan_round
+from validator.simchain import SimChain
+from validator.store import Store
+from validator.verdicts import interpret_result
+
+B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+@dataclass
+class BuiltStore:
+    db: Path
+    chain: SimChain
+    rules: ContestRules
+    hotkeys: list[str]
+    validator: str
+    done_rounds: list[int]
+    failed_rounds: list[int]
+    live_round: int | None
+
+
+class Clock:
+    """A settable clock shared by the store, so timestamps follow the blocks."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def hotkey(rng: random.Random) -> str:
+    return "5" + "".join(rng.choice(B58) for _ in range(47))
+
+
+def _result(job_id: str, block_hash: str, rules: ContestRules, models: list[ModelResult]) -> EvalResult:
+    teacher = TeacherInfo(repo=rules.teacher_repo, continuation_tokens=[64] * rules.prompts_per_round)
+    return EvalResult(job_id=job_id, block_hash=block_hash, teacher=teacher, models=models, device="cpu")
+
+
+def _model_result(
+    c: Candidate,
+    quality: dict[Key, float],
+    kind: dict[Key, str],
+    rules: ContestRules,
+    rng: random.Random,
+    hashes: dict[Key, str],
+) -> ModelResult:
+    ref = ModelRef(
+        repo=c.repo, revision=c.revision, submission=SubmissionId(hotkey=c.hotkey, commit_block=c.commit_block)
+    )
+    if kind[c.key] == "error":
+        return ModelResult(ref=ref, status="model_error", error="model failed to load: unsupported tensor layout")
+    base = quality[c.key]
+    kls = [max(0.0, base * (1.0 + rng.gauss(0.0, 0.04))) for _ in range(rules.prompts_per_round)]
+    fp = [round(base, 3) + 0.001 * i for i in range(4)]
+    if kind[c.key] != "copy":
+        fp = [x + 0.5 * (hash(c.hotkey) % 97) for x in fp]
+    return ModelResult(
+        ref=ref, status="ok", prompt_kl=kls, prompt_tokens=[64] * len(kls), content_hash=hashes[c.key], fingerprint=fp
+    )
+
+
+def build_store(
+    db: Path,
+    chain_path: Path,
+    *,
+    n_miners: int = 12,
+    n_rounds: int | None = None,
+    prompts: int = 8,
+    max_challengers: int = 2,
+    seed: int = 0,
+    end_time: float | None = None,
+    live_round: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> BuiltStore:
+    """A store after a contest on a fresh SimChain.
+
+    ``n_rounds`` (default: as many as the planner wants) pads with failed rounds (a pod that
+    timed out) between real rounds until the total is reached. With ``live_round`` the last
+    round stays dispatched with live progress, as while the pod is scoring.
+    """
+    rng = random.Random(seed)
+    end_time = time.time() if end_time is None else end_time
+    rules = ContestRules(prompts_per_round=prompts, early_stop_min_prompts=2, max_challengers_per_round=max_challengers)
+    chain = SimChain(chain_path, netuid=7, max_uids=max(300, n_miners + 8), genesis=end_time - 10_000_000)
+    clock = Clock(end_time - 1_000_000)
+    store = Store.open(db, clock=clock)
+    store.set_meta(netuid=7, network="sim")
+    validator = hotkey(rng)
+    chain.register(validator, "5Validator" + "1" * 38, stake=1000.0, validator_permit=True)
+    hotkeys: list[str] = []
+    quality: dict[Key, float] = {}
+    kind: dict[Key, str] = {}
+    hashes: dict[Key, str] = {}
+    for i in range(n_miners):
+        hk = hotkey(rng)
+        hotkeys.append(hk)
+        chain.register(hk, f"5Cold{i % max(1, n_miners // 3):04d}" + "1" * 39, stake=float(rng.randint(0, 50)))
+        chain.hotkey = hk
+        text = (
+            "not json"
+            if i % 17 == 5
+            else json.dumps(
+                {"model": f"miner{i}/distil-{i}", "revision": hashlib.sha1(hk.encode()).hexdigest()},
+                separators=(",", ":"),
+            )
+        )
+        chain.commit(text)
+        chain.advance(3)
+    subs = new_submissions(chain.commitments().values(), store.known_keys(), chain.neurons())
+    store.add_submissions(subs)
+    for idx, s in enumerate(subs):
+        if s.status != "pending":
+            continue
+        r = rng.random()
+        if idx % 23 == 7:
+            store.record_admission(s.key, "rejected", check="params", detail="6.1e9 parameters > 5.25e9")
+            continue
+        store.record_admission(
+            s.key, "admitted", params=4_000_000_000, metadata_hash=hashlib.sha256(s.hotkey.encode()).hexdigest()
+        )
+        quality[s.key] = 1.2 * math.exp(-idx / max(8.0, n_miners / 3)) * rng.uniform(0.85, 1.25) + 0.05
+        kind[s.key] = "error" if r < 0.05 else "high" if r < 0.1 else "ok"
+        hashes[s.key] = hashlib.sha256(s.key[0].encode()).hexdigest()
+        if kind[s.key] == "high":
+            quality[s.key] = rules.max_kl * 1.5
+    # one exact copy of an earlier model, re-committed later under another hotkey
+    keys = sorted(quality, key=lambda k: (k[1], k[0]))
+    if len(keys) > 4:
+        hashes[keys[-1]] = hashes[keys[1]]
+        kind[keys[-1]] = "ok"
+    registered = [n.hotkey for n in chain.neurons()]
+    done: list[int] = []
+    failed: list[int] = []
+    total = 0
+    planned_rounds = 0
+    while True:
+        king_row = store.current_king()
+        cands = store.candidates(registered)
+        king = next((c for c in cands if king_row and c.key == (king_row["hotkey"], king_row["commit_block"])), None)
+        plan = plan_round(king, cands, rules)
+        if plan.kind == "none":
+            break
+        planned_rounds += 1
+        head = chain.advance(25)
+        clock.now += 300.0
+        prompt_shas = [hashlib.sha256(f"{head.hash}:{i}".encode()).hexdigest() for i in range(prompts)]
+        models = [c.key for c in plan.models]
+        kingkey = plan.king.key if plan.king else None
+        rid = store.create_round(plan.kind, head.number, head.hash, prompt_shas, rules, models, kingkey)
+        store.mark_dispatched(rid, "http://127.0.0.1:8091", f"job-{rid}")
+        total += 1
+        if (
+            n_rounds is not None
+            and total < n_rounds
+            and rng.random() < _fail_share(n_rounds, n_miners, max_challengers)
+        ):
+            clock.now += 120.0
+            store.fail_round(rid, "pod timed out after 3600s")
+            failed.append(rid)
+            continue
+        result = _result(
+            f"job-{rid}", head.hash, rules, [_model_result(c, quality, kind, rules, rng, hashes) for c in plan.models]
+        )
+        out = interpret_result(plan, result, rules, store.known_fingerprints(), store.known_content_hashes())
+        clock.now += 600.0
+        store.record_round_result(rid, out, result, head.number + 1)
+        done.append(rid)
+        _set_weights(chain, store, validator, out.new_king, clock)
+        if progress:
+            progress(total)
+    while n_rounds is not None and total < n_rounds:
+        head = chain.advance(25)
+        clock.now += 300.0
+        rid = store.create_round("challenge", head.number, head.hash, ["0" * 64] * prompts, rules, [], None)
+        store.fail_round(rid, "pod unreachable")
+        failed.append(rid)
+        total += 1
+    live: int | None = None
+    king_row = store.current_king()
+    if live_round and king_row:
+        head = chain.advance(5)
+        kk = (king_row["hotkey"], king_row["commit_block"])
+        live = store.create_round("challenge", head.number, head.hash, ["f" * 64] * prompts, rules, [kk], kk)
+        store.mark_dispatched(live, "http://127.0.0.1:8091", f"job-{live}")
+        store.set_progress(
+            {
+                "round_id": live,
+                "phase": "student",
+                "model": king_row["repo"],
+                "model_index": 1,
+                "model_count": 2,
+                "prompt": prompts // 2,
+                "prompt_count": prompts,
+                "eta_s": 95.0,
+                "tokens_per_s": 850.0,
+            }
+        )
+    head = chain.head()
+    clock.now = end_time
+    store.save_metagraph(head.number, [dataclasses.asdict(n) for n in chain.neurons()])
+    store.set_meta(last_sync_block=head.number, last_sync_at=end_time)
+    store.close()
+    return BuiltStore(db, chain, rules, hotkeys, validator, done, failed, live)
+
+
+def _fail_share(n_rounds: int, n_miners: int, cap: int) -> float:
+    """Share of attempts that fail so that real rounds and failed ones add up to about ``n_rounds``."""
+    real = max(1, n_miners // cap + 2)
+    return max(0.0, min(0.95, 1.0 - real / n_rounds))
+
+
+def _set_weights(chain: SimChain, store: Store, validator: str, king: Key | None, clock: Clock) -> None:
+    if king is None:
+        return
+    uid = next((n.uid for n in chain.neurons() if n.hotkey == king[0]), None)
+    if uid is None:
+        return
+    chain.hotkey = validator
+    chain.advance(chain.weights_rate_limit())
+    receipt = chain.set_weights([uid], [1.0])
+    store.record_weights(receipt.block or chain.head().number, [uid], [1.0], receipt.success, receipt.message)
