@@ -6,3 +6,14 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def contest_hub(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """Tiny teacher + students in a LocalHub, built once per session (see tests/fixtures_contest.py)."""
+    from fixtures_contest import build_model_hub
+
+    return build_model_hub(tmp_path_factory.mktemp("contest-models"))

@@ -81,6 +81,12 @@ class StoreReads:
                                " ORDER BY commit_block, hotkey LIMIT 1", (value,)).fetchone()  # fmt: skip
         return (row[0], row[1]) if row else None
 
+    def metadata_hash_holders(self, value: str) -> list[Key]:
+        """Every submission recorded with this metadata hash, earliest commit first."""
+        rows = self._db.execute("SELECT hotkey, commit_block FROM hashes WHERE kind = 'metadata' AND value = ?"
+                                " ORDER BY commit_block, hotkey", (value,))  # fmt: skip
+        return [(r[0], r[1]) for r in rows]
+
     def known_fingerprints(self) -> list[tuple[Key, list[float]]]:
         rows = self._db.execute("SELECT hotkey, commit_block, vector FROM fingerprints")
         return [((r[0], r[1]), json.loads(r[2])) for r in rows]

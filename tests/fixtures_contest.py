@@ -1,0 +1,130 @@
+"""Reusable builders for contest tests: tiny real models in a LocalHub, a SimChain world, a Validator.
+
+The models are built once per test session (``build_model_hub``) and copied per
+test, so a test may delete repos without disturbing others.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bittensor.keyfiles import Keypair
+
+from eval.rules import ContestRules
+from eval.stores import LocalHub
+
+VOCAB = 512
+TEACHER = "demo/teacher"
+RULES = ContestRules(
+    teacher_repo=TEACHER, vocab_size=VOCAB, prompts_per_round=4, max_new_tokens=8, early_stop_min_prompts=2,
+    max_prompt_tokens=64, max_kl=50.0, prompt_min_chars=40, prompt_max_chars=400,
+)
+# name -> seed; "demo/teacher" is the teacher, the rest are students
+MODELS = {TEACHER: 0, "alice/m1": 1, "bob/m2": 2, "carol/m3": 3, "dave/m4": 4}
+
+
+def hotkey(name: str) -> str:
+    """A real SS58 address, stable per name."""
+    return str(Keypair.create_from_uri(f"//{name}").ss58_address)
+
+
+def build_model_hub(root: Path) -> tuple[Path, dict[str, str]]:
+    """Publish the tiny teacher and students into a LocalHub at ``root/hub``; returns (hub_root, revisions)."""
+    from eval.tiny import save_model_dir, tiny_config, tiny_model, train_tokenizer
+
+    tok = train_tokenizer(VOCAB)
+    cfg = tiny_config(VOCAB)
+    hub = LocalHub(root / "hub")
+    revs = {}
+    for name, seed in MODELS.items():
+        src = save_model_dir(tiny_model(cfg, seed), tok, root / "src" / name.replace("/", "_"))
+        revs[name] = hub.publish(name, src)
+    return root / "hub", revs
+
+
+@dataclass
+class World:
+    """One test's chain, hub and paths. Admin actions go through ``sim``; miners commit with ``commit``."""
+
+    root: Path
+    hub_root: Path
+    revs: dict[str, str]
+    sim_db: Path
+    db: Path
+    wallet: Any
+    rules: ContestRules = RULES
+    sim: Any = None
+    miners: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def hub(self) -> LocalHub:
+        return LocalHub(self.hub_root)
+
+    @property
+    def validator_hotkey(self) -> str:
+        return str(self.wallet.hotkey.ss58_address)
+
+    def register(self, name: str, coldkey: str | None = None) -> int:
+        hk = hotkey(name)
+        self.miners[name] = hk
+        return int(self.sim.register(hk, coldkey or hotkey(f"cold-{name}")))
+
+    def commit(self, name: str, repo: str, revision: str | None = None) -> int:
+        from validator.commitments import format_commitment
+        from validator.simchain import SimChain
+
+        chain = SimChain(self.sim_db, 1, hotkey=self.miners[name])
+        try:
+            block = chain.commit(format_commitment(repo, revision or self.revs[repo]))
+        finally:
+            chain.close()
+        self.sim.advance(1)
+        return block
+
+    def rules_file(self) -> Path:
+        path = self.root / "rules.json"
+        path.write_text(self.rules.to_json())
+        return path
+
+    def cli_args(self, *extra: str) -> list[str]:
+        return ["run", "--network", "sim", "--sim-db", str(self.sim_db), "--netuid", "1", "--db", str(self.db),
+                "--wallet-name", self.wallet.name, "--hotkey-name", "default", "--wallet-path", str(self.root / "w"),
+                "--hub-dir", str(self.hub_root), "--corpus", "builtin", "--rules", str(self.rules_file()),
+                "--epoch-blocks", "1", "--poll-seconds", "0.2", *extra]  # fmt: skip
+
+
+def make_world(tmp: Path, hub_src: Path, revs: dict[str, str], *, rate_limit: int = 5) -> World:
+    """A fresh SimChain with the validator registered (with a permit) and a private copy of the hub."""
+    from validator.simchain import SimChain
+    from validator.wallets import create_test_wallet
+
+    hub_root = tmp / "hub"
+    shutil.copytree(hub_src, hub_root)
+    wallet = create_test_wallet(tmp / "w", name="val")
+    sim = SimChain(tmp / "chain.db", 1, block_time=3600.0, hotkey=str(wallet.hotkey.ss58_address),
+                   weights_rate_limit=rate_limit)  # fmt: skip
+    sim.register(str(wallet.hotkey.ss58_address), hotkey("cold-validator"), stake=1000.0, validator_permit=True)
+    sim.advance(10)
+    return World(tmp, hub_root, revs, tmp / "chain.db", tmp / "validator.db", wallet, sim=sim)
+
+
+def make_validator(world: World, pod: Any = None, **config: Any) -> Any:
+    """A Validator on the world's SimChain with a LocalPod (or ``pod``) and the builtin corpus."""
+    from eval.admission import TeacherSpec
+    from eval.prompts import LocalCorpus
+    from validator.loop import LoopConfig, Validator
+    from validator.pods import LocalPod
+    from validator.rounds import ProgressBox
+    from validator.store import Store
+
+    hub = world.hub
+    progress = ProgressBox()
+    pod = pod or LocalPod(hub, world.root / "pod", "cpu", on_progress=progress.set)
+    store = Store.open(world.db)
+    rev = world.revs[TEACHER]
+    cfg = LoopConfig(**{"epoch_blocks": 1, "poll_seconds": 0.05, **config})
+    return Validator(world.sim, store, hub, pod, LocalCorpus(None), world.rules,
+                     lambda: TeacherSpec.from_store(hub, TEACHER, rev), cfg, progress=progress)  # fmt: skip

@@ -1,0 +1,156 @@
+"""The admission driver: run ``eval.admission.check_model`` on new submissions only, and
+check the king's repo before weights.
+
+Why a driver apart from the loop: the rules of *when* to ask the model store are
+what went wrong before - outages disqualified good models (LESSONS 21), ghost
+repos kept their slot (LESSONS 19), a vanished king kept the crown (LESSONS 20)
+and a copy committed later took an earlier commit's place (LESSONS 1). Each is
+one small function here. The decisions themselves stay in ``validator.contest``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from eval.admission import Admitted, Rejected, TeacherSpec, check_model
+from eval.errors import TransientError
+from eval.rules import ContestRules
+from eval.stores import DefiniteStoreError, ModelStore
+from validator.contest import Key, order_key, strike_missing_repo
+from validator.store import Store
+
+log = logging.getLogger(__name__)
+
+CheckFn = Callable[..., Admitted | Rejected]
+
+
+@dataclass
+class AdmitReport:
+    admitted: list[Key] = field(default_factory=list)
+    rejected: list[Key] = field(default_factory=list)
+    copies: list[Key] = field(default_factory=list)
+    transient: list[Key] = field(default_factory=list)
+    checks: int = 0
+
+
+def backoff_blocks(attempts: int, base: int, cap: int) -> int:
+    """Blocks to wait before retry number ``attempts + 1``: doubling from ``base``, at most ``cap``."""
+    return int(min(cap, base * 2 ** min(max(attempts, 0), 30)))
+
+
+def _fmt(key: Key) -> str:
+    return f"{key[0]}:{key[1]}"
+
+
+def admit_pending(
+    store: Store,
+    model_store: ModelStore,
+    head_block: int,
+    rules: ContestRules,
+    teacher: Callable[[], TeacherSpec],
+    *,
+    backoff_base: int = 5,
+    backoff_cap: int = 600,
+    check: CheckFn = check_model,
+) -> AdmitReport:
+    """Admit every pending submission whose retry time has come, oldest commit first.
+
+    ``teacher`` is called lazily (only when something is pending) so a teacher
+    lookup never costs anything on a quiet epoch. A ``TransientError`` (from the
+    store or the teacher lookup) schedules a retry with backoff and never rejects.
+    """
+    report = AdmitReport()
+    pending = store.pending_admissions(head_block)
+    if not pending:
+        return report
+    spec: TeacherSpec | None = None
+    for row in pending:
+        key: Key = (row["hotkey"], row["commit_block"])
+        try:
+            spec = spec or teacher()
+            report.checks += 1
+            verdict = check(model_store, row["repo"], row["revision"], rules, spec)
+        except TransientError as exc:
+            wait = backoff_blocks(row["attempts"] or 0, backoff_base, backoff_cap)
+            store.record_admission(key, "transient", detail=f"transient: {exc}"[:2000],
+                                   next_retry_block=head_block + wait)  # fmt: skip
+            report.transient.append(key)
+            log.warning("admission of %s deferred %d blocks: %s", _fmt(key), wait, exc)
+            continue
+        if isinstance(verdict, Rejected):
+            with store.transaction():
+                store.record_admission(key, "rejected", check=verdict.check, detail=verdict.detail)
+                store.add_disqualification(key, verdict.reason, verdict.check, verdict.detail, {}, head_block)
+            report.rejected.append(key)
+            log.info("rejected %s (%s): %s", _fmt(key), verdict.check, verdict.detail)
+            continue
+        copy_of = _record_admitted(store, key, verdict, head_block)
+        (report.copies if copy_of else report.admitted).append(key)
+    return report
+
+
+def _record_admitted(store: Store, key: Key, verdict: Admitted, head_block: int) -> Key | None:
+    """Record an admitted model; the earliest commit of the same metadata hash owns it (LESSONS 1).
+
+    Returns the owner when ``key`` is a copy. A later commit that was admitted
+    earlier (its elder was delayed by an outage) is disqualified now, whatever its state.
+    """
+    with store.transaction():
+        holders = [k for k in store.metadata_hash_holders(verdict.metadata_hash) if k != key]
+        store.record_admission(key, "admitted", params=verdict.params, metadata_hash=verdict.metadata_hash)
+        store.add_integrity(key, {f.path: f.sha256 for f in verdict.files if f.sha256})
+        elder = [k for k in holders if order_key(k) < order_key(key)]
+        if elder:
+            _disqualify_copy(store, key, elder[0], verdict.metadata_hash, head_block)
+            return elder[0]
+        for later in (k for k in holders if order_key(k) > order_key(key)):
+            _disqualify_copy(store, later, key, verdict.metadata_hash, head_block)
+    log.info("admitted %s (%d params)", _fmt(key), verdict.params)
+    return None
+
+
+def _disqualify_copy(store: Store, key: Key, owner: Key, metadata_hash: str, block: int) -> None:
+    detail = f"same files as the earlier commit {_fmt(owner)}"
+    evidence: dict[str, Any] = {"copy_of": {"hotkey": owner[0], "commit_block": owner[1]},
+                                "metadata_hash": metadata_hash}  # fmt: skip
+    store.add_disqualification(key, "COPY", "metadata_hash", detail, evidence, block)
+    store.set_status(key, "disqualified", detail)
+    log.info("COPY: %s is a copy of %s", _fmt(key), _fmt(owner))
+
+
+def check_king_repo(store: Store, model_store: ModelStore, head_block: int, max_strikes: int) -> bool:
+    """Is the king's pinned revision still there? Bounded strikes, then REMOVED (LESSONS 19, 20).
+
+    Returns False when the king was removed now. Transient errors never count.
+    """
+    king = store.current_king()
+    if king is None:
+        return True
+    key: Key = (king["hotkey"], king["commit_block"])
+    row = next((s for s in store.submission(key[0]) if s["commit_block"] == key[1]), None)
+    strikes = int(row["strikes"]) if row else 0
+    try:
+        model_store.files(king["repo"], king["revision"])
+        outcome = "ok"
+        detail = ""
+    except TransientError as exc:
+        log.warning("king repo check deferred (transient): %s", exc)
+        return True
+    except DefiniteStoreError as exc:
+        outcome = "missing"
+        detail = f"{type(exc).__name__}: {exc}"
+    result = strike_missing_repo(strikes, max_strikes, outcome)  # type: ignore[arg-type]
+    if result.strikes != strikes:
+        store.set_strikes(key, result.strikes)
+    if outcome == "missing":
+        log.warning("king %s repo missing (strike %d/%d): %s", _fmt(key), result.strikes, max_strikes, detail)
+    if not result.removed:
+        return True
+    with store.transaction():
+        store.set_status(key, "removed", detail)
+        store.add_disqualification(key, "REMOVED", "availability", detail, {"strikes": result.strikes}, head_block)
+    log.warning("king %s REMOVED: its repo is gone", _fmt(key))
+    return False
