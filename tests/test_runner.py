@@ -104,10 +104,22 @@ def test_cancel_stops_and_cleans(hub, tmp_path):
     assert not (tmp_path / "teacher-cache" / "rj-5").exists()
 
 
-def test_result_round_trips_through_json(hub, tmp_path):
+def test_early_stopping_compares_against_this_rounds_king_only(hub, tmp_path, monkeypatch):
+    """The king is scored in full (king_kl=None); each challenger gets exactly the king's list (LESSONS 15)."""
+    from eval import scoring
+
     store, revs = hub
     job = job_for(revs, ["miner/king", "miner/c0"], "rj-6")
+    seen: list[object] = []
+    real = scoring.score_student
+
+    def spy(model, run, rules, **kw):
+        seen.append(kw.get("king_kl"))
+        return real(model, run, rules, **kw)
+
+    monkeypatch.setattr(scoring, "score_student", spy)
     result = run_job(job, store, tmp_path, "cpu", limits=NO_DISK_RESERVE)
+    assert seen == [None, result.models[0].prompt_kl]
     again = type(result).model_validate_json(json.dumps(result.model_dump(mode="json")))
     assert again == result
     assert Path(tmp_path / "teacher").is_dir()
