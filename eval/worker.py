@@ -108,7 +108,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _default_runner(settings: PodSettings) -> Runner:
     from eval import stores
 
-    store: Any = stores.LocalHub(settings.hub) if settings.hub else stores.HuggingFaceStore()
+    if settings.hub:
+        store: Any = stores.LocalHub(settings.hub)
+    else:
+        from eval.hf_store import HuggingFaceStore  # token from HF_TOKEN only, never argv
+
+        store = HuggingFaceStore()
     limits = DiskLimits(
         min_free_bytes=int(settings.min_free_gb * 1024**3),
         max_workdir_bytes=int(settings.max_disk_gb * 1024**3) if settings.max_disk_gb else None,
