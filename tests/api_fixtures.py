@@ -200,6 +200,7 @@ def build_store(
         total += 1
     live: int | None = None
     king_row = store.current_king()
+    clock.now = end_time - 30.0
     if live_round and king_row:
         head = chain.advance(5)
         kk = (king_row["hotkey"], king_row["commit_block"])
