@@ -1,9 +1,13 @@
-"""Miner command line: run the validator's own admission checks before committing.
+"""Miner command line: check a model, estimate its score, and commit it once.
 
-    python miner.py check --model <org/name[@revision] | local dir> --teacher <org/name[@revision] | local dir> [--json]
+    python miner.py check  --model <org/name[@revision] | dir> --teacher <org/name[@revision] | dir> [--json]
+    python miner.py eval   --model <org/name@rev | dir> [--against <org/name@rev | dir>] [--block-hash 0x..] [--json]
+    python miner.py commit --network finney --netuid N --wallet-name W --hotkey-name H --model-repo org/name
 
-Exit status: 0 admissible, 1 not admissible, 2 usage error or a transient
-store failure (try again later). Subcommands are one function each.
+Exit status: 0 success, 1 refused (not admissible, not registered, already
+committed, model error), 2 usage error or a transient failure (try again later),
+3 (commit) submitted but not yet readable. Subcommands are one function each;
+the commit and eval flows live in ``miner_commit.py`` and ``miner_eval.py``.
 """
 
 from __future__ import annotations
@@ -139,6 +143,101 @@ def cmd_check(args: argparse.Namespace, rules: ContestRules = DEFAULT_RULES) -> 
     return EXIT_OK
 
 
+def _default_teacher(rules: ContestRules = DEFAULT_RULES) -> str:
+    return f"{rules.teacher_repo}@{rules.teacher_revision}" if rules.teacher_revision else rules.teacher_repo
+
+
+def cmd_commit(args: argparse.Namespace) -> int:
+    """Resolve, check, confirm and write this hotkey's one commitment (see ``miner_commit``)."""
+    import miner_commit as mc
+    from validator.chain import ChainError
+    from validator.wallets import load_wallet, resolve_network
+
+    args.network = resolve_network(args.network)
+    chain = None
+    try:
+        store = _store_for(args)
+        revision = args.revision
+        if revision is None:
+            revision = store.resolve(args.model_repo, "main")
+            print(f"revision: {args.model_repo} main is at {revision}")
+        teacher = _teacher(args.teacher or _default_teacher(), args)
+        wallet = load_wallet(args.wallet_name, args.hotkey_name, args.wallet_path)
+        chain, hotkey = mc.open_chain(args.network, args.netuid, wallet, args.sim_db)
+        return mc.run_commit(args, store=store, teacher=teacher, chain=chain, hotkey=hotkey, revision=revision)
+    except (UsageError, ChainError, ValueError) as exc:
+        print(f"REFUSED: {exc}")
+        return EXIT_USAGE
+    except TransientError as exc:
+        print(f"TRY AGAIN LATER: store or chain unavailable, nothing was written: {exc}")
+        return EXIT_USAGE
+    except DefiniteStoreError as exc:
+        print(f"REFUSED: {args.model_repo} is not available: {exc}")
+        return EXIT_NOT_ADMISSIBLE
+    finally:
+        if chain is not None and hasattr(chain, "close"):
+            chain.close()
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Score a model on a block hash's prompts with the pod routine (see ``miner_eval``)."""
+    import miner_eval as me
+    from eval.errors import InfraError
+
+    try:
+        return me.run_eval(args, lambda: _store_for(args))
+    except (me.EvalUsageError, ValueError, OSError) as exc:  # bad hash, rules file, corpus, prompt source
+        print(f"USAGE: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (InfraError, TransientError) as exc:
+        print(f"COULD NOT EVALUATE (nothing is wrong with the model): {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (DefiniteStoreError, KlhillError) as exc:
+        print(f"COULD NOT EVALUATE: {exc}", file=sys.stderr)
+        return EXIT_NOT_ADMISSIBLE
+
+
+def _store_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hub-dir", type=Path, default=None, help="use a local hub root instead of Hugging Face")
+    p.add_argument("--hf-endpoint", default=None, help="Hugging Face endpoint URL (default: the public hub)")
+
+
+def _add_commit(sub: Any) -> None:
+    c = sub.add_parser("commit", help="commit a checked model for this hotkey (once, permanently)")
+    c.add_argument("--network", default=None, help="finney | test | local | ws://... | sim (env BT_NETWORK)")
+    c.add_argument("--sim-db", type=Path, default=None, help="SimChain file for --network sim")
+    c.add_argument("--netuid", type=int, required=True)
+    c.add_argument("--wallet-name", default=None, help="env BT_WALLET")
+    c.add_argument("--hotkey-name", default=None, help="env BT_WALLET_HOTKEY")
+    c.add_argument("--wallet-path", default=None, help="env BT_WALLET_PATH")
+    c.add_argument("--model-repo", required=True, help="org/name on the model store")
+    c.add_argument("--revision", default=None, help="40-hex commit SHA (default: the repo's current main)")
+    c.add_argument("--teacher", default=None, help="org/name[@revision] or a local dir (default: the rules')")
+    _store_flags(c)
+    c.add_argument("--dry-run", action="store_true", help="run every check and show the commitment; write nothing")
+    c.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    c.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the commitment to read back")
+    c.add_argument("--poll-interval", type=float, default=3.0, help=argparse.SUPPRESS)
+    c.set_defaults(func=cmd_commit)
+
+
+def _add_eval(sub: Any) -> None:
+    e = sub.add_parser("eval", help="estimate a model's KL locally with the validator's scoring code")
+    e.add_argument("--model", required=True, help="org/name[@revision] or a local model directory")
+    e.add_argument("--teacher", default=None, help="org/name[@revision] or a local dir (default: the rules')")
+    e.add_argument("--against", default=None, help="the king to compare with: org/name[@revision] or a dir")
+    e.add_argument("--prompts", type=int, default=None, help="number of prompts (default: the rules')")
+    e.add_argument("--block-hash", default=None, help="0x + 64 hex: a past round's hash (default: random)")
+    e.add_argument("--rules", type=Path, default=None, help="the round's ContestRules JSON (default: built-in)")
+    e.add_argument("--corpus", default=None, help="prompt corpus dir or 'builtin' (default: FineWeb)")
+    e.add_argument("--device", default=None, help="cuda | cpu | cuda:N (default: cuda when available)")
+    e.add_argument("--max-new-tokens", type=int, default=None, help="shorter continuations for a quick run")
+    e.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temporary one)")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    _store_flags(e)
+    e.set_defaults(func=cmd_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="miner.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,9 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--model", required=True, help="org/name[@revision] or a local model directory")
     check.add_argument("--teacher", required=True, help="org/name[@revision] or a local directory")
     check.add_argument("--json", action="store_true", help="print one JSON object")
-    check.add_argument("--hub-dir", type=Path, default=None, help="use a local hub root instead of Hugging Face")
-    check.add_argument("--hf-endpoint", default=None, help="Hugging Face endpoint URL (default: the public hub)")
+    _store_flags(check)
     check.set_defaults(func=cmd_check)
+    _add_commit(sub)
+    _add_eval(sub)
     return parser
 
 

@@ -1,0 +1,149 @@
+"""A miner's local score estimate: the validator's job for a block hash, scored by the pod routine.
+
+``miner.py eval`` is a thin shell around these functions. The job is built the way the
+validator builds a round (prompts sampled from the block hash and the *published* rules, the
+king first, the challenger after it), and the result is read with the validator's own
+statistics (``eval.stats.mean_ci``, ``eval.stats.decide``), so "would I dethrone the king?"
+gets the answer the validator would give on the same prompts.
+
+Prompts depend on the rules digest: they are sampled with the rules as given, before any
+local override (a shorter ``max_new_tokens`` for a quick run changes the job's rules only).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from eval.rules import ContestRules
+from eval.schemas import EvalJob, EvalResult, ModelRef, ModelResult, SubmissionId
+from eval.stats import decide, mean_ci
+
+# Placeholder submission identities (valid ss58-shaped strings): a local run has no chain.
+MODEL_HOTKEY = "5" + "M" * 47
+AGAINST_HOTKEY = "5" + "K" * 47
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A model at an exact revision, as the job will name it."""
+
+    repo: str
+    revision: str
+
+    @property
+    def spec(self) -> str:
+        return f"{self.repo}@{self.revision}"
+
+
+def job_rules(
+    rules: ContestRules, *, teacher_repo: str | None = None, max_new_tokens: int | None = None
+) -> ContestRules:
+    """The rules the job carries: the published ones, with the local teacher name and token override."""
+    update: dict[str, Any] = {}
+    if teacher_repo is not None and teacher_repo != rules.teacher_repo:
+        update["teacher_repo"] = teacher_repo
+    if max_new_tokens is not None:
+        update["max_new_tokens"] = max_new_tokens
+    return ContestRules.model_validate({**rules.model_dump(), **update}) if update else rules
+
+
+def build_job(
+    block_hash: str,
+    rules: ContestRules,
+    prompts: list[str],
+    model: Pinned,
+    *,
+    against: Pinned | None = None,
+    teacher_revision: str | None = None,
+) -> EvalJob:
+    """The job a validator would send: ``against`` is the king (scored in full, first), ``model`` the challenger."""
+
+    def ref(p: Pinned, hotkey: str) -> ModelRef:
+        return ModelRef(repo=p.repo, revision=p.revision, submission=SubmissionId(hotkey=hotkey, commit_block=0))
+
+    return EvalJob(
+        job_id=f"miner-eval-{block_hash[2:18]}",
+        block=0,
+        block_hash=block_hash,
+        rules=rules,
+        teacher_revision=teacher_revision,
+        prompts=prompts,
+        king=ref(against, AGAINST_HOTKEY) if against is not None else None,
+        challengers=[ref(model, MODEL_HOTKEY)],
+    )
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def model_summary(result: ModelResult) -> dict[str, Any]:
+    """Status, mean KL with a 95% t-interval (None when undefined), and the per-prompt values."""
+    out: dict[str, Any] = {"spec": result.ref.spec, "status": result.status, "error": result.error,
+                           "prompt_kl": list(result.prompt_kl), "prompt_tokens": list(result.prompt_tokens),
+                           "mean_kl": None, "ci95": None, "content_hash": result.content_hash}  # fmt: skip
+    if result.prompt_kl:
+        mean, lo, hi = mean_ci(result.prompt_kl)
+        out["mean_kl"] = mean
+        out["ci95"] = [_finite(lo), _finite(hi)]
+    return out
+
+
+def summarize(result: EvalResult, rules: ContestRules) -> dict[str, Any]:
+    """One JSON-safe document: the model, the king it was compared with, and the dethrone decision.
+
+    Mirrors the validator: a challenger that errored or was stopped early does not dethrone; a
+    king that errored cannot be compared with (the validator would fail the round's comparison).
+    Over ``rules.max_kl`` the model would be disqualified (KL_TOO_HIGH).
+    """
+    by_hotkey = {m.ref.submission.hotkey: m for m in result.models}
+    mine = by_hotkey[MODEL_HOTKEY]
+    doc: dict[str, Any] = {"block_hash": result.block_hash, "teacher": result.teacher.model_dump(mode="json"),
+                           "prompts": len(result.teacher.continuation_tokens), "model": model_summary(mine),
+                           "against": None, "decision": None}  # fmt: skip
+    mean = doc["model"]["mean_kl"]
+    doc["model"]["over_max_kl"] = mean is not None and mine.status == "ok" and mean > rules.max_kl
+    king = by_hotkey.get(AGAINST_HOTKEY)
+    if king is None:
+        return doc
+    doc["against"] = model_summary(king)
+    if king.status != "ok":
+        doc["decision"] = {"dethrone": None, "reason": f"the king could not be scored: {king.error}"}
+    elif mine.status == "early_stopped":
+        n = len(mine.prompt_kl)
+        doc["decision"] = {"dethrone": False, "reason": f"stopped early after {n} prompts: it cannot beat the king"}
+    elif mine.status != "ok":
+        doc["decision"] = {"dethrone": False, "reason": f"the model could not be scored: {mine.error}"}
+    else:
+        d = decide(king.prompt_kl, mine.prompt_kl, rules)
+        doc["decision"] = {"dethrone": d.dethrone, "p_value": d.p_value, "threshold": d.threshold,
+                           "king_mean": d.king_mean, "challenger_mean": d.challenger_mean,
+                           "epsilon": rules.epsilon, "alpha": rules.alpha, "reason": d.reason}  # fmt: skip
+    return doc
+
+
+def render(doc: dict[str, Any]) -> list[str]:
+    """Human-readable lines for ``doc`` (what ``miner.py eval`` prints without --json)."""
+    lines = [f"block hash: {doc['block_hash']}", f"prompts: {doc['prompts']}; teacher {doc['teacher']['repo']}"
+             f"@{doc['teacher']['revision']}"]  # fmt: skip
+    for label in ("model", "against"):
+        m = doc[label]
+        if m is None:
+            continue
+        if m["mean_kl"] is None:
+            lines.append(f"{label}: {m['spec']}: {m['status']}: {m['error']}")
+            continue
+        lo, hi = m["ci95"]
+        ci = f"[{lo:.6f}, {hi:.6f}]" if lo is not None else "[undefined with one prompt]"
+        lines.append(f"{label}: {m['spec']}: mean KL {m['mean_kl']:.6f}, 95% CI {ci}, "
+                     f"n={len(m['prompt_kl'])} ({m['status']})")  # fmt: skip
+        if m.get("over_max_kl"):
+            lines.append("  above the rules' max_kl: the validator would disqualify it (KL_TOO_HIGH)")
+    d = doc["decision"]
+    if d is not None:
+        verdict = {True: "DETHRONE: yes", False: "DETHRONE: no", None: "DETHRONE: undecided"}[d["dethrone"]]
+        extra = f" (p={d['p_value']:.4g}, threshold {d['threshold']:.6f})" if "p_value" in d else ""
+        lines.append(f"{verdict}{extra}: {d['reason']}")
+    return lines

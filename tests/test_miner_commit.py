@@ -1,0 +1,150 @@
+"""`miner.py commit` on a SimChain with real hotkeys and a LocalHub holding real tiny Qwen3.5 models."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import pytest
+
+import miner
+import miner_commit
+from eval.admission import TeacherSpec
+from eval.errors import TransientError
+from eval.stores import LocalHub
+from eval.tiny import save_model_dir, tiny_config, tiny_model, train_tokenizer
+from validator.commitments import format_commitment, parse_commitment
+from validator.simchain import SimChain
+from validator.wallets import create_test_wallet
+
+NETUID = 7
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("commit-models")
+    tok = train_tokenizer(vocab_size=512)
+    cfg = tiny_config(len(tok))
+    teacher = save_model_dir(tiny_model(cfg, seed=0), tok, root / "teacher")
+    student = save_model_dir(tiny_model(cfg, seed=1), tok, root / "student")
+    bad = shutil.copytree(student, root / "bad")
+    (bad / "modeling_evil.py").write_text("import os")
+    return teacher, student, bad
+
+
+@pytest.fixture
+def env(models, tmp_path):
+    """A hub with a good and a bad model, a SimChain, and one registered and one unregistered wallet."""
+    teacher, student, bad = models
+    hub = LocalHub(tmp_path / "hub")
+    rev = hub.publish("miner/student", student)
+    bad_rev = hub.publish("miner/bad", bad)
+    admin = SimChain(tmp_path / "sim.db", NETUID)
+    wallets = tmp_path / "wallets"
+    reg = create_test_wallet(wallets, name="reg")
+    unreg = create_test_wallet(wallets, name="unreg")
+    admin.register(reg.hotkey.ss58_address, reg.coldkeypub.ss58_address)
+    yield {"hub": hub, "rev": rev, "bad_rev": bad_rev, "chain": admin, "teacher": teacher, "tmp": tmp_path,
+           "reg": reg.hotkey.ss58_address, "unreg": unreg.hotkey.ss58_address, "wallets": wallets}
+    admin.close()
+
+
+def commit(env, *extra: str, wallet: str = "reg", repo: str = "miner/student") -> list[str]:
+    return ["commit", "--network", "sim", "--sim-db", str(env["tmp"] / "sim.db"), "--netuid", str(NETUID),
+            "--wallet-name", wallet, "--hotkey-name", "default", "--wallet-path", str(env["wallets"]),
+            "--model-repo", repo, "--teacher", str(env["teacher"]), "--hub-dir", str(env["hub"].root), *extra]
+
+
+def test_commit_reads_back_and_second_commit_is_refused(env, capsys):
+    assert miner.main(commit(env, "--yes")) == 0
+    out = capsys.readouterr().out
+    seen = env["chain"].commitments()[env["reg"]]
+    assert seen.text == format_commitment("miner/student", env["rev"])
+    assert parse_commitment(seen.text).revision == env["rev"]  # main resolved to the full SHA
+    assert f"revision: miner/student main is at {env['rev']}" in out
+    assert f"at block {seen.block}" in out and "COMMITTED" in out
+    assert miner.main(commit(env, "--yes", "--revision", env["rev"])) == 1
+    out = capsys.readouterr().out
+    assert "already committed" in out and "new hotkey" in out
+    assert env["chain"].commitments()[env["reg"]] == seen  # the first one stands
+
+
+def test_unregistered_hotkey_refused(env, capsys):
+    assert miner.main(commit(env, "--yes", wallet="unreg")) == 1
+    assert "not registered" in capsys.readouterr().out
+    assert env["chain"].commitments() == {}
+
+
+def test_inadmissible_model_refused_before_any_chain_write(env, capsys):
+    assert miner.main(commit(env, "--yes", repo="miner/bad")) == 1
+    out = capsys.readouterr().out
+    assert "not admissible" in out and "modeling_evil.py" in out
+    assert env["chain"].commitments() == {}
+
+
+def test_too_long_commitment_refused(env, capsys):
+    repo = "o" * 40 + "/" + "n" * 40  # a valid repo id, but the JSON is 147 bytes
+    assert miner.main(commit(env, "--yes", "--revision", "a" * 40, repo=repo)) == 1
+    out = capsys.readouterr().out
+    assert "128" in out and "shorter repo id" in out
+    assert env["chain"].commitments() == {}
+
+
+def test_dry_run_writes_nothing(env, capsys):
+    assert miner.main(commit(env, "--dry-run")) == 0
+    out = capsys.readouterr().out
+    assert "dry run" in out and format_commitment("miner/student", env["rev"]) in out
+    assert env["chain"].commitments() == {}
+
+
+def test_no_tty_without_yes_refuses_without_hanging(env, capsys):
+    assert miner.main(commit(env)) == 1  # pytest's stdin is not a terminal
+    assert "--yes" in capsys.readouterr().out
+    assert env["chain"].commitments() == {}
+
+
+def _args(env, **over) -> argparse.Namespace:
+    base = dict(network="sim", model_repo="miner/student", dry_run=False, yes=False, wait=5.0, poll_interval=0.01)
+    return argparse.Namespace(**{**base, **over})
+
+
+def _flow(env, store, **kw) -> int:
+    chain = SimChain(env["tmp"] / "sim.db", NETUID, hotkey=env["reg"])
+    return miner_commit.run_commit(_args(env, **kw.pop("args", {})), store=store,
+                                   teacher=TeacherSpec.from_dir(env["teacher"]), chain=chain, hotkey=env["reg"],
+                                   revision=env["rev"], **kw)
+
+
+def test_interactive_answer_decides(env):
+    lines: list[str] = []
+    assert _flow(env, env["hub"], isatty=lambda: True, ask=lambda _: "n", out=lines.append) == 1
+    assert env["chain"].commitments() == {} and "nothing was written" in lines[-1]
+    assert _flow(env, env["hub"], isatty=lambda: True, ask=lambda _: "y", out=lines.append) == 0
+    assert env["reg"] in env["chain"].commitments()
+
+
+class DownHub(LocalHub):
+    def files(self, repo, revision):
+        raise TransientError("HTTP 503 from the hub")
+
+
+def test_hub_outage_is_transient_and_writes_nothing(env):
+    lines: list[str] = []
+    assert _flow(env, DownHub(env["hub"].root), args={"yes": True}, out=lines.append) == 2
+    assert "TRY AGAIN LATER" in lines[-1] and "503" in lines[-1]
+    assert env["chain"].commitments() == {}
+
+
+def test_missing_sim_db_and_missing_wallet_are_usage_errors(env, capsys, tmp_path):
+    argv = commit(env, "--yes")
+    argv[argv.index("--sim-db") : argv.index("--sim-db") + 2] = []
+    assert miner.main(argv) == 2 and "--sim-db" in capsys.readouterr().out
+    assert miner.main(commit(env, "--yes", wallet="nobody")) == 2
+    assert "No hotkey file" in capsys.readouterr().out
+
+
+def test_open_chain_binds_sim_to_wallet_hotkey(env):
+    wallet = create_test_wallet(Path(env["tmp"]) / "w2", name="x")
+    chain, hotkey = miner_commit.open_chain("sim", NETUID, wallet, env["tmp"] / "sim.db")
+    assert hotkey == wallet.hotkey.ss58_address and chain.hotkey == hotkey
