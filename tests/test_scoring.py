@@ -200,6 +200,28 @@ def test_load_round_trip_and_failures(teacher, tok, tmp_path) -> None:
         load_causal_lm(bad, "cpu")
 
 
+def test_conditional_generation_checkpoint_loads_text_only(teacher, tmp_path) -> None:
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64}
+    cfg = Qwen3_5Config(
+        text_config=teacher.config.to_dict(),
+        vision_config=vision,
+        image_token_id=500,
+        video_token_id=501,
+        vision_start_token_id=502,
+        vision_end_token_id=503,
+    )
+    cfg.architectures = ["Qwen3_5ForConditionalGeneration"]
+    torch.manual_seed(0)
+    vlm = Qwen3_5ForConditionalGeneration(cfg).eval()
+    vlm.save_pretrained(tmp_path)
+    text = load_causal_lm(tmp_path, "cpu")
+    x = torch.randint(0, 400, (1, 20))
+    with torch.no_grad():
+        assert torch.allclose(vlm(input_ids=x).logits, text(input_ids=x).logits, atol=1e-6)
+
+
 # --- fingerprints ---------------------------------------------------------------------------
 
 
