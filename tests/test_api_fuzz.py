@@ -1,0 +1,87 @@
+"""Fuzz the API against its own OpenAPI schema with schemathesis: no request may cause a 5xx.
+
+schemathesis is not a project dependency (it pins much of the test stack), so it lives in
+its own virtualenv: ``$KLHILL_FUZZ_VENV`` (default ``/tmp/klhill-fuzz-venv``), created on
+first use with ``pip install schemathesis`` when a package index is reachable. The test
+skips with a message when that cannot be done. The API runs as a real uvicorn server.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from api_fixtures import build_store
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = Path(os.environ.get("KLHILL_FUZZ_VENV", "/tmp/klhill-fuzz-venv"))
+
+
+def schemathesis_cli() -> Path:
+    exe = VENV / "bin" / "schemathesis"
+    if exe.exists():
+        return exe
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [str(VENV / "bin" / "pip"), "install", "-q", "schemathesis"], check=True, capture_output=True, timeout=600
+        )
+    except (subprocess.SubprocessError, OSError) as exc:
+        pytest.skip(
+            f"schemathesis cannot be installed into {VENV} ({type(exc).__name__}); "
+            f"install it there with: python -m venv {VENV} && {VENV}/bin/pip install schemathesis"
+        )
+    return exe
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_fuzz_openapi_no_server_errors(tmp_path):
+    cli = schemathesis_cli()
+    b = build_store(tmp_path / "validator.db", tmp_path / "chain.db", n_miners=8, prompts=4)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api", "--db", str(b.db), "--port", str(port), "--rate", "0"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(url + "/api/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        run = subprocess.run(
+            [
+                str(cli),
+                "run",
+                f"{url}/openapi.json",
+                "--checks",
+                "not_a_server_error",
+                "--max-examples",
+                "30",
+                "--no-color",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    (tmp_path / "schemathesis.log").write_text(run.stdout + run.stderr)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
