@@ -19,3 +19,15 @@ ensure_venv() {
     -c constraints.txt -e ".[dev]"
   echo "$want" > "$stamp"
 }
+
+# The dashboard test drives headless Chromium. In CI (root, apt available) install
+# Debian's package once; elsewhere the test skips with a message saying how.
+ensure_chromium() {
+  command -v chromium >/dev/null 2>&1 && return 0
+  if [ "${CI:-}" = "true" ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing chromium for the dashboard test"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "   chromium could not be installed; the dashboard test will skip"
+  fi
+  return 0
+}
