@@ -128,3 +128,42 @@ def make_validator(world: World, pod: Any = None, **config: Any) -> Any:
     cfg = LoopConfig(**{"epoch_blocks": 1, "poll_seconds": 0.05, **config})
     return Validator(world.sim, store, hub, pod, LocalCorpus(None), world.rules,
                      lambda: TeacherSpec.from_store(hub, TEACHER, rev), cfg, progress=progress)  # fmt: skip
+
+
+class FakePod:
+    """A counting pod that returns a well-formed result without running models.
+
+    KL per prompt comes from ``kl`` (repo -> value, default 1.0); content hash and
+    fingerprint derive from the pinned revision, so two commits of one revision
+    look like one model, as on a real pod. ``fail`` (an exception) is raised instead.
+    """
+
+    def __init__(self, kl: dict[str, float] | None = None) -> None:
+        self.kl = dict(kl or {})
+        self.fail: BaseException | None = None
+        self.calls: list[Any] = []
+        self.mutate: Any = None
+
+    def health(self) -> dict[str, Any]:
+        return {"state": "idle"}
+
+    def run(self, job: Any, deadline_s: float) -> Any:
+        import hashlib
+
+        from eval.schemas import EvalResult, ModelResult, TeacherInfo
+
+        self.calls.append(job)
+        if self.fail is not None:
+            raise self.fail
+        n = len(job.prompts)
+        models = []
+        for i, m in enumerate(job.models):
+            base = self.kl.get(m.repo, 1.0)
+            digest = hashlib.sha256(m.revision.encode()).hexdigest()
+            fp = [int(digest[j:j + 2], 16) / 255.0 for j in range(0, 8, 2)]
+            kl = [base + 0.001 * ((p * 7 + i) % 5) for p in range(n)]
+            models.append(ModelResult(ref=m, status="ok", prompt_kl=kl, prompt_tokens=[4] * n,
+                                      content_hash=digest, fingerprint=fp))  # fmt: skip
+        teacher = TeacherInfo(repo=job.rules.teacher_repo, revision="f" * 40, continuation_tokens=[4] * n)
+        result = EvalResult(job_id=job.job_id, block_hash=job.block_hash, teacher=teacher, models=models)
+        return self.mutate(result) if self.mutate else result

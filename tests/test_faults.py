@@ -1,0 +1,273 @@
+"""Faults: pods that die, stall or lie; model-store outages; chain refusals; SIGKILL; identity games."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures_contest import FakePod, make_validator, make_world
+
+from eval.errors import TransientError
+from validator.chain import ChainError, WeightsReceipt
+from validator.pods import PodDown, PodTimeout
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def world(tmp_path, contest_hub):
+    return make_world(tmp_path, *contest_hub)
+
+
+def _seed(world, *pairs: tuple[str, str]) -> None:
+    for name, repo in pairs:
+        world.register(name)
+        world.commit(name, repo)
+
+
+def _evals(store) -> list[tuple]:
+    return store._db.execute("SELECT round_id, hotkey, commit_block FROM evaluations").fetchall()
+
+
+def _status(store, name: str, world) -> str:
+    return store.submission(world.miners[name])[0]["status"]
+
+
+# --- pods -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fault", ["down", "slow", "wrong_job", "wrong_revision", "missing_model"])
+def test_pod_fault_fails_the_round_and_judges_nobody(world, fault):
+    _seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
+    pod = FakePod({"alice/m1": 0.5})
+    v = make_validator(world, pod, pod_deadline_s=0.2)
+    if fault == "down":
+        pod.fail = PodDown("connection refused")
+    elif fault == "slow":
+        pod.fail = PodTimeout("job missed its 0s deadline")
+    elif fault == "wrong_job":
+        pod.mutate = lambda r: r.model_copy(update={"job_id": "someone-else"})
+    elif fault == "wrong_revision":
+        pod.mutate = lambda r: r.model_copy(update={"models": [
+            m.model_copy(update={"ref": m.ref.model_copy(update={"revision": "0" * 40})}) for m in r.models]})
+    else:
+        pod.mutate = lambda r: r.model_copy(update={"models": r.models[:1]})
+    report = v.epoch()
+    assert report.round_state == "failed" and report.weights == "no_king"
+    assert _evals(v.store) == [] and v.store.current_king() is None
+    assert {_status(v.store, n, world) for n in ("m1", "m2")} == {"admitted"}
+    assert v.store.rounds()["items"][0]["state"] == "failed"
+    pod.fail, pod.mutate = None, None
+    world.sim.advance(1)
+    report = v.epoch()  # retried next epoch with a fresh job
+    assert report.round_state == "done" and report.weights == "set"
+    assert len(_evals(v.store)) == 2 and pod.calls[0].job_id != pod.calls[1].job_id
+    assert v.store.current_king()["hotkey"] == world.miners["m1"]
+
+
+# --- model store ------------------------------------------------------------------------------------------
+class FlakyStore:
+    """The hub, answering 503 for the first ``failures`` listings."""
+
+    def __init__(self, inner: Any, failures: int) -> None:
+        self.inner, self.failures = inner, failures
+
+    def files(self, repo: str, revision: str) -> Any:
+        if self.failures > 0:
+            self.failures -= 1
+            raise TransientError("HTTP 503 from the hub")
+        return self.inner.files(repo, revision)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_hub_outage_during_admission_defers_and_never_disqualifies(world):
+    _seed(world, ("m1", "alice/m1"))
+    v = make_validator(world, FakePod())
+    v.model_store = FlakyStore(world.hub, failures=2)
+    report = v.epoch()
+    assert [k[0] for k in report.admission.transient] == [world.miners["m1"]] and report.round_kind == "none"
+    row = v.store.submission(world.miners["m1"])[0]
+    assert row["status"] == "pending" and row["disqualifications"] == []
+    assert row["admission"]["next_retry_block"] == report.block + 5
+    assert v.epoch().admission.checks == 0  # not before its retry block: no hammering
+    world.sim.advance(5)
+    assert v.epoch().admission.transient  # second outage: backoff doubles
+    assert v.store.submission(world.miners["m1"])[0]["admission"]["next_retry_block"] >= world.sim.head().number + 10
+    world.sim.advance(10)
+    report = v.epoch()
+    assert report.admission.admitted and report.round_state == "done"
+    assert v.store.disqualifications() == []
+
+
+# --- chain ------------------------------------------------------------------------------------------------
+class RefusingChain:
+    """The SimChain, but set_weights is refused or raises as scripted."""
+
+    def __init__(self, inner: Any, script: list[Any]) -> None:
+        self.inner, self.script, self.calls = inner, script, 0
+
+    def set_weights(self, uids: list[int], weights: list[float]) -> WeightsReceipt:
+        self.calls += 1
+        if self.script:
+            step = self.script.pop(0)
+            if isinstance(step, BaseException):
+                raise step
+            return step
+        return self.inner.set_weights(uids, weights)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("failure", [
+    WeightsReceipt(False, "rate limited", None, "rate_limited"),
+    WeightsReceipt(False, "extrinsic failed", None, "not_confirmed"),
+    TransientError("websocket dropped"),
+    ChainError("bad weights"),
+])  # fmt: skip
+def test_failed_weights_are_recorded_and_retried_later_not_in_a_tight_loop(world, failure):
+    _seed(world, ("m1", "alice/m1"))
+    v = make_validator(world, FakePod(), weights_retry_blocks=10)
+    chain = RefusingChain(world.sim, [failure])
+    v.chain = chain
+    assert v.epoch().weights == "failed"
+    attempt = v.store.last_weights(successful=False)
+    assert attempt["success"] == 0 and attempt["message"]
+    for _ in range(3):  # the loop keeps running epochs; no new attempt inside the retry window
+        world.sim.advance(1)
+        assert v.epoch().weights == "retry_later"
+    assert chain.calls == 1
+    world.sim.advance(10)
+    assert v.epoch().weights == "set" and chain.calls == 2
+    assert v.store.last_weights()["confirmed"] == 1
+    world.sim.advance(1)
+    assert v.epoch().weights == "not_due" and chain.calls == 2  # unchanged king, inside the interval
+
+
+# --- identity -----------------------------------------------------------------------------------------------
+def test_same_model_by_two_hotkeys_the_earlier_owns(world):
+    _seed(world, ("m1", "alice/m1"), ("m2", "alice/m1"))  # m2 commits m1's exact model later
+    pod = FakePod()
+    v = make_validator(world, pod)
+    report = v.epoch()
+    assert [k[0] for k in report.admission.copies] == [world.miners["m2"]]
+    assert _status(v.store, "m2", world) == "disqualified"
+    dq = v.store.disqualifications()[0]
+    assert dq["reason"] == "COPY" and dq["evidence"]["copy_of"]["hotkey"] == world.miners["m1"]
+    assert [m.submission.hotkey for m in pod.calls[0].models] == [world.miners["m1"]]
+    assert v.store.current_king()["hotkey"] == world.miners["m1"]
+
+
+def test_later_copy_that_took_the_crown_loses_it_when_the_elder_is_admitted(world):
+    _seed(world, ("m1", "alice/m1"), ("m2", "alice/m1"))
+    v = make_validator(world, FakePod())
+    inner, calls = v.check, []
+
+    def first_call_hits_an_outage(*args: Any, **kw: Any) -> Any:
+        calls.append(args[1])
+        if len(calls) == 1:  # m1 (oldest first) meets a 503; m2 goes through
+            raise TransientError("HTTP 503")
+        return inner(*args, **kw)
+
+    v.check = first_call_hits_an_outage
+    v.epoch()
+    assert v.store.current_king()["hotkey"] == world.miners["m2"]
+    world.sim.advance(10)
+    report = v.epoch()
+    assert [k[0] for k in report.admission.admitted] == [world.miners["m1"]]
+    assert _status(v.store, "m2", world) == "disqualified"
+    assert report.round_kind == "coronation" and v.store.current_king()["hotkey"] == world.miners["m1"]
+
+
+def test_copy_of_the_king_under_another_repo_is_a_copy(world):
+    src = next(p for p in (world.hub_root / "alice" / "m1").iterdir() if p.is_dir() and not p.name.startswith("."))
+    rev = world.hub.publish("mallory/stolen", src)
+    world.revs["mallory/stolen"] = rev
+    _seed(world, ("m1", "alice/m1"))
+    v = make_validator(world, FakePod({"alice/m1": 0.5}))
+    v.epoch()
+    _seed(world, ("m9", "mallory/stolen"))
+    report = v.epoch()
+    assert report.admission.copies and report.round_kind == "none"
+    assert v.store.current_king()["hotkey"] == world.miners["m1"]
+
+
+def test_deleted_king_repo_leads_to_a_coronation(world):
+    _seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
+    v = make_validator(world, FakePod({"alice/m1": 0.5, "bob/m2": 0.7}), max_strikes=2)
+    v.epoch()
+    assert v.store.current_king()["hotkey"] == world.miners["m1"]
+    world.hub.delete("alice/m1")
+    world.sim.advance(1)
+    assert v.epoch().round_kind == "none"  # strike 1 of 2: the king keeps the crown for now
+    world.sim.advance(1)
+    report = v.epoch()
+    assert _status(v.store, "m1", world) == "removed" and report.round_kind == "coronation"
+    assert v.store.current_king()["hotkey"] == world.miners["m2"]
+    assert any(d["reason"] == "REMOVED" for d in v.store.disqualifications())
+
+
+def test_uid_recycling_inherits_nothing(world):
+    _seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
+    v = make_validator(world, FakePod({"alice/m1": 0.5}))
+    v.epoch()
+    uid = next(n.uid for n in world.sim.neurons() if n.hotkey == world.miners["m1"])
+    world.sim.deregister(world.miners["m1"])
+    assert world.register("newcomer") == uid  # the king's uid goes to a stranger
+    world.sim.advance(10)
+    report = v.epoch()
+    assert report.round_kind == "coronation"  # the deregistered king cannot hold the crown
+    assert v.store.current_king()["hotkey"] == world.miners["m2"]
+    assert v.store.submission(world.miners["newcomer"]) == []
+    w = v.store.last_weights()
+    assert dict(zip(w["uids"], w["weights"], strict=True))[uid] == 0.0
+
+
+def test_recommit_is_recorded_and_ignored(world):
+    _seed(world, ("m1", "alice/m1"))
+    v = make_validator(world, FakePod())
+    v.epoch()
+    db = sqlite3.connect(world.sim_db)
+    db.execute("UPDATE commitments SET block = block + 5, text = ? WHERE hotkey = ?",
+               ('{"model":"bob/m2","revision":"' + world.revs["bob/m2"] + '"}', world.miners["m1"]))  # fmt: skip
+    db.commit()
+    db.close()
+    world.sim.advance(10)
+    report = v.epoch()
+    subs = v.store.submission(world.miners["m1"])
+    assert [s["status"] for s in subs] == ["evaluated", "ignored"] and report.round_kind == "none"
+
+
+# --- SIGKILL ------------------------------------------------------------------------------------------------
+def test_sigkill_at_random_points_loses_nothing(tmp_path, contest_hub):
+    world = make_world(tmp_path, *contest_hub)
+    _seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BT_", "KLHILL_"))}
+    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "validator", *world.cli_args("--local-pod", "--workdir", str(tmp_path / "lp"),
+                                                              "--once")]  # fmt: skip
+    rng = random.Random(int(os.environ.get("KLHILL_FAULT_SEED", "7")))
+    for _ in range(4):
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 9.0))
+        proc.kill()
+        proc.wait()
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    db = sqlite3.connect(world.db)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    dup = db.execute("SELECT hotkey, commit_block, COUNT(*) FROM evaluations GROUP BY hotkey, commit_block"
+                     " HAVING COUNT(*) > 1").fetchall()  # fmt: skip
+    assert dup == []
+    assert db.execute("SELECT COUNT(*) FROM rounds WHERE state = 'done'").fetchone()[0] == 1
+    assert db.execute("SELECT COUNT(*) FROM rounds WHERE state IN ('planned', 'dispatched')").fetchone()[0] == 0
+    assert db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0] == 2
+    assert db.execute("SELECT COUNT(*) FROM king").fetchone()[0] == 1
+    assert db.execute("SELECT COUNT(*) FROM weight_submissions WHERE success = 1").fetchone()[0] >= 1
