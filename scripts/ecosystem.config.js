@@ -1,0 +1,76 @@
+// PM2 process file for a klhill validator host (and, optionally, its public API).
+//
+//   pm2 start scripts/ecosystem.config.js                 # validator only
+//   KLHILL_WITH_API=1 pm2 start scripts/ecosystem.config.js
+//   pm2 logs klhill-validator ; pm2 restart klhill-validator ; pm2 save
+//
+// Configuration comes from the environment (or an env file you `source` before
+// starting PM2). Only names, paths and URLs are passed as flags: wallet keys stay
+// in the wallet directory (chmod 600) and are never placed on a command line.
+//   BT_NETWORK        finney | test | local | ws://...   (default finney)
+//   BT_WALLET, BT_WALLET_HOTKEY, BT_WALLET_PATH        which wallet signs weights and pod jobs
+//   KLHILL_NETUID     subnet uid
+//   KLHILL_PODS       comma-separated pod URLs (python -m eval.worker on the GPU machines)
+//   KLHILL_DB         state database (default state/validator.db)
+//   KLHILL_EXTRA_ARGS extra validator flags, e.g. "--max-challengers 4 --weights-interval 360"
+//   KLHILL_API_PORT   API port when KLHILL_WITH_API=1 (default 8080)
+const path = require("path");
+
+const root = path.resolve(__dirname, "..");
+const env = process.env;
+const python = path.join(root, ".venv", "bin", "python");
+const db = env.KLHILL_DB || "state/validator.db";
+const network = env.BT_NETWORK || "finney";
+
+const common = {
+  cwd: root,
+  interpreter: "none",
+  autorestart: true,
+  restart_delay: 10000,
+  exp_backoff_restart_delay: 2000,
+  max_restarts: 1000,
+  kill_timeout: 60000, // SIGTERM first: the validator finishes its step; an open round resumes on restart
+  merge_logs: true,
+  time: true,
+};
+
+const apps = [
+  {
+    ...common,
+    name: "klhill-validator",
+    script: python,
+    args: [
+      "-m", "validator", "run",
+      "--network", network,
+      "--netuid", env.KLHILL_NETUID || "1",
+      "--db", db,
+      "--log-format", "json",
+      ...(env.KLHILL_EXTRA_ARGS ? env.KLHILL_EXTRA_ARGS.split(/\s+/).filter(Boolean) : []),
+    ],
+    env: {
+      PYTHONUNBUFFERED: "1",
+      TOKENIZERS_PARALLELISM: "false",
+      HF_HUB_DISABLE_TELEMETRY: "1",
+      // read by the validator itself; never echoed into argv
+      BT_WALLET: env.BT_WALLET || "default",
+      BT_WALLET_HOTKEY: env.BT_WALLET_HOTKEY || "default",
+      ...(env.BT_WALLET_PATH ? { BT_WALLET_PATH: env.BT_WALLET_PATH } : {}),
+      ...(env.KLHILL_PODS ? { KLHILL_PODS: env.KLHILL_PODS } : {}),
+      ...(env.HF_TOKEN ? { HF_TOKEN: env.HF_TOKEN } : {}),
+    },
+  },
+];
+
+if (env.KLHILL_WITH_API === "1") {
+  apps.push({
+    ...common,
+    name: "klhill-api",
+    script: python,
+    args: ["-m", "api", "--db", db, "--network", network, "--netuid", env.KLHILL_NETUID || "1",
+           "--host", env.KLHILL_API_HOST || "127.0.0.1", "--port", env.KLHILL_API_PORT || "8080"],
+    env: { PYTHONUNBUFFERED: "1" },
+    kill_timeout: 10000,
+  });
+}
+
+module.exports = { apps };
