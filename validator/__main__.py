@@ -54,10 +54,8 @@ def _model_store(s: Settings) -> Any:
         from eval.stores import LocalHub
 
         return LocalHub(s.hub_dir)
-    try:
-        from eval.stores import HuggingFaceStore  # type: ignore[attr-defined]
-    except ImportError:
-        from eval.hf_store import HuggingFaceStore  # type: ignore[import-not-found,no-redef]
+    from eval.hf_store import HuggingFaceStore  # token from HF_TOKEN only, never argv
+
     return HuggingFaceStore()
 
 
