@@ -264,7 +264,7 @@ def distill(args: argparse.Namespace, log: Callable[[str], None] = print) -> lis
             run.close()
             heldout.close()
     save_student(student, teacher_dir, args.out, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    log(f"saved {args.out}: run `python miner.py check` on it before uploading")
+    log(f"saved {args.out}; before uploading: python miner.py check --model {args.out} --teacher {args.teacher}")
     return history
 
 

@@ -9,6 +9,7 @@ the validator's scoring code on prompts the trainer never saw).
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import miner
 from eval.admission import OTHER_ALLOWED, SHARD_RE, TOKENIZER_FILES, Admitted, TeacherSpec, check_model
 from eval.kl import kl_per_position
 from eval.prompts import LocalCorpus, sample_prompts
@@ -139,7 +141,9 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_distill_trains_the_student_and_the_output_is_admissible(models: tuple[Path, Path], tmp_path: Path) -> None:
+def test_distill_trains_the_student_and_the_output_is_admissible(
+    models: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     teacher_dir, student_dir = models
     out = tmp_path / "out"
     rules_file = tmp_path / "rules.json"
@@ -176,3 +180,5 @@ def test_distill_trains_the_student_and_the_output_is_admissible(models: tuple[P
     revision = hub.publish("miner/student", out)
     verdict = check_model(hub, "miner/student", revision, DEFAULT_RULES, TeacherSpec.from_dir(teacher_dir))
     assert isinstance(verdict, Admitted), verdict
+    assert miner.main(["check", "--model", str(out), "--teacher", str(teacher_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ok"] is True
