@@ -182,3 +182,22 @@ def test_distill_trains_the_student_and_the_output_is_admissible(
     assert isinstance(verdict, Admitted), verdict
     assert miner.main(["check", "--model", str(out), "--teacher", str(teacher_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ok"] is True
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_training_loss_is_the_validators_per_prompt_kl(models: tuple[Path, Path], tmp_path: Path) -> None:
+    """Same positions as the validator: at T = 1 the loss on each prompt equals score_student's KL for it."""
+    teacher_dir, student_dir = models
+    prompts = sample_prompts("0x" + "cd" * 32, TEST_RULES, LocalCorpus(), n=3)
+    teacher = load_causal_lm(teacher_dir, "cpu")
+    tokenizer = load_tokenizer(teacher_dir)
+    with run_teacher(teacher, tokenizer, prompts, TEST_RULES, cache_dir=tmp_path, ram_limit_bytes=1 << 30) as run:
+        free_model(teacher)
+        student = load_causal_lm(student_dir, "cpu")
+        expected = score_student(student, run, TEST_RULES).prompt_kl
+        with torch.no_grad():
+            for i, want in enumerate(expected):
+                cont = run.continuation_ids[i]
+                logits = distill.continuation_logits(student, run.prompt_ids[i], cont, torch.device("cpu"))
+                loss = distill.distill_loss(logits, run.logprobs(i), torch.tensor(cont))
+                assert loss.item() == pytest.approx(want, rel=1e-4, abs=1e-6), i
