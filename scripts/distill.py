@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedModel
 
 from eval.admission import TOKENIZER_FILES  # admission compares these byte for byte
 from eval.prompts import FineWebSource, LocalCorpus, sample_prompts
@@ -108,7 +109,7 @@ def distill_loss(
     return (1.0 - ce_weight) * kl + ce_weight * ce
 
 
-def continuation_logits(model: torch.nn.Module, prompt_ids: Sequence[int], cont_ids: Sequence[int],
+def continuation_logits(model: PreTrainedModel, prompt_ids: Sequence[int], cont_ids: Sequence[int],
                         device: torch.device) -> torch.Tensor:
     """Student logits ``[n, V]`` predicting each continuation token (the positions the validator scores)."""
     ids = torch.tensor([list(prompt_ids) + list(cont_ids)[:-1]], device=device)
@@ -117,7 +118,7 @@ def continuation_logits(model: torch.nn.Module, prompt_ids: Sequence[int], cont_
         return model(input_ids=ids, logits_to_keep=len(cont_ids)).logits[0]
 
 
-def heldout_kl(model: torch.nn.Module, run: TeacherRun, rules: ContestRules) -> float:
+def heldout_kl(model: PreTrainedModel, run: TeacherRun, rules: ContestRules) -> float:
     """Mean per-prompt KL with the validator's own scoring code."""
     model.eval()
     score = score_student(model, run, rules)
@@ -126,7 +127,7 @@ def heldout_kl(model: torch.nn.Module, run: TeacherRun, rules: ContestRules) -> 
 
 
 def train(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     run: TeacherRun,
     heldout: TeacherRun,
     rules: ContestRules,
@@ -179,7 +180,7 @@ def resolve_dir(ref: str) -> Path:
     return Path(snapshot_download(repo, revision=revision or None, allow_patterns=DOWNLOAD_PATTERNS))
 
 
-def load_student(path: Path, device: torch.device, rules: ContestRules) -> torch.nn.Module:
+def load_student(path: Path, device: torch.device, rules: ContestRules) -> PreTrainedModel:
     """fp32 master weights (autocast does the bf16 part); safetensors only, never remote code."""
     from transformers import AutoModelForCausalLM
 
@@ -192,7 +193,7 @@ def load_student(path: Path, device: torch.device, rules: ContestRules) -> torch
     return model
 
 
-def save_student(model: torch.nn.Module, teacher_dir: Path, out: Path, dtype: torch.dtype) -> None:
+def save_student(model: PreTrainedModel, teacher_dir: Path, out: Path, dtype: torch.dtype) -> None:
     """safetensors + config + the teacher's tokenizer files (byte-identical); nothing else."""
     out.mkdir(parents=True, exist_ok=True)
     model.to(dtype).save_pretrained(out)
