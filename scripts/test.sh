@@ -9,4 +9,8 @@ ensure_chromium
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== pytest"
+# Tiny models gain nothing from intra-op threads, and the end-to-end tests run
+# several torch processes at once: one thread each avoids oversubscribing the cores.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
+export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 .venv/bin/python -m pytest "$@"
