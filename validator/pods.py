@@ -81,6 +81,9 @@ def validate_result(job: EvalJob, result: EvalResult) -> EvalResult:
                 raise InvalidResult(f"{m.ref.key}: early_stopped with {len(m.prompt_kl)} prompts")
         if any(t > job.rules.max_new_tokens for t in m.prompt_tokens):
             raise InvalidResult(f"{m.ref.key}: more tokens than max_new_tokens on some prompt")
+        if list(m.prompt_tokens) != list(result.teacher.continuation_tokens[: len(m.prompt_tokens)]):
+            # every continuation position is scored; fewer tokens means silent truncation (LESSONS 12)
+            raise InvalidResult(f"{m.ref.key}: scored tokens differ from the teacher's continuation tokens")
         values = list(m.prompt_kl) + list(m.fingerprint or [])
         if not all(math.isfinite(v) for v in values):
             raise InvalidResult(f"{m.ref.key}: non-finite values")
