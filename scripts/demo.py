@@ -1,0 +1,354 @@
+"""The embedded contest: a whole subnet on this machine, with real processes.
+
+    python scripts/demo.py [--once] [--state state/demo] [--api-port 8080]
+
+Builds (or reuses) the cast of models, publishes it into a local hub, creates
+wallets, starts a SimChain, registers everyone, starts the pod service on
+loopback, has each miner commit through ``miner.py commit``, runs validator
+epochs with ``python -m validator run --once``, serves the API + dashboard and
+prints the leaderboard read back from the API. Each function does one step so
+the end-to-end tests can drive a reduced cast with the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from demo_cast import ROOT, Recipe, build_cast, publish_dir  # noqa: E402
+
+NETUID = 1
+TEACHER = "demo/teacher"
+DEMO_RULES: dict[str, Any] = {
+    "teacher_repo": TEACHER, "vocab_size": 512, "prompts_per_round": 12, "max_new_tokens": 16,
+    "max_prompt_tokens": 64, "max_kl": 20.0, "epsilon": 0.1, "prompt_min_chars": 40, "prompt_max_chars": 400,
+    "early_stop_min_prompts": 6, "max_challengers_per_round": 8, "max_queued_per_coldkey": 8,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One miner of the cast: which built model it commits, under which repo, in which epoch, and how."""
+
+    name: str
+    model: str
+    repo: str
+    epoch: int
+    via_chain: bool = False  # inadmissible: written straight to the chain, since miner.py refuses it
+    expect: str = ""
+
+
+CAST: tuple[Entry, ...] = (
+    Entry("strong", "strong", "alice/strong", 1, expect="king after epoch 1, dethroned in epoch 2"),
+    Entry("weak", "weak", "bob/weak", 1, expect="evaluated, loses"),
+    Entry("copy", "strong", "carol/strong-copy", 1, expect="COPY (metadata hash) of strong"),
+    Entry("resharded", "resharded", "dave/resharded", 1, expect="COPY (content hash) of strong"),
+    Entry("perturbed", "perturbed", "erin/perturbed", 1, expect="FUNCTIONAL_COPY of strong"),
+    Entry("invalid", "invalid", "frank/with-code", 1, via_chain=True, expect="INVALID (ships a .py file)"),
+    Entry("better", "better", "grace/better", 2, expect="dethrones strong"),
+    Entry("marginal", "marginal", "heidi/marginal", 2, expect="better by less than epsilon: no dethrone"),
+)
+
+
+@dataclass
+class Demo:
+    """Paths and live handles of one demo run."""
+
+    state: Path
+    recipe: Recipe
+    cast: tuple[Entry, ...] = CAST
+    log: Callable[[str], None] = print
+    cache: Path | None = None  # where built models live (default: <state>/cast)
+    dirs: dict[str, Path] = field(default_factory=dict)
+    revs: dict[str, str] = field(default_factory=dict)
+    wallets: dict[str, Any] = field(default_factory=dict)
+    hotkeys: dict[str, str] = field(default_factory=dict)
+    sim: Any = None
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    pod_url: str = ""
+    api_url: str = ""
+
+    hub = property(lambda self: self.state / "hub")
+    sim_db = property(lambda self: self.state / "simchain.db")
+    db = property(lambda self: self.state / "validator.db")
+    wallet_path = property(lambda self: self.state / "wallets")
+    rules_path = property(lambda self: self.state / "rules.json")
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BT_", "KLHILL_"))}
+    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    return env
+
+
+def free_port(preferred: int = 0) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def reset(d: Demo) -> None:
+    """A fresh chain, store, hub and pod scratch; the built cast and the wallets are kept."""
+    for path in (d.sim_db, d.db):
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    for sub in ("hub", "pod", "logs"):
+        shutil.rmtree(d.state / sub, ignore_errors=True)
+    (d.state / "logs").mkdir(parents=True)
+
+
+def build(d: Demo, names: Sequence[str] | None = None) -> None:
+    cache = d.cache or d.state / "cast"
+    d.log(f"== building the cast under {cache} (recipe {d.recipe.digest()}; cached after the first run)")
+    d.dirs = build_cast(d.recipe, cache, d.log, names if names is not None else sorted({e.model for e in d.cast}))
+
+
+def publish(d: Demo) -> None:
+    from eval.rules import ContestRules
+    from eval.stores import LocalHub
+
+    hub = LocalHub(d.hub)
+    d.revs[TEACHER] = publish_dir(hub, TEACHER, d.dirs["teacher"])
+    for e in d.cast:
+        d.revs[e.repo] = publish_dir(hub, e.repo, d.dirs[e.model])
+    d.rules_path.write_text(ContestRules.model_validate(d.recipe.rules).to_json())
+    d.log(f"== published teacher + {len(d.cast)} models into the local hub {d.hub}")
+
+
+def wallets(d: Demo) -> None:
+    """Real bittensor hotkeys (unencrypted, coldkey public only), reused across runs."""
+    import bittensor as bt
+
+    from validator.wallets import create_test_wallet
+
+    for name in ["validator", *(e.name for e in d.cast)]:
+        w = bt.Wallet(name=name, hotkey="default", path=str(d.wallet_path))
+        if not w.hotkey_file.exists_on_device() or not w.coldkeypub_file.exists_on_device():
+            w = create_test_wallet(d.wallet_path, name=name)
+        d.wallets[name] = w
+        d.hotkeys[name] = str(w.hotkey.ss58_address)
+    d.log(f"== {len(d.wallets)} wallets in {d.wallet_path}")
+
+
+def chain(d: Demo) -> None:
+    """SimChain with blocks moved only by the demo (huge block time), so commit order is exact."""
+    from validator.simchain import SimChain
+
+    d.sim = SimChain(d.sim_db, NETUID, block_time=86400.0, hotkey=d.hotkeys["validator"], weights_rate_limit=1)
+    v = d.wallets["validator"]
+    d.sim.register(d.hotkeys["validator"], str(v.coldkeypub.ss58_address), stake=1000.0, validator_permit=True)
+    for e in d.cast:
+        d.sim.register(d.hotkeys[e.name], str(d.wallets[e.name].coldkeypub.ss58_address))
+    d.sim.advance(10)
+    d.log(f"== SimChain at {d.sim_db}: validator (permit) + {len(d.cast)} miners, block {d.sim.head().number}")
+
+
+def _spawn(d: Demo, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    out = open(d.state / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+    return subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=child_env(), stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode}; see its log")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} did not answer {url} within {timeout:.0f}s")
+
+
+def start_pod(d: Demo, port: int = 0) -> None:
+    port = port or free_port()
+    d.procs["pod"] = _spawn(d, "pod", [
+        "-m", "eval.worker", "--host", "127.0.0.1", "--port", str(port), "--allow-hotkey", d.hotkeys["validator"],
+        "--hub", str(d.hub), "--device", "cpu", "--workdir", str(d.state / "pod"), "--min-free-gb", "0",
+    ])  # fmt: skip
+    d.pod_url = f"http://127.0.0.1:{port}"
+    _wait_http(f"{d.pod_url}/health", d.procs["pod"], "the pod service")
+    d.log(f"== pod service on {d.pod_url} (only the validator hotkey is obeyed; jobs are signed)")
+
+
+def start_api(d: Demo, port: int = 0) -> None:
+    port = free_port(port)
+    d.procs["api"] = _spawn(d, "api", ["-m", "api", "--db", str(d.db), "--host", "127.0.0.1", "--port", str(port)])
+    d.api_url = f"http://127.0.0.1:{port}"
+    _wait_http(f"{d.api_url}/api/health", d.procs["api"], "the API")
+    d.log(f"== API on {d.api_url}  dashboard: {d.api_url}/dashboard")
+
+
+def stop(d: Demo, name: str, sig: int = signal.SIGTERM) -> None:
+    proc = d.procs.pop(name, None)
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def miner_commit(d: Demo, e: Entry) -> None:
+    """Commit through ``miner.py commit`` (admission check first), or straight to the chain for the inadmissible."""
+    rev = d.revs[e.repo]
+    if e.via_chain:
+        from validator.commitments import format_commitment
+        from validator.simchain import SimChain
+
+        c = SimChain(d.sim_db, NETUID, hotkey=d.hotkeys[e.name])
+        try:
+            block = c.commit(format_commitment(e.repo, rev))
+        finally:
+            c.close()
+        d.log(f"   {e.name:<10} {e.repo}@{rev[:8]} written to the chain at block {block} (miner.py refuses it)")
+    else:
+        argv = ["miner.py", "commit", "--network", "sim", "--sim-db", str(d.sim_db), "--netuid", str(NETUID),
+                "--wallet-name", e.name, "--hotkey-name", "default", "--wallet-path", str(d.wallet_path),
+                "--model-repo", e.repo, "--revision", rev, "--hub-dir", str(d.hub),
+                "--teacher", f"{TEACHER}@{d.revs[TEACHER]}", "--yes", "--poll-interval", "0.2"]  # fmt: skip
+        out = subprocess.run([sys.executable, *argv], cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+        if out.returncode != 0:
+            raise RuntimeError(f"miner.py commit for {e.name} failed ({out.returncode}): {out.stdout}{out.stderr}")
+        d.log(f"   {e.name:<10} {e.repo}@{rev[:8]} committed with miner.py commit")
+    d.sim.advance(1)  # one commitment per block: ownership is decided by commit order
+
+
+def validator_argv(d: Demo, *extra: str) -> list[str]:
+    return ["-m", "validator", "run", "--network", "sim", "--sim-db", str(d.sim_db), "--netuid", str(NETUID),
+            "--wallet-name", "validator", "--hotkey-name", "default", "--wallet-path", str(d.wallet_path),
+            "--db", str(d.db), "--pod", d.pod_url, "--hub-dir", str(d.hub), "--corpus", "builtin",
+            "--rules", str(d.rules_path), "--epoch-blocks", "1", "--poll-seconds", "0.5", *extra]  # fmt: skip
+
+
+def run_epoch(d: Demo, timeout: float = 600.0) -> None:
+    """One ``python -m validator run --once``; its log lines are echoed as progress."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, *validator_argv(d, "--once")], cwd=ROOT, env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    with open(d.state / "logs" / "validator.log", "a") as logf:
+        for line in proc.stdout:
+            logf.write(line)
+            if " validator" in line or "round" in line or "weights" in line:
+                d.log("   | " + line.rstrip().split(": ", 1)[-1][:150])
+    rc = proc.wait(timeout)
+    if rc != 0:
+        raise RuntimeError(f"validator epoch failed with status {rc}; see {d.state / 'logs' / 'validator.log'}")
+    d.sim.advance(2)
+    d.log(f"   epoch done in {time.monotonic() - t0:.0f}s")
+
+
+def api_get(d: Demo, path: str) -> Any:
+    for _ in range(20):
+        r = httpx.get(f"{d.api_url}{path}", timeout=10)
+        if r.status_code == 429:
+            time.sleep(float(r.headers.get("Retry-After", "1")))
+            continue
+        r.raise_for_status()
+        return r.json()
+    raise RuntimeError(f"API kept refusing {path}")
+
+
+def leaderboard(d: Demo, scores: dict[str, Any], dqs: dict[str, Any]) -> str:
+    """The final table: king, each evaluated model's KL with its 95% CI, disqualifications with reasons."""
+    names = {hk: n for n, hk in d.hotkeys.items()}
+    king = scores.get("king")
+    lines = ["", "=" * 78, "FINAL LEADERBOARD", "=" * 78]
+    if king:
+        lines.append(f"king: {names.get(king['hotkey'], king['hotkey'])} ({king.get('repo')}) uid {king.get('uid')} "
+                     f"KL {king.get('kl') or float('nan'):.4f} since block {king['since_block']}")  # fmt: skip
+    lines.append(f"{'miner':<10} {'repo':<20} {'state':<12} {'mean KL':>9}  {'95% CI':<19} prompts")
+    rows = sorted(scores.get("evaluations", []), key=lambda s: (s.get("mean_kl") is None, s.get("mean_kl") or 0))
+    seen: set[str] = set()
+    for s in rows:
+        if s["hotkey"] in seen:
+            continue
+        seen.add(s["hotkey"])
+        kl = f"{s['mean_kl']:.4f}" if s.get("mean_kl") is not None else "-"
+        ci = f"[{s['ci_lo']:.4f}, {s['ci_hi']:.4f}]" if s.get("ci_lo") is not None else "-"
+        lines.append(f"{names.get(s['hotkey'], s['hotkey'][:10]):<10} {str(s.get('repo'))[:20]:<20} "
+                     f"{s['state']:<12} {kl:>9}  {ci:<19} {s['n_prompts']}")  # fmt: skip
+    lines.append("disqualified:")
+    for q in dqs.get("items", []):
+        of = (q.get("evidence") or {}).get("copy_of")
+        extra = f" (copy of {names.get(of['hotkey'], of['hotkey'])})" if of else ""
+        lines.append(f"  {names.get(q['hotkey'], q['hotkey'][:10]):<10} {q['reason']:<16} [{q['check']}] "
+                     f"{q['detail'][:70]}{extra}")  # fmt: skip
+    lines.append("=" * 78)
+    return "\n".join(lines)
+
+
+def contest(d: Demo) -> None:
+    """Commit the cast epoch by epoch, running one validator epoch after each batch."""
+    for epoch in sorted({e.epoch for e in d.cast}):
+        d.log(f"== epoch {epoch}: commits")
+        for e in (e for e in d.cast if e.epoch == epoch):
+            miner_commit(d, e)
+        d.log(f"== epoch {epoch}: validator (sync, admission, round on the pod, weights)")
+        run_epoch(d)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="klhill embedded contest demo")
+    p.add_argument("--once", action="store_true", help="exit after printing the leaderboard")
+    p.add_argument("--state", type=Path, default=ROOT / "state" / "demo")
+    p.add_argument("--api-port", type=int, default=8080, help="preferred API port (a free one if taken)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.monotonic()
+    start = time.monotonic()
+
+    def log(msg: str) -> None:
+        print(f"[{time.monotonic() - start:6.1f}s] {msg}", flush=True)
+
+    d = Demo(args.state, Recipe(rules=DEMO_RULES), log=log)
+    d.state.mkdir(parents=True, exist_ok=True)
+    try:
+        build(d)
+        reset(d)
+        publish(d)
+        wallets(d)
+        chain(d)
+        start_pod(d)
+        contest(d)
+        start_api(d, args.api_port)
+        print(leaderboard(d, api_get(d, "/api/scores"), api_get(d, "/api/disqualifications")), flush=True)
+        w = d.sim.weights() if hasattr(d.sim, "weights") else None
+        log(f"done in {time.monotonic() - t0:.0f}s; store at {d.db}; weights {w or 'see /api/scores'}")
+        if not args.once:
+            log(f"serving the API + dashboard at {d.api_url}/dashboard - Ctrl-C to stop")
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        for name in list(d.procs):
+            stop(d, name)
+        if d.sim is not None:
+            d.sim.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The embedded contest: a whole subnet on this machine (SimChain, pod, validator, API + dashboard).
+#   scripts/demo.sh          run the contest, print the leaderboard, keep serving the dashboard until Ctrl-C
+#   scripts/demo.sh --once   exit after printing (the store stays at state/demo/validator.db)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/_venv.sh
+ensure_venv
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+exec .venv/bin/python scripts/demo.py "$@"

@@ -1,0 +1,202 @@
+"""The demo's cast of models, built once and cached under a hash of the recipe.
+
+A tiny teacher is trained briefly on the local corpus so its distributions are
+not uniform; students are distilled from it with the reference trainer
+(``scripts/distill.py``); copies, re-shards, perturbations and an inadmissible
+repo are derived from the strong student. Everything is deterministic for a
+given recipe, so the contest's outcome is too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CAST_VERSION = 1  # bump when the build code below changes meaning
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the built artifacts; its hash names the cache directory."""
+
+    vocab: int = 512
+    teacher_layers: int = 2
+    teacher_hidden: int = 64
+    teacher_steps: int = 40
+    student_layers: int = 2
+    student_hidden: int = 32
+    strong_steps: int = 60
+    weak_steps: int = 4
+    better_steps: int = 120  # continued from the strong student
+    marginal_steps: int = 60  # the strong recipe again with another data seed: the king's quality, other weights
+    marginal_seed: int = 7
+    prompts: int = 48
+    lr: float = 3e-3
+    perturb_scale: float = 2e-4
+    rules: dict[str, Any] = field(default_factory=dict)
+
+    def digest(self) -> str:
+        blob = json.dumps({"v": CAST_VERSION, **asdict(self)}, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_distill() -> ModuleType:
+    """``scripts/distill.py`` as a module (``scripts`` is not a package)."""
+    name = "klhill_distill"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "distill.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def _build_teacher(r: Recipe, out: Path) -> None:
+    from eval.tiny import corpus_texts, quick_train, save_model_dir, tiny_config, tiny_model, train_tokenizer
+
+    tok = train_tokenizer(r.vocab)
+    cfg = tiny_config(r.vocab, hidden_size=r.teacher_hidden, layers=r.teacher_layers,
+                      intermediate_size=2 * r.teacher_hidden)  # fmt: skip
+    model = quick_train(tiny_model(cfg, 0), tok, corpus_texts(), steps=r.teacher_steps, seed=0)
+    save_model_dir(model, tok, out)
+
+
+def _init_student(r: Recipe, seed: int, teacher: Path, out: Path) -> None:
+    from eval.tiny import save_model_dir, tiny_config, tiny_model
+
+    cfg = tiny_config(r.vocab, hidden_size=r.student_hidden, layers=r.student_layers,
+                      intermediate_size=2 * r.student_hidden)  # fmt: skip
+    save_model_dir(tiny_model(cfg, seed), None, out)
+    _copy_tokenizer_files(teacher, out)
+
+
+def _distill(r: Recipe, teacher: Path, student: Path, out: Path, steps: int, seed: int, rules: Path,
+             log: Callable[[str], None]) -> None:  # fmt: skip
+    d = load_distill()
+    args = d.parse_args([
+        "--teacher", str(teacher), "--student", str(student), "--out", str(out), "--steps", str(steps),
+        "--prompts", str(r.prompts), "--heldout", "8", "--lr", str(r.lr), "--grad-accum", "4",
+        "--eval-every", str(max(steps, 1)), "--rules", str(rules), "--device", "cpu", "--seed", str(seed),
+    ])  # fmt: skip
+    d.distill(args, log=lambda line: log(f"    {line}"))
+
+
+def _rewrite(src: Path, out: Path, edit: Callable[[Any], None], **save: Any) -> None:
+    """Load ``src``, apply ``edit`` to the model, save to ``out`` with the tokenizer files."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, use_safetensors=True)
+    edit(model)
+    model.save_pretrained(out, safe_serialization=True, **save)
+    _copy_tokenizer_files(src, out)
+
+
+def _copy_tokenizer_files(src: Path, out: Path) -> None:
+    from eval.admission import TOKENIZER_FILES
+
+    for name in sorted(TOKENIZER_FILES):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, out / name)
+
+
+def _perturb(scale: float) -> Callable[[Any], None]:
+    def edit(model: Any) -> None:
+        import torch
+
+        gen = torch.Generator().manual_seed(1234)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * scale)
+
+    return edit
+
+
+def _invalid(src: Path, out: Path) -> None:
+    """The strong student plus a Python file: admission refuses repos that carry code."""
+    shutil.copytree(src, out)
+    (out / "modeling_custom.py").write_text("# custom code is never executed by a validator\n")
+
+
+DEPS = {"strong": ("init-a",), "weak": ("init-a",), "better": ("strong",), "marginal": ("init-a",),
+        "resharded": ("strong",), "perturbed": ("strong",), "invalid": ("strong",)}
+
+
+def _closure(names: Sequence[str]) -> set[str]:
+    out, todo = {"teacher"}, list(names)
+    while todo:
+        name = todo.pop()
+        if name not in out:
+            out.add(name)
+            todo.extend(DEPS.get(name, ()))
+    return out
+
+
+def build_cast(r: Recipe, cache_root: Path, log: Callable[[str], None] = print,
+               names: Sequence[str] | None = None) -> dict[str, Path]:
+    """Build (or reuse) the cast's model directories (``names`` and what they need); returns name -> directory."""
+    wanted = _closure(names) if names is not None else None
+    base = cache_root / r.digest()
+    rules_path = base / "rules.json"
+    base.mkdir(parents=True, exist_ok=True)
+    from eval.rules import ContestRules
+
+    rules_path.write_text(ContestRules.model_validate(r.rules).to_json())
+    t = base / "teacher"
+    steps: list[tuple[str, str, Callable[[Path], None]]] = [
+        ("teacher", f"training the teacher ({r.teacher_layers} layers, {r.teacher_steps} steps)",
+         lambda out: _build_teacher(r, out)),
+        ("init-a", "initialising student A", lambda out: _init_student(r, 1, t, out)),
+        ("strong", f"distilling the strong student ({r.strong_steps} steps)",
+         lambda out: _distill(r, t, base / "init-a", out, r.strong_steps, 1, rules_path, log)),
+        ("weak", f"distilling the weak student ({r.weak_steps} steps)",
+         lambda out: _distill(r, t, base / "init-a", out, r.weak_steps, 1, rules_path, log)),
+        ("better", f"distilling the better student (strong + {r.better_steps} steps)",
+         lambda out: _distill(r, t, base / "strong", out, r.better_steps, 2, rules_path, log)),
+        ("marginal", f"re-distilling the strong recipe with data seed {r.marginal_seed} ({r.marginal_steps} steps)",
+         lambda out: _distill(r, t, base / "init-a", out, r.marginal_steps, r.marginal_seed, rules_path, log)),
+        ("resharded", "re-sharding the strong student",
+         lambda out: _rewrite(base / "strong", out, lambda m: None, max_shard_size="200KB")),
+        ("perturbed", "perturbing the strong student slightly",
+         lambda out: _rewrite(base / "strong", out, _perturb(r.perturb_scale))),
+        ("invalid", "packaging an inadmissible repo (ships a .py file)", lambda out: _invalid(base / "strong", out)),
+    ]  # fmt: skip
+    dirs: dict[str, Path] = {}
+    for name, what, make in steps:
+        if wanted is not None and name not in wanted:
+            continue
+        out = base / name
+        if (out / ".done").is_file():
+            log(f"  cached   {name}")
+        else:
+            log(f"  building {name}: {what}")
+            shutil.rmtree(out, ignore_errors=True)
+            tmp = base / f".tmp-{name}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            make(tmp)
+            (tmp / ".done").write_text("ok\n")
+            tmp.rename(out)
+        dirs[name] = out
+    return dirs
+
+
+def publish_dir(hub: Any, repo: str, src: Path) -> str:
+    """Publish a cast directory (without the cache marker) into a LocalHub."""
+    staging = src.parent / f".publish-{src.name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(src, staging, ignore=shutil.ignore_patterns(".done"))
+    try:
+        return str(hub.publish(repo, staging))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
