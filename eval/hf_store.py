@@ -12,6 +12,7 @@ never put in a message.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,15 @@ from eval.stores import (
 )
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+MAX_CACHED_REVISIONS = 64
+"""Revisions whose listings, small files and headers stay in memory (LESSONS 24: caches are bounded)."""
 
 
 class HuggingFaceStore:
-    def __init__(self, token: str | None = None, endpoint: str | None = None, timeout: float = 20.0) -> None:
+    def __init__(
+        self, token: str | None = None, endpoint: str | None = None, timeout: float = 20.0,
+        max_cached_revisions: int = MAX_CACHED_REVISIONS,
+    ) -> None:  # fmt: skip
         self._token = token if token is not None else os.environ.get("HF_TOKEN") or None
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
         self.timeout = timeout
@@ -45,14 +51,28 @@ class HuggingFaceStore:
         self._files: dict[tuple[str, str], list[FileInfo]] = {}
         self._blobs: dict[tuple[str, str, str], bytes] = {}
         self._headers: dict[tuple[str, str, str], SafetensorsHeader] = {}
+        self._recent: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._max_revisions = max(1, max_cached_revisions)
         self.http_calls = 0
 
     def __repr__(self) -> str:  # never show the token
         return f"HuggingFaceStore(endpoint={self.endpoint!r}, token={'set' if self._token else 'none'})"
 
+    def _touch(self, repo: str, revision: str) -> None:
+        """Mark a revision as recently read; forget everything cached for the oldest beyond the bound."""
+        self._recent[(repo, revision)] = None
+        self._recent.move_to_end((repo, revision))
+        while len(self._recent) > self._max_revisions:
+            old = self._recent.popitem(last=False)[0]
+            self._files.pop(old, None)
+            for cache in (self._blobs, self._headers):
+                for k in [k for k in cache if k[:2] == old]:
+                    del cache[k]
+
     # --- ModelStore ------------------------------------------------------------
     def files(self, repo: str, revision: str) -> list[FileInfo]:
         key = (validate_repo(repo), validate_revision(revision))
+        self._touch(*key)
         if key not in self._files:
             info = self._call(repo, revision, self._api.model_info, repo, revision=revision, files_metadata=True,
                               timeout=self.timeout)  # fmt: skip
@@ -65,6 +85,7 @@ class HuggingFaceStore:
 
     def read_file(self, repo: str, revision: str, path: str, max_bytes: int) -> bytes:
         key = (validate_repo(repo), validate_revision(revision), validate_file_path(path))
+        self._touch(repo, revision)
         if key not in self._blobs:
             data = self._get(repo, revision, path, None, max_bytes)
             if len(data) > max_bytes:
@@ -74,6 +95,7 @@ class HuggingFaceStore:
 
     def safetensors_header(self, repo: str, revision: str, path: str) -> SafetensorsHeader:
         key = (validate_repo(repo), validate_revision(revision), validate_file_path(path))
+        self._touch(repo, revision)
         if key not in self._headers:
             size = next((f.size for f in self.files(repo, revision) if f.path == path), None)
             if size is None:
