@@ -333,3 +333,31 @@ def test_lesson_25_hf_token_never_reaches_logs_store_or_api(world, hub_online, m
     assert len(paths) > 5
     for path in paths:
         assert token not in client.get(path).text, path
+
+
+# --- LESSONS 24: bounded caches --------------------------------------------------------------------------
+def test_lesson_24_hub_adapter_cache_is_bounded_by_revisions(tmp_path, hub_online):
+    from admission_fixtures import tensors, write_model
+    from test_hf_store import FakeHub
+
+    from eval.hf_store import HuggingFaceStore
+
+    hub = FakeHub(LocalHub(tmp_path / "hub"))
+    try:
+        revs = [hub.hub.publish("org/m", write_model(tmp_path / f"src{i}", tensor_dict=tensors(seed=i)))
+                for i in range(3)]  # fmt: skip
+        store = HuggingFaceStore(endpoint=hub.url, timeout=5, max_cached_revisions=2)
+        for rev in revs:
+            store.files("org/m", rev)
+            store.read_file("org/m", rev, "config.json", 1 << 20)
+            store.safetensors_header("org/m", rev, "model.safetensors")
+        assert {k[1] for k in store._files} == set(revs[1:])  # the oldest revision was forgotten
+        assert {k[1] for k in store._blobs} | {k[1] for k in store._headers} == set(revs[1:])
+        calls = store.http_calls
+        store.files("org/m", revs[2])
+        assert store.http_calls == calls  # a recent revision is still served from memory
+        store.files("org/m", revs[0])
+        assert store.http_calls == calls + 1
+    finally:
+        hub.server.shutdown()
+        hub.server.server_close()
