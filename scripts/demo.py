@@ -278,7 +278,7 @@ def leaderboard(d: Demo, scores: dict[str, Any], dqs: dict[str, Any]) -> str:
     if king:
         lines.append(f"king: {names.get(king['hotkey'], king['hotkey'])} ({king.get('repo')}) uid {king.get('uid')} "
                      f"KL {king.get('kl') or float('nan'):.4f} since block {king['since_block']}")  # fmt: skip
-    lines.append(f"{'miner':<10} {'repo':<20} {'state':<12} {'mean KL':>9}  {'95% CI':<19} prompts")
+    lines.append(f"{'miner':<10} {'repo':<20} {'state':<15} {'mean KL':>9}  {'95% CI':<19} prompts")
     rows = sorted(scores.get("evaluations", []), key=lambda s: (s.get("mean_kl") is None, s.get("mean_kl") or 0))
     seen: set[str] = set()
     for s in rows:
@@ -288,7 +288,7 @@ def leaderboard(d: Demo, scores: dict[str, Any], dqs: dict[str, Any]) -> str:
         kl = f"{s['mean_kl']:.4f}" if s.get("mean_kl") is not None else "-"
         ci = f"[{s['ci_lo']:.4f}, {s['ci_hi']:.4f}]" if s.get("ci_lo") is not None else "-"
         lines.append(f"{names.get(s['hotkey'], s['hotkey'][:10]):<10} {str(s.get('repo'))[:20]:<20} "
-                     f"{s['state']:<12} {kl:>9}  {ci:<19} {s['n_prompts']}")  # fmt: skip
+                     f"{s['state']:<15} {kl:>9}  {ci:<19} {s['n_prompts']}")  # fmt: skip
     lines.append("disqualified:")
     for q in dqs.get("items", []):
         of = (q.get("evidence") or {}).get("copy_of")

@@ -37,8 +37,9 @@ class Recipe:
     strong_steps: int = 60
     weak_steps: int = 4
     better_steps: int = 120  # continued from the strong student
-    marginal_steps: int = 60  # the strong recipe again with another data seed: the king's quality, other weights
-    marginal_seed: int = 7
+    # strong + t * (better - strong): about 8% lower KL than strong (epsilon is 10%) while its fingerprint
+    # distance to strong (about 0.75 t) stays above the 0.02 functional-copy threshold
+    marginal_t: float = 0.032
     prompts: int = 48
     lr: float = 3e-3
     perturb_scale: float = 2e-4
@@ -123,13 +124,30 @@ def _perturb(scale: float) -> Callable[[Any], None]:
     return edit
 
 
+def _toward(other: Path, t: float) -> Callable[[Any], None]:
+    """Move every weight a fraction ``t`` of the way to ``other``'s: a controlled, small improvement."""
+
+    def edit(model: Any) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        theirs: dict[str, Any] = {}
+        for f in sorted(other.glob("*.safetensors")):
+            theirs.update(load_file(f))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.add_(t * (theirs[name].float() - p))
+
+    return edit
+
+
 def _invalid(src: Path, out: Path) -> None:
     """The strong student plus a Python file: admission refuses repos that carry code."""
     shutil.copytree(src, out)
     (out / "modeling_custom.py").write_text("# custom code is never executed by a validator\n")
 
 
-DEPS = {"strong": ("init-a",), "weak": ("init-a",), "better": ("strong",), "marginal": ("init-a",),
+DEPS = {"strong": ("init-a",), "weak": ("init-a",), "better": ("strong",), "marginal": ("strong", "better"),
         "resharded": ("strong",), "perturbed": ("strong",), "invalid": ("strong",)}
 
 
@@ -164,8 +182,8 @@ def build_cast(r: Recipe, cache_root: Path, log: Callable[[str], None] = print,
          lambda out: _distill(r, t, base / "init-a", out, r.weak_steps, 1, rules_path, log)),
         ("better", f"distilling the better student (strong + {r.better_steps} steps)",
          lambda out: _distill(r, t, base / "strong", out, r.better_steps, 2, rules_path, log)),
-        ("marginal", f"re-distilling the strong recipe with data seed {r.marginal_seed} ({r.marginal_steps} steps)",
-         lambda out: _distill(r, t, base / "init-a", out, r.marginal_steps, r.marginal_seed, rules_path, log)),
+        ("marginal", f"interpolating strong {r.marginal_t:g} of the way toward better",
+         lambda out: _rewrite(base / "strong", out, _toward(base / "better", r.marginal_t))),
         ("resharded", "re-sharding the strong student",
          lambda out: _rewrite(base / "strong", out, lambda m: None, max_shard_size="200KB")),
         ("perturbed", "perturbing the strong student slightly",
