@@ -111,6 +111,7 @@ def cmd_check(args: argparse.Namespace, rules: ContestRules = DEFAULT_RULES) -> 
         teacher = _teacher(args.teacher, args)
         rules = rules.model_copy(update={"vocab_size": teacher.vocab_size})
         local = Path(args.model).is_dir()
+        store: ModelStore
         if local:
             store, repo, rev = _local_dir_ref(Path(args.model))
         else:

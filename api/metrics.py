@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from validator.store import Store
 
@@ -26,7 +26,7 @@ def _metric(name: str, kind: str, help_: str, samples: Iterable[tuple[str, float
     return lines
 
 
-def render_metrics(store: Store, extra: dict[str, float] | None = None) -> str:
+def render_metrics(store: Store, extra: Mapping[str, float] | None = None) -> str:
     """Round durations, king KL, queue length, last weights block, pod errors, submission states."""
     s = store.stats(recent=1000)
     king = store.current_king()

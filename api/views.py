@@ -125,7 +125,7 @@ def progress(store: Store, now: float | None = None) -> m.ProgressOut:
     data = m.sanitize(row["data"])
     if not isinstance(data, dict):
         data = {"value": data}
-    src = data.get("progress") if isinstance(data.get("progress"), dict) else data
+    src: dict[str, Any] = data["progress"] if isinstance(data.get("progress"), dict) else data
     try:
         prog: JobProgress | None = JobProgress.model_validate(
             {k: v for k, v in src.items() if k in JobProgress.model_fields}

@@ -21,7 +21,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -140,7 +140,7 @@ def load_causal_lm(path: str | Path, device: str | torch.device) -> PreTrainedMo
             dtype=dtype,
             attn_implementation="sdpa",
         )
-        model.to(dev)
+        cast(Any, model).to(dev)  # transformers types `to` for its own wrapper only
     except torch.cuda.OutOfMemoryError as exc:
         raise InfraError(f"out of GPU memory loading {path}") from exc
     except Exception as exc:  # bad config, missing tensors, wrong shapes: the model's fault
@@ -154,7 +154,7 @@ def free_model(model: PreTrainedModel | None) -> None:
     """Drop a model and give its memory back (LESSONS 24)."""
     if model is not None:
         try:  # callers may still hold a reference: move the weights out so the memory goes anyway
-            model.to("meta")
+            cast(Any, model).to("meta")
         except Exception:  # noqa: BLE001 - freeing is best effort; gc below still runs
             pass
     del model
@@ -193,7 +193,7 @@ def _greedy(model: PreTrainedModel, batch: list[list[int]], pad_id: int, eos: se
         input_ids[row, width - len(ids) :] = torch.tensor(ids)
         mask[row, width - len(ids) :] = 1
     dev = _device(model)
-    out = model.generate(
+    out = cast(Any, model).generate(
         input_ids=input_ids.to(dev),
         attention_mask=mask.to(dev),
         do_sample=False,

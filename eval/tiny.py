@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3_5ForCausalLM, Qwen3_5TextConfig
@@ -108,7 +109,7 @@ def save_model_dir(
     """Write safetensors + config.json (+ tokenizer files): no code, no pickle."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    kwargs: dict[str, object] = {"safe_serialization": True}
+    kwargs: dict[str, Any] = {"safe_serialization": True}
     if max_shard_size is not None:
         kwargs["max_shard_size"] = max_shard_size
     model.save_pretrained(out, **kwargs)
