@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from eval.nonce_store import SqliteNonceStore
 from eval.pod_jobs import JobConflict, JobManager, QueueFull, Runner
 from eval.runner import DiskLimits, run_job
 from eval.schemas import EvalJob
@@ -141,7 +142,8 @@ def create_app(settings: PodSettings, runner: Runner | None = None) -> FastAPI:
     """Wire the job manager and the routes; ``runner`` is injectable for tests of the edge."""
     run = runner or _default_runner(settings)
     manager = JobManager(settings.workdir / "jobs", run, max_queued=settings.max_queued)
-    nonces = http_auth.InMemoryNonceStore(retention=max(60.0, settings.max_age_s + 10.0))
+    # durable: a request captured before a restart must not be replayable after it
+    nonces = SqliteNonceStore(settings.workdir / "nonces.sqlite3", retention=max(60.0, settings.max_age_s + 10.0))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]

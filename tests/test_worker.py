@@ -99,6 +99,26 @@ def test_replay_refused(pod, wallets):
     assert resp.status_code == 401 and "Replayed" in resp.json()["error"]
 
 
+
+@pytest.mark.parametrize("method", ["DELETE", "POST"])
+def test_replay_after_restart_refused(tmp_path, wallets, method):
+    """A request captured before a pod restart is refused when replayed to the new process (same workdir)."""
+    validator = wallets[0]
+    body = make_job("rr-1").model_dump_json().encode()
+    path = "/jobs/rr-1" if method == "DELETE" else "/jobs"
+    content = b"" if method == "DELETE" else body
+    first = create_app(settings(tmp_path, wallets), runner=ScriptedRunner(seconds=30))
+    with serve(first) as url, httpx.Client(base_url=url, timeout=10) as client:
+        assert signed(client, validator, "POST", "/jobs", body).status_code == 202
+        captured = http_auth.sign(validator, method=method, path=path, body=content)
+        assert client.request(method, path, content=content, headers=captured).status_code in (200, 202)
+    second = create_app(settings(tmp_path, wallets), runner=ScriptedRunner())
+    with serve(second) as url, httpx.Client(base_url=url, timeout=10) as client:
+        resp = client.request(method, path, content=content, headers=captured)
+        assert resp.status_code == 401 and "Replayed" in resp.json()["error"]
+        # a freshly signed call from the same validator still works
+        assert signed(client, validator, "GET", "/jobs/rr-1").status_code == 200
+
 def test_bad_bodies(pod, wallets):
     client, runner = pod
     v = wallets[0]
