@@ -38,7 +38,7 @@ def _port() -> int:
 def test_flags_and_env_defaults():
     s = parse_args(["run", "--network", "sim", "--sim-db", "c.db", "--pod", "http://a", "--pod", "http://b",
                     "--max-challengers", "2", "--once", "--log-format", "json"], env={})  # fmt: skip
-    assert s.is_sim and s.pods == ("http://a", "http://b") and s.max_challengers == 2 and s.once
+    assert s.is_sim and s.pods == ("http://a", "http://b") and s.loop.max_challengers == 2 and s.once
     s = parse_args(["run", "--local-pod"], env={"BT_NETWORK": "test", "KLHILL_DB": "/x/v.db"})
     assert s.network == "test" and s.local_pod and s.db == Path("/x/v.db")
     s = parse_args(["run"], env={"KLHILL_PODS": "http://p1,http://p2"})

@@ -9,6 +9,7 @@ the current step; an open round is resumed with the same job on the next start.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -105,7 +106,7 @@ def _pod(s: Settings, wallet: Any, model_store: Any, progress: Any) -> tuple[Any
 
 def build(s: Settings) -> Any:
     """Construct the Validator for these settings (no network calls happen here)."""
-    from validator.loop import LoopConfig, Validator
+    from validator.loop import Validator
     from validator.rounds import ProgressBox
     from validator.store import Store
     from validator.wallets import load_wallet
@@ -116,11 +117,7 @@ def build(s: Settings) -> Any:
     progress = ProgressBox()
     pod, pod_name = _pod(s, wallet, model_store, progress)
     store = Store.open(s.db)
-    config = LoopConfig(
-        max_challengers=s.max_challengers, weights_interval=s.weights_interval,
-        weights_retry_blocks=s.weights_retry_blocks, epoch_blocks=s.epoch_blocks, poll_seconds=s.poll_seconds,
-        pod_deadline_s=s.pod_deadline_s, max_strikes=s.max_strikes, pod_name=pod_name[:200],
-    )  # fmt: skip
+    config = dataclasses.replace(s.loop, pod_name=pod_name[:200])
     chain = _chain(s, wallet)
     store.set_meta(network=s.network, netuid=s.netuid, hotkey=str(wallet.hotkey.ss58_address),
                    rules_digest=rules.digest(), started=time.time())  # fmt: skip

@@ -35,23 +35,10 @@ from validator.contest import (
 )
 from validator.pods import Pod
 from validator.rounds import ProgressBox, RoundRunner, build_job, make_job_id
+from validator.settings import LoopConfig
 from validator.store import Store
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    max_challengers: int | None = None
-    weights_interval: int = 360
-    weights_retry_blocks: int = 10
-    epoch_blocks: int = 25
-    poll_seconds: float = 12.0
-    pod_deadline_s: float = 4 * 3600.0
-    max_strikes: int = 3
-    backoff_base: int = 5
-    backoff_cap: int = 600
-    pod_name: str = "pod"
 
 
 @dataclass

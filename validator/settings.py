@@ -19,6 +19,22 @@ SIM_NETWORK = "sim"
 
 
 @dataclass(frozen=True)
+class LoopConfig:
+    """How the epoch loop paces itself: the one place these defaults live."""
+
+    max_challengers: int | None = None
+    weights_interval: int = 360
+    weights_retry_blocks: int = 10
+    epoch_blocks: int = 25
+    poll_seconds: float = 12.0
+    pod_deadline_s: float = 4 * 3600.0
+    max_strikes: int = 3
+    backoff_base: int = 5
+    backoff_cap: int = 600
+    pod_name: str = "pod"
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything one validator process needs; built by :func:`parse_args`."""
 
@@ -39,15 +55,7 @@ class Settings:
     teacher_dir: Path | None = None
     teacher: str | None = None  # REPO[@REV]
     rules_path: Path | None = None
-    max_challengers: int | None = None
-    weights_interval: int = 360
-    weights_retry_blocks: int = 10
-    epoch_blocks: int = 25
-    poll_seconds: float = 12.0
-    pod_deadline_s: float = 4 * 3600.0
-    max_strikes: int = 3
-    admission_backoff_blocks: int = 5
-    admission_backoff_max_blocks: int = 600
+    loop: LoopConfig = LoopConfig()
     once: bool = False
     log_format: str = "plain"
     log_level: str = "INFO"
@@ -77,6 +85,7 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    d = LoopConfig()
     p = argparse.ArgumentParser(prog="python -m validator", description="klhill king-of-the-hill validator")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the validator loop")
@@ -101,13 +110,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     teacher.add_argument("--teacher", default=None, metavar="REPO[@REV]", help="teacher repo (overrides the rules)")
     r.add_argument("--rules", dest="rules_path", type=Path, default=None, help="ContestRules JSON file")
     r.add_argument("--max-challengers", type=_positive(int), default=None)
-    r.add_argument("--weights-interval", type=_positive(int), default=360, help="blocks between weight refreshes")
-    r.add_argument("--weights-retry-blocks", type=_positive(int), default=10,
+    r.add_argument("--weights-interval", type=_positive(int), default=d.weights_interval,
+                   help="blocks between weight refreshes")
+    r.add_argument("--weights-retry-blocks", type=_positive(int), default=d.weights_retry_blocks,
                    help="blocks to wait after a failed weight submission")
-    r.add_argument("--epoch-blocks", type=_positive(int), default=25, help="blocks between epochs")
-    r.add_argument("--poll-seconds", type=_positive(float), default=12.0)
-    r.add_argument("--pod-deadline", dest="pod_deadline_s", type=_positive(float), default=4 * 3600.0)
-    r.add_argument("--max-strikes", type=_positive(int), default=3)
+    r.add_argument("--epoch-blocks", type=_positive(int), default=d.epoch_blocks, help="blocks between epochs")
+    r.add_argument("--poll-seconds", type=_positive(float), default=d.poll_seconds)
+    r.add_argument("--pod-deadline", dest="pod_deadline_s", type=_positive(float), default=d.pod_deadline_s)
+    r.add_argument("--max-strikes", type=_positive(int), default=d.max_strikes)
     r.add_argument("--once", action="store_true", help="run one epoch and exit")
     r.add_argument("--log-format", choices=("plain", "json"), default=env.get("KLHILL_LOG_FORMAT", "plain"))
     r.add_argument("--log-level", default=env.get("KLHILL_LOG_LEVEL", "INFO"))
@@ -132,8 +142,11 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         wallet_name=a.wallet_name, hotkey_name=a.hotkey_name, wallet_path=a.wallet_path, db=a.db,
         pods=tuple(a.pod or ()), local_pod=a.local_pod, device=a.device, workdir=a.workdir, hub_dir=a.hub_dir,
         corpus=a.corpus, teacher_dir=a.teacher_dir, teacher=a.teacher, rules_path=a.rules_path,
-        max_challengers=a.max_challengers, weights_interval=a.weights_interval,
-        weights_retry_blocks=a.weights_retry_blocks, epoch_blocks=a.epoch_blocks, poll_seconds=a.poll_seconds,
-        pod_deadline_s=a.pod_deadline_s, max_strikes=a.max_strikes, once=a.once, log_format=a.log_format,
+        loop=LoopConfig(
+            max_challengers=a.max_challengers, weights_interval=a.weights_interval,
+            weights_retry_blocks=a.weights_retry_blocks, epoch_blocks=a.epoch_blocks, poll_seconds=a.poll_seconds,
+            pod_deadline_s=a.pod_deadline_s, max_strikes=a.max_strikes,
+        ),
+        once=a.once, log_format=a.log_format,
         log_level=a.log_level,
     )  # fmt: skip
