@@ -31,6 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from eval.errors import InfraError, ModelError, PromptError, VocabMismatchError
 from eval.kl import kl_from_hidden
 from eval.rules import ContestRules
+from eval.stats import fingerprint_distance  # noqa: F401 - re-exported: the pod and tests use it from here
 
 ProgressFn = Callable[[int, int, int], None]
 """progress(done, total, tokens_in_this_step)."""
@@ -335,10 +336,3 @@ def fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rule
                 raise ModelError("non-finite log-probs on a canary prompt")
             values.extend(logp.flatten().tolist())
     return values
-
-
-def fingerprint_distance(a: Sequence[float], b: Sequence[float]) -> float:
-    """Mean absolute difference of two fingerprints; inf when they are not comparable."""
-    if len(a) != len(b) or not a:
-        return float("inf")
-    return float(torch.tensor(a, dtype=torch.float64).sub(torch.tensor(b, dtype=torch.float64)).abs().mean())

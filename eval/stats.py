@@ -171,3 +171,14 @@ def kl_summary(xs: Sequence[float], level: float = 0.95) -> dict[str, float | in
         "ci_hi": hi if math.isfinite(hi) else None,
         "n": len(xs),
     }
+
+
+def fingerprint_distance(a: Sequence[float], b: Sequence[float]) -> float:
+    """Mean absolute difference of two logit fingerprints; inf when they are not comparable.
+
+    Below ``rules.fingerprint_threshold`` two models are one model (FUNCTIONAL_COPY): a bf16
+    round trip or 1e-3 noise lands near 0.002, an independently trained model near 1.
+    """
+    if len(a) != len(b) or not a:
+        return float("inf")
+    return math.fsum(abs(x - y) for x, y in zip(a, b, strict=True)) / len(a)

@@ -211,3 +211,12 @@ def test_false_stop_rate_is_bounded_by_simulation() -> None:
         wins += decide(king, challenger, RULES).dethrone
     assert false_stops / trials < 0.01
     assert wins > 0  # the setting is not trivially hopeless for the challenger
+
+
+def test_fingerprint_distance_is_mean_abs_difference_and_inf_when_incomparable() -> None:
+    from eval.stats import fingerprint_distance
+
+    assert fingerprint_distance([0.0, 1.0], [0.5, 0.5]) == 0.5
+    assert fingerprint_distance([0.0, 1.0], [0.0, 1.0]) == 0.0
+    assert fingerprint_distance([0.0], [0.0, 1.0]) == float("inf")
+    assert fingerprint_distance([], []) == float("inf")

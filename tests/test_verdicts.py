@@ -7,7 +7,7 @@ import pytest
 from eval.rules import ContestRules
 from eval.schemas import EvalResult, ModelRef, ModelResult, SubmissionId, TeacherInfo
 from validator.contest import Candidate, RoundPlan
-from validator.verdicts import ResultMismatch, interpret_result, mean_abs_distance
+from validator.verdicts import ResultMismatch, interpret_result
 
 REV = "c" * 40
 BH = "0x" + "1" * 64
@@ -200,6 +200,3 @@ def test_none_round_has_nothing_to_interpret():
         interpret_result(RoundPlan("none", K, ()), result(res(K, noisy(1.0))), RULES)
 
 
-def test_mean_abs_distance():
-    assert mean_abs_distance([0.0, 1.0], [0.5, 0.5]) == 0.5
-    assert mean_abs_distance([0.0], [0.0, 1.0]) == float("inf")

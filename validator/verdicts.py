@@ -14,6 +14,8 @@ from typing import Any, Literal, Protocol
 
 from eval.rules import ContestRules
 from eval.schemas import EvalResult, ModelResult
+from eval.stats import decide as stats_decide
+from eval.stats import fingerprint_distance
 from validator.contest import Candidate, Key, RoundPlan, order_key
 
 SUSPICIOUS_KL = 1e-6
@@ -91,19 +93,6 @@ class RoundOutcome:
         return tuple(v.key for v in self.verdicts if v.suspicious)
 
 
-def mean_abs_distance(a: Sequence[float], b: Sequence[float]) -> float:
-    """Mean absolute difference of two equal-length fingerprints (infinite when shapes differ)."""
-    if len(a) != len(b) or not a:
-        return float("inf")
-    return sum(abs(x - y) for x, y in zip(a, b, strict=True)) / len(a)
-
-
-def _default_decide() -> DecideFn:
-    from eval.stats import decide  # lazy: the stats module lives in the layer below
-
-    return decide
-
-
 def _match_results(plan: RoundPlan, result: EvalResult) -> dict[Key, ModelResult]:
     planned = {c.key: c for c in plan.models}
     got: dict[Key, ModelResult] = {}
@@ -164,7 +153,7 @@ def interpret_result(
     known_content_hashes: Sequence[tuple[Key, str]] = (),
     *,
     decide: DecideFn | None = None,
-    distance: DistanceFn = mean_abs_distance,
+    distance: DistanceFn = fingerprint_distance,
 ) -> RoundOutcome:
     """Turn one round's result into final states, DQs and the next king.
 
@@ -175,7 +164,7 @@ def interpret_result(
     """
     if plan.kind == "none":
         raise ValueError("a 'none' round has no result to interpret")
-    decide = decide or _default_decide()
+    decide = decide or stats_decide
     got = _match_results(plan, result)
     hashes = list(known_content_hashes) + [(k, m.content_hash) for k, m in got.items() if m.content_hash]
     prints = list(known_fingerprints) + [(k, m.fingerprint) for k, m in got.items() if m.fingerprint]
