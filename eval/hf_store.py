@@ -158,6 +158,8 @@ class HuggingFaceStore:
             raise RepoInaccessible(f"{repo} is gated or disabled") from None
         except hf_errors.RepositoryNotFoundError:
             raise RepoNotFound(f"{repo} not found (or private)") from None
+        except hf_errors.LocalEntryNotFoundError:  # snapshot_download's wrapper for "the hub did not answer"
+            raise TransientError(f"{repo}@{revision}: hub unreachable or overloaded") from None
         except hf_errors.EntryNotFoundError:
             raise UnsafeRepoContent(f"a listed file of {repo}@{revision} is missing") from None
         except hf_errors.HfHubHTTPError as exc:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -29,6 +31,7 @@ class FakeHub:
         self.calls: list[str] = []
         self.fail_next: list[int] = []  # statuses to answer before serving normally
         self.gated: set[str] = set()
+        self.fail_files: list[int] = []  # statuses to answer on file requests (HEAD/GET .../resolve/...) only
         self.auth_seen: list[str | None] = []
         fake = self
 
@@ -41,21 +44,52 @@ class FakeHub:
                 fake.auth_seen.append(self.headers.get("Authorization"))
                 if fake.fail_next:
                     return self._send(fake.fail_next.pop(0), b"busy")
+                m = re.match(r"^/api/models/([^/]+/[^/]+)/tree/([^/?]+)", self.path)
+                if m:
+                    return self._tree(*m.groups())
                 m = re.match(r"^/api/models/([^/]+/[^/]+)(?:/revision/([^/?]+))?", self.path)
                 if m:
                     return self._info(m.group(1), m.group(2) or "main")
                 m = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", self.path)
+                if m and fake.fail_files:
+                    return self._send(fake.fail_files.pop(0), b"busy")
                 if m:
                     return self._file(*m.groups())
                 return self._send(404, b"", {"X-Error-Code": "EntryNotFound"})
 
-            def _send(self, status, body, headers=None):
+            def do_HEAD(self):  # noqa: N802  (what hf_hub_download asks before a GET: commit, etag, size)
+                fake.calls.append("HEAD " + self.path)
+                if fake.fail_next or fake.fail_files:
+                    return self._send((fake.fail_next or fake.fail_files).pop(0), b"", head=True)
+                m = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", self.path)
+                rev = self._resolve(*m.groups()[:2]) if m else None
+                if rev is None:
+                    return None if m else self._send(404, b"", head=True)
+                data = (fake.hub.root / m.group(1) / rev / m.group(3)).read_bytes()
+                etag = f'"{hashlib.sha256(data).hexdigest()}"'
+                headers = {"X-Repo-Commit": rev, "ETag": etag, "X-Linked-Etag": etag, "X-Linked-Size": str(len(data))}
+                self._send(200, data, headers, head=True)
+
+            def _tree(self, repo, ref):
+                rev = self._resolve(repo, ref)
+                if rev is None:
+                    return
+                entries = []
+                for f in fake.hub.files(repo, rev):
+                    e = {"type": "file", "path": f.path, "size": f.size, "oid": "0" * 40}
+                    if f.sha256:
+                        e["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": 134}
+                    entries.append(e)
+                self._send(200, json.dumps(entries).encode(), {"Content-Type": "application/json"})
+
+            def _send(self, status, body, headers=None, head=False):
                 self.send_response(status)
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if not head:
+                    self.wfile.write(body)
 
             def _resolve(self, repo, ref):
                 if repo in fake.gated:
@@ -105,8 +139,22 @@ def online(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the stand-in is on loopback
 
 
+class _NoSleepTime:
+    """The ``time`` module with ``sleep`` as a no-op: huggingface_hub's own retry back-off, without the wait."""
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(_seconds: float) -> None:
+        return None
+
+
 @pytest.fixture
-def fake(tmp_path, online):
+def fake(tmp_path, online, monkeypatch):
+    from huggingface_hub.utils import _http
+
+    monkeypatch.setattr(_http, "time", _NoSleepTime())
     f = FakeHub(LocalHub(tmp_path / "hub"))
     yield f
     f.server.shutdown()
@@ -217,3 +265,39 @@ def test_miner_check_through_hf_endpoint(fake, tmp_path, capsys):
     fake.fail_next = [503, 503]
     assert miner.main(["check", "--model", "org/m", "--teacher", str(teacher_dir), "--hf-endpoint", fake.url]) == 2
     assert "try again" in capsys.readouterr().out
+
+
+def _publish_with_unsafe_files(fake, tmp_path):
+    src = write_model(tmp_path / "src")
+    (src / "modeling_evil.py").write_text("raise SystemExit('never run')\n")
+    (src / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    return fake.hub.publish("org/m", src)
+
+
+def test_download_fetches_only_allowed_patterns_at_the_pinned_revision(fake, tmp_path):
+    first = _publish_with_unsafe_files(fake, tmp_path)
+    second = fake.hub.publish("org/m", write_model(tmp_path / "src2", shards=2))  # main moves on
+    assert second != first
+    store = HuggingFaceStore(endpoint=fake.url, token=TOKEN, timeout=5)
+    dest = tmp_path / "dl"
+    out = store.download("org/m", first, dest, ["*.json", "*.safetensors"])
+    got = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and ".cache" not in p.parts)
+    assert got == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    fetched = [c for c in fake.calls if "/resolve/" in c]
+    assert fetched and all(f"/resolve/{first}/" in c for c in fetched)  # the pin, never main
+    assert not any(c.endswith((".py", ".bin")) for c in fake.calls)  # never even asked for
+    for name in got:
+        assert (out / name).read_bytes() == (fake.hub.root / "org/m" / first / name).read_bytes()
+    assert all(a == f"Bearer {TOKEN}" for a in fake.auth_seen)
+
+
+@pytest.mark.parametrize("where", ["listing", "file"])
+def test_download_overload_is_transient(fake, tmp_path, where):
+    rev = _publish_with_unsafe_files(fake, tmp_path)
+    store = HuggingFaceStore(endpoint=fake.url, timeout=5)
+    if where == "listing":
+        fake.fail_next = [503] * 8  # more than any client-side retry would absorb
+    else:
+        fake.fail_files = [503] * 100  # every try of every file
+    with pytest.raises(TransientError):
+        store.download("org/m", rev, tmp_path / "dl", ["*.json", "*.safetensors"])
