@@ -64,9 +64,8 @@ def _split_ref(spec: str, store: ModelStore) -> tuple[str, str]:
     return (repo, rev) if sep else (repo, store.resolve(repo, "main"))
 
 
-def _local_dir_ref(path: Path) -> tuple[LocalHub, str, str]:
-    """View a local model directory as a one-revision LocalHub (no copy: the revision dir is a link to it)."""
-    root = Path(tempfile.mkdtemp(prefix="klhill-check-"))
+def _local_dir_ref(path: Path, root: Path) -> tuple[LocalHub, str, str]:
+    """View a local model directory as a one-revision LocalHub under ``root`` (no copy: a link to it)."""
     rev = hashlib.sha1(str(path.resolve()).encode()).hexdigest()
     (root / "local" / "model").mkdir(parents=True)
     (root / "local" / "model" / rev).symlink_to(path.resolve(), target_is_directory=True)
@@ -107,13 +106,19 @@ def _result(ok: bool, reason: str | None, check: str | None, detail: str, params
 
 def cmd_check(args: argparse.Namespace, rules: ContestRules = DEFAULT_RULES) -> int:
     """Admission exactly as the validator runs it; the teacher replaces the rules' vocab and tokenizer."""
+    # the link farm for a local directory is removed on every exit (rmtree unlinks the link, never follows it)
+    with tempfile.TemporaryDirectory(prefix="klhill-check-") as scratch:
+        return _check(args, rules, Path(scratch))
+
+
+def _check(args: argparse.Namespace, rules: ContestRules, scratch: Path) -> int:
     try:
         teacher = _teacher(args.teacher, args)
         rules = rules.model_copy(update={"vocab_size": teacher.vocab_size})
         local = Path(args.model).is_dir()
         store: ModelStore
         if local:
-            store, repo, rev = _local_dir_ref(Path(args.model))
+            store, repo, rev = _local_dir_ref(Path(args.model), scratch)
         else:
             store = _store_for(args)
             repo, rev = _split_ref(args.model, store)

@@ -65,6 +65,10 @@ class TeacherSpec:
     tokenizer_sha256: dict[str, str]
     chat_template_sha256: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.vocab_size < 1:  # a misconfigured teacher must not become the contest's vocabulary rule
+            raise ValueError(f"the teacher's vocab_size must be a positive integer, got {self.vocab_size}")
+
     @classmethod
     def from_dir(cls, path: Path | str) -> TeacherSpec:
         path = Path(path)

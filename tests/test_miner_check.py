@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,46 @@ def test_script_entry_point(dirs):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["ok"] is True
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (b'{"architectures": ["Qwen3_5ForCausalLM"]}', "no integer vocab_size"),
+        (b'{"vocab_size": 512,', "not valid JSON"),
+        (b'{"vocab_size": "512"}', "no integer vocab_size"),
+        (b'{"vocab_size": 0}', "positive integer"),
+        (b'{"vocab_size": -5}', "positive integer"),
+        (b"[512]", "must be a JSON object"),
+        (b"\xff\xfe", "not UTF-8"),
+    ],
+)
+def test_bad_teacher_config_is_a_clean_usage_error(dirs, capsys, tmp_path, config, message):
+    _, teacher, student = dirs
+    bad = shutil.copytree(teacher, tmp_path / "teacher")
+    (bad / "config.json").write_bytes(config)
+    code, doc = run_json(capsys, "--model", str(student), "--teacher", str(bad))
+    assert (code, doc["ok"], doc["check"]) == (2, False, "usage")
+    assert "cannot read the teacher" in doc["detail"] and message in doc["detail"]
+    assert miner.main(["check", "--model", str(student), "--teacher", str(bad)]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.out and "Traceback" not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("outcome", ["admissible", "rejected", "bad teacher"])
+def test_local_check_leaves_no_temp_dir(dirs, capsys, tmp_path, monkeypatch, outcome):
+    _, teacher, student = dirs
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # count only this test's temp dirs
+    model, teacher_arg = student, teacher
+    if outcome == "rejected":
+        model = shutil.copytree(student, tmp_path / "bad")
+        (model / "pytorch_model.bin").write_bytes(b"x")
+    elif outcome == "bad teacher":
+        teacher_arg = tmp_path / "no-teacher"
+    before = sorted(scratch.iterdir())
+    code, _ = run_json(capsys, "--model", str(model), "--teacher", str(teacher_arg))
+    assert code == {"admissible": 0, "rejected": 1, "bad teacher": 2}[outcome]
+    assert sorted(scratch.iterdir()) == before == []
+    assert sorted(p.name for p in model.iterdir()) and (model / "config.json").is_file()  # the model is untouched
