@@ -12,11 +12,18 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
+from pod_helpers import free_port
 
 from eval.rules import ContestRules
 from eval.schemas import EvalResult, ModelRef, ModelResult, SubmissionId, TeacherInfo
@@ -243,3 +250,29 @@ def _set_weights(chain: SimChain, store: Store, validator: str, king: Key | None
     chain.advance(chain.weights_rate_limit())
     receipt = chain.set_weights([uid], [1.0])
     store.record_weights(receipt.block or chain.head().number, [uid], [1.0], receipt.success, receipt.message)
+
+
+@contextmanager
+def serve_api(db: Path, *extra_args: str) -> Iterator[str]:
+    """Run ``python -m api`` on ``db`` as a real subprocess on a loopback port; yields its base URL."""
+    root = Path(__file__).resolve().parents[1]
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api", "--db", str(db), "--port", str(port), *extra_args],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(url + "/api/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -17,3 +19,11 @@ def contest_hub(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     from fixtures_contest import build_model_hub
 
     return build_model_hub(tmp_path_factory.mktemp("contest-models"))
+
+
+@pytest.fixture
+def world(tmp_path: Path, contest_hub: tuple) -> Any:
+    """A SimChain + LocalHub + store around the session's tiny models (tests/fixtures_contest.py)."""
+    from fixtures_contest import make_world
+
+    return make_world(tmp_path, *contest_hub)

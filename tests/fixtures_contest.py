@@ -167,3 +167,10 @@ class FakePod:
         teacher = TeacherInfo(repo=job.rules.teacher_repo, revision="f" * 40, continuation_tokens=[4] * n)
         result = EvalResult(job_id=job.job_id, block_hash=job.block_hash, teacher=teacher, models=models)
         return self.mutate(result) if self.mutate else result
+
+
+def seed(world: World, *pairs: tuple[str, str]) -> None:
+    """Register each named miner and commit its repo, in order (so commit blocks follow the order)."""
+    for name, repo in pairs:
+        world.register(name)
+        world.commit(name, repo)

@@ -9,15 +9,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from api_fixtures import build_store
+from api_fixtures import build_store, serve_api
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS = [
@@ -41,36 +38,11 @@ def chromium() -> str:
     return exe
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def served(tmp_path):
     b = build_store(tmp_path / "validator.db", tmp_path / "chain.db", n_miners=14, prompts=8)
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api", "--db", str(b.db), "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                if httpx.get(url + "/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with serve_api(b.db) as url:
         yield b, url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def run_chromium(exe: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:

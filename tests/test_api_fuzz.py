@@ -9,15 +9,12 @@ skips with a message when that cannot be done. The API runs as a real uvicorn se
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
-from api_fixtures import build_store
+from api_fixtures import build_store, serve_api
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("KLHILL_FUZZ_VENV", "/tmp/klhill-fuzz-venv"))
@@ -40,30 +37,10 @@ def schemathesis_cli() -> Path:
     return exe
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_fuzz_openapi_no_server_errors(tmp_path):
     cli = schemathesis_cli()
     b = build_store(tmp_path / "validator.db", tmp_path / "chain.db", n_miners=8, prompts=4)
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api", "--db", str(b.db), "--port", str(port), "--rate", "0"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                if httpx.get(url + "/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with serve_api(b.db, "--rate", "0") as url:
         run = subprocess.run(
             [
                 str(cli),
@@ -80,8 +57,5 @@ def test_fuzz_openapi_no_server_errors(tmp_path):
             timeout=600,
             cwd=tmp_path,
         )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
     (tmp_path / "schemathesis.log").write_text(run.stdout + run.stderr)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

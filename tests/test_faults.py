@@ -12,24 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_contest import FakePod, make_validator, make_world
+from fixtures_contest import FakePod, make_validator, seed
 
 from eval.errors import TransientError
 from validator.chain import ChainError, WeightsReceipt
 from validator.pods import PodDown, PodTimeout
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def world(tmp_path, contest_hub):
-    return make_world(tmp_path, *contest_hub)
-
-
-def _seed(world, *pairs: tuple[str, str]) -> None:
-    for name, repo in pairs:
-        world.register(name)
-        world.commit(name, repo)
 
 
 def _evals(store) -> list[tuple]:
@@ -43,7 +32,7 @@ def _status(store, name: str, world) -> str:
 # --- pods -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fault", ["down", "slow", "wrong_job", "wrong_revision", "missing_model"])
 def test_pod_fault_fails_the_round_and_judges_nobody(world, fault):
-    _seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
+    seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
     pod = FakePod({"alice/m1": 0.5})
     v = make_validator(world, pod, pod_deadline_s=0.2)
     if fault == "down":
@@ -88,7 +77,7 @@ class FlakyStore:
 
 
 def test_hub_outage_during_admission_defers_and_never_disqualifies(world):
-    _seed(world, ("m1", "alice/m1"))
+    seed(world, ("m1", "alice/m1"))
     v = make_validator(world, FakePod())
     v.model_store = FlakyStore(world.hub, failures=2)
     report = v.epoch()
@@ -133,7 +122,7 @@ class RefusingChain:
     ChainError("bad weights"),
 ])  # fmt: skip
 def test_failed_weights_are_recorded_and_retried_later_not_in_a_tight_loop(world, failure):
-    _seed(world, ("m1", "alice/m1"))
+    seed(world, ("m1", "alice/m1"))
     v = make_validator(world, FakePod(), weights_retry_blocks=10)
     chain = RefusingChain(world.sim, [failure])
     v.chain = chain
@@ -153,7 +142,7 @@ def test_failed_weights_are_recorded_and_retried_later_not_in_a_tight_loop(world
 
 # --- identity -----------------------------------------------------------------------------------------------
 def test_same_model_by_two_hotkeys_the_earlier_owns(world):
-    _seed(world, ("m1", "alice/m1"), ("m2", "alice/m1"))  # m2 commits m1's exact model later
+    seed(world, ("m1", "alice/m1"), ("m2", "alice/m1"))  # m2 commits m1's exact model later
     pod = FakePod()
     v = make_validator(world, pod)
     report = v.epoch()
@@ -166,7 +155,7 @@ def test_same_model_by_two_hotkeys_the_earlier_owns(world):
 
 
 def test_later_copy_that_took_the_crown_loses_it_when_the_elder_is_admitted(world):
-    _seed(world, ("m1", "alice/m1"), ("m2", "alice/m1"))
+    seed(world, ("m1", "alice/m1"), ("m2", "alice/m1"))
     v = make_validator(world, FakePod())
     inner, calls = v.check, []
 
@@ -190,17 +179,17 @@ def test_copy_of_the_king_under_another_repo_is_a_copy(world):
     src = next(p for p in (world.hub_root / "alice" / "m1").iterdir() if p.is_dir() and not p.name.startswith("."))
     rev = world.hub.publish("mallory/stolen", src)
     world.revs["mallory/stolen"] = rev
-    _seed(world, ("m1", "alice/m1"))
+    seed(world, ("m1", "alice/m1"))
     v = make_validator(world, FakePod({"alice/m1": 0.5}))
     v.epoch()
-    _seed(world, ("m9", "mallory/stolen"))
+    seed(world, ("m9", "mallory/stolen"))
     report = v.epoch()
     assert report.admission.copies and report.round_kind == "none"
     assert v.store.current_king()["hotkey"] == world.miners["m1"]
 
 
 def test_deleted_king_repo_leads_to_a_coronation(world):
-    _seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
+    seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
     v = make_validator(world, FakePod({"alice/m1": 0.5, "bob/m2": 0.7}), max_strikes=2)
     v.epoch()
     assert v.store.current_king()["hotkey"] == world.miners["m1"]
@@ -215,7 +204,7 @@ def test_deleted_king_repo_leads_to_a_coronation(world):
 
 
 def test_uid_recycling_inherits_nothing(world):
-    _seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
+    seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
     v = make_validator(world, FakePod({"alice/m1": 0.5}))
     v.epoch()
     uid = next(n.uid for n in world.sim.neurons() if n.hotkey == world.miners["m1"])
@@ -231,7 +220,7 @@ def test_uid_recycling_inherits_nothing(world):
 
 
 def test_recommit_is_recorded_and_ignored(world):
-    _seed(world, ("m1", "alice/m1"))
+    seed(world, ("m1", "alice/m1"))
     v = make_validator(world, FakePod())
     v.epoch()
     db = sqlite3.connect(world.sim_db)
@@ -246,9 +235,8 @@ def test_recommit_is_recorded_and_ignored(world):
 
 
 # --- SIGKILL ------------------------------------------------------------------------------------------------
-def test_sigkill_at_random_points_loses_nothing(tmp_path, contest_hub):
-    world = make_world(tmp_path, *contest_hub)
-    _seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
+def test_sigkill_at_random_points_loses_nothing(tmp_path, world):
+    seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BT_", "KLHILL_"))}
     env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "validator", *world.cli_args("--local-pod", "--workdir", str(tmp_path / "lp"),

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 from fixtures_contest import RULES as CONTEST_RULES
-from fixtures_contest import TEACHER, FakePod, make_validator, make_world
+from fixtures_contest import TEACHER, FakePod, make_validator, seed
 
 from eval import runner, scoring
 from eval.errors import InfraError, TransientError
@@ -46,17 +46,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture
-def world(tmp_path, contest_hub):
-    return make_world(tmp_path, *contest_hub)
-
-
-def _seed(world, *pairs: tuple[str, str]) -> None:
-    for name, repo in pairs:
-        world.register(name)
-        world.commit(name, repo)
 
 
 def _contest_job(revs: dict[str, str], king: str, challengers: list[str], job_id: str) -> Any:
@@ -110,7 +99,7 @@ def test_lesson_07_no_loader_can_trust_remote_code():
 
 # --- LESSONS 11: changing weights after commit ------------------------------------------------------
 def test_lesson_11_main_moving_after_the_commit_changes_nothing(world):
-    _seed(world, ("m1", "alice/m1"))
+    seed(world, ("m1", "alice/m1"))
     pinned = world.revs["alice/m1"]
     hub = world.hub
     src = next(p for p in (world.hub_root / "bob" / "m2").iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -183,7 +172,7 @@ def test_lesson_16_top_k_agreement_with_tail_disagreement_is_not_zero():
 
 # --- LESSONS 18: re-evaluation loops ---------------------------------------------------------------------
 def test_lesson_18_a_model_error_is_final_and_never_dispatched_again(world):
-    _seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
+    seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
     pod = FakePod({"alice/m1": 0.5})
 
     def break_bob(result: Any) -> Any:
@@ -310,7 +299,7 @@ def test_lesson_25_hf_token_never_reaches_logs_store_or_api(world, hub_online, m
     hub = FakeHub(LocalHub(world.hub_root))
     try:
         caplog.set_level(logging.DEBUG)
-        _seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
+        seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
         v = make_validator(world, FakePod({"alice/m1": 0.5}))
         v.model_store = HuggingFaceStore(endpoint=hub.url, timeout=5)  # the token comes from the env only
         hub.fail_next = [503]  # one outage: its message is logged and stored
