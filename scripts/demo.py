@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo_cast import ROOT, Recipe, build_cast, publish_dir  # noqa: E402
 
 NETUID = 1
+DEMO_SEED = b"klhill-demo"  # fixed hash-chain seed: the block hashes (round seeds) are the same on every run
 TEACHER = "demo/teacher"
 DEMO_RULES: dict[str, Any] = {
     "teacher_repo": TEACHER, "vocab_size": 512, "prompts_per_round": 12, "max_new_tokens": 16,
@@ -150,7 +151,9 @@ def chain(d: Demo) -> None:
     """SimChain with blocks moved only by the demo (huge block time), so commit order is exact."""
     from validator.simchain import SimChain
 
-    d.sim = SimChain(d.sim_db, NETUID, block_time=86400.0, hotkey=d.hotkeys["validator"], weights_rate_limit=1)
+    d.sim = SimChain(
+        d.sim_db, NETUID, block_time=86400.0, hotkey=d.hotkeys["validator"], weights_rate_limit=1, seed=DEMO_SEED
+    )
     v = d.wallets["validator"]
     d.sim.register(d.hotkeys["validator"], str(v.coldkeypub.ss58_address), stake=1000.0, validator_permit=True)
     for e in d.cast:

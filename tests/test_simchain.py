@@ -47,6 +47,27 @@ def test_different_files_have_different_seeds(tmp_path: Path) -> None:
     assert a.block_hash(0) != b.block_hash(0)
 
 
+def test_fixed_seed_reproduces_the_hash_chain(tmp_path: Path) -> None:
+    a = SimChain(tmp_path / "a.db", seed=b"klhill-fixed")
+    b = SimChain(tmp_path / "b.db", seed=b"klhill-fixed")
+    a.advance(1100), b.advance(1100)
+    assert [a.block_hash(n) for n in (0, 1, 1024, 1100)] == [b.block_hash(n) for n in (0, 1, 1024, 1100)]
+    assert a.block_hash(0) == "0x" + hashlib.sha256(b"klhill-fixed" + (0).to_bytes(8, "big")).hexdigest()
+    assert SimChain(tmp_path / "c.db", seed=b"other").block_hash(0) != a.block_hash(0)
+    # like block_time and genesis, the seed applies at creation only: an existing file keeps its own
+    assert SimChain(tmp_path / "a.db", seed=b"ignored").block_hash(5) == a.block_hash(5)
+    with pytest.raises(ValueError, match="seed"):
+        SimChain(tmp_path / "d.db", seed=b"")
+
+
+def test_admin_operations_still_on_simchain(tmp_path: Path) -> None:
+    from validator.simchain_admin import SimChainAdmin
+
+    chain = _chain(tmp_path)
+    assert isinstance(chain, SimChainAdmin)
+    for name in ("advance", "register", "deregister", "set_stake", "set_validator_permit", "set_weights_rate_limit"):
+        assert callable(getattr(chain, name))
+
 def test_blocks_advance_with_time(tmp_path: Path) -> None:
     chain = _chain(tmp_path)
     assert chain.head().number == 0

@@ -6,9 +6,10 @@ transactions. Rules mirror subtensor where the contest depends on them:
 
 - Time: block ``n`` is the one in progress ``n * block_time`` seconds after a genesis time
   stored in the DB. ``advance(n)`` moves every process's clock forward by shifting genesis.
-  ``block_time``, ``genesis`` and ``max_uids`` passed to the constructor apply only when the
-  file is created; an existing file's stored values win, so every process agrees.
-- Hashes: a deterministic chain from a random seed stored at creation:
+  ``block_time``, ``genesis``, ``max_uids`` and ``seed`` passed to the constructor apply only
+  when the file is created; an existing file's stored values win, so every process agrees.
+- Hashes: a deterministic chain from a seed stored at creation (random, or fixed with
+  ``seed=...`` so an embedded run can be reproduced exactly):
   ``hash_0 = sha256(seed || be64(0))``, ``hash_n = sha256(hash_{n-1} || be64(n))``.
   Unpredictable before the seed is known, identical for every reader afterwards.
 - Registration: at most ``max_uids`` neurons; when full, the lowest-stake non-validator
@@ -45,6 +46,7 @@ from validator.chain import (
     WeightsReceipt,
     check_commitment_text,
 )
+from validator.simchain_admin import SimChainAdmin
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -87,8 +89,12 @@ def derive_incentives(
     return {uid: score / total for uid, score in scores.items()} if total > 0 else {}
 
 
-class SimChain:
-    """An embedded chain bound to one netuid and (optionally) one signing hotkey."""
+class SimChain(SimChainAdmin):
+    """An embedded chain bound to one netuid and (optionally) one signing hotkey.
+
+    Admin operations (``advance``, ``register``, ``deregister``, ``set_stake``, ``set_validator_permit``,
+    ``set_weights_rate_limit``) come from ``validator.simchain_admin.SimChainAdmin``.
+    """
 
     def __init__(
         self,
@@ -100,9 +106,12 @@ class SimChain:
         genesis: float | None = None,
         max_uids: int = 256,
         weights_rate_limit: int = 100,
+        seed: bytes | None = None,
     ) -> None:
         if block_time <= 0:
             raise ValueError(f"block_time must be > 0, got {block_time}")
+        if seed is not None and not seed:
+            raise ValueError("seed must be non-empty bytes (or None for a random one)")
         self.path = Path(path)
         self.netuid = netuid
         self.hotkey = hotkey
@@ -119,7 +128,7 @@ class SimChain:
             initial.update(
                 block_time=repr(float(block_time)),
                 genesis=repr(time.time() if genesis is None else float(genesis)),
-                seed=secrets.token_hex(32),
+                seed=secrets.token_hex(32) if seed is None else seed.hex(),
                 max_uids=str(max_uids),
                 weights_rate_limit=str(weights_rate_limit),
             )
@@ -191,77 +200,6 @@ class SimChain:
             if n % _CHECKPOINT == 0:
                 self._checkpoints[n] = digest
         return "0x" + digest.hex()
-
-    def advance(self, blocks: int) -> BlockRef:
-        """Admin: move the chain ``blocks`` blocks forward for every process sharing the file."""
-        if blocks < 0:
-            raise ValueError("SimChain time only moves forward")
-        with self._write() as cur:
-            genesis = float(cur.execute("SELECT value FROM meta WHERE key = 'genesis'").fetchone()[0])
-            cur.execute("UPDATE meta SET value = ? WHERE key = 'genesis'", (repr(genesis - blocks * self._block_time),))
-        return self.head()
-
-    # -- registration (admin) -----------------------------------------------------------------
-
-    def register(self, hotkey: str, coldkey: str, *, stake: float = 0.0, validator_permit: bool = False) -> int:
-        """Admin: give ``hotkey`` a uid, recycling the weakest non-validator's uid when full."""
-        block = self._number()
-        with self._write() as cur:
-            row = cur.execute(
-                "SELECT uid FROM neurons WHERE netuid = ? AND hotkey = ?", (self.netuid, hotkey)
-            ).fetchone()
-            if row is not None:
-                raise ChainError(f"Hotkey {hotkey} is already registered on netuid {self.netuid} as uid {row[0]}.")
-            max_uids = int(cur.execute("SELECT value FROM meta WHERE key = 'max_uids'").fetchone()[0])
-            used = {r[0] for r in cur.execute("SELECT uid FROM neurons WHERE netuid = ?", (self.netuid,))}
-            free = [u for u in range(max_uids) if u not in used]
-            if free:
-                uid = free[0]
-            else:
-                victim = cur.execute(
-                    "SELECT uid, hotkey FROM neurons WHERE netuid = ? AND validator_permit = 0 "
-                    "ORDER BY stake ASC, registered_at ASC, uid ASC LIMIT 1",
-                    (self.netuid,),
-                ).fetchone()
-                if victim is None:
-                    raise ChainError(f"Netuid {self.netuid} is full of validators; no uid can be recycled.")
-                uid = int(victim[0])
-                self._drop(cur, victim[1])
-            cur.execute(
-                "INSERT INTO neurons (netuid, uid, hotkey, coldkey, stake, validator_permit, registered_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (self.netuid, uid, hotkey, coldkey, float(stake), int(validator_permit), block),
-            )
-        return uid
-
-    def _drop(self, cur: sqlite3.Cursor, hotkey: str) -> None:
-        cur.execute("DELETE FROM neurons WHERE netuid = ? AND hotkey = ?", (self.netuid, hotkey))
-        cur.execute("DELETE FROM weights WHERE netuid = ? AND hotkey = ?", (self.netuid, hotkey))
-
-    def deregister(self, hotkey: str) -> None:
-        """Admin: free the hotkey's uid. Its commitment stays in storage, as on subtensor."""
-        with self._write() as cur:
-            if cur.execute(
-                "SELECT 1 FROM neurons WHERE netuid = ? AND hotkey = ?", (self.netuid, hotkey)
-            ).fetchone() is None:
-                raise NotRegistered(f"Hotkey {hotkey} is not registered on netuid {self.netuid}.")
-            self._drop(cur, hotkey)
-
-    def _update_neuron(self, hotkey: str, column: str, value: object) -> None:
-        with self._write() as cur:
-            sql = f"UPDATE neurons SET {column} = ? WHERE netuid = ? AND hotkey = ?"
-            cur.execute(sql, (value, self.netuid, hotkey))
-            if cur.rowcount == 0:
-                raise NotRegistered(f"Hotkey {hotkey} is not registered on netuid {self.netuid}.")
-
-    def set_stake(self, hotkey: str, stake: float) -> None:
-        self._update_neuron(hotkey, "stake", float(stake))
-
-    def set_validator_permit(self, hotkey: str, permit: bool = True) -> None:
-        self._update_neuron(hotkey, "validator_permit", int(permit))
-
-    def set_weights_rate_limit(self, blocks: int) -> None:
-        self._set_meta("weights_rate_limit", str(int(blocks)))
 
     # -- reads --------------------------------------------------------------------------------
 
