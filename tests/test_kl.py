@@ -151,3 +151,39 @@ def test_default_chunk_size_is_positive_and_bounded() -> None:
     assert default_chunk_size(248_320, cpu) >= 1
     assert default_chunk_size(248_320, cpu) * 248_320 * 4 <= 8 * 1024 * 1024
     assert default_chunk_size(10, cpu) > 1000
+
+
+@pytest.mark.parametrize(
+    ("teacher_scale", "student_offset", "block"),
+    [(1.0, 0.0, 7), (30.0, 500.0, 64), (0.01, -300.0, 4096)],  # flat, huge logits, tiny logits
+)
+def test_hidden_path_matches_float64_on_adversarial_rows(teacher_scale: float, student_offset: float, block: int):
+    gen = torch.Generator().manual_seed(3)
+    steps, hidden, vocab = 9, 16, 2000
+    h = torch.randn(steps, hidden, generator=gen)
+    w = torch.randn(vocab, hidden, generator=gen) / hidden**0.5
+    b = torch.full((vocab,), student_offset)
+    teacher = torch.randn(steps, vocab, generator=gen) * teacher_scale
+    teacher[0] = -1e4
+    teacher[0, 5] = 0.0  # one-hot teacher row
+    teacher[1, :100] = -torch.inf  # masked entries
+    got = kl_from_hidden(teacher, h, w, b, chunk_size=block)
+    ref = reference_kl(teacher, (h.double() @ w.double().T + b.double()).float())
+    assert torch.allclose(got.double(), ref, atol=2e-5, rtol=1e-5), (got, ref)
+
+
+def test_student_equal_to_teacher_scores_zero_on_the_hidden_path() -> None:
+    gen = torch.Generator().manual_seed(4)
+    h, w = torch.randn(6, 8, generator=gen), torch.randn(500, 8, generator=gen)
+    assert kl_from_hidden(h @ w.T, h, w, chunk_size=33).abs().max().item() < 1e-5
+
+
+def test_hidden_path_blames_the_right_side_for_non_finite_values() -> None:
+    h, w = torch.randn(3, 4), torch.randn(50, 4)
+    teacher = torch.log_softmax(torch.randn(3, 50), -1)
+    with pytest.raises(ModelError):
+        kl_from_hidden(teacher, h.clone().index_fill_(0, torch.tensor([1]), float("nan")), w)
+    with pytest.raises(ModelError):
+        kl_from_hidden(teacher, h, w.clone().index_fill_(0, torch.tensor([7]), float("inf")))
+    with pytest.raises(InfraError):
+        kl_from_hidden(teacher.clone().index_fill_(1, torch.tensor([2]), float("nan")), h, w)
