@@ -130,7 +130,7 @@ class LocalHub:
     def _safe_path(self, repo: str, revision: str, path: str) -> Path:
         """Resolve a file inside the revision dir; anything that leaves it is refused."""
         rev_dir = self._rev_dir(repo, revision).resolve()
-        target = (rev_dir / validate_file_path(path)).resolve()
+        target = _resolve_inside(rev_dir / validate_file_path(path), path)
         if not target.is_relative_to(rev_dir):
             raise UnsafeRepoContent(f"{path!r} points outside the repo")
         if not target.is_file():
@@ -169,7 +169,7 @@ class LocalHub:
             for f in filenames:
                 full = Path(dirpath) / f
                 rel = full.relative_to(rev_dir).as_posix()
-                if not full.resolve().is_relative_to(base):
+                if not _resolve_inside(full, rel).is_relative_to(base):
                     raise UnsafeRepoContent(f"{rel!r} is a symlink pointing outside the repo")
                 if not stat.S_ISREG(full.stat().st_mode):
                     raise UnsafeRepoContent(f"{rel!r} is not a regular file")
@@ -252,6 +252,18 @@ class LocalHub:
     def _read_manifest(self, repo: str, revision: str) -> dict[str, dict] | None:
         path = self._repo_dir(repo) / f".{revision}.manifest.json"
         return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _resolve_inside(path: Path, rel: str) -> Path:
+    """Resolve ``path`` strictly: a dangling or looping symlink is hostile content, not a crash."""
+    try:
+        return path.resolve(strict=True)
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise UnsafeRepoContent(f"{rel!r} is a dangling symlink") from None
+        raise UnsafeRepoContent(f"{rel!r} is not in the repo") from None
+    except (OSError, RuntimeError) as exc:  # ELOOP (or RuntimeError on older Pythons), EACCES, ENAMETOOLONG
+        raise UnsafeRepoContent(f"{rel!r} cannot be resolved ({type(exc).__name__})") from None
 
 
 def _atomic_write(path: Path, text: str) -> None:

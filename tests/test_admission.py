@@ -140,11 +140,15 @@ def test_ten_thousand_tiny_files(hub, tmp_path, teacher):
     assert time.perf_counter() - t0 < 10
 
 
-def test_symlink_escaping_repo_rejected(hub, tmp_path, teacher):
+@pytest.mark.parametrize(
+    ("target", "word"), [("/etc/passwd", "outside"), ("../" * 40 + "etc/hostname", "outside"),
+                         ("missing.json", "dangling"), ("README.md", "resolved")],
+)  # fmt: skip
+def test_symlink_escaping_repo_rejected(hub, tmp_path, teacher, target, word):
     rev = hub.publish("org/m", write_model(tmp_path / "src"))
-    os.symlink("/etc/passwd", hub.root / "org/m" / rev / "README.md")
+    os.symlink(target, hub.root / "org/m" / rev / "README.md")  # the last one points at itself: a loop
     out = check_model(hub, "org/m", rev, RULES, teacher)
-    assert (out.reason, out.check) == ("INVALID", "files") and "outside" in out.detail
+    assert (out.reason, out.check) == ("INVALID", "files") and word in out.detail, out
 
 
 @pytest.mark.parametrize(

@@ -122,3 +122,33 @@ def test_publish_refuses_symlinks(hub, tmp_path):
     os.symlink("/etc/hostname", src / "README.md")
     with pytest.raises(UnsafeRepoContent):
         hub.publish("org/m", src)
+
+
+@pytest.mark.parametrize("kind", ["dangling", "loop", "self", "dir-outside"])
+def test_broken_looping_and_directory_symlinks_are_refused_not_crashes(hub, tmp_path, kind):
+    # A hostile repo may hold any symlink; listing and reading it must answer UnsafeRepoContent, never OSError.
+    rev = hub.publish("org/m", write_model(tmp_path / "m"))
+    d = hub.root / "org/m" / rev
+    if kind == "dangling":
+        os.symlink("missing.json", d / "README.md")
+    elif kind == "loop":
+        os.symlink("LICENSE", d / "README.md")
+        os.symlink("README.md", d / "LICENSE")
+    elif kind == "self":
+        os.symlink("README.md", d / "README.md")
+    else:
+        os.symlink(tmp_path, d / "sub", target_is_directory=True)
+    with pytest.raises(UnsafeRepoContent):
+        hub.files("org/m", rev)
+    if kind != "dir-outside":
+        with pytest.raises(UnsafeRepoContent):
+            hub.read_file("org/m", rev, "README.md", 100)
+        with pytest.raises(UnsafeRepoContent):
+            hub.safetensors_header("org/m", rev, "README.md")
+
+
+def test_symlink_inside_the_repo_is_allowed(hub, tmp_path):
+    rev = hub.publish("org/m", write_model(tmp_path / "m"))
+    os.symlink("config.json", hub.root / "org/m" / rev / "README.md")
+    assert "README.md" in {f.path for f in hub.files("org/m", rev)}
+    assert hub.read_file("org/m", rev, "README.md", 10_000) == hub.read_file("org/m", rev, "config.json", 10_000)
