@@ -65,6 +65,11 @@ class DiskLimits:
     max_workdir_bytes: int | None = None
 
 
+def job_dir_name(job_id: str) -> str:
+    """Directory name for a job's scratch space; a bare job id of ``..`` must never name the workdir itself."""
+    return f"job-{job_id}"
+
+
 def dir_bytes(path: Path) -> int:
     """Total size of the regular files under ``path`` (0 when it does not exist)."""
     if not path.exists():
@@ -78,7 +83,7 @@ def check_disk(workdir: Path, limits: DiskLimits, need_bytes: int = 0) -> None:
     if free - need_bytes < limits.min_free_bytes:
         raise InfraError(f"disk nearly full: {free} bytes free, {need_bytes} needed, {limits.min_free_bytes} reserved")
     if limits.max_workdir_bytes is not None:
-        used = dir_bytes(workdir / "models") + dir_bytes(workdir / "teacher-cache")
+        used = sum(dir_bytes(workdir / d) for d in ("models", "teacher-cache", "teacher"))
         if used + need_bytes > limits.max_workdir_bytes:
             raise InfraError(f"workdir bound reached: {used} bytes used, {need_bytes} needed")
 
@@ -148,6 +153,15 @@ def _download(store: stores.ModelStore, repo: str, revision: str, dest: Path) ->
     raise AssertionError("unreachable")
 
 
+def _forget_other_teachers(root: Path, keep: str) -> None:
+    """Only one teacher snapshot is cached: a new teacher revision replaces the old one on disk."""
+    if root.is_dir():
+        for old in root.iterdir():
+            if old.name != keep:
+                log.info("removing old teacher snapshot %s", old.name)
+                shutil.rmtree(old, ignore_errors=True)
+
+
 def _teacher(
     job: EvalJob, store: stores.ModelStore, workdir: Path, device: str, limits: DiskLimits
 ) -> tuple[str, Path, Any, Any]:
@@ -160,6 +174,7 @@ def _teacher(
         dest = workdir / "teacher" / f"{repo.replace('/', '--')}@{revision}"
         marker = dest / ".complete"
         if not marker.exists():
+            _forget_other_teachers(workdir / "teacher", keep=dest.name)
             shutil.rmtree(dest, ignore_errors=True)
             check_disk(workdir, limits, _download_size(store, repo, revision))
             _download(store, repo, revision, dest)
@@ -180,7 +195,7 @@ def _score_one(
 ) -> ModelResult:
     """Download, hash, load, score and fingerprint one model; its own faults become model_error."""
     t0 = time.monotonic()
-    dest = ctx.workdir / "models" / ctx.job.job_id / ref.key.replace(":", "_")
+    dest = ctx.workdir / "models" / job_dir_name(ctx.job.job_id) / ref.key.replace(":", "_")
     timings: dict[str, float] = {}
     model = None
     try:
@@ -215,6 +230,8 @@ def _score_one(
             timings=ModelTimings(**timings, total_s=time.monotonic() - t0),
         )
     except ModelError as exc:
+        if exc.__cause__ is not None and (_is_oom(exc.__cause__) or _is_disk_full(exc.__cause__)):
+            raise InfraError(f"{ref.spec}: {type(exc.__cause__).__name__} while loading: {exc}") from exc
         return _error(ref, str(exc) or type(exc).__name__, t0)
     except (JobCancelled, InfraError):
         raise
@@ -274,7 +291,7 @@ def run_job(
     progress = _Progress(on_progress, len(models), len(job.prompts))
     ctx = _JobContext(job, store, workdir, device, limits, progress, cancel)
     started = time.monotonic()
-    cache_dir = workdir / "teacher-cache" / job.job_id
+    cache_dir = workdir / "teacher-cache" / job_dir_name(job.job_id)
     teacher_model = None
     try:
         ctx.progress.phase("teacher", job.rules.teacher_repo)
@@ -317,4 +334,4 @@ def run_job(
         if ctx.run is not None:
             ctx.run.close()
         shutil.rmtree(cache_dir, ignore_errors=True)
-        shutil.rmtree(workdir / "models" / job.job_id, ignore_errors=True)
+        shutil.rmtree(workdir / "models" / job_dir_name(job.job_id), ignore_errors=True)

@@ -215,7 +215,8 @@ def test_lesson_21_pod_download_outage_fails_the_job_never_the_model(contest_hub
     with pytest.raises(InfraError, match="unavailable"):  # not a model_error result for bob
         runner.run_job(job, hub, tmp_path, "cpu", limits=NO_DISK_RESERVE)
     assert hub.downloads == runner.DOWNLOAD_ATTEMPTS
-    assert not (tmp_path / "models" / "j21").exists() and not (tmp_path / "teacher-cache" / "j21").exists()
+    scratch = runner.job_dir_name("j21")
+    assert not (tmp_path / "models" / scratch).exists() and not (tmp_path / "teacher-cache" / scratch).exists()
 
 
 # --- LESSONS 25: secrets ----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from eval.errors import InfraError
-from eval.runner import DiskLimits, JobCancelled, check_disk, run_job
+from eval.runner import DiskLimits, JobCancelled, check_disk, job_dir_name, run_job
 from eval.schemas import JobProgress
 from eval.stores import LocalHub
 from tests.pod_helpers import build_hub, hub_job
@@ -41,7 +42,11 @@ def test_scores_every_model_king_first_and_cleans_up(hub, tmp_path):
     assert result.teacher.revision == revs["test/teacher"]
     assert len(result.teacher.continuation_tokens) == len(job.prompts)
     assert {"teacher", "download", "student", "fingerprint", "done"} <= {p.phase for p in phases}
-    assert any(p.prompt == p.prompt_count and p.tokens_per_s > 0 for p in phases if p.phase == "student")
+    student = [p for p in phases if p.phase == "student"]
+    assert any(p.prompt == p.prompt_count and p.tokens_per_s > 0 and p.eta_s == 0 for p in student)
+    # mid-phase snapshots carry a rate and a positive ETA (what GET /jobs/{id} shows while a student runs)
+    assert any(0 < p.prompt < p.prompt_count and p.tokens_per_s > 0 and (p.eta_s or 0) > 0 for p in student)
+    assert all(p.tokens_per_s == 0 and p.eta_s is None and p.prompt == 0 for p in phases if p.phase == "download")
     # downloads and teacher cache are gone; only the (reusable) teacher snapshot stays
     assert not any((tmp_path / "models").rglob("*.safetensors"))
     assert not any((tmp_path / "teacher-cache").rglob("*"))
@@ -100,8 +105,9 @@ def test_cancel_stops_and_cleans(hub, tmp_path):
     with pytest.raises(JobCancelled):
         run_job(job, store, tmp_path, "cpu", on_progress=lambda p: seen.append(p.phase), should_cancel=cancel,
                 limits=NO_DISK_RESERVE)
-    assert not (tmp_path / "models" / "rj-5").exists()
-    assert not (tmp_path / "teacher-cache" / "rj-5").exists()
+    assert not (tmp_path / "models" / job_dir_name("rj-5")).exists()
+    assert not (tmp_path / "teacher-cache" / job_dir_name("rj-5")).exists()
+    assert not any((tmp_path / "models").iterdir())
 
 
 def test_early_stopping_compares_against_this_rounds_king_only(hub, tmp_path, monkeypatch):
@@ -123,3 +129,64 @@ def test_early_stopping_compares_against_this_rounds_king_only(hub, tmp_path, mo
     again = type(result).model_validate_json(json.dumps(result.model_dump(mode="json")))
     assert again == result
     assert Path(tmp_path / "teacher").is_dir()
+
+
+def test_job_id_dotdot_never_deletes_the_workdir(hub, tmp_path):
+    """Per-job scratch dirs are named from the job id; ``..`` must not make the cleanup remove the workdir."""
+    store, revs = hub
+    (tmp_path / "keep.txt").write_text("job records live here")
+    result = run_job(job_for(revs, ["miner/king"], ".."), store, tmp_path, "cpu", limits=NO_DISK_RESERVE)
+    assert result.models[0].status == "ok"
+    assert (tmp_path / "keep.txt").exists() and (tmp_path / "teacher").is_dir()
+
+
+def test_host_out_of_memory_while_loading_a_student_fails_the_job(hub, tmp_path, monkeypatch):
+    """A MemoryError inside from_pretrained is the machine's fault: InfraError, never model_error (LESSONS 21)."""
+    from eval import scoring
+
+    store, revs = hub
+    real = scoring.AutoModelForCausalLM
+
+    class OomOnStudents:
+        @staticmethod
+        def from_pretrained(path, *args, **kwargs):
+            if "/models/" in str(path):
+                raise MemoryError("cannot allocate 1 GiB")
+            return real.from_pretrained(path, *args, **kwargs)
+
+    monkeypatch.setattr(scoring, "AutoModelForCausalLM", OomOnStudents)
+    with pytest.raises(InfraError, match="MemoryError"):
+        run_job(job_for(revs, ["miner/king", "miner/c0"], "rj-oom"), store, tmp_path, "cpu", limits=NO_DISK_RESERVE)
+    assert not (tmp_path / "models" / job_dir_name("rj-oom")).exists()
+
+
+def test_disk_full_during_a_student_download_fails_the_job(hub, tmp_path):
+    store, revs = hub
+
+    class FullDisk:
+        def download(self, repo, revision, dest, allow_patterns):
+            if repo.startswith("miner/"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return store.download(repo, revision, dest, allow_patterns)
+
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+    with pytest.raises(InfraError, match="No space left"):
+        run_job(job_for(revs, ["miner/king"], "rj-full"), FullDisk(), tmp_path, "cpu", limits=NO_DISK_RESERVE)
+
+
+def test_teacher_snapshots_are_bounded_and_counted(hub, tmp_path):
+    """A new teacher revision replaces the cached one; the workdir bound counts the teacher snapshot."""
+    from eval.tiny import save_model_dir, tiny_config, tiny_model, train_tokenizer
+
+    store, revs = hub
+    run_job(job_for(revs, ["miner/king"], "rj-t1"), store, tmp_path, "cpu", limits=NO_DISK_RESERVE)
+    src = save_model_dir(tiny_model(tiny_config(512), 7), train_tokenizer(512), tmp_path / "src-teacher2")
+    new_rev = store.publish("test/teacher", src, ref="next")  # "main" stays where the other tests expect it
+    job = job_for(revs, ["miner/king"], "rj-t2").model_copy(update={"teacher_revision": new_rev})
+    result = run_job(job, store, tmp_path / ".", "cpu", limits=NO_DISK_RESERVE)
+    assert result.teacher.revision == new_rev
+    assert [p.name for p in (tmp_path / "teacher").iterdir()] == [f"test--teacher@{new_rev}"]
+    with pytest.raises(InfraError, match="workdir bound"):
+        check_disk(tmp_path, DiskLimits(min_free_bytes=0, max_workdir_bytes=1000))
