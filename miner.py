@@ -43,7 +43,13 @@ HINTS = {
     "dtype": "cast the weights to BF16, F16 or F32",
     "params": "the model is larger than the contest allows: count every shard, including experts",
     "embedding": "the embedding and lm_head must have exactly vocab_size rows",
+    "transient": "nothing is known to be wrong with the model: the model store did not answer; run check again later",
 }
+CHECK_EPILOG = """exit status: 0 admissible; 1 not admissible (reason INVALID or REMOVED, check names the
+failed rule); 2 no verdict: a usage error (check "usage": fix the command line or the teacher)
+or the model store was unreachable or overloaded (check "transient": try again later; an outage
+never counts against a model). --json prints one object:
+{"ok", "reason", "check", "detail", "params", "content_hash"}."""
 
 
 class UsageError(KlhillError):
@@ -62,6 +68,11 @@ def _split_ref(spec: str, store: ModelStore) -> tuple[str, str]:
     """``org/name@rev`` -> (repo, rev); without ``@`` the store resolves ``main`` to a commit id."""
     repo, sep, rev = spec.partition("@")
     return (repo, rev) if sep else (repo, store.resolve(repo, "main"))
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A spec meant as a local path (a typo'd directory is a usage error, not a repo id to look up)."""
+    return spec.startswith(("/", "./", "../", "~")) or spec in (".", "..") or Path(spec).exists()
 
 
 def _local_dir_ref(path: Path, root: Path) -> tuple[LocalHub, str, str]:
@@ -94,7 +105,7 @@ def _report(args: argparse.Namespace, result: dict[str, Any], where: str) -> Non
         if result["content_hash"]:
             print(f"content hash: {result['content_hash']}")
     else:
-        label = result["reason"] or "NOT CHECKED"
+        label = result["reason"] or ("TRY AGAIN LATER" if result["check"] == "transient" else "NOT CHECKED")
         print(f"{label} {where} [{result['check']}]: {result['detail']}")
         if result["check"] in HINTS:
             print(f"to fix: {HINTS[result['check']]}")
@@ -116,6 +127,8 @@ def _check(args: argparse.Namespace, rules: ContestRules, scratch: Path) -> int:
         teacher = _teacher(args.teacher, args)
         rules = rules.model_copy(update={"vocab_size": teacher.vocab_size})
         local = Path(args.model).is_dir()
+        if not local and _looks_like_path(args.model):
+            raise UsageError(f"{args.model!r} is not a model directory (and not an org/name repo id)")
         store: ModelStore
         if local:
             store, repo, rev = _local_dir_ref(Path(args.model), scratch)
@@ -126,9 +139,13 @@ def _check(args: argparse.Namespace, rules: ContestRules, scratch: Path) -> int:
     except UsageError as exc:
         _report(args, _result(False, None, "usage", str(exc), None, None), args.model)
         return EXIT_USAGE
-    except TransientError as exc:
-        _report(args, _result(False, None, "transient", f"store unavailable, try again later: {exc}", None, None), "")
+    except TransientError as exc:  # no verdict either way (LESSONS 21): exit 2, like a usage error, never 1
+        _report(args, _result(False, None, "transient", f"store unavailable, try again later: {exc}", None, None),
+                args.model)  # fmt: skip
         return EXIT_USAGE
+    except ValueError as exc:  # not a directory and not a valid repo id: the format check's verdict
+        _report(args, _result(False, "INVALID", "format", str(exc), None, None), args.model)
+        return EXIT_NOT_ADMISSIBLE
     except DefiniteStoreError as exc:  # resolving 'main' of a missing repo
         _report(args, _result(False, "INVALID", "availability", str(exc), None, None), args.model)
         return EXIT_NOT_ADMISSIBLE
@@ -155,6 +172,8 @@ def _default_teacher(rules: ContestRules = DEFAULT_RULES) -> str:
 
 def cmd_commit(args: argparse.Namespace) -> int:
     """Resolve, check, confirm and write this hotkey's one commitment (see ``miner_commit``)."""
+    from bittensor.keyfiles import KeyfileError
+
     import miner_commit as mc
     from validator.chain import ChainError
     from validator.wallets import load_wallet, resolve_network
@@ -173,6 +192,9 @@ def cmd_commit(args: argparse.Namespace) -> int:
         return mc.run_commit(args, store=store, teacher=teacher, chain=chain, hotkey=hotkey, revision=revision)
     except (UsageError, ChainError, ValueError) as exc:
         print(f"REFUSED: {exc}")
+        return EXIT_USAGE
+    except KeyfileError as exc:  # wrong password or a corrupt keyfile; the message names neither key nor password
+        print(f"REFUSED: cannot unlock the hotkey ({exc}); check the password, nothing was written.")
         return EXIT_USAGE
     except TransientError as exc:
         print(f"TRY AGAIN LATER: store or chain unavailable, nothing was written: {exc}")
@@ -247,7 +269,10 @@ def _add_eval(sub: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="miner.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="run the admission checks on a model before committing it")
+    check = sub.add_parser(
+        "check", help="run the admission checks on a model before committing it", epilog=CHECK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     check.add_argument("--model", required=True, help="org/name[@revision] or a local model directory")
     check.add_argument("--teacher", required=True, help="org/name[@revision] or a local directory")
     check.add_argument("--json", action="store_true", help="print one JSON object")

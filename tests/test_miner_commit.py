@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import shutil
 from pathlib import Path
 
+import bittensor as bt
+import bittensor.keyfiles as bt_keyfiles
 import pytest
+from bittensor.keyfiles import Keypair
 
 import miner
 import miner_commit
@@ -148,3 +153,62 @@ def test_open_chain_binds_sim_to_wallet_hotkey(env):
     wallet = create_test_wallet(Path(env["tmp"]) / "w2", name="x")
     chain, hotkey = miner_commit.open_chain("sim", NETUID, wallet, env["tmp"] / "sim.db")
     assert hotkey == wallet.hotkey.ss58_address and chain.hotkey == hotkey
+
+
+def _secret_wallet(env, password: str | None) -> tuple[str, list[str]]:
+    """A registered wallet whose hotkey comes from a known mnemonic; returns its name and every secret to hide."""
+    mnemonic = Keypair.generate_mnemonic(12)
+    wallet = bt.Wallet(name="secret", hotkey="default", path=str(env["wallets"]))
+    wallet.regenerate_hotkey(mnemonic=mnemonic, hotkey_password=password, overwrite=True, suppress=True)
+    cold = create_test_wallet(env["tmp"] / "cold", name="cold")
+    env["chain"].register(Keypair.create_from_mnemonic(mnemonic).ss58_address, cold.coldkeypub.ss58_address)
+    plain = json.loads(bt.Wallet(name="plain", path=str(env["wallets"])).regenerate_hotkey(
+        mnemonic=mnemonic, overwrite=True, suppress=True).hotkey_file._read_data())  # fmt: skip
+    words = mnemonic.split()
+    secrets = [mnemonic, plain["secretSeed"], plain["secretSeed"][2:], plain["privateKey"], plain["privateKey"][2:]]
+    secrets += [" ".join(words[i : i + 3]) for i in range(len(words) - 2)]  # any run of three words
+    return "secret", secrets + ([password] if password else [])
+
+
+def _assert_hidden(secrets: list[str], *texts: str) -> None:
+    blob = "\n".join(texts).lower()
+    leaked = [s for s in secrets if s.lower() in blob]
+    assert not leaked, f"secret material in the output: {len(leaked)} item(s)"
+
+
+def test_encrypted_hotkey_prompts_for_its_password_and_no_secret_is_printed(env, capsys, caplog, monkeypatch):
+    """The SDK's interactive unlock is reached (not bypassed), and neither key material nor password leaks."""
+    password = "correct horse battery staple 42"
+    name, secrets = _secret_wallet(env, password)
+    prompts: list[str] = []
+    monkeypatch.setattr(bt_keyfiles, "masked_input", lambda prompt: prompts.append(prompt) or password)
+    caplog.set_level(logging.DEBUG)
+    assert miner.main(commit(env, "--yes", wallet=name)) == 0
+    captured = capsys.readouterr()
+    assert len(prompts) == 1 and "unlock" in prompts[0]
+    assert "COMMITTED" in captured.out
+    _assert_hidden(secrets, captured.out, captured.err, caplog.text)
+
+
+def test_wrong_password_is_one_sentence_and_writes_nothing(env, capsys, monkeypatch):
+    name, secrets = _secret_wallet(env, "the real password")
+    monkeypatch.setattr(bt_keyfiles, "masked_input", lambda prompt: "not it")
+    assert miner.main(commit(env, "--yes", wallet=name)) == 2
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert lines[-1].startswith("REFUSED: cannot unlock the hotkey") and "Traceback" not in captured.err
+    assert env["chain"].commitments() == {}
+    _assert_hidden(secrets, captured.out, captured.err)
+
+
+def test_unencrypted_hotkey_secrets_stay_out_of_every_outcome(env, capsys, caplog):
+    """Success, refusal and dry run alike print the public ss58 address only."""
+    name, secrets = _secret_wallet(env, None)
+    caplog.set_level(logging.DEBUG)
+    texts: list[str] = []
+    for extra in (["--dry-run"], ["--yes"], ["--yes"]):  # shown, committed, refused as a second commit
+        miner.main(commit(env, *extra, wallet=name))
+        captured = capsys.readouterr()
+        texts += [captured.out, captured.err]
+    assert "COMMITTED" in texts[2] and "already committed" in texts[4]
+    _assert_hidden(secrets, *texts, caplog.text)
