@@ -264,7 +264,26 @@ def test_miner_check_through_hf_endpoint(fake, tmp_path, capsys):
     assert code == 0 and doc["ok"] and doc["params"] > 0
     fake.fail_next = [503, 503]
     assert miner.main(["check", "--model", "org/m", "--teacher", str(teacher_dir), "--hf-endpoint", fake.url]) == 2
-    assert "try again" in capsys.readouterr().out
+    human = capsys.readouterr().out
+    assert human.startswith("TRY AGAIN LATER org/m [transient]") and "nothing is known to be wrong" in human
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_miner_check_outage_is_no_verdict_exit_2(fake, tmp_path, capsys, status):
+    # An outage is neither "admissible" (0) nor "not admissible" (1, LESSONS 21): exit 2, check "transient".
+    rev = fake.hub.publish("org/m", write_model(tmp_path / "src", shards=2))
+    teacher_dir = write_teacher(tmp_path / "teacher")
+    fake.fail_files = [status] * 50  # the listing answers; every file read fails
+    code = miner.main(["check", "--model", f"org/m@{rev}", "--teacher", str(teacher_dir), "--json",
+                       "--hf-endpoint", fake.url])  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 2
+    assert doc == {"ok": False, "reason": None, "check": "transient", "detail": doc["detail"], "params": None,
+                   "content_hash": None}  # fmt: skip
+    assert "try again later" in doc["detail"] and TOKEN not in doc["detail"]
+    fake.fail_files = []
+    assert miner.main(["check", "--model", f"org/m@{rev}", "--teacher", str(teacher_dir), "--hf-endpoint",
+                       fake.url]) == 0  # fmt: skip
 
 
 def _publish_with_unsafe_files(fake, tmp_path):

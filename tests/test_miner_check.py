@@ -148,3 +148,34 @@ def test_local_check_leaves_no_temp_dir(dirs, capsys, tmp_path, monkeypatch, out
     assert code == {"admissible": 0, "rejected": 1, "bad teacher": 2}[outcome]
     assert sorted(scratch.iterdir()) == before == []
     assert sorted(p.name for p in model.iterdir()) and (model / "config.json").is_file()  # the model is untouched
+
+
+@pytest.mark.parametrize("model", ["./no-such-dir", "/no/such/dir", "../nope", "."])
+def test_missing_local_directory_is_a_usage_error(dirs, capsys, tmp_path, monkeypatch, model):
+    # A typo'd path must not be looked up as a repo id (and must not crash with a traceback).
+    _, teacher, _ = dirs
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.json").write_text("{}")  # "." is a directory but not a model: its check fails on files
+    code, doc = run_json(capsys, "--model", model, "--teacher", str(teacher), "--hub-dir", str(tmp_path / "hub"))
+    if model == ".":
+        assert (code, doc["reason"], doc["check"]) == (1, "INVALID", "files")
+    else:
+        assert (code, doc["ok"], doc["reason"], doc["check"]) == (2, False, None, "usage")
+        assert "not a model directory" in doc["detail"]
+
+
+@pytest.mark.parametrize("model", ["bad repo", "org/a/b", "https://huggingface.co/org/m", "org/../m"])
+def test_invalid_repo_id_without_revision_is_a_format_rejection(dirs, capsys, tmp_path, model):
+    _, teacher, _ = dirs
+    code, doc = run_json(capsys, "--model", model, "--teacher", str(teacher), "--hub-dir", str(tmp_path / "hub"))
+    assert (code, doc["reason"], doc["check"]) == (1, "INVALID", "format")
+    assert miner.main(["check", "--model", model, "--teacher", str(teacher), "--hub-dir", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "to fix:" in captured.out and "Traceback" not in captured.out + captured.err
+
+
+def test_help_documents_exit_codes_and_transient(capsys):
+    assert miner.main(["check", "--help"]) == 0
+    text = capsys.readouterr().out
+    for needle in ("0 admissible", "1 not admissible", '"usage"', '"transient"', "try again later", "content_hash"):
+        assert needle in text, needle
