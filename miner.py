@@ -172,6 +172,8 @@ def _default_teacher(rules: ContestRules = DEFAULT_RULES) -> str:
 
 def cmd_commit(args: argparse.Namespace) -> int:
     """Resolve, check, confirm and write this hotkey's one commitment (see ``miner_commit``)."""
+    from bittensor.keyfiles import KeyfileError
+
     import miner_commit as mc
     from validator.chain import ChainError
     from validator.wallets import load_wallet, resolve_network
@@ -190,6 +192,9 @@ def cmd_commit(args: argparse.Namespace) -> int:
         return mc.run_commit(args, store=store, teacher=teacher, chain=chain, hotkey=hotkey, revision=revision)
     except (UsageError, ChainError, ValueError) as exc:
         print(f"REFUSED: {exc}")
+        return EXIT_USAGE
+    except KeyfileError as exc:  # wrong password or a corrupt keyfile; the message names neither key nor password
+        print(f"REFUSED: cannot unlock the hotkey ({exc}); check the password, nothing was written.")
         return EXIT_USAGE
     except TransientError as exc:
         print(f"TRY AGAIN LATER: store or chain unavailable, nothing was written: {exc}")
