@@ -62,6 +62,7 @@ class Health(Out):
     last_round_id: int | None = None
     last_round_state: str | None = None
     last_round_age_s: float | None = None
+    reasons: list[str] = Field([], description="why status is not ok")
     now: float
 
 
@@ -125,6 +126,9 @@ class ScoreOut(Out):
     ci_hi: float | None = None
     n_prompts: int = 0
     disqualified: list[str] = []
+    rank: int | None = Field(
+        None, description="1 = lowest KL; null for rows that are not comparable (model error, no KL, disqualified)"
+    )
 
 
 class RoundBrief(Out):
@@ -284,6 +288,7 @@ class ProgressOut(Out):
     round_id: int | None = None
     updated: float | None = None
     age_s: float | None = None
+    phase: str | None = Field(None, description="the validator's phase: dispatched (waiting for the pod) or running")
     progress: JobProgress | None = None
     data: dict[str, Any] = {}
 

@@ -19,6 +19,14 @@ from validator.store import Store
 
 PROGRESS_STALE_S = 900.0
 """Progress older than this (and no dispatched round) is shown as inactive."""
+SYNC_STALE_S = 1800.0
+"""A last sync older than this (six default epochs) makes /api/health ``degraded`` unless a round is progressing."""
+NOT_RANKED = frozenset({"model_error", "kl_too_high", "copy", "functional_copy"})
+"""Evaluation states whose KL is not comparable on the leaderboard."""
+PROGRESS_KEYS = frozenset({"round_id", "job_id", "kind", "block", "models", "phase", "progress"}) | frozenset(
+    JobProgress.model_fields
+)
+"""What the progress row may show publicly (the loop also records the pod's address, which stays private)."""
 
 
 def render(model: BaseModel) -> bytes:
@@ -40,21 +48,36 @@ def _age(now: float, at: float | None) -> float | None:
 
 
 def health(store: Store, now: float | None = None) -> m.Health:
+    """Last sync = the loop's newest metagraph snapshot (``save_metagraph`` + meta ``last_epoch_block`` each epoch).
+
+    ``degraded`` when the validator never synced, or its last sync is older than ``SYNC_STALE_S``
+    while no live round progress is fresher than ``PROGRESS_STALE_S`` (a long pod round blocks the
+    epoch loop, but then progress keeps arriving).
+    """
     now = time.time() if now is None else now
     meta = store.meta()
     mg = store.metagraph()
-    block = meta.get("last_sync_block", mg["block"] if mg else None)
-    at = meta.get("last_sync_at", mg["at"] if mg else None)
+    blocks = [b for b in (meta.get("last_epoch_block"), mg["block"] if mg else None) if isinstance(b, int)]
+    block = max(blocks) if blocks else None
+    sync_age = _age(now, mg["at"]) if mg else None
     last = store.stats(recent=1)["last_round"]
     last_at = (last["finished"] or last["started"]) if last else None
+    prog = store.progress()
+    prog_age = _age(now, prog["updated"]) if prog else None
+    reasons: list[str] = []
+    if block is None:
+        reasons.append("the validator has not synced yet")
+    elif (sync_age is None or sync_age > SYNC_STALE_S) and (prog_age is None or prog_age > PROGRESS_STALE_S):
+        reasons.append(f"last sync older than {SYNC_STALE_S:.0f}s and no live round progress")
     return m.Health(
-        status="ok",
+        status="degraded" if reasons else "ok",
         db_ok=True,
         last_sync_block=block,
-        last_sync_age_s=_age(now, at),
+        last_sync_age_s=sync_age,
         last_round_id=last["id"] if last else None,
         last_round_state=last["state"] if last else None,
         last_round_age_s=_age(now, last_at),
+        reasons=reasons,
         now=now,
     )
 
@@ -72,8 +95,18 @@ def commitments(store: Store) -> m.CommitmentsOut:
     return m.CommitmentsOut(total=len(rows), items=m.sanitize(rows))
 
 
+def _rank(evaluations: list[dict[str, Any]]) -> None:
+    """Rank 1.. by mean KL, only among comparable rows; the rest get no rank (not the next number)."""
+    ok = [e for e in evaluations
+          if e.get("status") == "ok" and e.get("mean_kl") is not None and e.get("state") not in NOT_RANKED
+          and not e.get("disqualified")]  # fmt: skip
+    for i, e in enumerate(sorted(ok, key=lambda e: (e["mean_kl"], e["commit_block"], e["hotkey"])), 1):
+        e["rank"] = i
+
+
 def scores(store: Store) -> m.ScoresOut:
     data = m.sanitize(store.scores())
+    _rank(data["evaluations"])
     rules, digest, _ = _rules(store)
     r = rules if isinstance(rules, ContestRules) else DEFAULT_RULES
     return m.ScoresOut(
@@ -124,7 +157,8 @@ def progress(store: Store, now: float | None = None) -> m.ProgressOut:
         return m.ProgressOut(active=False)
     data = m.sanitize(row["data"])
     if not isinstance(data, dict):
-        data = {"value": data}
+        data = {}
+    data = {k: v for k, v in data.items() if k in PROGRESS_KEYS}
     src: dict[str, Any] = data["progress"] if isinstance(data.get("progress"), dict) else data
     try:
         prog: JobProgress | None = JobProgress.model_validate(
@@ -142,6 +176,7 @@ def progress(store: Store, now: float | None = None) -> m.ProgressOut:
         round_id=rid if isinstance(rid, int) else None,
         updated=row["updated"],
         age_s=age,
+        phase=str(data["phase"])[:40] if data.get("phase") is not None else None,
         progress=prog,
         data=data,
     )

@@ -229,7 +229,7 @@ def build_store(
     head = chain.head()
     clock.now = end_time
     store.save_metagraph(head.number, [dataclasses.asdict(n) for n in chain.neurons()])
-    store.set_meta(last_sync_block=head.number, last_sync_at=end_time)
+    store.set_meta(last_epoch_block=head.number)  # what the validator loop writes each epoch
     store.close()
     return BuiltStore(db, chain, rules, hotkeys, validator, done, failed, live)
 

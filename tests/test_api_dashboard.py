@@ -60,6 +60,10 @@ def test_dashboard_shows_the_king_in_headless_chromium(served, tmp_path):
     assert m and m.group(1) == king["repo"], dom[:2000]
     assert f"{king['kl']:.4f}" in dom and "COPY" in dom and "/api/rounds/" in dom
     assert 'class="bad"' not in dom.split('id="status"')[1][:200]  # every panel refreshed without error
+    board = dom.split('id="board"')[1].split("</tbody>")[0]
+    shown = re.findall(r"<tr><td>([^<]*)</td>", board)
+    ranks = [e["rank"] for e in httpx.get(url + "/api/scores").json()["evaluations"]]
+    assert shown == ["" if r is None else str(r) for r in ranks]  # no rank for rows that are not comparable
     shot = tmp_path / "dashboard.png"
     run_chromium(
         exe,
