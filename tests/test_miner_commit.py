@@ -19,6 +19,7 @@ from eval.admission import TeacherSpec
 from eval.errors import TransientError
 from eval.stores import LocalHub
 from eval.tiny import save_model_dir, tiny_config, tiny_model, train_tokenizer
+from validator.chain import CommitmentTooLong, NotRegistered, RateLimited
 from validator.commitments import format_commitment, parse_commitment
 from validator.simchain import SimChain
 from validator.wallets import create_test_wallet
@@ -212,3 +213,43 @@ def test_unencrypted_hotkey_secrets_stay_out_of_every_outcome(env, capsys, caplo
         texts += [captured.out, captured.err]
     assert "COMMITTED" in texts[2] and "already committed" in texts[4]
     _assert_hidden(secrets, *texts, caplog.text)
+
+
+class RefusingChain(SimChain):
+    """A SimChain whose write fails with ``error``; counts the attempts."""
+
+    def __init__(self, *args, error: Exception, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.error, self.attempts = error, 0
+
+    def commit(self, text: str) -> int:
+        self.attempts += 1
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "words"),
+    [
+        (RateLimited("commitments are rate limited: wait 100 blocks"), 1, "rate limited"),
+        (CommitmentTooLong("the chain stores at most 128 bytes"), 1, "128 bytes"),
+        (NotRegistered("Hotkey x was deregistered"), 1, "deregistered"),
+        (TransientError("websocket closed"), 2, "may still land"),
+    ],
+)
+def test_chain_write_errors_are_one_sentence_and_never_retried(env, error, code, words):
+    chain = RefusingChain(env["tmp"] / "sim.db", NETUID, hotkey=env["reg"], error=error)
+    lines: list[str] = []
+    teacher = TeacherSpec.from_dir(env["teacher"])
+    status = miner_commit.run_commit(_args(env, yes=True), store=env["hub"], teacher=teacher, chain=chain,
+                                     hotkey=env["reg"], revision=env["rev"], out=lines.append)  # fmt: skip
+    assert status == code and chain.attempts == 1
+    assert lines[-1].startswith(("REFUSED:", "TRY AGAIN LATER:")) and words in lines[-1] and "\n" not in lines[-1]
+    chain.close()
+
+
+def test_unreachable_network_is_one_sentence(env, capsys):
+    argv = commit(env, "--yes")
+    argv[argv.index("--network") + 1] = "ws://127.0.0.1:9"  # nothing listens on the discard port
+    assert miner.main(argv) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("TRY AGAIN LATER:") and "127.0.0.1:9" in out[-1]
