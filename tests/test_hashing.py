@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 from admission_fixtures import tensors, write_model
@@ -70,3 +72,61 @@ def test_metadata_hash_orders_and_filters():
         metadata_hash([cfg])
     with pytest.raises(HashingError):
         metadata_hash([FileInfo("m.safetensors", 1, None)])
+
+
+def _write_raw(path, items: list[tuple[str, torch.Tensor]], header_order: list[str]) -> None:
+    """A valid safetensors file whose data buffer follows ``items`` order and whose JSON keys follow ``header_order``.
+
+    The reference writer sorts tensors; a hostile (or just different) writer need not, so the hash must not care.
+    """
+    import json
+    import struct
+
+    offsets, blobs, pos = {}, [], 0
+    for name, t in items:
+        raw = t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        offsets[name] = (t, pos, pos + len(raw))
+        blobs.append(raw)
+        pos += len(raw)
+    dt = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+    header = {n: {"dtype": dt[offsets[n][0].dtype], "shape": list(offsets[n][0].shape),
+                  "data_offsets": [offsets[n][1], offsets[n][2]]} for n in header_order}  # fmt: skip
+    body = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(body)) + body + b"".join(blobs))
+
+
+def test_content_hash_ignores_shard_sizes_and_tensor_order_in_the_files(tmp_path):
+    # LESSONS 3: 1, 2, 3 and 5 shards, and hand-laid files with reversed / shuffled data and header order.
+    base = content_hash(write_model(tmp_path / "one", shards=1))
+    for n in (2, 3, 5):
+        assert content_hash(write_model(tmp_path / f"s{n}", shards=n)) == base, n
+    ts = tensors()
+    names = sorted(ts)
+    rev = tmp_path / "reversed"
+    rev.mkdir()
+    _write_raw(rev / "model.safetensors", [(n, ts[n]) for n in reversed(names)], names)
+    assert content_hash(rev) == base
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shuffled = names[:]
+    random.Random(7).shuffle(shuffled)
+    groups = [shuffled[:2], shuffled[2:7], shuffled[7:]]  # unequal shard sizes, names interleaved across files
+    for i, group in enumerate(groups):
+        _write_raw(mixed / f"part-{i}.safetensors", [(n, ts[n]) for n in group], list(reversed(group)))
+    assert content_hash(mixed) == base
+    from eval.safetensors_header import read_header_from_file
+
+    for i, group in enumerate(groups):  # the files really are laid out differently from the reference writer's
+        h = read_header_from_file(str(mixed / f"part-{i}.safetensors"))
+        assert [n for n, _ in sorted(h.tensors.items(), key=lambda kv: kv[1].begin)] == group
+
+
+def test_content_hash_of_a_real_model_saved_with_three_shard_sizes(tmp_path):
+    from eval.tiny import save_model_dir, tiny_config, tiny_model
+
+    model = tiny_model(tiny_config(256), seed=0)
+    dirs = [save_model_dir(model, None, tmp_path / str(size), max_shard_size=size) for size in (None, "150KB", "60KB")]
+    counts = [len(list(d.glob("*.safetensors"))) for d in dirs]
+    assert counts[0] == 1 and counts[0] < counts[1] < counts[2], counts
+    hashes = {content_hash(d) for d in dirs}
+    assert len(hashes) == 1
