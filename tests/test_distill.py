@@ -201,3 +201,29 @@ def test_training_loss_is_the_validators_per_prompt_kl(models: tuple[Path, Path]
                 logits = distill.continuation_logits(student, run.prompt_ids[i], cont, torch.device("cpu"))
                 loss = distill.distill_loss(logits, run.logprobs(i), torch.tensor(cont))
                 assert loss.item() == pytest.approx(want, rel=1e-4, abs=1e-6), i
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_trains_in_bf16_autocast_and_saves_bf16(models: tuple[Path, Path], tmp_path: Path) -> None:
+    """On CUDA: bf16 forward under autocast, fp32 master weights, KL still falls, BF16 safetensors admitted."""
+    teacher_dir, student_dir = models
+    device = torch.device("cuda")
+    student = distill.load_student(student_dir, device, DEFAULT_RULES)
+    logits = distill.continuation_logits(student, [1, 2, 3], [4, 5], device)
+    assert logits.dtype == torch.bfloat16 and logits.shape[0] == 2
+    assert all(p.dtype == torch.float32 for p in student.parameters())
+    out, rules_file = tmp_path / "out", tmp_path / "rules.json"
+    rules_file.write_text(TEST_RULES.to_json())
+    args = distill.parse_args([
+        "--teacher", str(teacher_dir), "--student", str(student_dir), "--out", str(out), "--prompts", "24",
+        "--heldout", "6", "--steps", "150", "--grad-accum", "1", "--lr", "3e-3", "--rules", str(rules_file),
+        "--eval-every", "150", "--device", "cuda", "--seed", "0",
+    ])  # fmt: skip
+    history = distill.distill(args, log=lambda _: None)
+    assert history[-1].heldout_kl < 0.5 * history[0].heldout_kl, history
+    assert {t.dtype for t in load_file(str(out / "model.safetensors")).values()} == {torch.bfloat16}
+    hub = LocalHub(tmp_path / "hub")
+    revision = hub.publish("miner/student", out)
+    verdict = check_model(hub, "miner/student", revision, DEFAULT_RULES, TeacherSpec.from_dir(teacher_dir))
+    assert isinstance(verdict, Admitted), verdict
