@@ -24,9 +24,23 @@ def test_canonical_commitment_parses():
     assert parse_commitment(GOOD.encode()) == ParsedCommitment("org/student-1", REV)
 
 
-def test_whitespace_and_key_order_are_the_same_value():
-    text = '{ "revision": "' + REV + '",  "model": "org/student-1" }'
-    assert parse_commitment(text) == ParsedCommitment("org/student-1", REV)
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{ "model": "org/student-1", "revision": "' + REV + '" }',  # whitespace
+        '{"revision":"' + REV + '","model":"org/student-1"}',  # key order
+        GOOD + "\n",  # trailing newline
+        " " + GOOD,  # leading space
+        "\ufeff" + GOOD,  # byte-order mark
+        GOOD.replace("org/", "org\\/"),  # escaped slash: same JSON value, other bytes
+        GOOD.replace("org", "\\u006frg"),  # unicode escape: same JSON value, other bytes
+    ],
+)
+def test_same_value_in_another_spelling_is_invalid(text):
+    """Compact JSON only: one spelling per commitment, so no two parsers can disagree on it."""
+    out = parse_commitment(text)
+    assert isinstance(out, Invalid), text
+    assert GOOD in out.reason or "not JSON" in out.reason
 
 
 @pytest.mark.parametrize(

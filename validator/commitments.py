@@ -73,8 +73,10 @@ def validate_ids(repo: Any, revision: Any) -> str | None:
 def parse_commitment(text: str | bytes) -> ParsedCommitment | Invalid:
     """Parse one commitment text; never raises for bad input (returns ``Invalid``).
 
-    Whitespace and key order are tolerated (the same JSON value), but the value
-    must be an object with exactly the keys ``model`` and ``revision``.
+    Strict: the text must be exactly the compact JSON that ``format_commitment``
+    writes (keys ``model`` then ``revision``, no whitespace, no escapes). One
+    spelling per value means every validator and dashboard reads the same bytes
+    the same way; see docs/decisions.md.
     """
     if isinstance(text, bytes):
         try:
@@ -104,7 +106,14 @@ def parse_commitment(text: str | bytes) -> ParsedCommitment | Invalid:
     why = validate_ids(value["model"], value["revision"])
     if why:
         return Invalid(why)
+    canonical = _canonical(value["model"], value["revision"])
+    if text != canonical:
+        return Invalid(f"not compact JSON: write exactly {canonical}"[:200])
     return ParsedCommitment(repo=value["model"], revision=value["revision"])
+
+
+def _canonical(repo: str, revision: str) -> str:
+    return json.dumps({"model": repo, "revision": revision}, sort_keys=True, separators=(",", ":"))
 
 
 def format_commitment(repo: str, revision: str) -> str:
@@ -116,7 +125,7 @@ def format_commitment(repo: str, revision: str) -> str:
     why = validate_ids(repo, revision)
     if why:
         raise CommitmentError(why)
-    text = json.dumps({"model": repo, "revision": revision}, sort_keys=True, separators=(",", ":"))
+    text = _canonical(repo, revision)
     if len(text.encode("utf-8")) > MAX_COMMITMENT_BYTES:
         raise CommitmentError(f"commitment is {len(text)} bytes; at most {MAX_COMMITMENT_BYTES} fit on chain")
     return text
