@@ -204,6 +204,54 @@ def test_dropped_connection_reconnects_once(chain: SubtensorChain, state: FakeSt
         chain.head()
 
 
+@pytest.mark.parametrize("landed", [True, False])
+def test_lost_weights_answer_is_settled_on_chain_never_resent(
+    chain: SubtensorChain, state: FakeState, landed: bool
+) -> None:
+    async def drop_after(intent: Any, wallet: Any, **kw: Any) -> Any:
+        state.executed.append(intent)
+        if landed:
+            state.block += 1
+            state.last_update[0] = state.block
+        raise bt.RpcConnectionError("websocket closed")
+
+    chain._call("connect", lambda client: client.block())
+    chain._client.execute = drop_after  # type: ignore[union-attr,method-assign]
+    if landed:
+        receipt = chain.set_weights([1], [1.0])
+        assert receipt.success and receipt.block == 1001 and "lost" in receipt.message
+    else:
+        with pytest.raises(TransientError, match="connection lost"):
+            chain.set_weights([1], [1.0])
+    assert len(state.executed) == 1 and state.connects == 2  # reconnected to read, never resent
+
+
+def test_lost_commit_answer_is_not_resent(chain: SubtensorChain, state: FakeState) -> None:
+    async def drop(call: Any, wallet: Any, **kw: Any) -> Any:
+        state.submitted.append(call)
+        raise bt.RpcConnectionError("websocket closed")
+
+    chain._call("connect", lambda client: client.block())
+    chain._client.submit_call = drop  # type: ignore[union-attr,method-assign]
+    with pytest.raises(TransientError, match="connection lost"):
+        chain.commit('{"model":"a/b","revision":"' + "0" * 40 + '"}')
+    assert len(state.submitted) == 1
+
+
+def test_every_call_is_bounded_even_connect(state: FakeState) -> None:
+    class SlowConnect(FakeClient):
+        async def connect(self) -> FakeClient:
+            await asyncio.sleep(60)
+            return self
+
+    c = SubtensorChain("local", 7, FakeWallet(), timeout=0.3, client_factory=lambda n: SlowConnect(state))  # type: ignore[arg-type,return-value]
+    try:
+        with pytest.raises(TransientError, match="timed out"):
+            c.head()
+    finally:
+        c.close()
+
+
 def test_timeout_is_transient(chain: SubtensorChain, state: FakeState) -> None:
     state.hang = True
     with pytest.raises(TransientError, match="timed out"):

@@ -2,9 +2,10 @@
 
 The SDK's async ``bt.Client`` runs on a private event loop in a daemon thread; every call is
 wrapped in ``asyncio.wait_for`` so nothing can hang the validator (a timeout is a
-``TransientError``). A dropped websocket gets one retry with a fresh client for reads and
-weights (idempotent, guarded by the rate limit); a commitment is never resent blindly, since
-a second commitment would overwrite the first and move its block.
+``TransientError``). A dropped websocket gets one retry with a fresh client for reads. Writes
+are never resent blindly: a lost answer to set-weights is settled by reading ``LastUpdate``
+(moved -> confirmed; else a ``TransientError`` the loop retries later), and a second
+commitment would overwrite the first and move its block.
 
 Weights: the rate limit is checked first (no extrinsic when it would be refused), then the
 ``SetWeights`` intent runs, ``result.success`` is read explicitly (LESSONS 22: never truth-test
@@ -214,7 +215,15 @@ class SubtensorChain:
                                          f"{limit} blocks.", None, "rate_limited")
         intent = SetWeights(netuid=self.netuid, uids=list(uids), weights=list(weights), version_key=version_key())
         try:
-            result = self._call("setting weights", lambda client: client.execute(intent, self.wallet))
+            result = self._call("setting weights", lambda client: client.execute(intent, self.wallet), retry=False)
+        except TransientError:
+            # The answer was lost, not necessarily the extrinsic: never resend blindly (a duplicate would
+            # only meet the rate limit); ask the chain whether LastUpdate moved instead.
+            _, after = self._call("confirming weights", lambda client: self._uid_and_last(client, hotkey))
+            if after > before:
+                return WeightsReceipt(True, f"Weights confirmed on chain at block {after} (the answer was lost).",
+                                      after)
+            raise
         except ChainError as exc:
             cause = exc.__cause__
             code = getattr(cause, "code", None)
