@@ -15,7 +15,8 @@ import pytest
 from fixtures_contest import FakePod, make_validator, seed
 
 from eval.errors import TransientError
-from validator.chain import ChainError, WeightsReceipt
+from validator.chain import ChainError, Commitment, WeightsReceipt
+from validator.commitments import format_commitment
 from validator.pods import PodDown, PodTimeout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -219,19 +220,83 @@ def test_uid_recycling_inherits_nothing(world):
     assert dict(zip(w["uids"], w["weights"], strict=True))[uid] == 0.0
 
 
-def test_recommit_is_recorded_and_ignored(world):
-    seed(world, ("m1", "alice/m1"))
-    v = make_validator(world, FakePod())
+class OverwritingChain:
+    """The SimChain, but a hotkey's commitment can be overwritten, as subtensor does on a re-commit.
+
+    Like the real chain it then shows only the newest text and block for that hotkey.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.overrides = inner, {}
+
+    def recommit(self, hotkey: str, text: str) -> int:
+        block = self.inner.head().number
+        self.overrides[hotkey] = Commitment(hotkey=hotkey, block=block, text=text)
+        self.inner.advance(1)
+        return block
+
+    def commitments(self) -> dict[str, Commitment]:
+        return {**self.inner.commitments(), **self.overrides}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _counting_check(v: Any) -> list[Any]:
+    inner, seen = v.check, []
+
+    def check(*args: Any, **kw: Any) -> Any:
+        seen.append(args[1])
+        return inner(*args, **kw)
+
+    v.check = check
+    return seen
+
+
+def test_king_recommit_is_recorded_and_ignored_through_the_loop(world):
+    seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
+    pod = FakePod({"alice/m1": 0.5, "bob/m2": 0.9})
+    v = make_validator(world, pod)
+    v.chain = chain = OverwritingChain(world.sim)
     v.epoch()
-    db = sqlite3.connect(world.sim_db)
-    db.execute("UPDATE commitments SET block = block + 5, text = ? WHERE hotkey = ?",
-               ('{"model":"bob/m2","revision":"' + world.revs["bob/m2"] + '"}', world.miners["m1"]))  # fmt: skip
-    db.commit()
-    db.close()
+    king = v.store.current_king()
+    first_block = king["commit_block"]
+    assert king["hotkey"] == world.miners["m1"]
+    checks = _counting_check(v)
+    text = format_commitment("carol/m3", world.revs["carol/m3"])  # a valid, better-looking model
+    new_block = chain.recommit(world.miners["m1"], text)
     world.sim.advance(10)
-    report = v.epoch()
+    for _ in range(2):  # seen once, recorded once, never admitted nor evaluated
+        report = v.epoch()
+        assert report.round_kind == "none"
+        world.sim.advance(1)
     subs = v.store.submission(world.miners["m1"])
-    assert [s["status"] for s in subs] == ["evaluated", "ignored"] and report.round_kind == "none"
+    assert [(s["commit_block"], s["status"]) for s in subs] == [(first_block, "evaluated"), (new_block, "ignored")]
+    assert subs[0]["repo"] == "alice/m1" and subs[1]["raw_text"] == text and subs[1]["repo"] is None
+    assert checks == [] and len(pod.calls) == 1
+    king = v.store.current_king()
+    assert (king["hotkey"], king["commit_block"]) == (world.miners["m1"], first_block)
+    w = v.store.last_weights()
+    uid = next(n.uid for n in world.sim.neurons() if n.hotkey == world.miners["m1"])
+    assert dict(zip(w["uids"], w["weights"], strict=True))[uid] == 1.0
+
+
+def test_recommit_while_pending_keeps_the_first_model(world):
+    seed(world, ("m1", "alice/m1"))
+    pod = FakePod()
+    v = make_validator(world, pod)
+    v.chain = chain = OverwritingChain(world.sim)
+    v.model_store = FlakyStore(world.hub, failures=1)
+    assert v.epoch().admission.transient  # the first commitment waits for its retry
+    first_block = v.store.submission(world.miners["m1"])[0]["commit_block"]
+    chain.recommit(world.miners["m1"], format_commitment("bob/m2", world.revs["bob/m2"]))
+    checks = _counting_check(v)
+    world.sim.advance(20)
+    report = v.epoch()
+    assert report.round_state == "done" and checks == ["alice/m1"]
+    subs = v.store.submission(world.miners["m1"])
+    assert [s["status"] for s in subs] == ["evaluated", "ignored"] and subs[0]["commit_block"] == first_block
+    assert [m.repo for m in pod.calls[0].models] == ["alice/m1"]
 
 
 # --- SIGKILL ------------------------------------------------------------------------------------------------

@@ -84,6 +84,32 @@ def test_migrates_from_empty_wal_and_idempotent_reopen(tmp_path):
         Store.open(path)
 
 
+def test_v1_database_migrates_to_a_later_version_and_a_failed_step_rolls_back(tmp_path, monkeypatch):
+    """The upgrade path an operator takes: a v1 file with data, opened by code with a v2 migration."""
+    import validator.store_schema as schema
+
+    path = tmp_path / "v.db"
+    s = Store.open(path)
+    admitted(s, ("alice", 5))
+    s.close()
+    v1 = schema.MIGRATIONS
+    broken = "ALTER TABLE submissions ADD COLUMN note TEXT; INSERT INTO no_such_table VALUES (1)"
+    monkeypatch.setattr(schema, "MIGRATIONS", (*v1, broken))
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
+    with pytest.raises(SchemaError, match="v2"):
+        Store.open(path)
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 1  # nothing half-applied
+    assert "note" not in [r[1] for r in raw.execute("PRAGMA table_info(submissions)")]
+    raw.close()
+    monkeypatch.setattr(schema, "MIGRATIONS", (*v1, "ALTER TABLE submissions ADD COLUMN note TEXT"))
+    s2 = Store.open(path)
+    assert s2._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert [tuple(r) for r in s2._db.execute("SELECT note FROM submissions")] == [(None,)]
+    assert [c.key for c in s2.candidates([hk("alice")])] == [(hk("alice"), 5)] and s2.integrity_ok()
+    s2.close()
+
+
 def test_readonly_connection_refuses_writes(store, tmp_path):
     admitted(store, ("alice", 5))
     ro = Store.open_readonly(tmp_path / "state" / "validator.db")
