@@ -144,7 +144,8 @@ def main() -> int:
     print(f"epoch 2 (0 new challengers): round={report.round_kind} pod calls={pod.jobs - jobs} "
           f"admission calls={len(admissions) - admitted} model-store calls={counted.calls - calls} "
           f"host CPU={cpu2:.3f}s")  # fmt: skip
-    ok = (pod.teacher_passes, pod.student_evals, len(admissions), pod.jobs - jobs) == (1, 2, 1, 0) and cpu < 1.0
+    ok = (pod.teacher_passes, pod.student_evals, len(admissions), pod.jobs - jobs, len(admissions) - admitted) == (
+        1, 2, 1, 0, 0) and cpu < 1.0
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
