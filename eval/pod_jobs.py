@@ -64,7 +64,8 @@ class _Record:
 
     def __init__(self, job: EvalJob, digest: str, status: JobStatus) -> None:
         self.job, self.digest, self.status = job, digest, status
-        self.cancel = threading.Event()
+        self.cancel = threading.Event()  # set by the host's DELETE or by a shutdown
+        self.host_cancelled = False
 
     def to_json(self) -> bytes:
         status = self.status.model_dump(mode="json")
@@ -171,7 +172,9 @@ class JobManager:
             rec = self._records.get(job_id)
             if rec is None:
                 return None
-            rec.cancel.set()
+            if rec.status.state in ACTIVE:
+                rec.host_cancelled = True
+                rec.cancel.set()
             if rec.status.state == "queued":
                 self._queue.remove(job_id)
                 self._finish(rec, "cancelled", error="cancelled by the host")
@@ -213,7 +216,7 @@ class JobManager:
         log.info("job %s running", job_id)
         try:
             result = self.runner(rec.job, on_progress, rec.cancel.is_set)
-            state, error = ("cancelled", "cancelled by the host") if rec.cancel.is_set() else ("done", None)
+            state, error = ("cancelled", "cancelled by the host") if rec.host_cancelled else ("done", None)
         except JobCancelled:
             state, error, result = "cancelled", "cancelled by the host", None
         except InfraError as exc:
@@ -224,6 +227,9 @@ class JobManager:
         finally:
             if bar is not None:
                 bar.close()
+        if state == "cancelled" and not rec.host_cancelled:
+            # a graceful shutdown (PM2/systemd restart) stopped it, not the host: same as a crash
+            state, error, result = "interrupted", "pod shut down while the job was running", None
         with self._lock:
             self._finish(rec, state, error=error, result=result if state == "done" else None)
         log.info("job %s %s%s", job_id, state, f": {error}" if error else "")

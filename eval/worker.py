@@ -232,18 +232,21 @@ def create_app(settings: PodSettings, runner: Runner | None = None) -> FastAPI:
 
 def parse_args(argv: Sequence[str] | None = None) -> PodSettings:
     env = os.environ.get
+    # string defaults from the environment go through ``type`` too, so a bad env value is a usage error
     p = argparse.ArgumentParser(prog="python -m eval.worker", description="klhill GPU pod service")
     p.add_argument("--host", default=env("KLHILL_POD_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(env("KLHILL_POD_PORT", "8091")))
+    p.add_argument("--port", type=int, default=env("KLHILL_POD_PORT", "8091"))
     p.add_argument("--allow-hotkey", action="append", default=None, metavar="SS58",
                    help="validator hotkey the pod obeys (repeatable; env KLHILL_POD_ALLOW_HOTKEYS, comma-separated)")
     p.add_argument("--pod-hotkey", default=env("KLHILL_POD_HOTKEY"), help="public ss58 requests must be bound to")
     p.add_argument("--workdir", type=Path, default=Path(env("KLHILL_POD_WORKDIR", "state/pod")))
     p.add_argument("--device", default=env("KLHILL_POD_DEVICE"), help="cuda or cpu (default: cuda when present)")
-    p.add_argument("--max-disk-gb", type=float, default=float(env("KLHILL_POD_MAX_DISK_GB", "0")) or None)
-    p.add_argument("--min-free-gb", type=float, default=float(env("KLHILL_POD_MIN_FREE_GB", "2")))
+    p.add_argument("--max-disk-gb", type=float, default=env("KLHILL_POD_MAX_DISK_GB", "0"),
+                   help="bound on models + teacher snapshot + cache under --workdir (0: none)")
+    p.add_argument("--min-free-gb", type=float, default=env("KLHILL_POD_MIN_FREE_GB", "2"))
     p.add_argument("--hub", type=Path, default=env("KLHILL_POD_HUB"), help="serve models from a local hub directory")
-    p.add_argument("--max-queued", type=int, default=4)
+    p.add_argument("--max-queued", type=int, default=env("KLHILL_POD_MAX_QUEUED", "4"),
+                   help="jobs waiting behind the running one before POST answers 429")
     a = p.parse_args(argv)
     device = a.device or ("cuda" if gpu_name() not in ("none", "unknown") else "cpu")
     hotkeys = a.allow_hotkey or [h for h in env("KLHILL_POD_ALLOW_HOTKEYS", "").split(",") if h.strip()]
@@ -251,7 +254,7 @@ def parse_args(argv: Sequence[str] | None = None) -> PodSettings:
         p.error("refusing to start without --allow-hotkey (the pod would obey nobody)")
     return PodSettings(
         allow_hotkeys=frozenset(h.strip() for h in hotkeys), workdir=a.workdir, device=device, host=a.host,
-        port=a.port, max_disk_gb=a.max_disk_gb, min_free_gb=a.min_free_gb, pod_hotkey=a.pod_hotkey,
+        port=a.port, max_disk_gb=a.max_disk_gb or None, min_free_gb=a.min_free_gb, pod_hotkey=a.pod_hotkey,
         hub=a.hub, max_queued=a.max_queued,
     )
 

@@ -60,7 +60,9 @@ def test_validate_result_accepts_a_matching_result():
     assert validate_result(job, fake_result(job)).job_id == "v-1"
 
 
-@pytest.mark.parametrize("mutation", ["job_id", "missing", "extra", "swapped_ref", "short", "king_early", "tokens"])
+@pytest.mark.parametrize(
+    "mutation", ["job_id", "missing", "extra", "swapped_ref", "short", "king_early", "tokens", "negative"]
+)
 def test_validate_result_refuses_mismatches(mutation):
     job = make_job("v-2", n_challengers=2)
     result = fake_result(job)
@@ -85,6 +87,9 @@ def test_validate_result_refuses_mismatches(mutation):
     elif mutation == "tokens":
         many = models[1].model_copy(update={"prompt_tokens": [10_000, 4]})
         result = result.model_copy(update={"models": [models[0], many, models[2]]})
+    elif mutation == "negative":
+        negative = models[1].model_copy(update={"prompt_kl": [-0.5, 0.1]})
+        result = result.model_copy(update={"models": [models[0], negative, models[2]]})
     with pytest.raises(InvalidResult):
         validate_result(job, result)
 
@@ -181,3 +186,54 @@ def test_sigkill_mid_job_then_restart_reports_interrupted_and_resubmission_compl
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_pool_moves_the_job_off_a_pod_that_fails_it_or_refuses(tmp_path, wallets):
+    """A pod whose disk is full (job failed) or whose allow-list lacks us (403) is skipped, not fatal."""
+    from eval.errors import InfraError
+
+    def full_disk(job, on_progress, should_cancel):
+        raise InfraError("disk nearly full: 10 bytes free")
+
+    hotkeys = frozenset({wallets[0].hotkey.ss58_address})
+    failing = create_app(PodSettings(allow_hotkeys=hotkeys, workdir=tmp_path / "a"), runner=full_disk)
+    other = frozenset({wallets[1].hotkey.ss58_address})
+    refusing = create_app(PodSettings(allow_hotkeys=other, workdir=tmp_path / "b"), runner=ScriptedRunner())
+    with serve(failing) as url_a, serve(refusing) as url_b, serve(scripted_pod(tmp_path / "c", wallets)) as url_c:
+        pods = [HttpPod(u, wallets[0], poll_interval=0.02) for u in (url_a, url_b, url_c)]
+        result = PodPool(pods).run(make_job("pf-1"), deadline_s=30)
+        assert result.job_id == "pf-1"
+        assert pods[0].status("pf-1").state == "failed"
+        with pytest.raises(PodDown, match="disk nearly full"):
+            PodPool(pods[:2]).run(make_job("pf-2"), deadline_s=30)
+
+
+class FlakyTransport(httpx.HTTPTransport):
+    """Real HTTP to the pod, except that requests number ``down`` (a range) fail to connect, like a restart."""
+
+    def __init__(self, down: range) -> None:
+        super().__init__()
+        self.down, self.count = down, 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.count += 1
+        if self.count in self.down:
+            raise httpx.ConnectError("connection refused", request=request)
+        return super().handle_request(request)
+
+
+def test_http_pod_waits_out_a_restarting_pod_then_reports_it_down(tmp_path, wallets):
+    with serve(scripted_pod(tmp_path, wallets, seconds=0.3)) as url:
+        # requests 2..9 fail (8 polls in a row, each retried once): more than the retries, less than the grace
+        flaky = httpx.Client(transport=FlakyTransport(range(2, 10)), timeout=5)
+        pod = HttpPod(url, wallets[0], poll_interval=0.02, retries=1, sleep=lambda s: time.sleep(0.01),
+                      client=flaky)
+        assert pod.run(make_job("fl-1"), deadline_s=30).job_id == "fl-1"
+        # down for longer than the grace: PodDown, well before the deadline
+        gone = httpx.Client(transport=FlakyTransport(range(2, 10_000)), timeout=5)
+        pod = HttpPod(url, wallets[0], poll_interval=0.02, retries=1, sleep=lambda s: time.sleep(0.01),
+                      client=gone, down_grace_s=0.5)
+        t0 = time.monotonic()
+        with pytest.raises(PodDown, match="unreachable"):
+            pod.run(make_job("fl-2"), deadline_s=30)
+        assert time.monotonic() - t0 < 10

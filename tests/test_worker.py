@@ -230,3 +230,114 @@ def test_client_disconnect_does_not_kill_the_service(pod, wallets):
     with socket.create_connection((host, int(port))) as s:
         s.sendall(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"job")
     assert client.get("/health").status_code == 200
+
+
+def test_every_flag_has_an_env_equivalent(tmp_path, monkeypatch):
+    env = {
+        "KLHILL_POD_HOST": "0.0.0.0", "KLHILL_POD_PORT": "9001", "KLHILL_POD_ALLOW_HOTKEYS": "5Aaa, 5Bbb",
+        "KLHILL_POD_HOTKEY": "5Pod", "KLHILL_POD_WORKDIR": str(tmp_path / "w"), "KLHILL_POD_DEVICE": "cpu",
+        "KLHILL_POD_MAX_DISK_GB": "12.5", "KLHILL_POD_MIN_FREE_GB": "1", "KLHILL_POD_HUB": str(tmp_path / "hub"),
+        "KLHILL_POD_MAX_QUEUED": "7",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    s = parse_args([])
+    assert (s.host, s.port, s.allow_hotkeys, s.pod_hotkey) == ("0.0.0.0", 9001, frozenset({"5Aaa", "5Bbb"}), "5Pod")
+    assert (s.workdir, s.device, s.max_disk_gb, s.min_free_gb) == (tmp_path / "w", "cpu", 12.5, 1.0)
+    assert (s.hub, s.max_queued) == (tmp_path / "hub", 7)
+    # flags win over the environment
+    s = parse_args(["--port", "9002", "--allow-hotkey", "5Ccc", "--max-queued", "2", "--max-disk-gb", "0"])
+    assert (s.port, s.allow_hotkeys, s.max_queued, s.max_disk_gb) == (9002, frozenset({"5Ccc"}), 2, None)
+    # a bad env value is a usage error (exit 2), not a traceback
+    monkeypatch.setenv("KLHILL_POD_PORT", "eighty")
+    with pytest.raises(SystemExit) as exc:
+        parse_args([])
+    assert exc.value.code == 2
+
+
+def test_refusals_are_short_json_and_a_strangers_delete_cancels_nothing(pod, wallets):
+    client, runner = pod
+    validator, stranger = wallets
+    body = make_job("sd-1").model_dump_json().encode()
+    assert signed(client, validator, "POST", "/jobs", body).status_code == 202
+    refusals = [
+        client.post("/jobs", content=body),
+        client.delete("/jobs/sd-1"),
+        signed(client, stranger, "DELETE", "/jobs/sd-1"),
+        signed(client, validator, "DELETE", "/jobs/sd-1", nonce_ns=time.time_ns() - 10**12),
+    ]
+    assert [r.status_code for r in refusals] == [401, 401, 403, 401]
+    for r in refusals:
+        assert r.headers["content-type"] == "application/json" and set(r.json()) == {"error"}
+        assert len(r.content) < 300
+    assert wait_state(client, validator, "sd-1", ("done",))["result"] is not None
+
+
+def test_graceful_shutdown_marks_the_running_job_interrupted_not_cancelled(tmp_path):
+    """A PM2/systemd restart stops the running job: the host must see "interrupted" (re-submit), not a cancel."""
+    manager = JobManager(tmp_path / "jobs", ScriptedRunner(seconds=30))
+    manager.start()
+    manager.submit(make_job("gs-1"))
+    end = time.monotonic() + 10
+    while manager.status("gs-1").state != "running" and time.monotonic() < end:
+        time.sleep(0.02)
+    manager.stop()
+    assert manager.status("gs-1").state == "interrupted"
+    reloaded = JobManager(tmp_path / "jobs", ScriptedRunner())
+    status = reloaded.status("gs-1")
+    assert status.state == "interrupted" and status.result is None
+    # a host cancel is still reported as a cancel
+    manager = JobManager(tmp_path / "jobs2", ScriptedRunner(seconds=30))
+    manager.start()
+    manager.submit(make_job("gs-2"))
+    while manager.status("gs-2").state != "running" and time.monotonic() < end + 10:
+        time.sleep(0.02)
+    manager.cancel("gs-2")
+    while manager.status("gs-2").state == "running" and time.monotonic() < end + 20:
+        time.sleep(0.02)
+    manager.stop()
+    assert manager.status("gs-2").state == "cancelled"
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert JobManager(tmp_path / "a", ScriptedRunner()).progress_bar is False
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert JobManager(tmp_path / "b", ScriptedRunner()).progress_bar is True
+
+
+def test_get_shows_tokens_per_s_and_eta_while_a_real_student_is_scored(tmp_path, wallets):
+    """The real runner (tiny models from a local hub) paused mid-student: GET reports rate and ETA."""
+    import threading
+
+    from eval.runner import DiskLimits, run_job
+    from tests.pod_helpers import build_hub, hub_job
+
+    store, revs = build_hub(tmp_path / "hub")
+    job = hub_job(revs, ["miner/king", "miner/c0"], "lp-1", prompts=["The river valley was", "A prime number is",
+                                                                      "Farmers in the north"])
+    reached, release = threading.Event(), threading.Event()
+
+    def runner(j, on_progress, should_cancel):
+        def progress(p):
+            on_progress(p)
+            if p.phase == "student" and p.prompt == 1 and not reached.is_set():
+                reached.set()
+                release.wait(20)
+
+        return run_job(j, store, tmp_path / "work", "cpu", on_progress=progress, should_cancel=should_cancel,
+                       limits=DiskLimits(min_free_bytes=0))
+
+    app = create_app(settings(tmp_path / "pod", wallets), runner=runner)
+    with serve(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+        assert signed(client, wallets[0], "POST", "/jobs", job.model_dump_json().encode()).status_code == 202
+        assert reached.wait(60)
+        progress = signed(client, wallets[0], "GET", "/jobs/lp-1").json()["progress"]
+        release.set()
+        assert progress["phase"] == "student" and progress["model"] == job.models[0].spec
+        assert (progress["prompt"], progress["prompt_count"]) == (1, 3)
+        assert (progress["model_index"], progress["model_count"]) == (0, 2)
+        assert progress["tokens_per_s"] > 0 and progress["eta_s"] > 0
+        assert wait_state(client, wallets[0], "lp-1", ("done",), timeout=60)["result"] is not None

@@ -6,8 +6,17 @@ against the job it sent (:func:`validate_result`) before anyone records it.
 per attempt), polls with backoff, cancels the job when the deadline passes and
 re-submits once when a restarted pod reports the job ``interrupted``.
 ``PodPool`` runs the whole job on the first healthy pod and moves it to the
-next pod when one is down or misbehaves: the king and every challenger are
-always scored on the same machine and prompts (LESSONS 14).
+next pod when one is down, refuses, fails the job or misbehaves: the king and
+every challenger are always scored on the same machine and prompts (LESSONS 14).
+
+Why a round's challengers are not split over pods: a verdict compares a
+challenger's per-prompt KL with the king's on the same prompts, and early
+stopping uses the king's list from the same run. Split sub-jobs would each have
+to re-score the king, and a merged ``EvalResult`` holds one king entry, so
+challengers from the other pods would be judged against a king scored on
+different hardware (numerics differ across GPUs and dtypes). A pool adds
+capacity by running different rounds or validators' jobs, and availability by
+failover, not by splitting one round.
 """
 
 from __future__ import annotations
@@ -87,6 +96,8 @@ def validate_result(job: EvalJob, result: EvalResult) -> EvalResult:
         values = list(m.prompt_kl) + list(m.fingerprint or [])
         if not all(math.isfinite(v) for v in values):
             raise InvalidResult(f"{m.ref.key}: non-finite values")
+        if any(v < -1e-6 for v in m.prompt_kl):  # KL is never negative beyond float rounding
+            raise InvalidResult(f"{m.ref.key}: negative KL")
     return result
 
 
@@ -103,6 +114,7 @@ class HttpPod:
         max_poll_interval: float = 10.0,
         timeout: float = 30.0,
         retries: int = 4,
+        down_grace_s: float = 120.0,
         client: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -112,6 +124,7 @@ class HttpPod:
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
         self.retries = retries
+        self.down_grace_s = down_grace_s  # how long polling waits out a restarting pod before PodDown
         self._client = client or httpx.Client(timeout=timeout)
         self._sleep = sleep
 
@@ -119,8 +132,11 @@ class HttpPod:
         return f"HttpPod({self.url})"
 
     # --- transport ---------------------------------------------------------
-    def _call(self, method: str, path: str, body: bytes = b"") -> httpx.Response:
-        """One signed request with retries on network errors, 429 and 5xx; PodDown when they run out."""
+    def _call(self, method: str, path: str, body: bytes = b"", deadline: float | None = None) -> httpx.Response:
+        """One signed request with retries on network errors, 429 and 5xx; PodDown when they run out.
+
+        No retry sleeps past ``deadline`` (monotonic), so a dead pod cannot stretch a job's deadline.
+        """
         delay = 0.5
         last = ""
         for attempt in range(self.retries + 1):
@@ -136,6 +152,8 @@ class HttpPod:
                     return resp
                 last = f"HTTP {resp.status_code}: {resp.text[:200]}"
             if attempt < self.retries:
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    break
                 self._sleep(delay)
                 delay = min(delay * 2, 8.0)
         raise PodDown(f"{self.url}{path}: {last}")
@@ -152,8 +170,8 @@ class HttpPod:
     def submit(self, job: EvalJob) -> JobStatus:
         return self._status(self._call("POST", "/jobs", job.model_dump_json().encode()), f"submit {job.job_id}")
 
-    def status(self, job_id: str) -> JobStatus:
-        resp = self._call("GET", f"/jobs/{job_id}")
+    def status(self, job_id: str, deadline: float | None = None) -> JobStatus:
+        resp = self._call("GET", f"/jobs/{job_id}", deadline=deadline)
         if resp.status_code == 404:  # the pod lost its records: same as a restart mid-job
             return JobStatus(job_id=job_id, state="interrupted", error="unknown to the pod")
         return self._status(resp, f"status {job_id}")
@@ -179,6 +197,7 @@ class HttpPod:
         status = self.submit(job)
         resubmitted = False
         interval = self.poll_interval
+        down_since: float | None = None
         while True:
             if status.state == "done":
                 if status.result is None:
@@ -199,7 +218,15 @@ class HttpPod:
                 raise PodTimeout(f"job {job.job_id} missed its {deadline_s:.0f}s deadline on {self.url}")
             self._sleep(min(interval, remaining))
             interval = min(interval * 1.5, self.max_poll_interval)
-            status = self.status(job.job_id)
+            try:
+                status = self.status(job.job_id, deadline)
+                down_since = None
+            except PodDown as exc:  # restarting or a network blip: keep polling for a while
+                now = time.monotonic()
+                down_since = down_since if down_since is not None else now
+                if now - down_since >= self.down_grace_s or now >= deadline:
+                    raise PodDown(f"{self.url} unreachable for {now - down_since:.0f}s: {exc}") from exc
+                log.warning("pod %s unreachable while polling %s: %s; still waiting", self.url, job.job_id, exc)
 
 
 class LocalPod:
@@ -230,7 +257,7 @@ class LocalPod:
 
 
 class PodPool:
-    """Several pods; the whole job goes to the first that works, a dead pod's job moves on."""
+    """Several pods; the whole job goes to the first that works, a failed or dead pod's job moves on."""
 
     def __init__(self, pods: Sequence[Pod]) -> None:
         if not pods:
@@ -256,7 +283,9 @@ class PodPool:
             try:
                 pod.health()
                 return pod.run(job, remaining)
-            except (PodDown, InvalidResult) as exc:
+            except PodTimeout:
+                raise  # the deadline is spent: no other pod could finish in time
+            except PodError as exc:  # down, refused, failed the job (disk full, OOM) or lied: try the next
                 log.warning("pod %r unusable for job %s: %s; trying the next one", pod, job.job_id, exc)
                 errors.append(f"{pod!r}: {exc}")
         raise PodDown(f"no pod could run job {job.job_id}: " + "; ".join(errors or ["deadline passed"]))
