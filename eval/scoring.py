@@ -12,6 +12,10 @@ Prompt policy: an empty prompt is a ``PromptError``; a prompt longer than
 ``rules.max_prompt_tokens`` keeps its *last* ``max_prompt_tokens`` tokens (the
 continuation follows the end of the text, so the end is what matters).
 A continuation stops after the teacher's first eos (the eos is kept and scored).
+Greedy means greedy: the checkpoint's generation_config.json is ignored.
+
+Blame: non-finite teacher logits are ``InfraError`` (ours); a student whose
+forward raises or yields NaN/inf is ``ModelError`` (that model's ``model_error``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,13 @@ from typing import Any, Literal, cast
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from eval.errors import InfraError, ModelError, PromptError, VocabMismatchError
 from eval.kl import kl_from_hidden
@@ -194,14 +204,23 @@ def _greedy(model: PreTrainedModel, batch: list[list[int]], pad_id: int, eos: se
         input_ids[row, width - len(ids) :] = torch.tensor(ids)
         mask[row, width - len(ids) :] = 1
     dev = _device(model)
-    out = cast(Any, model).generate(
-        input_ids=input_ids.to(dev),
-        attention_mask=mask.to(dev),
-        do_sample=False,
-        max_new_tokens=rules.max_new_tokens,
-        eos_token_id=sorted(eos) or None,
-        pad_token_id=pad_id,
-    )
+    # transformers fills every unset option from the checkpoint's generation_config.json
+    # (repetition_penalty, suppress_tokens, min_new_tokens, ...), which would make the
+    # "greedy" continuation depend on a file in the repo: generate from a blank config.
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        out = cast(Any, model).generate(
+            input_ids=input_ids.to(dev),
+            attention_mask=mask.to(dev),
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=rules.max_new_tokens,
+            eos_token_id=sorted(eos) or None,
+            pad_token_id=pad_id,
+        )
+    finally:
+        model.generation_config = saved
     continuations = []
     for row in out[:, width:].tolist():
         cut = next((j + 1 for j, tok in enumerate(row) if tok in eos), len(row))
@@ -214,6 +233,8 @@ def _teacher_logprobs(model: PreTrainedModel, prompt: list[int], continuation: l
     ids = torch.tensor([prompt + continuation], device=_device(model))
     n = len(continuation)
     logits = model(input_ids=ids, logits_to_keep=n + 1, use_cache=False).logits[0, :n]
+    if not bool(torch.isfinite(logits).all()):  # the teacher is ours: never score against NaN
+        raise InfraError("teacher logits contain NaN or infinity")
     return torch.log_softmax(logits.float(), dim=-1).to(logits.dtype)
 
 
@@ -261,6 +282,24 @@ def _final_hidden(model: PreTrainedModel, ids: Tensor) -> Tensor:
     return model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
 
 
+def _student_hidden(model: PreTrainedModel, ids: Tensor, index: int) -> Tensor:
+    """``_final_hidden`` where a forward that raises is the model's fault (``ModelError``).
+
+    A checkpoint can load and still fail on real input (inconsistent shapes, an
+    embedding narrower than the vocabulary); that must cost the miner its result,
+    not the whole job. Out-of-memory and accelerator faults stay ours and propagate.
+    """
+    try:
+        return _final_hidden(model, ids)
+    except (MemoryError, torch.OutOfMemoryError):
+        raise
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        accelerator_error = getattr(torch, "AcceleratorError", None)
+        if accelerator_error is not None and isinstance(exc, accelerator_error):
+            raise
+        raise ModelError(f"student forward failed on prompt {index}: {type(exc).__name__}: {exc}") from exc
+
+
 def _stop_early(king_kl: Sequence[float], partial: Sequence[float], rules: ContestRules) -> bool:
     from eval.stats import should_stop_early
 
@@ -296,7 +335,7 @@ def score_student(
                 return StudentScore(prompt_kl, prompt_tokens, "cancelled")
             prompt, cont = run.prompt_ids[i], run.continuation_ids[i]
             ids = torch.tensor([prompt + cont], device=dev)
-            hidden = _final_hidden(model, ids)[0, len(prompt) - 1 : len(prompt) + len(cont) - 1]
+            hidden = _student_hidden(model, ids, i)[0, len(prompt) - 1 : len(prompt) + len(cont) - 1]
             kl = kl_from_hidden(run.logprobs(i), hidden, head.weight, getattr(head, "bias", None))
             mean = float(kl.double().mean())
             if not torch.isfinite(kl).all():

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from eval.errors import ModelError, PromptError, VocabMismatchError
+from eval.errors import InfraError, ModelError, PromptError, VocabMismatchError
 from eval.kl import kl_per_position
 from eval.rules import ContestRules
 from eval.scoring import (
@@ -90,6 +90,23 @@ def test_teacher_is_deterministic_and_batching_does_not_change_it(run, teacher, 
             assert torch.allclose(other.logprobs(i), run.logprobs(i), atol=1e-5)
 
 
+def test_left_padding_is_masked_out(teacher, tok, tmp_path) -> None:
+    # A pad embedding of huge norm changes nothing only if padded positions are
+    # really masked (attention and linear-attention state), not merely shifted.
+    # An untrained model has small argmax margins, so a leak from the pads flips tokens.
+    loud = tiny_model(teacher.config, seed=4)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        loud.model.embed_tokens.weight[tok.pad_token_id] = 50.0 * torch.randn(teacher.config.hidden_size, generator=gen)
+    varied = [t[: 20 + 30 * k] for k, t in enumerate(corpus_texts()[10:16])]
+    alone = run_teacher(loud, tok, varied, RULES, cache_dir=tmp_path / "a", ram_limit_bytes=1 << 30, batch_size=1)
+    assert len({len(p) for p in alone.prompt_ids}) >= 4  # the batch below really is padded
+    batched = run_teacher(loud, tok, varied, RULES, cache_dir=tmp_path / "b", ram_limit_bytes=1 << 30, batch_size=8)
+    assert batched.prompt_ids == alone.prompt_ids and batched.continuation_ids == alone.continuation_ids
+    for i in range(len(alone)):
+        assert torch.allclose(batched.logprobs(i), alone.logprobs(i), atol=1e-5)
+
+
 def test_continuation_stops_after_eos(teacher, tok, tmp_path) -> None:
     eos = tok.eos_token_id
     eager = _copy(teacher)
@@ -100,6 +117,38 @@ def test_continuation_stops_after_eos(teacher, tok, tmp_path) -> None:
     for c in r.continuation_ids:
         assert eos not in c[:-1]  # nothing after the first eos is kept (no padding scored)
         assert c[-1] == eos or len(c) == RULES.max_new_tokens
+
+
+def test_greedy_ignores_the_checkpoint_generation_config(run, teacher, tok, tmp_path) -> None:
+    # A repo's generation_config.json must not bend the rules' greedy decoding.
+    tweaked = _copy(teacher)
+    cfg = tweaked.generation_config
+    cfg.repetition_penalty, cfg.no_repeat_ngram_size = 3.0, 2
+    cfg.suppress_tokens = sorted({c[0] for c in run.continuation_ids})
+    cfg.min_new_tokens = RULES.max_new_tokens
+    r = run_teacher(tweaked, tok, PROMPTS, RULES, cache_dir=tmp_path, ram_limit_bytes=1 << 30)
+    assert r.continuation_ids == run.continuation_ids
+    for i in range(len(r)):
+        assert r.logprobs(i).argmax(-1).tolist() == r.continuation_ids[i]
+    assert tweaked.generation_config is cfg and cfg.repetition_penalty == 3.0  # restored afterwards
+
+
+def test_non_finite_teacher_is_infra_and_leaves_no_cache(teacher, tok, tmp_path) -> None:
+    broken = _copy(teacher)
+    with torch.no_grad():
+        broken.lm_head.weight[5, 0] = float("nan")
+    with pytest.raises(InfraError, match="teacher logits"):
+        run_teacher(broken, tok, PROMPTS, RULES, cache_dir=tmp_path, ram_limit_bytes=0)
+    assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_student_forward_that_raises_is_a_model_error(run, teacher) -> None:
+    # Loads fine, fails on real input (embedding narrower than the vocabulary):
+    # the miner's fault, reported per model, never an exception that ends the job.
+    narrow = _copy(teacher)
+    narrow.model.embed_tokens = torch.nn.Embedding(4, teacher.config.hidden_size)
+    with pytest.raises(ModelError, match="student forward failed on prompt 0"):
+        score_student(narrow, run, RULES)
 
 
 def test_prompt_policy_empty_and_too_long(teacher, tok, tmp_path) -> None:
@@ -182,6 +231,7 @@ def test_load_round_trip_and_failures(teacher, tok, tmp_path) -> None:
     path = save_model_dir(teacher, tok, tmp_path / "m")
     model = load_causal_lm(path, "cpu")
     assert next(model.parameters()).dtype == torch.float32 and not model.training
+    assert model.config._attn_implementation == "sdpa"
     assert torch.equal(model.lm_head.weight, teacher.lm_head.weight)
     assert load_tokenizer(path).get_vocab() == tok.get_vocab()
     free_model(model)
@@ -257,3 +307,27 @@ def test_teacher_run_is_a_context_manager(tmp_path) -> None:
         assert len(r) == 0
         with pytest.raises(IndexError):
             r.logprobs(0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_scoring_on_cuda_is_bf16_and_agrees_with_cpu(run, teacher, tok, tmp_path) -> None:
+    """The same code on CUDA: bf16 weights, sdpa, KL close to the fp32 CPU numbers."""
+    path = save_model_dir(teacher, tok, tmp_path / "t")
+    noisy_path = save_model_dir(_copy(teacher, lambda p: p + 0.05 * torch.randn_like(p)), None, tmp_path / "s")
+    gpu_teacher = load_causal_lm(path, "cuda")
+    assert next(gpu_teacher.parameters()).dtype == torch.bfloat16
+    assert gpu_teacher.config._attn_implementation == "sdpa"
+    cpu_student = load_causal_lm(noisy_path, "cpu")
+    gpu_student = load_causal_lm(noisy_path, "cuda")
+    with run_teacher(gpu_teacher, tok, PROMPTS, RULES, cache_dir=tmp_path / "c", ram_limit_bytes=1 << 30) as gpu_run:
+        assert gpu_run.logprobs(0).dtype == torch.bfloat16
+        same = score_student(gpu_teacher, gpu_run, RULES)
+        assert same.status == "ok" and max(same.prompt_kl) < 2e-2
+        # Compare on the CPU run's continuations so both sides score identical tokens.
+        on_gpu = score_student(gpu_student, run, RULES)
+    on_cpu = score_student(cpu_student, run, RULES)
+    for g, c in zip(on_gpu.prompt_kl, on_cpu.prompt_kl, strict=True):
+        assert g == pytest.approx(c, rel=0.1, abs=5e-3)
+    for m in (gpu_teacher, gpu_student, cpu_student):
+        free_model(m)
