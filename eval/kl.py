@@ -56,6 +56,8 @@ def kl_per_position(teacher_logits: Tensor, student_logits: Tensor, *, chunk_siz
     the output is float32 of shape ``[..., T]``. ``chunk_size`` is the number
     of positions (after flattening the leading dims) handled at once.
     """
+    if teacher_logits.dim() < 1 or student_logits.dim() < 1:
+        raise ValueError("logits need at least one dimension")
     if teacher_logits.shape[-1] != student_logits.shape[-1]:
         raise VocabMismatchError(
             f"vocabulary width differs: teacher {teacher_logits.shape[-1]}, student {student_logits.shape[-1]}"
@@ -64,8 +66,6 @@ def kl_per_position(teacher_logits: Tensor, student_logits: Tensor, *, chunk_siz
         raise ValueError(
             f"shape mismatch: teacher {tuple(teacher_logits.shape)}, student {tuple(student_logits.shape)}"
         )
-    if teacher_logits.dim() < 1:
-        raise ValueError("logits need at least one dimension")
     lead = teacher_logits.shape[:-1]
     vocab = teacher_logits.shape[-1]
     t2 = teacher_logits.reshape(-1, vocab)

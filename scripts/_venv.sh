@@ -22,12 +22,17 @@ ensure_venv() {
 
 # The dashboard test drives headless Chromium. In CI (root, apt available) install
 # Debian's package once; elsewhere the test skips with a message saying how.
+# A failed attempt is remembered in .venv so later runs stay fast (delete the marker to retry).
 ensure_chromium() {
   command -v chromium >/dev/null 2>&1 && return 0
+  local tried=".venv/.klhill-chromium-failed"
+  [ -f "$tried" ] && return 0
   if [ "${CI:-}" = "true" ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing chromium for the dashboard test"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-      || echo "   chromium could not be installed; the dashboard test will skip"
+    if ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); then
+      echo "   chromium could not be installed; the dashboard test will skip (rm $tried to retry)"
+      touch "$tried"
+    fi
   fi
   return 0
 }

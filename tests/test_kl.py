@@ -93,6 +93,11 @@ def test_bf16_and_fp16_inputs() -> None:
         assert torch.allclose(got.double(), reference_kl(tl, sl), atol=1e-4)
 
 
+def test_scalar_input_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="at least one dimension"):
+        kl_per_position(torch.tensor(1.0), torch.tensor(1.0))
+
+
 def test_empty_input_gives_empty_output() -> None:
     got = kl_per_position(torch.empty(0, 10), torch.empty(0, 10))
     assert got.shape == (0,)
