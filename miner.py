@@ -7,7 +7,7 @@
 Exit status: 0 success, 1 refused (not admissible, not registered, already
 committed, model error), 2 usage error or a transient failure (try again later),
 3 (commit) submitted but not yet readable. Subcommands are one function each;
-the commit and eval flows live in ``miner_commit.py`` and ``miner_eval.py``.
+the commit flow lives in ``validator/commit_flow.py``, the eval flow in ``eval/estimate.py``.
 """
 
 from __future__ import annotations
@@ -171,10 +171,10 @@ def _default_teacher(rules: ContestRules = DEFAULT_RULES) -> str:
 
 
 def cmd_commit(args: argparse.Namespace) -> int:
-    """Resolve, check, confirm and write this hotkey's one commitment (see ``miner_commit``)."""
+    """Resolve, check, confirm and write this hotkey's one commitment (see ``validator.commit_flow``)."""
     from bittensor.keyfiles import KeyfileError
 
-    import miner_commit as mc
+    from validator import commit_flow as mc
     from validator.chain import ChainError
     from validator.wallets import load_wallet, resolve_network
 
@@ -208,8 +208,8 @@ def cmd_commit(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Score a model on a block hash's prompts with the pod routine (see ``miner_eval``)."""
-    import miner_eval as me
+    """Score a model on a block hash's prompts with the pod routine (see ``eval.estimate``)."""
+    from eval import estimate as me
     from eval.errors import InfraError
 
     try:

@@ -1,6 +1,6 @@
 """A miner's local score estimate: the validator's job for a block hash, scored by the pod routine.
 
-``miner.py eval`` is a thin shell around these functions. The job is built the way the
+``miner.py eval`` is a thin shell around ``run_eval``. The job is built the way the
 validator builds a round (prompts sampled from the block hash and the *published* rules, the
 king first, the challenger after it), and the result is read with the validator's own
 statistics (``eval.stats.mean_ci``, ``eval.stats.decide``), so "would I dethrone the king?"
@@ -8,21 +8,39 @@ gets the answer the validator would give on the same prompts.
 
 Prompts depend on the rules digest: they are sampled with the rules as given, before any
 local override (a shorter ``max_new_tokens`` for a quick run changes the job's rules only).
+
+Wiring: local directories are served by ``eval.linked_store.LinkedDirs`` (symlinks, no copy),
+hub references by the usual store; the job is run by ``eval.runner.run_job`` (the pod's own
+routine). To reproduce a past round, pass its block hash and the rules it was judged by.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from eval.rules import ContestRules
-from eval.schemas import EvalJob, EvalResult, ModelRef, ModelResult, SubmissionId
+from eval.errors import KlhillError
+from eval.linked_store import LinkedDirs
+from eval.prompts import FineWebSource, LocalCorpus, sample_prompts
+from eval.rules import DEFAULT_RULES, ContestRules
+from eval.schemas import BLOCK_HASH_PATTERN, EvalJob, EvalResult, ModelRef, ModelResult, SubmissionId
 from eval.stats import decide, mean_ci
+from eval.stores import ModelStore
 
 # Placeholder submission identities (valid ss58-shaped strings): a local run has no chain.
 MODEL_HOTKEY = "5" + "M" * 47
 AGAINST_HOTKEY = "5" + "K" * 47
+EXIT_OK, EXIT_MODEL_ERROR, EXIT_USAGE = 0, 1, 2
+_HASH_RE = re.compile(BLOCK_HASH_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -147,3 +165,85 @@ def render(doc: dict[str, Any]) -> list[str]:
         extra = f" (p={d['p_value']:.4g}, threshold {d['threshold']:.6f})" if "p_value" in d else ""
         lines.append(f"{verdict}{extra}: {d['reason']}")
     return lines
+
+
+# --- the command: flags -> job -> pod routine -> estimate ------------------------------------------------------
+
+
+class EvalUsageError(KlhillError):
+    """A bad flag value: nothing was evaluated."""
+
+
+def block_hash_arg(value: str | None) -> str:
+    """The given hash (validated), or a fresh random one."""
+    if value is None:
+        return "0x" + secrets.token_hex(32)
+    value = value.lower()
+    if not _HASH_RE.match(value):
+        raise EvalUsageError(f"--block-hash must be 0x followed by 64 hex digits, got {value!r}")
+    return value
+
+
+def load_rules(path: Path | None) -> ContestRules:
+    return ContestRules.from_json(path.read_text()) if path else DEFAULT_RULES
+
+
+def pin(spec: str, name: str, linked: LinkedDirs, hub: Callable[[], ModelStore]) -> Pinned:
+    """A local directory (served under ``name``) or ``org/name[@revision]`` (``main`` resolved to its SHA)."""
+    if Path(spec).is_dir():
+        return Pinned(name, linked.add(name, spec))
+    repo, sep, revision = spec.partition("@")
+    return Pinned(repo, revision if sep else hub().resolve(repo, "main"))
+
+
+def prompt_source(corpus: str | None, rules: ContestRules) -> Any:
+    if corpus is None:
+        return FineWebSource(rules)
+    return LocalCorpus(None if corpus == "builtin" else corpus)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_eval(args: argparse.Namespace, hub_factory: Callable[[], ModelStore], out: Callable[[str], Any] = print) -> int:
+    """``miner.py eval``: build the round's job for the block hash, run it with the pod routine, print the estimate."""
+    from eval.runner import run_job  # imported lazily: torch and transformers load only for this command
+
+    hub_cache: list[ModelStore] = []
+
+    def hub() -> ModelStore:
+        if not hub_cache:
+            hub_cache.append(hub_factory())
+        return hub_cache[0]
+
+    rules = load_rules(args.rules)
+    block_hash = block_hash_arg(args.block_hash)
+    if not args.json:
+        out(f"block hash: {block_hash} (pass it as --block-hash to reproduce this run)")
+    linked = LinkedDirs()
+    model = pin(args.model, "local/model", linked, hub)
+    against = pin(args.against, "local/king", linked, hub) if args.against else None
+    teacher_spec = args.teacher or (f"{rules.teacher_repo}@{rules.teacher_revision}" if rules.teacher_revision
+                                    else rules.teacher_repo)  # fmt: skip
+    teacher = pin(teacher_spec, rules.teacher_repo, linked, hub)
+    if any(p is not None and not linked.has(p.repo, p.revision) for p in (model, against, teacher)):
+        linked.fallback = hub()
+    prompts = sample_prompts(block_hash, rules, prompt_source(args.corpus, rules), args.prompts)
+    run_rules = job_rules(rules, teacher_repo=teacher.repo, max_new_tokens=args.max_new_tokens)
+    job = build_job(block_hash, run_rules, prompts, model, against=against, teacher_revision=teacher.revision)
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="klhill-eval-"))
+    try:
+        result = run_job(job, linked, workdir, args.device or default_device())
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    doc = summarize(result, run_rules)
+    if args.json:
+        out(json.dumps(doc, sort_keys=True))
+    else:
+        for line in render(doc)[1:]:
+            out(line)
+    return EXIT_OK if doc["model"]["status"] != "model_error" else EXIT_MODEL_ERROR

@@ -9,7 +9,7 @@ ensure_chromium
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy (core packages and entry points)"
-.venv/bin/mypy eval validator api miner.py miner_commit.py miner_eval.py
+.venv/bin/mypy eval validator api miner.py
 echo "== pytest"
 # Tiny models gain nothing from intra-op threads, and the end-to-end tests run
 # several torch processes at once: one thread each avoids oversubscribing the cores.

@@ -14,11 +14,11 @@ import pytest
 from bittensor.keyfiles import Keypair
 
 import miner
-import miner_commit
 from eval.admission import TeacherSpec
 from eval.errors import TransientError
 from eval.stores import LocalHub
 from eval.tiny import save_model_dir, tiny_config, tiny_model, train_tokenizer
+from validator import commit_flow
 from validator.chain import CommitmentTooLong, NotRegistered, RateLimited
 from validator.commitments import format_commitment, parse_commitment
 from validator.simchain import SimChain
@@ -117,7 +117,7 @@ def _args(env, **over) -> argparse.Namespace:
 
 def _flow(env, store, **kw) -> int:
     chain = SimChain(env["tmp"] / "sim.db", NETUID, hotkey=env["reg"])
-    return miner_commit.run_commit(_args(env, **kw.pop("args", {})), store=store,
+    return commit_flow.run_commit(_args(env, **kw.pop("args", {})), store=store,
                                    teacher=TeacherSpec.from_dir(env["teacher"]), chain=chain, hotkey=env["reg"],
                                    revision=env["rev"], **kw)
 
@@ -152,7 +152,7 @@ def test_missing_sim_db_and_missing_wallet_are_usage_errors(env, capsys, tmp_pat
 
 def test_open_chain_binds_sim_to_wallet_hotkey(env):
     wallet = create_test_wallet(Path(env["tmp"]) / "w2", name="x")
-    chain, hotkey = miner_commit.open_chain("sim", NETUID, wallet, env["tmp"] / "sim.db")
+    chain, hotkey = commit_flow.open_chain("sim", NETUID, wallet, env["tmp"] / "sim.db")
     assert hotkey == wallet.hotkey.ss58_address and chain.hotkey == hotkey
 
 
@@ -240,7 +240,7 @@ def test_chain_write_errors_are_one_sentence_and_never_retried(env, error, code,
     chain = RefusingChain(env["tmp"] / "sim.db", NETUID, hotkey=env["reg"], error=error)
     lines: list[str] = []
     teacher = TeacherSpec.from_dir(env["teacher"])
-    status = miner_commit.run_commit(_args(env, yes=True), store=env["hub"], teacher=teacher, chain=chain,
+    status = commit_flow.run_commit(_args(env, yes=True), store=env["hub"], teacher=teacher, chain=chain,
                                      hotkey=env["reg"], revision=env["rev"], out=lines.append)  # fmt: skip
     assert status == code and chain.attempts == 1
     assert lines[-1].startswith(("REFUSED:", "TRY AGAIN LATER:")) and words in lines[-1] and "\n" not in lines[-1]

@@ -1,4 +1,4 @@
-"""``miner.py commit``: publish a model's one commitment, after every check that can refuse it.
+"""The chain side of ``miner.py commit``: publish a model's one commitment, after every check that can refuse it.
 
 Steps, in order, each able to stop the flow before anything is written:
 resolve the revision -> build the commitment text (the one formatter; too long is refused) ->
