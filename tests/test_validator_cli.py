@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -116,3 +117,31 @@ def test_once_against_a_real_pod_service(tmp_path, contest_hub):
     keyfile = json.loads(Path(world.wallet.hotkey_file.path).read_text())
     secrets = [str(v)[-32:] for k, v in keyfile.items() if k in ("secretSeed", "privateKey", "secretPhrase") and v]
     assert secrets and not any(x in out.stderr for x in secrets)  # keys never reach the logs
+
+
+def _pm2_apps(env: dict[str, str]) -> list[dict]:
+    script = "console.log(JSON.stringify(require(process.argv[1]).apps))"
+    path = str(REPO / "scripts" / "ecosystem.config.js")
+    out = subprocess.run(["node", "-e", script, path], env={"PATH": os.environ.get("PATH", ""), **env},
+                         capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(not shutil.which("node"), reason="node is not installed")
+def test_pm2_file_args_parse_with_the_real_clis():
+    """The PM2 file drifts silently from the CLIs unless its argv is fed to their parsers."""
+    from api.__main__ import parse_args as api_args
+
+    env = {"KLHILL_NETUID": "7", "KLHILL_PODS": "http://pod:8000", "BT_WALLET": "val", "KLHILL_WITH_API": "1",
+           "KLHILL_EXTRA_ARGS": " --max-challengers 4  --weights-interval 360 "}  # fmt: skip
+    apps = {a["name"]: a for a in _pm2_apps(env)}
+    assert set(apps) == {"klhill-validator", "klhill-api"}
+    val = apps["klhill-validator"]
+    assert val["args"][:3] == ["-m", "validator", "run"] and val["script"].endswith(".venv/bin/python")
+    assert all("BT_" not in a and "KLHILL_" not in a for a in val["args"])  # secrets/env stay out of argv
+    s = parse_args(val["args"][2:], env=val["env"])
+    assert (s.netuid, s.pods, s.loop.max_challengers, s.log_format) == (7, ("http://pod:8000",), 4, "json")
+    assert val["env"]["BT_WALLET"] == "val" and val["kill_timeout"] >= 30000  # SIGTERM gets time to finish a step
+    a = api_args(apps["klhill-api"]["args"][2:])
+    assert a.db == s.db and a.netuid == 7 and a.host == "127.0.0.1"
+    assert [x["name"] for x in _pm2_apps({})] == ["klhill-validator"]
