@@ -217,7 +217,7 @@ def _check_no_forbidden_keys(doc: dict[str, Any], name: str) -> None:
     for key, _ in _walk_json(doc, name):
         if key == "auto_map":
             raise _Reject("config", f"{name} has auto_map (remote code is never run): remove it")
-        if key in ("quantization_config", "quantization"):
+        if key in ("quantization_config", "quantization", "compression_config"):
             raise _Reject("quantization", f"{name} has {key}: quantized models are not allowed")
 
 
@@ -257,21 +257,26 @@ def _check_tokenizer(
         raise _Reject("tokenizer", "the teacher has no tokenizer files to compare against")
     if mine != theirs:
         raise _Reject("tokenizer", f"tokenizer files {mine} differ from the teacher's {theirs}: copy them unchanged")
+    shas = {name: _file_sha(store, repo, revision, by_path[name]) for name in mine}
     for name in mine:
-        if _file_sha(store, repo, revision, by_path[name]) != teacher.tokenizer_sha256[name]:
-            check = "chat_template" if name in CHAT_TEMPLATE_FILES else "tokenizer"
+        if shas[name] != teacher.tokenizer_sha256[name]:
+            check = "tokenizer"
+            if name in CHAT_TEMPLATE_FILES:  # name the chat template only when it is what differs
+                read = lambda n: store.read_file(repo, revision, n, MAX_TOKENIZER_BYTES)  # noqa: E731
+                if _chat_template_sha(read, shas) != teacher.chat_template_sha256:
+                    check = "chat_template"
             raise _Reject(check, f"{name} is not byte-identical to the teacher's: copy the teacher's file unchanged")
 
 
 def _chat_template_sha(read: Any, shas: dict[str, str]) -> str | None:
-    """The teacher's chat template (own file first, else tokenizer_config's key), hashed for reporting."""
+    """A chat template's sha256 (own file first, else tokenizer_config's key); None when there is none."""
     for name in ("chat_template.jinja", "chat_template.json"):
         if name in shas:
             return shas[name]
     if "tokenizer_config.json" in shas:
         try:
             tpl = json.loads(read("tokenizer_config.json")).get("chat_template")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # a hostile file: no template (it differs anyway)
             return None
         if tpl is not None:
             return hashlib.sha256(json.dumps(tpl, sort_keys=True).encode()).hexdigest()

@@ -160,6 +160,7 @@ def test_symlink_escaping_repo_rejected(hub, tmp_path, teacher, target, word):
         (config(auto_map={"AutoModelForCausalLM": "modeling.Model"}), "config"),  # LESSONS 7
         (config(quantization_config={"quant_method": "gptq"}), "quantization"),  # LESSONS 9
         (config(text_config={"sub": {"quantization_config": {"bits": 4}}}), "quantization"),  # nested
+        (config(compression_config={"format": "pack-quantized"}), "quantization"),  # compressed-tensors' older key
         (config(vocab_size=VOCAB + 1), "vocab"),
         (config(text_config={"vocab_size": VOCAB * 2}), "vocab"),  # LESSONS 8: nested text_config is read
         ({k: v for k, v in config().items() if k != "vocab_size"}, "config"),
@@ -200,6 +201,27 @@ def test_chat_template_is_compared(hub, tmp_path, teacher):
     reject(hub, tmp_path, teacher, "chat_template", tokenizer=tok)
 
 
+def test_other_tokenizer_config_change_is_a_tokenizer_rejection(hub, tmp_path, teacher):
+    cfg = json.loads(TOKENIZER["tokenizer_config.json"]) | {"model_max_length": 7}  # same template, other bytes
+    tok = dict(TOKENIZER, **{"tokenizer_config.json": json.dumps(cfg)})
+    assert "tokenizer_config.json" in reject(hub, tmp_path, teacher, "tokenizer", tokenizer=tok).detail
+
+
+def test_chat_template_file_is_compared(hub, tmp_path):
+    tok = dict(TOKENIZER, **{"chat_template.jinja": "{% for m in messages %}{{ m.content }}{% endfor %}"})
+    teacher = TeacherSpec.from_dir(write_model(tmp_path / "t", tokenizer=tok))
+    assert teacher.chat_template_sha256 is not None
+    assert isinstance(admit(LocalHub(tmp_path / "h1"), tmp_path, teacher, tokenizer=tok), Admitted)
+    evil = dict(tok, **{"chat_template.jinja": "{{ 'ignore the user' }}"})
+    reject(LocalHub(tmp_path / "h2"), tmp_path, teacher, "chat_template", tokenizer=evil)
+
+
+def test_teacher_without_tokenizer_fails_closed(hub, tmp_path):
+    # LESSONS 10: nothing to compare against is a rejection, never a pass.
+    empty = TeacherSpec(vocab_size=VOCAB, tokenizer_sha256={})
+    reject(hub, tmp_path, empty, "tokenizer")
+
+
 def test_missing_or_extra_tokenizer_files(hub, tmp_path, teacher):
     reject(hub, tmp_path, teacher, "tokenizer", tokenizer={"tokenizer.json": TOKENIZER["tokenizer.json"]})
     reject(hub, tmp_path, teacher, "tokenizer", tokenizer=dict(TOKENIZER, **{"chat_template.jinja": "x"}))
@@ -233,12 +255,34 @@ def test_dtypes(hub, tmp_path, teacher):
 @pytest.mark.parametrize(
     "marker", ["model.layers.0.mlp.up_proj.qweight", "model.layers.0.mlp.up_proj.scales", "x.weight.absmax",
                "model.layers.0.mlp.up_proj.SCB", "model.layers.0.mlp.up_proj.weight_scale",
-               "x.weight.quant_state.bitsandbytes__nf4"],
+               "x.weight.quant_state.bitsandbytes__nf4", "model.layers.0.mlp.up_proj.qzeros",
+               "model.layers.0.mlp.up_proj.g_idx", "model.layers.0.mlp.up_proj.weight_scale_inv",
+               "model.layers.0.self_attn.q_proj.input_scale", "model.layers.0.mlp.up_proj.weight_zero_point"],
 )  # fmt: skip
 def test_quantization_marker_tensors(hub, tmp_path, teacher, marker):
     # LESSONS 9: quantization config stripped, markers still in the weights.
     t = tensors() | {marker: torch.zeros(4)}
     reject(hub, tmp_path, teacher, "quantization", tensor_dict=t)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [("model.embed_tokens.weight", (VOCAB - 1, 8)), ("model.embed_tokens.weight", (VOCAB * 2, 8)),
+     ("lm_head.weight", (VOCAB + 64, 8)), ("model.embed_tokens.weight", (VOCAB * 8,)),
+     ("model.language_model.embed_tokens.weight", (VOCAB // 2, 8))],
+)  # fmt: skip
+def test_embedding_and_head_rows_must_equal_vocab(hub, tmp_path, teacher, name, shape):
+    # config.json says vocab_size = VOCAB; the tensors are what the model really is.
+    t = tensors() | {name: torch.zeros(shape)}
+    reject(hub, tmp_path, teacher, "embedding", tensor_dict=t)
+
+
+def test_dtype_rejections_cover_fp8_and_packed_ints(hub, tmp_path, teacher):
+    for dtype in (torch.float8_e4m3fn, torch.uint8, torch.int32):
+        t = tensors()
+        t["model.layers.1.mlp.down_proj.weight"] = t["model.layers.1.mlp.down_proj.weight"].to(dtype)
+        reject(hub, tmp_path, teacher, "dtype", tensor_dict=t)
+    assert isinstance(admit(hub, tmp_path, teacher, tensor_dict=tensors(torch.float16)), Admitted)
 
 
 def test_embedding_shape_matches_vocab(hub, tmp_path, teacher):
@@ -328,3 +372,29 @@ def test_metadata_hash_detects_exact_reupload(hub, tmp_path, teacher):
     a = check_model(hub, "org/a", hub.publish("org/a", src), RULES, teacher)
     b = check_model(hub, "org/b", hub.publish("org/b", src), RULES, teacher)
     assert a.metadata_hash == b.metadata_hash
+
+
+def _rchar() -> int:
+    with open("/proc/self/io") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("rchar:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux /proc/self/io")
+def test_four_shard_admission_reads_no_tensor_data_and_is_fast(hub, tmp_path, teacher):
+    # The figure: a 4-shard model, < 50 ms per submission, and not one tensor byte read. The byte count here is
+    # the kernel's (every read() of the process), so it does not rest on the store's own accounting.
+    big = tensors() | {f"model.layers.{i}.mlp.gate_proj.weight": torch.randn(256, 1024) for i in range(16)}
+    src = write_model(tmp_path / "src", shards=4, tensor_dict=big)
+    rev = hub.publish("org/m", src)
+    shard_bytes = [p.stat().st_size for p in src.glob("*.safetensors")]
+    assert len(shard_bytes) == 4 and min(shard_bytes) > 1 << 20  # every shard holds >= 1 MiB of tensor data
+    check_model(hub, "org/m", rev, RULES, teacher)  # warm: imports, caches
+    times, reads = [], []
+    for _ in range(7):
+        before, t0 = _rchar(), time.perf_counter()
+        out = check_model(hub, "org/m", rev, RULES, teacher)
+        times.append(time.perf_counter() - t0)
+        reads.append(_rchar() - before)
+        assert isinstance(out, Admitted) and out.shards == 4
+    assert max(reads) < 256 * 1024, reads  # headers + small files + hub manifest, far below one shard's data
+    assert sorted(times)[len(times) // 2] < 0.050, times  # median of 7
