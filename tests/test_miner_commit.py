@@ -253,3 +253,11 @@ def test_unreachable_network_is_one_sentence(env, capsys):
     assert miner.main(argv) == 2
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("TRY AGAIN LATER:") and "127.0.0.1:9" in out[-1]
+
+
+@pytest.mark.parametrize("revision", ["main", "abc1234", "A" * 40])
+def test_branch_or_short_revision_refused_with_the_right_hint(env, capsys, revision):
+    assert miner.main(commit(env, "--yes", "--revision", revision)) == 1
+    out = capsys.readouterr().out
+    assert "40-character" in out and "shorter repo id" not in out and "fix the repo id or revision" in out
+    assert env["chain"].commitments() == {}

@@ -33,7 +33,7 @@ from validator.chain import (
     NotRegistered,
     RateLimited,
 )
-from validator.commitments import CommitmentError, format_commitment
+from validator.commitments import CommitmentError, format_commitment, validate_ids
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNCONFIRMED = 0, 1, 2, 3
 SIM_NETWORK = "sim"
@@ -69,7 +69,9 @@ def commitment_text(repo: str, revision: str) -> str:
     try:
         return format_commitment(repo, revision)
     except CommitmentError as exc:
-        raise Refused(f"Cannot commit {repo}@{revision}: {exc}; use a shorter repo id.") from exc
+        # only the size limit is cured by a shorter repo id; a bad id or revision is fixed in place
+        hint = "use a shorter repo id" if validate_ids(repo, revision) is None else "fix the repo id or revision"
+        raise Refused(f"Cannot commit {repo}@{revision}: {exc}; {hint}.") from exc
 
 
 def admit(store: ModelStore, repo: str, revision: str, teacher: TeacherSpec, rules: ContestRules) -> Admitted:
