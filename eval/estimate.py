@@ -32,7 +32,15 @@ from eval.errors import KlhillError
 from eval.linked_store import LinkedDirs
 from eval.prompts import FineWebSource, LocalCorpus, sample_prompts
 from eval.rules import DEFAULT_RULES, ContestRules
-from eval.schemas import BLOCK_HASH_PATTERN, EvalJob, EvalResult, ModelRef, ModelResult, SubmissionId
+from eval.schemas import (
+    BLOCK_HASH_PATTERN,
+    MAX_PROMPTS_PER_JOB,
+    EvalJob,
+    EvalResult,
+    ModelRef,
+    ModelResult,
+    SubmissionId,
+)
 from eval.stats import decide, mean_ci
 from eval.stores import ModelStore
 
@@ -221,6 +229,8 @@ def run_eval(args: argparse.Namespace, hub_factory: Callable[[], ModelStore], ou
 
     rules = load_rules(args.rules)
     block_hash = block_hash_arg(args.block_hash)
+    if args.prompts is not None and not 1 <= args.prompts <= MAX_PROMPTS_PER_JOB:
+        raise EvalUsageError(f"--prompts must be in 1..{MAX_PROMPTS_PER_JOB}, got {args.prompts}")
     if not args.json:
         out(f"block hash: {block_hash} (pass it as --block-hash to reproduce this run)")
     linked = LinkedDirs()

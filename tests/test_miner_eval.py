@@ -125,6 +125,9 @@ def test_human_output_and_usage_errors(setup, capsys):
     assert "block hash: 0x" in out and "95% CI" in out and "DETHRONE: no" in out
     assert miner.main(["eval", "--model", f"miner/king@{r['king']}", "--block-hash", "0x12", *common]) == 2
     assert "--block-hash" in capsys.readouterr().err
+    for n in ("0", "-3", "100000"):
+        assert miner.main(["eval", "--model", f"miner/king@{r['king']}", *common, "--prompts", n]) == 2
+        assert "--prompts must be in 1.." in capsys.readouterr().err
 
 
 def _result(kl_king: list[float], kl_mine: list[float], status: str = "ok") -> EvalResult:
