@@ -162,6 +162,9 @@ def _check_files_and_content(
         raw = store.read_file(repo, revision, "model.safetensors.index.json", MAX_INDEX_BYTES)
         _check_index(_parse_json_object(raw, "model.safetensors.index.json"), headers)
     params, dtypes = _check_tensors(headers, rules, teacher)
+    unhashed = [p for p in shards if not by_path[p].sha256]
+    if unhashed:  # e.g. a hub file kept out of LFS: without its sha256 no copy can be detected before download
+        raise _Reject("files", f"{unhashed[0]} has no sha256 in the store's metadata: store *.safetensors with LFS")
     return Admitted(params, metadata_hash(files), files, architectures, dtypes, len(shards))
 
 
@@ -288,8 +291,9 @@ def _check_index(index: dict[str, Any], headers: dict[str, SafetensorsHeader]) -
     if not isinstance(weight_map, dict):
         raise _Reject("safetensors", "model.safetensors.index.json has no weight_map object")
     for name, shard in weight_map.items():
-        if shard not in headers or name not in headers[shard].tensors:
-            raise _Reject("safetensors", f"index maps {name!r} to {shard!r}, which does not hold it")
+        if not isinstance(shard, str) or shard not in headers or name not in headers[shard].tensors:
+            where = repr(shard)[:100]  # a hostile index may map to anything, of any size
+            raise _Reject("safetensors", f"index maps {name[:200]!r} to {where}, which does not hold it")
 
 
 def _check_tensors(

@@ -349,6 +349,26 @@ def test_index_must_match_headers(hub, tmp_path, teacher):
     assert check_model(hub, "org/m", hub.publish("org/m", src), RULES, teacher).check == "safetensors"
 
 
+@pytest.mark.parametrize(
+    "weight_map",
+    [
+        {"x": ["model-00001-of-00002.safetensors"]},
+        {"x": {"a": 1}},
+        {"x": None},
+        {"x": 7},
+        ["model-00001-of-00002.safetensors"],
+        "weights",
+    ],
+)
+def test_hostile_index_values(hub, tmp_path, teacher, weight_map):
+    # An unhashable shard name once raised TypeError out of the checker (a crash, retried forever).
+    src = write_model(tmp_path / "src", shards=2)
+    (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    out = check_model(hub, "org/m", hub.publish("org/m", src), RULES, teacher)
+    assert (out.reason, out.check) == ("INVALID", "safetensors"), out
+    assert len(out.detail) < 400
+
+
 def test_non_utf8_tokenizer_file_just_differs(hub, tmp_path, teacher):
     src = write_model(tmp_path / "src")
     (src / "tokenizer.json").write_bytes(b"\xff\xfe\xfd")

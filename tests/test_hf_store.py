@@ -31,6 +31,7 @@ class FakeHub:
         self.calls: list[str] = []
         self.fail_next: list[int] = []  # statuses to answer before serving normally
         self.gated: set[str] = set()
+        self.no_lfs: set[str] = set()  # files listed as plain git files (no LFS sha256)
         self.fail_files: list[int] = []  # statuses to answer on file requests (HEAD/GET .../resolve/...) only
         self.auth_seen: list[str | None] = []
         fake = self
@@ -110,7 +111,7 @@ class FakeHub:
                 sib = []
                 for f in fake.hub.files(repo, rev):
                     s = {"rfilename": f.path, "size": f.size, "blobId": "0" * 40}
-                    if f.path.endswith((".safetensors", "tokenizer.json")):
+                    if f.path.endswith((".safetensors", "tokenizer.json")) and f.path not in fake.no_lfs:
                         s["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": 134}
                     sib.append(s)
                 body = {"id": repo, "sha": rev, "private": False, "gated": False, "disabled": False, "siblings": sib}
@@ -320,3 +321,12 @@ def test_download_overload_is_transient(fake, tmp_path, where):
         fake.fail_files = [503] * 100  # every try of every file
     with pytest.raises(TransientError):
         store.download("org/m", rev, tmp_path / "dl", ["*.json", "*.safetensors"])
+
+
+def test_safetensors_outside_lfs_is_invalid_not_a_crash(fake, tmp_path, teacher):
+    # No sha256 for a shard: the metadata hash (exact-copy detection) cannot be formed; fail closed, do not raise.
+    rev = fake.hub.publish("org/m", write_model(tmp_path / "src", shards=2))
+    fake.no_lfs.add("model-00002-of-00002.safetensors")
+    out = check_model(HuggingFaceStore(endpoint=fake.url, timeout=5), "org/m", rev, RULES, teacher)
+    assert isinstance(out, Rejected) and (out.reason, out.check) == ("INVALID", "files")
+    assert "model-00002-of-00002.safetensors" in out.detail and "LFS" in out.detail
