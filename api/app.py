@@ -199,7 +199,7 @@ def create_app(settings: Settings | None = None, *, price_reader: PriceReader | 
     async def health() -> Response:
         def produce() -> bytes:
             try:
-                return views.render(reader.run(views.health))
+                return views.render(reader.run(lambda st: views.health(st, expect=(s.network, s.netuid))))
             except StoreUnavailable:
                 return views.render(m.Health(status="down", db_ok=False, now=time.time()))
 

@@ -47,12 +47,13 @@ def _age(now: float, at: float | None) -> float | None:
     return max(0.0, now - at) if at is not None else None
 
 
-def health(store: Store, now: float | None = None) -> m.Health:
+def health(store: Store, now: float | None = None, expect: tuple[str, int] | None = None) -> m.Health:
     """Last sync = the loop's newest metagraph snapshot (``save_metagraph`` + meta ``last_epoch_block`` each epoch).
 
     ``degraded`` when the validator never synced, or its last sync is older than ``SYNC_STALE_S``
     while no live round progress is fresher than ``PROGRESS_STALE_S`` (a long pod round blocks the
-    epoch loop, but then progress keeps arriving).
+    epoch loop, but then progress keeps arriving). ``expect`` is the API's own (network, netuid): a store
+    the validator wrote for another subnet is reported, since the overview and prices would then be wrong.
     """
     now = time.time() if now is None else now
     meta = store.meta()
@@ -65,6 +66,9 @@ def health(store: Store, now: float | None = None) -> m.Health:
     prog = store.progress()
     prog_age = _age(now, prog["updated"]) if prog else None
     reasons: list[str] = []
+    if expect is not None and "network" in meta and "netuid" in meta and (meta["network"], meta["netuid"]) != expect:
+        reasons.append(f"the store is for network {str(meta['network'])[:40]} netuid {meta['netuid']}, "
+                       f"this API is configured for {expect[0][:40]} netuid {expect[1]}")  # fmt: skip
     if block is None:
         reasons.append("the validator has not synced yet")
     elif (sync_age is None or sync_age > SYNC_STALE_S) and (prog_age is None or prog_age > PROGRESS_STALE_S):

@@ -481,6 +481,10 @@ def test_health_degrades_on_a_stale_sync_unless_a_round_progresses(tmp_path):
         now[0] = late - 10  # a long pod round: the loop is busy but progress keeps arriving
         w.set_progress({"round_id": 1, "phase": "running", "progress": {"phase": "student", "prompt": 3}})
         assert views.health(ro, now=late).status == "ok"
+        w.set_meta(network="finney", netuid=3)  # what ``python -m validator run`` records at start
+        assert views.health(ro, now=late, expect=("finney", 3)).status == "ok"
+        h = views.health(ro, now=late, expect=("sim", 1))
+        assert h.status == "degraded" and "network finney netuid 3" in h.reasons[0]
     finally:
         ro.close()
         w.close()
