@@ -50,17 +50,25 @@ class Entry:
     epoch: int
     via_chain: bool = False  # inadmissible: written straight to the chain, since miner.py refuses it
     expect: str = ""
+    outcome: str = ""  # what check_outcomes verifies: king | dethroned | loses | marginal | COPY:<check> | <DQ reason>
+    of: str = "strong"  # the cast member a copy copies, a loser loses to, a marginal challenger nearly beats
 
 
 CAST: tuple[Entry, ...] = (
-    Entry("strong", "strong", "alice/strong", 1, expect="king after epoch 1, dethroned in epoch 2"),
-    Entry("weak", "weak", "bob/weak", 1, expect="evaluated, loses"),
-    Entry("copy", "strong", "carol/strong-copy", 1, expect="COPY (metadata hash) of strong"),
-    Entry("resharded", "resharded", "dave/resharded", 1, expect="COPY (content hash) of strong"),
-    Entry("perturbed", "perturbed", "erin/perturbed", 1, expect="FUNCTIONAL_COPY of strong"),
-    Entry("invalid", "invalid", "frank/with-code", 1, via_chain=True, expect="INVALID (ships a .py file)"),
-    Entry("better", "better", "grace/better", 2, expect="dethrones strong"),
-    Entry("marginal", "marginal", "heidi/marginal", 2, expect="better by less than epsilon: no dethrone"),
+    Entry("strong", "strong", "alice/strong", 1, expect="king after epoch 1, dethroned in epoch 2",
+          outcome="dethroned"),
+    Entry("weak", "weak", "bob/weak", 1, expect="evaluated, loses to strong", outcome="loses"),
+    Entry("copy", "strong", "carol/strong-copy", 1, expect="COPY (metadata hash) of strong",
+          outcome="COPY:metadata_hash"),
+    Entry("resharded", "resharded", "dave/resharded", 1, expect="COPY (content hash) of strong",
+          outcome="COPY:content_hash"),
+    Entry("perturbed", "perturbed", "erin/perturbed", 1, expect="FUNCTIONAL_COPY of strong",
+          outcome="FUNCTIONAL_COPY"),
+    Entry("invalid", "invalid", "frank/with-code", 1, via_chain=True, expect="INVALID (ships a .py file)",
+          outcome="INVALID"),
+    Entry("better", "better", "grace/better", 2, expect="dethrones strong", outcome="king"),
+    Entry("marginal", "marginal", "heidi/marginal", 2, expect="better by less than epsilon: no dethrone",
+          outcome="marginal"),
 )
 
 
@@ -249,6 +257,7 @@ def run_epoch(d: Demo, timeout: float = 600.0) -> None:
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, *validator_argv(d, "--once")], cwd=ROOT, env=child_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    d.procs["epoch"] = proc  # type: ignore[assignment]  # stopped by the caller's cleanup if interrupted
     assert proc.stdout is not None
     with open(d.state / "logs" / "validator.log", "a") as logf:
         for line in proc.stdout:
@@ -256,6 +265,7 @@ def run_epoch(d: Demo, timeout: float = 600.0) -> None:
             if " validator" in line or "round" in line or "weights" in line:
                 d.log("   | " + line.rstrip().split(": ", 1)[-1][:150])
     rc = proc.wait(timeout)
+    d.procs.pop("epoch", None)
     if rc != 0:
         raise RuntimeError(f"validator epoch failed with status {rc}; see {d.state / 'logs' / 'validator.log'}")
     d.sim.advance(2)
@@ -302,6 +312,103 @@ def leaderboard(d: Demo, scores: dict[str, Any], dqs: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _latest(scores: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each hotkey's evaluation in its most recent round."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in sorted(scores.get("evaluations", []), key=lambda s: s["round_id"]):
+        out[s["hotkey"]] = s
+    return out
+
+
+def _paired_gain(d: Demo, round_id: int, challenger: str, king: str) -> tuple[float, float] | None:
+    """Mean KL of (challenger, king) over the prompts both were scored on in one round (from its audit)."""
+    audit = api_get(d, f"/api/rounds/{round_id}")
+    kl = {e["hotkey"]: e["prompt_kl"] for e in audit["evaluations"]}
+    if challenger not in kl or king not in kl:
+        return None
+    pairs = [(a, b) for a, b in zip(kl[challenger], kl[king], strict=False) if a is not None and b is not None]
+    if not pairs:
+        return None
+    return sum(a for a, _ in pairs) / len(pairs), sum(b for _, b in pairs) / len(pairs)
+
+
+def check_outcome(d: Demo, e: Entry, scores: dict[str, Any], dqs: dict[str, dict[str, Any]],
+                  history: dict[str, Any]) -> str | None:  # fmt: skip
+    """None when ``e`` ended as its ``outcome`` says, else what happened instead."""
+    hk, of = d.hotkeys[e.name], d.hotkeys.get(e.of, "")
+    king = (scores.get("king") or {}).get("hotkey")
+    latest = _latest(scores)
+    mine, theirs, dq = latest.get(hk), latest.get(of), dqs.get(hk)
+    got = f"state {mine['state'] if mine else 'not evaluated'}" + (f", disqualified {dq['reason']}" if dq else "")
+    kind, _, check = e.outcome.partition(":")
+    if kind in ("COPY", "FUNCTIONAL_COPY", "INVALID"):
+        if dq is None or dq["reason"] != kind or (check and dq["check"] != check):
+            return got + (f" [{dq['check']}]" if dq else "")
+        copy_of = (dq.get("evidence") or {}).get("copy_of") or {}
+        if kind != "INVALID" and copy_of.get("hotkey") != of:
+            return f"{kind} of {copy_of.get('hotkey')}, not of {e.of}"
+        return None
+    if dq is not None:
+        return got
+    if kind == "king":
+        return None if king == hk else f"{got}; the king is {king}"
+    if kind == "dethroned":
+        was_king = any(c.get("hotkey") == hk for c in history.get("changes", []))
+        return None if was_king and king != hk and mine and mine["state"] == "dethroned" else got
+    if kind == "loses":
+        ok = mine and theirs and king != hk and mine["mean_kl"] is not None and mine["mean_kl"] > theirs["mean_kl"]
+        return None if ok else got
+    if kind == "marginal":
+        if mine is None or king == hk or mine["state"] == "won":
+            return got
+        pair = _paired_gain(d, mine["round_id"], hk, of)
+        if pair is None:
+            return f"{got}; not paired with {e.of} in round {mine['round_id']}"
+        gain = 1 - pair[0] / pair[1]
+        eps = float(scores.get("epsilon", d.recipe.rules.get("epsilon", 0.0)))
+        return None if 0 < gain < eps else f"{got}; paired KL gain over {e.of} {gain:+.1%} (wanted 0..{eps:.0%})"
+    raise ValueError(f"unknown expected outcome {e.outcome!r} for {e.name}")
+
+
+def check_outcomes(d: Demo, scores: dict[str, Any], dqs_page: dict[str, Any]) -> tuple[int, list[str]]:
+    """Compare every cast member's outcome (read through the API) and the chain's weights with the expectations.
+
+    Returns the number of differences and a report, one line per check.
+    """
+    dqs = {q["hotkey"]: q for q in dqs_page.get("items", [])}
+    history = api_get(d, "/api/history")
+    lines, failed = [], 0
+    for e in d.cast:
+        if not e.outcome:
+            continue
+        why = check_outcome(d, e, scores, dqs, history)
+        failed += why is not None
+        lines.append(f"  {'ok  ' if why is None else 'FAIL'} {e.name:<10} expected {e.expect or e.outcome}"
+                     + ("" if why is None else f" - got {why}"))  # fmt: skip
+    king = (scores.get("king") or {}).get("hotkey")
+    weights = chain_weights(d)
+    uid = next((n.uid for n in d.sim.neurons() if n.hotkey == king), None) if king else None
+    w = dict(zip(*weights, strict=True)) if weights else {}
+    ok_w = uid is not None and w.get(uid) == 1.0 and sum(w.values()) == 1.0
+    failed += not ok_w
+    lines.append(f"  {'ok  ' if ok_w else 'FAIL'} {'weights':<10} expected all the weight on the king's uid {uid}"
+                 f" - got {({u: x for u, x in w.items() if x}) or 'no weights'} on the chain")  # fmt: skip
+    head = "all outcomes as expected" if not failed else f"{failed} OUTCOME(S) DIFFER FROM THE EXPECTATIONS"
+    return failed, [f"expectations: {head}", *lines, *([head] if failed else [])]
+
+
+def chain_weights(d: Demo) -> tuple[list[int], list[float]] | None:
+    """The validator's weight vector as the SimChain recorded it (read-only)."""
+    import json
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(f"file:{d.sim_db}?mode=ro", uri=True)) as conn:
+        row = conn.execute("SELECT uids, weights FROM weights WHERE netuid = ? AND hotkey = ?",
+                           (NETUID, d.hotkeys["validator"])).fetchone()  # fmt: skip
+    return (json.loads(row[0]), json.loads(row[1])) if row else None
+
+
 def contest(d: Demo) -> None:
     """Commit the cast epoch by epoch, running one validator epoch after each batch."""
     for epoch in sorted({e.epoch for e in d.cast}):
@@ -320,16 +427,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    t0 = time.monotonic()
     start = time.monotonic()
 
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - start:6.1f}s] {msg}", flush=True)
 
+    # Ctrl-C and SIGTERM both unwind through ``finally`` so the pod, API and any validator epoch are stopped
+    # (SIGINT is set explicitly: a shell starts background jobs with it ignored).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     d = Demo(args.state, Recipe(rules=DEMO_RULES), log=log)
     d.state.mkdir(parents=True, exist_ok=True)
+    failed = False
     try:
         build(d)
         reset(d)
@@ -339,18 +454,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         start_pod(d)
         contest(d)
         start_api(d, args.api_port)
-        print(leaderboard(d, api_get(d, "/api/scores"), api_get(d, "/api/disqualifications")), flush=True)
-        w = d.sim.weights() if hasattr(d.sim, "weights") else None
-        log(f"done in {time.monotonic() - t0:.0f}s; store at {d.db}; weights {w or 'see /api/scores'}")
+        scores, dqs = api_get(d, "/api/scores"), api_get(d, "/api/disqualifications")
+        print(leaderboard(d, scores, dqs), flush=True)
+        n_failed, report = check_outcomes(d, scores, dqs)
+        failed = n_failed > 0
+        print("\n".join(report), flush=True)
+        log(f"done in {time.monotonic() - start:.0f}s; store at {d.db}")
         if not args.once:
             log(f"serving the API + dashboard at {d.api_url}/dashboard - Ctrl-C to stop")
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt as exc:
+        log(f"{exc or 'SIGINT'}: stopping the pod, API and validator")
     finally:
         for name in list(d.procs):
             stop(d, name)
         if d.sim is not None:
             d.sim.close()
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
