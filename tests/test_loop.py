@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -120,7 +121,8 @@ def test_live_progress_is_written_while_the_pod_runs_and_cleared_after(world):
 def test_sigterm_stops_the_running_loop_cleanly(world, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BT_", "KLHILL_"))}
     env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "validator", *world.cli_args("--local-pod", "--workdir", str(tmp_path / "lp"))]
+    cmd = [sys.executable, "-m", "validator",
+           *world.cli_args("--local-pod", "--workdir", str(tmp_path / "lp"), "--log-format", "json")]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait for the first round to be recorded, then ask it to stop
@@ -137,6 +139,10 @@ def test_sigterm_stops_the_running_loop_cleanly(world, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
-    assert "finishing the current step" in err and "stopped" in err
+    bad = [line for line in err.splitlines() if line.strip() and not line.startswith("{")]
+    assert bad == [], bad[:5]
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]  # JSON lines, nothing else
+    msgs = [r["msg"] for r in lines]
+    assert any("finishing the current step" in m for m in msgs) and msgs[-1] == "stopped"
     s = Store.open_readonly(world.db)
     assert s.integrity_ok() and s.interrupted_rounds() == [] and s.current_king() is not None

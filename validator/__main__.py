@@ -48,6 +48,24 @@ def setup_logging(fmt: str, level: str = "INFO") -> None:
     root.setLevel(level.upper())
     for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if fmt == "json":
+        _route_library_output()
+
+
+def _route_library_output() -> None:
+    """JSON logs are JSON lines only: library progress bars off, library warnings through ``logging``.
+
+    transformers writes to stderr through its own handler and tqdm bars (model loading in
+    ``--local-pod``); a log shipper reading the JSON stream would choke on them.
+    """
+    logging.captureWarnings(True)
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
 
 
 def _model_store(s: Settings) -> Any:
