@@ -201,6 +201,10 @@ def test_deleted_king_repo_leads_to_a_coronation(world):
     report = v.epoch()
     assert _status(v.store, "m1", world) == "removed" and report.round_kind == "coronation"
     assert v.store.current_king()["hotkey"] == world.miners["m2"]
+    first, coronation = v.store.round(1), v.store.round(report.round_id)
+    assert coronation["block_hash"] != first["block_hash"]  # fresh prompts, not the old round's scores
+    assert set(coronation["prompt_sha256s"]) != set(first["prompt_sha256s"])
+    assert [e["round_id"] for e in v.store.submission(world.miners["m2"])[0]["evaluations"]] == [1, report.round_id]
     assert any(d["reason"] == "REMOVED" for d in v.store.disqualifications())
 
 
