@@ -233,7 +233,12 @@ def create_app(settings: PodSettings, runner: Runner | None = None) -> FastAPI:
 def parse_args(argv: Sequence[str] | None = None) -> PodSettings:
     env = os.environ.get
     # string defaults from the environment go through ``type`` too, so a bad env value is a usage error
-    p = argparse.ArgumentParser(prog="python -m eval.worker", description="klhill GPU pod service")
+    p = argparse.ArgumentParser(
+        prog="python -m eval.worker", description="klhill GPU pod service",
+        epilog="Environment equivalents (a flag wins): KLHILL_POD_HOST, KLHILL_POD_PORT, KLHILL_POD_ALLOW_HOTKEYS, "
+        "KLHILL_POD_HOTKEY, KLHILL_POD_WORKDIR, KLHILL_POD_DEVICE, KLHILL_POD_MAX_DISK_GB, KLHILL_POD_MIN_FREE_GB, "
+        "KLHILL_POD_HUB, KLHILL_POD_MAX_QUEUED. The Hugging Face token comes from HF_TOKEN only.",
+    )
     p.add_argument("--host", default=env("KLHILL_POD_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=env("KLHILL_POD_PORT", "8091"))
     p.add_argument("--allow-hotkey", action="append", default=None, metavar="SS58",

@@ -237,3 +237,32 @@ def test_http_pod_waits_out_a_restarting_pod_then_reports_it_down(tmp_path, wall
         with pytest.raises(PodDown, match="unreachable"):
             pod.run(make_job("fl-2"), deadline_s=30)
         assert time.monotonic() - t0 < 10
+
+
+def test_pool_reports_live_status_from_the_pod_running_the_job(tmp_path, wallets):
+    """The host's dashboard polls ``pod.status``; with several pods that must reach the one doing the work."""
+    import threading
+
+    from eval.errors import KlhillError
+
+    dead = HttpPod(f"http://127.0.0.1:{free_port()}", wallets[0], retries=0, timeout=2)
+    with serve(scripted_pod(tmp_path, wallets, seconds=1.5)) as url:
+        pool = PodPool([dead, HttpPod(url, wallets[0], poll_interval=0.05)])
+        box: list[object] = []
+        worker = threading.Thread(target=lambda: box.append(pool.run(make_job("ps-1"), deadline_s=30)))
+        worker.start()
+        seen = None
+        end = time.monotonic() + 20
+        while worker.is_alive() and time.monotonic() < end:
+            try:
+                seen = pool.status("ps-1")
+                if seen.state == "running" and seen.progress.phase == "student":
+                    break
+            except KlhillError:
+                pass
+            time.sleep(0.05)
+        worker.join(30)
+        assert seen is not None and seen.state == "running" and seen.progress.prompt_count == 2
+        assert box and box[0].job_id == "ps-1"
+        with pytest.raises(KlhillError):
+            pool.status("ps-1")  # finished: no pod is running it any more

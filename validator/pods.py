@@ -26,7 +26,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httpx
 from bittensor import http_auth
@@ -263,6 +263,14 @@ class PodPool:
         if not pods:
             raise ValueError("a pod pool needs at least one pod")
         self.pods = list(pods)
+        self._active: dict[str, Pod] = {}  # job id -> the pod running it now, for live progress
+
+    def status(self, job_id: str) -> JobStatus:
+        """Live status from whichever pod runs ``job_id`` now (the host's dashboard polls this)."""
+        status = getattr(self._active.get(job_id), "status", None)
+        if status is None:
+            raise PodError(f"job {job_id} is not running on a pod that reports progress")
+        return cast(JobStatus, status(job_id))
 
     def health(self) -> dict[str, Any]:
         states = []
@@ -282,10 +290,13 @@ class PodPool:
                 break
             try:
                 pod.health()
+                self._active[job.job_id] = pod
                 return pod.run(job, remaining)
             except PodTimeout:
                 raise  # the deadline is spent: no other pod could finish in time
             except PodError as exc:  # down, refused, failed the job (disk full, OOM) or lied: try the next
                 log.warning("pod %r unusable for job %s: %s; trying the next one", pod, job.job_id, exc)
                 errors.append(f"{pod!r}: {exc}")
+            finally:
+                self._active.pop(job.job_id, None)
         raise PodDown(f"no pod could run job {job.job_id}: " + "; ".join(errors or ["deadline passed"]))
