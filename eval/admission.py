@@ -233,6 +233,8 @@ def _vocab_sizes(config: dict[str, Any]) -> list[int]:
 
 def _check_config(config: dict[str, Any], rules: ContestRules, teacher: TeacherSpec) -> list[str]:
     _check_no_forbidden_keys(config, "config.json")
+    if "text_config" in config and not isinstance(config["text_config"], dict):  # the loader would fail on the pod
+        raise _Reject("config", "config.json's text_config must be a JSON object")
     archs = config.get("architectures")
     if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
         raise _Reject("config", "config.json needs an 'architectures' list of strings")
@@ -266,12 +268,15 @@ def _check_tokenizer(
             check = "tokenizer"
             if name in CHAT_TEMPLATE_FILES:  # name the chat template only when it is what differs
                 read = lambda n: store.read_file(repo, revision, n, MAX_TOKENIZER_BYTES)  # noqa: E731
-                if _chat_template_sha(read, shas) != teacher.chat_template_sha256:
-                    check = "chat_template"
+                try:
+                    if _chat_template_sha(read, shas, strict=True) != teacher.chat_template_sha256:
+                        check = "chat_template"
+                except (ValueError, AttributeError, RecursionError):  # not even a JSON object: a tokenizer file
+                    pass
             raise _Reject(check, f"{name} is not byte-identical to the teacher's: copy the teacher's file unchanged")
 
 
-def _chat_template_sha(read: Any, shas: dict[str, str]) -> str | None:
+def _chat_template_sha(read: Any, shas: dict[str, str], *, strict: bool = False) -> str | None:
     """A chat template's sha256 (own file first, else tokenizer_config's key); None when there is none."""
     for name in ("chat_template.jinja", "chat_template.json"):
         if name in shas:
@@ -279,7 +284,9 @@ def _chat_template_sha(read: Any, shas: dict[str, str]) -> str | None:
     if "tokenizer_config.json" in shas:
         try:
             tpl = json.loads(read("tokenizer_config.json")).get("chat_template")
-        except (ValueError, AttributeError, RecursionError):  # a hostile file: no template (it differs anyway)
+        except (ValueError, AttributeError, RecursionError):  # unparseable: no template (strict: say so)
+            if strict:
+                raise
             return None
         if tpl is not None:
             return hashlib.sha256(json.dumps(tpl, sort_keys=True).encode()).hexdigest()

@@ -164,6 +164,10 @@ def test_symlink_escaping_repo_rejected(hub, tmp_path, teacher, target, word):
         (config(vocab_size=VOCAB + 1), "vocab"),
         (config(text_config={"vocab_size": VOCAB * 2}), "vocab"),  # LESSONS 8: nested text_config is read
         ({k: v for k, v in config().items() if k != "vocab_size"}, "config"),
+        (config(text_config="qwen"), "config"),  # not an object: would only fail later, on the pod
+        (config(text_config=[{"vocab_size": VOCAB}]), "config"),
+        (config(architectures=[["Qwen3_5ForCausalLM"]]), "config"),
+        (config(vocab_size=True), "config"),
     ],
 )
 def test_config_rules(hub, tmp_path, teacher, cfg, check):
@@ -205,6 +209,14 @@ def test_other_tokenizer_config_change_is_a_tokenizer_rejection(hub, tmp_path, t
     cfg = json.loads(TOKENIZER["tokenizer_config.json"]) | {"model_max_length": 7}  # same template, other bytes
     tok = dict(TOKENIZER, **{"tokenizer_config.json": json.dumps(cfg)})
     assert "tokenizer_config.json" in reject(hub, tmp_path, teacher, "tokenizer", tokenizer=tok).detail
+
+
+@pytest.mark.parametrize("raw", [b"{broken", b"[1]", b"\xff\xfe", b"[" * 5000 + b"]" * 5000])
+def test_unparseable_tokenizer_config_is_a_tokenizer_rejection(hub, tmp_path, teacher, raw):
+    src = write_model(tmp_path / "src")
+    (src / "tokenizer_config.json").write_bytes(raw)
+    out = check_model(hub, "org/m", hub.publish("org/m", src), RULES, teacher)
+    assert (out.reason, out.check) == ("INVALID", "tokenizer"), out
 
 
 def test_chat_template_file_is_compared(hub, tmp_path):
@@ -418,3 +430,29 @@ def test_four_shard_admission_reads_no_tensor_data_and_is_fast(hub, tmp_path, te
         assert isinstance(out, Admitted) and out.shards == 4
     assert max(reads) < 256 * 1024, reads  # headers + small files + hub manifest, far below one shard's data
     assert sorted(times)[len(times) // 2] < 0.050, times  # median of 7
+
+
+def test_mutated_repos_always_get_a_verdict(hub, tmp_path, teacher):
+    # LESSONS 18: whatever bytes a repo holds, the checker answers Admitted or Rejected; it never raises.
+    import random
+    import shutil
+
+    rng = random.Random(1234)
+    base = write_model(tmp_path / "base", shards=2)
+    targets = ["config.json", "model.safetensors.index.json", "tokenizer_config.json",
+               "model-00001-of-00002.safetensors"]  # fmt: skip
+    verdicts = set()
+    for i in range(120):
+        src = shutil.copytree(base, tmp_path / f"m{i}")
+        target = targets[i % len(targets)]
+        data = bytearray((src / target).read_bytes())
+        limit = 8 + struct.unpack("<Q", data[:8])[0] if target.endswith(".safetensors") else len(data)
+        for _ in range(rng.randint(1, 4)):  # flip bytes inside the JSON part (or the header length prefix)
+            j = rng.randrange(limit)
+            data[j] = rng.choice([rng.randrange(256), *b'{}[]":,0-9e.'])
+        (src / target).write_bytes(bytes(data))
+        out = check_model(hub, f"org/m{i}", hub.publish(f"org/m{i}", src), RULES, teacher)
+        assert isinstance(out, Admitted | Rejected)
+        verdicts.add(out.check if isinstance(out, Rejected) else "admitted")
+        shutil.rmtree(src)
+    assert {"config", "safetensors", "tokenizer", "chat_template"} <= verdicts, verdicts
