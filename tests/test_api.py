@@ -432,6 +432,7 @@ def test_store_written_by_the_real_validator_loop(world):
         assert (a["block"], a["block_hash"]) == (job.block, job.block_hash)
         assert a["prompt_sha256s"] == [hashlib.sha256(p.encode()).hexdigest() for p in job.prompts]
         assert a["teacher_repo"] == world.rules.teacher_repo and a["rules_digest"] == world.rules.digest()
+        assert a["teacher_revision"] == "f" * 40  # the revision the pod scored with (the rules pin none)
         assert a["decision"] and {(x["hotkey"], x["commit_block"]) for x in a["models"]} == {
             (e["hotkey"], e["commit_block"]) for e in a["evaluations"]
         }

@@ -239,6 +239,9 @@ class Store(StoreReads):
                                    decision=outcome.reason, p_value=real(outcome.p_value, "p_value"),
                                    new_king_hotkey=outcome.new_king[0] if outcome.new_king else None,
                                    new_king_block=outcome.new_king[1] if outcome.new_king else None)  # fmt: skip
+            # an unpinned teacher: the audit record keeps the revision the pod actually scored with
+            db.execute("UPDATE rounds SET teacher_revision = ? WHERE id = ? AND teacher_revision IS NULL",
+                       (result.teacher.revision, round_id))  # fmt: skip
             for v in outcome.verdicts:
                 m = by_key[v.key]
                 mean, lo, hi = mean_ci(m.prompt_kl) if m.prompt_kl else (None, None, None)
