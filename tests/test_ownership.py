@@ -54,3 +54,14 @@ def test_same_hotkey_new_commit_is_keyed_separately():
 def test_duplicate_keys_rejected():
     with pytest.raises(ValueError):
         assign_ownership([S("a:1", "a", 1), S("a:1", "a", 1)])
+
+
+def test_owner_order_is_the_validators_seniority_order():
+    # One seniority rule across the tree: the validator's COPY verdicts use validator.contest.order_key.
+    from validator.contest import order_key
+
+    rng = random.Random(5)
+    for _ in range(50):
+        subs = [S(f"{h}:{b}", h, b, "m", None) for h, b in {(rng.choice("abcde"), rng.randint(1, 4)) for _ in range(6)}]
+        owner = min(subs, key=lambda s: order_key((s.hotkey, s.commit_block)))
+        assert set(assign_ownership(subs).values()) == {owner.key}
