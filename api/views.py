@@ -133,11 +133,19 @@ def _keyed(k: Any) -> dict[str, Any]:
     return {"hotkey": k[0], "commit_block": k[1]}
 
 
+def _public_pod(name: Any) -> str | None:
+    """The pod label without addresses: ``--pod`` URLs are the operator's private GPU hosts."""
+    if not isinstance(name, str):
+        return None
+    return ",".join("remote" if ":" in p and not p.startswith("local:") else p for p in name.split(","))
+
+
 def round_audit(store: Store, round_id: int) -> m.RoundAudit | None:
     row = store.round(round_id)
     if row is None:
         return None
     row = m.sanitize(row)
+    row["pod"] = _public_pod(row.get("pod"))
     row["models"] = [_keyed(k) for k in row["models"]]
     return m.RoundAudit(**row)
 

@@ -510,6 +510,10 @@ def test_progress_shows_the_dispatched_phase_and_hides_the_pod_address(tmp_path)
         p = views.progress(ro)
         assert p.phase == "running" and p.progress is not None and p.progress.prompt == 2
         assert "10.1.2.3" not in p.model_dump_json()
+        w.fail_round(rid, "pod timed out")
+        pods = "http://10.1.2.3:8091,10.1.2.4:8091,local:cpu,gpu-a"
+        r2 = w.create_round("challenge", 11, "0x" + "cd" * 32, ["a" * 64], ContestRules(), [], None, pod=pods)
+        assert views.round_audit(ro, r2).pod == "remote,remote,local:cpu,gpu-a"
     finally:
         ro.close()
         w.close()
