@@ -22,8 +22,18 @@ class OwnedSubmission:
     content_hash: str | None = None
 
 
+def seniority(hotkey: str, commit_block: int) -> tuple[int, str]:
+    """Who came first: the earlier commit block, ties to the smaller hotkey.
+
+    The one ordering every ownership and FIFO decision uses (the validator's
+    ``order_key`` included): both fields come from the chain, so every validator
+    agrees and nobody can change their place after the fact.
+    """
+    return (commit_block, hotkey)
+
+
 def _order(s: OwnedSubmission) -> tuple[int, str, str]:
-    return (s.commit_block, s.hotkey, s.key)
+    return (*seniority(s.hotkey, s.commit_block), s.key)
 
 
 def assign_ownership(submissions: Iterable[OwnedSubmission]) -> dict[str, str]:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from eval.ownership import seniority
 from eval.rules import ContestRules
 from validator.commitments import Invalid, parse_commitment
 
@@ -47,8 +48,8 @@ class NeuronLike(Protocol):
 
 
 def order_key(key: Key) -> tuple[int, str]:
-    """Seniority: earlier commit block first, ties broken by hotkey (deterministic)."""
-    return (key[1], key[0])
+    """Seniority of a (hotkey, commit_block) key: ``eval.ownership.seniority``."""
+    return seniority(key[0], key[1])
 
 
 @dataclass(frozen=True)
