@@ -444,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     d = Demo(args.state, Recipe(rules=DEMO_RULES), log=log)
     d.state.mkdir(parents=True, exist_ok=True)
-    failed = False
+    failed, checked = False, False
     try:
         build(d)
         reset(d)
@@ -457,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scores, dqs = api_get(d, "/api/scores"), api_get(d, "/api/disqualifications")
         print(leaderboard(d, scores, dqs), flush=True)
         n_failed, report = check_outcomes(d, scores, dqs)
-        failed = n_failed > 0
+        failed, checked = n_failed > 0, True
         print("\n".join(report), flush=True)
         log(f"done in {time.monotonic() - start:.0f}s; store at {d.db}")
         if not args.once:
@@ -471,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop(d, name)
         if d.sim is not None:
             d.sim.close()
-    return 1 if failed else 0
+    return 1 if failed else 0 if checked else 130  # interrupted before the outcomes were checked
 
 
 if __name__ == "__main__":
