@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+NETUID = 1  # the subnet the demo and the end-to-end tests run on
 CAST_VERSION = 1  # bump when the build code below changes meaning
 
 

@@ -27,11 +27,7 @@ from demo import (  # noqa: E402
     Entry,
     _spawn,
     _wait_http,
-    api_get,
     chain,
-    chain_weights,
-    check_outcome,
-    check_outcomes,
     contest,
     miner_commit,
     publish,
@@ -43,6 +39,7 @@ from demo import (  # noqa: E402
     wallets,
 )
 from demo_cast import Recipe, build_cast  # noqa: E402
+from demo_report import api_get, chain_weights, check_outcome, check_outcomes  # noqa: E402
 
 RULES: dict[str, Any] = {
     "teacher_repo": "demo/teacher", "vocab_size": 512, "prompts_per_round": 8, "max_new_tokens": 12,
