@@ -9,11 +9,13 @@ given recipe, so the contest's outcome is too.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -192,30 +194,32 @@ def build_cast(r: Recipe, cache_root: Path, log: Callable[[str], None] = print,
         ("invalid", "packaging an inadmissible repo (ships a .py file)", lambda out: _invalid(base / "strong", out)),
     ]  # fmt: skip
     dirs: dict[str, Path] = {}
-    for name, what, make in steps:
-        if wanted is not None and name not in wanted:
-            continue
-        out = base / name
-        if (out / ".done").is_file():
-            log(f"  cached   {name}")
-        else:
-            log(f"  building {name}: {what}")
-            shutil.rmtree(out, ignore_errors=True)
-            tmp = base / f".tmp-{name}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            make(tmp)
-            (tmp / ".done").write_text("ok\n")
-            tmp.rename(out)
-        dirs[name] = out
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / ".lock", "w") as lock:  # two runs sharing the cache build each model once, in turn
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name, what, make in steps:
+            if wanted is not None and name not in wanted:
+                continue
+            out = base / name
+            if (out / ".done").is_file():
+                log(f"  cached   {name}")
+            else:
+                log(f"  building {name}: {what}")
+                shutil.rmtree(out, ignore_errors=True)
+                tmp = base / f".tmp-{name}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                make(tmp)
+                (tmp / ".done").write_text("ok\n")
+                tmp.rename(out)
+            dirs[name] = out
     return dirs
 
 
 def publish_dir(hub: Any, repo: str, src: Path) -> str:
     """Publish a cast directory (without the cache marker) into a LocalHub."""
-    staging = src.parent / f".publish-{src.name}"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".publish-{src.name}-", dir=src.parent)) / src.name
     shutil.copytree(src, staging, ignore=shutil.ignore_patterns(".done"))
     try:
         return str(hub.publish(repo, staging))
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging.parent, ignore_errors=True)
