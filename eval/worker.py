@@ -143,7 +143,11 @@ def create_app(settings: PodSettings, runner: Runner | None = None) -> FastAPI:
     run = runner or _default_runner(settings)
     manager = JobManager(settings.workdir / "jobs", run, max_queued=settings.max_queued)
     # durable: a request captured before a restart must not be replayable after it
-    nonces = SqliteNonceStore(settings.workdir / "nonces.sqlite3", retention=max(60.0, settings.max_age_s + 10.0))
+    # an unusable file is moved aside and replaced by a store refusing everything signed before the reset
+    nonces = SqliteNonceStore(
+        settings.workdir / "nonces.sqlite3", retention=max(60.0, settings.max_age_s + 10.0),
+        future_skew=http_auth.DEFAULT_ALLOWED_SKEW,  # verify() below runs with the default skew
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]

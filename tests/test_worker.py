@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -118,6 +119,28 @@ def test_replay_after_restart_refused(tmp_path, wallets, method):
         assert resp.status_code == 401 and "Replayed" in resp.json()["error"]
         # a freshly signed call from the same validator still works
         assert signed(client, validator, "GET", "/jobs/rr-1").status_code == 200
+
+def test_corrupt_nonce_file_resets_instead_of_crash_looping_and_refuses_the_past(tmp_path, wallets):
+    """A garbage nonces.sqlite3 is moved aside; the pod starts, fresh calls work, a call signed before is refused."""
+    validator = wallets[0]
+    first = create_app(settings(tmp_path, wallets), runner=ScriptedRunner())
+    with serve(first) as url, httpx.Client(base_url=url, timeout=10) as client:
+        captured = http_auth.sign(validator, method="GET", path="/jobs/none")
+        assert client.get("/jobs/none", headers=captured).status_code == 404
+    # the crash left garbage and no WAL; a new inode, as the old process's still-open connection here must not mask it
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x00garbage after a disk-full crash" * 100)
+    for side in ("nonces.sqlite3-wal", "nonces.sqlite3-shm"):
+        (tmp_path / side).unlink(missing_ok=True)
+    os.replace(garbage, tmp_path / "nonces.sqlite3")
+    second = create_app(settings(tmp_path, wallets), runner=ScriptedRunner())
+    assert list(tmp_path.glob("nonces.sqlite3.corrupt-*"))
+    with serve(second) as url, httpx.Client(base_url=url, timeout=10) as client:
+        resp = client.get("/jobs/none", headers=captured)
+        assert resp.status_code == 401 and "Replayed" in resp.json()["error"]
+        time.sleep(http_auth.DEFAULT_ALLOWED_SKEW)  # nonces up to the allowed skew ahead are refused after a reset
+        assert signed(client, validator, "GET", "/jobs/none").status_code == 404  # authenticated, no such job
+
 
 def test_bad_bodies(pod, wallets):
     client, runner = pod
