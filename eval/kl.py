@@ -34,13 +34,50 @@ from eval.errors import InfraError, ModelError, VocabMismatchError
 # large enough that per-op overhead is negligible; GPUs want far larger chunks.
 _CPU_CHUNK_BYTES = 2 * 1024 * 1024
 _CUDA_CHUNK_BYTES = 256 * 1024 * 1024
-# Vocabulary rows of the lm_head per block in kl_from_hidden: a [T, 4096] fp32
-# logits block is ~2% of the full [T, V] logits at V = 248,320, and a 4096-wide
-# matmul is as efficient as the full one.
+# Vocabulary rows of the lm_head per block in kl_from_hidden on a CPU: a
+# [T, 4096] fp32 logits block is ~2% of the full [T, V] logits at V = 248,320,
+# and a 4096-wide matmul is as efficient as the full one there. A GPU pays per
+# kernel launch instead, so it takes the whole vocabulary at once and bounds
+# memory by processing rows in chunks of this many fp32 logit bytes.
 _HIDDEN_VOCAB_BLOCK = 4096
+_CUDA_HIDDEN_ROW_BYTES = 1024**3
 # exp() of anything below this is exactly 0 in fp32; clamping masked (-inf)
 # teacher entries here keeps 0 * (-inf) out of the sum.
 _MASK_FLOOR = -1e30
+
+
+def exact_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``hidden @ weight.T + bias`` accumulated in fp32 and returned in fp32 (LESSONS 29).
+
+    Why: a bf16 lm_head rounds its *output* to 8 bits of mantissa, an error of
+    ~0.1 at logit 30 that moves a prompt's mean KL by more than the dethrone
+    margin. bf16 operands are exact in fp32, so the product below differs from
+    float64 only by fp32 accumulation order. On CUDA the bf16 tensor cores do
+    it directly (``out_dtype``); elsewhere the operands are upcast.
+    """
+    out: Tensor | None = None
+    if hidden.is_cuda and hidden.dtype in (torch.bfloat16, torch.float16) and weight.dtype == hidden.dtype:
+        try:
+            out = torch.mm(hidden, weight.t(), out_dtype=torch.float32)
+        except (TypeError, RuntimeError):  # a torch without out_dtype for this backend: upcast below
+            out = None
+    if out is None:
+        out = torch.nn.functional.linear(hidden.float(), weight.float())
+    if bias is not None:
+        out.add_(bias.float())
+    return out
+
+
+def hidden_blocks(rows: int, vocab: int, device: torch.device) -> tuple[int, int]:
+    """(row chunk, vocabulary block) for ``kl_from_hidden`` on ``device``.
+
+    CPU: all rows, 4096-wide vocabulary blocks (cache-sized, one weight read).
+    CUDA: the whole vocabulary per block, rows chunked so one fp32 logits block
+    stays near 1 GiB: few large kernels instead of ~60 small ones per row set.
+    """
+    if device.type == "cuda":
+        return max(1, min(rows, _CUDA_HIDDEN_ROW_BYTES // (4 * max(vocab, 1)))), vocab
+    return max(rows, 1), _HIDDEN_VOCAB_BLOCK
 
 
 def default_chunk_size(vocab: int, device: torch.device) -> int:
@@ -130,34 +167,43 @@ def kl_from_hidden(
     rows, vocab = teacher_logprobs.shape
     if rows == 0:
         return torch.empty(0, dtype=torch.float32, device=device)
-    step = chunk_size if chunk_size is not None else _HIDDEN_VOCAB_BLOCK
+    row_step, default_block = hidden_blocks(rows, vocab, device)
+    step = chunk_size if chunk_size is not None else default_block
     if step < 1:
         raise ValueError(f"chunk_size must be >= 1, got {step}")
+    out = torch.empty(rows, dtype=torch.float32, device=device)
     with torch.no_grad():
-        teacher = teacher_logprobs.to(device)
-        hidden = student_hidden.to(device=device, dtype=lm_head_weight.dtype)
-        t_max, t_z, t_neg_entropy = _teacher_stats(teacher)
-        anchor = teacher.argmax(dim=-1)
-        shift = _student_logits_at(hidden, lm_head_weight, lm_head_bias, anchor)
-        s_max = torch.full((rows,), -torch.inf, dtype=torch.float32, device=device)
-        s_sum = torch.zeros(rows, dtype=torch.float32, device=device)
-        cross = torch.zeros(rows, dtype=torch.float32, device=device)
-        for v0 in range(0, vocab, step):
-            v1 = min(v0 + step, vocab)
-            bias = None if lm_head_bias is None else lm_head_bias[v0:v1]
-            logits = torch.nn.functional.linear(hidden, lm_head_weight[v0:v1], bias).float()
-            logits.sub_(shift[:, None])
-            block_max = torch.maximum(s_max, logits.amax(dim=-1))
-            s_sum.mul_(torch.exp(s_max - block_max))
-            s_max = block_max
-            p_t = (teacher[:, v0:v1].float() - t_max[:, None]).clamp_(min=_MASK_FLOOR).exp_()
-            cross.add_(torch.linalg.vecdot(p_t, logits))
-            s_sum.add_(logits.sub_(s_max[:, None]).exp_().sum(dim=-1))
-            del logits, p_t
-        out = t_neg_entropy - cross / t_z + s_max + torch.log(s_sum)
+        for r0 in range(0, rows, row_step):
+            r1 = min(r0 + row_step, rows)
+            teacher = teacher_logprobs[r0:r1].to(device, non_blocking=True)
+            hidden = student_hidden[r0:r1].to(device=device, dtype=lm_head_weight.dtype)
+            out[r0:r1] = _kl_hidden_rows(teacher, hidden, lm_head_weight, lm_head_bias, step)
     if not bool(torch.isfinite(out).all()):
         _raise_non_finite_hidden(teacher_logprobs, student_hidden, lm_head_weight, lm_head_bias)
     return out.clamp_(min=0.0)
+
+
+def _kl_hidden_rows(teacher: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor | None, step: int) -> Tensor:
+    """One row chunk of ``kl_from_hidden``: online log-partition over vocabulary blocks."""
+    rows, vocab = teacher.shape
+    t_max, t_z, t_neg_entropy = _teacher_stats(teacher)
+    anchor = teacher.argmax(dim=-1)
+    shift = _student_logits_at(hidden, weight, bias, anchor)
+    s_max = torch.full((rows,), -torch.inf, dtype=torch.float32, device=teacher.device)
+    s_sum = torch.zeros(rows, dtype=torch.float32, device=teacher.device)
+    cross = torch.zeros(rows, dtype=torch.float32, device=teacher.device)
+    for v0 in range(0, vocab, step):
+        v1 = min(v0 + step, vocab)
+        logits = exact_logits(hidden, weight[v0:v1], None if bias is None else bias[v0:v1])
+        logits.sub_(shift[:, None])
+        block_max = torch.maximum(s_max, logits.amax(dim=-1))
+        s_sum.mul_(torch.exp(s_max - block_max))
+        s_max = block_max
+        p_t = (teacher[:, v0:v1].float() - t_max[:, None]).clamp_(min=_MASK_FLOOR).exp_()
+        cross.add_(torch.linalg.vecdot(p_t, logits))
+        s_sum.add_(logits.sub_(s_max[:, None]).exp_().sum(dim=-1))
+        del logits, p_t
+    return t_neg_entropy - cross / t_z + s_max + torch.log(s_sum)
 
 
 def _teacher_stats(teacher: Tensor) -> tuple[Tensor, Tensor, Tensor]:
