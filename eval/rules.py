@@ -40,7 +40,7 @@ class ContestRules(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    version: int = Field(1, ge=1, description="Bumped whenever a scoring rule changes.")
+    version: int = Field(2, ge=1, description="Bumped whenever a scoring rule changes.")
 
     # Teacher and vocabulary.
     teacher_repo: str = Field("Qwen/Qwen3.5-35B-A3B", min_length=3, max_length=96)
@@ -60,6 +60,13 @@ class ContestRules(BaseModel):
     max_new_tokens: int = Field(512, ge=1, le=8192)
     max_prompt_tokens: int = Field(1024, ge=1, le=32_768)
     teacher_decoding: Literal["greedy"] = "greedy"
+    generation_batch_prompts: int = Field(
+        40,
+        ge=1,
+        le=1024,
+        description="Prompts generated together, consecutive in round order. Fixed by the rules, not by memory: "
+        "in bf16 a greedy step can sit on a tie, and batch composition may then change a token.",
+    )
 
     # Early stopping of challengers that can no longer win (never the king).
     early_stop_min_prompts: int = Field(8, ge=2)

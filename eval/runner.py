@@ -26,11 +26,14 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from eval import scoring, stores
 from eval.errors import InfraError, KlhillError, ModelError, TransientError
 from eval.hashing import HashingError, content_hash
 from eval.safetensors_header import HeaderError
 from eval.schemas import EvalJob, EvalResult, JobProgress, ModelRef, ModelResult, ModelTimings, TeacherInfo
+from eval.teacher import run_teacher
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,9 @@ MODEL_PATTERNS: tuple[str, ...] = (
 )
 DEFAULT_MIN_FREE_BYTES = 2 * 1024**3
 DEFAULT_TEACHER_RAM_BYTES = 4 * 1024**3
+# GPU memory kept free beside the teacher and its log-prob cache: generation's
+# KV cache and one right-padded forward of the largest batch.
+TEACHER_PHASE_RESERVE_BYTES = 16 * 1024**3
 DOWNLOAD_ATTEMPTS = 3
 
 ProgressFn = Callable[[JobProgress], None]
@@ -188,6 +194,15 @@ def _teacher(
     return revision, dest, tokenizer, model
 
 
+def _device_cache_bytes(device: str) -> int:
+    """GPU memory the teacher's log-prob cache may take: what is free beside the loaded teacher, less a reserve."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return 0
+    free, _ = torch.cuda.mem_get_info(dev)
+    return max(0, free - TEACHER_PHASE_RESERVE_BYTES)
+
+
 def _score_one(
     ref: ModelRef,
     ctx: _JobContext,
@@ -299,9 +314,10 @@ def run_job(
         cache_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         try:
-            ctx.run = scoring.run_teacher(
+            ctx.run = run_teacher(
                 teacher_model, ctx.tokenizer, list(job.prompts), job.rules, cache_dir=cache_dir,
-                ram_limit_bytes=teacher_ram_bytes, progress=ctx.progress.callback(),
+                ram_limit_bytes=teacher_ram_bytes, device_limit_bytes=_device_cache_bytes(device),
+                progress=ctx.progress.callback(),
             )
         except (ModelError, OSError, MemoryError) as exc:
             raise InfraError(f"teacher run failed: {type(exc).__name__}: {exc}") from exc

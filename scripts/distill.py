@@ -9,7 +9,7 @@ What it does, and why:
    local corpus (``--corpus DIR`` of .jsonl/.parquet files with a "text" column, or
    Python's bundled docs);
    ``--fineweb`` streams the contest dataset (``rules.dataset``) like the validator.
-2. Runs the teacher once with the validator's code (``eval.scoring.run_teacher``):
+2. Runs the teacher once with the validator's code (``eval.teacher.run_teacher``):
    greedy continuations of ``rules.max_new_tokens`` (or ``--max-new-tokens``)
    and the teacher's full-vocabulary log-probs at every continuation position.
 3. Trains the student on exactly the positions the validator scores: forward
@@ -46,7 +46,8 @@ from eval.admission import TOKENIZER_FILES  # admission compares these byte for 
 from eval.prompts import FineWebSource, LocalCorpus, sample_prompts
 from eval.rules import DEFAULT_RULES, ContestRules
 from eval.schemas import MAX_PROMPTS_PER_JOB
-from eval.scoring import TeacherRun, free_model, load_causal_lm, load_tokenizer, run_teacher, score_student
+from eval.scoring import free_model, load_causal_lm, load_tokenizer, score_student
+from eval.teacher import TeacherRun, run_teacher
 
 # Only what a model needs: weights, configs, tokenizer. Never code or pickles.
 DOWNLOAD_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",

@@ -12,6 +12,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+# The tiny round (teacher, tokenizer, teacher run) shared by the teacher and scoring tests.
+pytest_plugins = ["round_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def contest_hub(tmp_path_factory: pytest.TempPathFactory) -> tuple:

@@ -1,4 +1,4 @@
-"""Teacher runs, student scoring and fingerprints on tiny real Qwen3.5 models."""
+"""Student scoring, loading and fingerprints on tiny real Qwen3.5 models."""
 
 from __future__ import annotations
 
@@ -6,179 +6,39 @@ import json
 
 import pytest
 import torch
+from round_fixtures import PROMPTS, RULES, copy_model
 
-from eval.errors import InfraError, ModelError, PromptError, VocabMismatchError
+from eval.errors import ModelError, VocabMismatchError
 from eval.kl import kl_per_position
-from eval.rules import ContestRules
 from eval.scoring import (
-    TeacherRun,
     fingerprint,
     fingerprint_distance,
     fingerprint_token_ids,
     free_model,
     load_causal_lm,
     load_tokenizer,
-    run_teacher,
     score_student,
 )
+from eval.teacher import run_teacher
 from eval.tiny import corpus_texts, quick_train, save_model_dir, tiny_config, tiny_model, train_tokenizer
 
-RULES = ContestRules(max_new_tokens=12, max_prompt_tokens=40, prompts_per_round=6, early_stop_min_prompts=3)
-PROMPTS = [t[:200] for t in corpus_texts()[10:16]]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from threads, and on a shared 2-core box spinning
-    # intra-op threads make them ~10x slower; restored after this module.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return train_tokenizer(512)
-
-
-@pytest.fixture(scope="module")
-def teacher(tok):
-    model = tiny_model(tiny_config(len(tok)), seed=0)
-    return quick_train(model, tok, corpus_texts()[:60], steps=25, lr=1e-2, seed=0)
-
-
-@pytest.fixture(scope="module")
-def run(teacher, tok, tmp_path_factory):
-    with run_teacher(
-        teacher, tok, PROMPTS, RULES, cache_dir=tmp_path_factory.mktemp("cache"), ram_limit_bytes=1 << 30
-    ) as r:
-        yield r
-
-
-def _copy(model, transform=None):
-    clone = tiny_model(model.config, seed=0)
-    clone.load_state_dict(model.state_dict())
-    if transform is not None:
-        with torch.no_grad():
-            for p in clone.parameters():
-                p.copy_(transform(p))
-    return clone.eval()
-
-
-# --- teacher -------------------------------------------------------------------------------
-
-
-def test_teacher_logprobs_equal_a_plain_forward_at_predicting_positions(run, teacher) -> None:
-    for i in range(len(run)):
-        p, c = run.prompt_ids[i], run.continuation_ids[i]
-        assert 1 <= len(c) <= RULES.max_new_tokens and len(p) <= RULES.max_prompt_tokens
-        with torch.no_grad():
-            logits = teacher(input_ids=torch.tensor([p + c])).logits[0]
-        expected = torch.log_softmax(logits[len(p) - 1 : len(p) + len(c) - 1], -1)
-        assert torch.allclose(run.logprobs(i), expected, atol=1e-5)
-        # greedy: every continuation token is the teacher's argmax where it was predicted
-        assert run.logprobs(i).argmax(-1).tolist() == c
-
-
-def test_teacher_is_deterministic_and_batching_does_not_change_it(run, teacher, tok, tmp_path) -> None:
-    again = run_teacher(teacher, tok, PROMPTS, RULES, cache_dir=tmp_path / "a", ram_limit_bytes=1 << 30)
-    single = run_teacher(teacher, tok, PROMPTS, RULES, cache_dir=tmp_path / "b", ram_limit_bytes=1 << 30, batch_size=1)
-    for other in (again, single):
-        assert other.prompt_ids == run.prompt_ids and other.continuation_ids == run.continuation_ids
-        for i in range(len(run)):
-            assert torch.allclose(other.logprobs(i), run.logprobs(i), atol=1e-5)
-
-
-def test_left_padding_is_masked_out(teacher, tok, tmp_path) -> None:
-    # A pad embedding of huge norm changes nothing only if padded positions are
-    # really masked (attention and linear-attention state), not merely shifted.
-    # An untrained model has small argmax margins, so a leak from the pads flips tokens.
-    loud = tiny_model(teacher.config, seed=4)
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        loud.model.embed_tokens.weight[tok.pad_token_id] = 50.0 * torch.randn(teacher.config.hidden_size, generator=gen)
-    varied = [t[: 20 + 30 * k] for k, t in enumerate(corpus_texts()[10:16])]
-    alone = run_teacher(loud, tok, varied, RULES, cache_dir=tmp_path / "a", ram_limit_bytes=1 << 30, batch_size=1)
-    assert len({len(p) for p in alone.prompt_ids}) >= 4  # the batch below really is padded
-    batched = run_teacher(loud, tok, varied, RULES, cache_dir=tmp_path / "b", ram_limit_bytes=1 << 30, batch_size=8)
-    assert batched.prompt_ids == alone.prompt_ids and batched.continuation_ids == alone.continuation_ids
-    for i in range(len(alone)):
-        assert torch.allclose(batched.logprobs(i), alone.logprobs(i), atol=1e-5)
-
-
-def test_continuation_stops_after_eos(teacher, tok, tmp_path) -> None:
-    eos = tok.eos_token_id
-    eager = _copy(teacher)
-    with torch.no_grad():
-        eager.lm_head.weight[eos] += 50.0  # makes eos likely soon
-    r = run_teacher(eager, tok, PROMPTS, RULES, cache_dir=tmp_path, ram_limit_bytes=1 << 30)
-    assert any(c[-1] == eos and len(c) < RULES.max_new_tokens for c in r.continuation_ids)
-    for c in r.continuation_ids:
-        assert eos not in c[:-1]  # nothing after the first eos is kept (no padding scored)
-        assert c[-1] == eos or len(c) == RULES.max_new_tokens
-
-
-def test_greedy_ignores_the_checkpoint_generation_config(run, teacher, tok, tmp_path) -> None:
-    # A repo's generation_config.json must not bend the rules' greedy decoding.
-    tweaked = _copy(teacher)
-    cfg = tweaked.generation_config
-    cfg.repetition_penalty, cfg.no_repeat_ngram_size = 3.0, 2
-    cfg.suppress_tokens = sorted({c[0] for c in run.continuation_ids})
-    cfg.min_new_tokens = RULES.max_new_tokens
-    r = run_teacher(tweaked, tok, PROMPTS, RULES, cache_dir=tmp_path, ram_limit_bytes=1 << 30)
-    assert r.continuation_ids == run.continuation_ids
-    for i in range(len(r)):
-        assert r.logprobs(i).argmax(-1).tolist() == r.continuation_ids[i]
-    assert tweaked.generation_config is cfg and cfg.repetition_penalty == 3.0  # restored afterwards
-
-
-def test_non_finite_teacher_is_infra_and_leaves_no_cache(teacher, tok, tmp_path) -> None:
-    broken = _copy(teacher)
-    with torch.no_grad():
-        broken.lm_head.weight[5, 0] = float("nan")
-    with pytest.raises(InfraError, match="teacher logits"):
-        run_teacher(broken, tok, PROMPTS, RULES, cache_dir=tmp_path, ram_limit_bytes=0)
-    assert not list(tmp_path.glob("*.safetensors"))
+# --- students ------------------------------------------------------------------------------
 
 
 def test_student_forward_that_raises_is_a_model_error(run, teacher) -> None:
     # Loads fine, fails on real input (embedding narrower than the vocabulary):
     # the miner's fault, reported per model, never an exception that ends the job.
-    narrow = _copy(teacher)
+    narrow = copy_model(teacher)
     narrow.model.embed_tokens = torch.nn.Embedding(4, teacher.config.hidden_size)
     with pytest.raises(ModelError, match="student forward failed on prompt 0"):
         score_student(narrow, run, RULES)
-
-
-def test_prompt_policy_empty_and_too_long(teacher, tok, tmp_path) -> None:
-    with pytest.raises(PromptError):
-        run_teacher(teacher, tok, ["ok text", "   "], RULES, cache_dir=tmp_path, ram_limit_bytes=0)
-    long_text = " ".join(corpus_texts()[:3])
-    r = run_teacher(teacher, tok, [long_text], RULES, cache_dir=tmp_path, ram_limit_bytes=0)
-    assert r.prompt_ids[0] == tok(long_text)["input_ids"][-RULES.max_prompt_tokens :]
-    r.close()
-
-
-def test_cache_spills_to_disk_and_close_deletes(run, teacher, tok, tmp_path) -> None:
-    one = run.logprobs(0).numel() * 4
-    spill = run_teacher(teacher, tok, PROMPTS, RULES, cache_dir=tmp_path, ram_limit_bytes=one * 2)
-    files = list(tmp_path.glob("*.safetensors"))
-    assert spill.spilled >= len(PROMPTS) - 2 and len(files) == spill.spilled
-    for i in range(len(run)):
-        assert torch.equal(spill.logprobs(i), run.logprobs(i))
-    spill.close()
-    assert not list(tmp_path.glob("*.safetensors"))
-
-
-# --- students ------------------------------------------------------------------------------
 
 
 def test_teacher_as_student_scores_zero_and_perturbed_scores_higher(run, teacher) -> None:
     same = score_student(teacher, run, RULES)
     assert same.status == "ok" and max(same.prompt_kl) < 1e-5
     assert same.prompt_tokens == [len(c) for c in run.continuation_ids]  # every position counted
-    noisy = _copy(teacher, lambda p: p + 0.05 * torch.randn_like(p))
+    noisy = copy_model(teacher, lambda p: p + 0.05 * torch.randn_like(p))
     worse = score_student(noisy, run, RULES)
     assert min(worse.prompt_kl) > 1e-3
 
@@ -197,7 +57,7 @@ def test_vocab_mismatch_and_nan_student(run, teacher) -> None:
     wide = tiny_model(tiny_config(600), seed=1)
     with pytest.raises(VocabMismatchError):
         score_student(wide, run, RULES)
-    broken = _copy(teacher)
+    broken = copy_model(teacher)
     with torch.no_grad():
         broken.lm_head.weight[3, 0] = float("nan")
     with pytest.raises(ModelError):
@@ -205,9 +65,10 @@ def test_vocab_mismatch_and_nan_student(run, teacher) -> None:
 
 
 def test_early_stopping_stops_a_hopeless_challenger(run, teacher) -> None:
-    king = score_student(_copy(teacher, lambda p: p + 0.01 * torch.randn_like(p)), run, RULES)
+    king = score_student(copy_model(teacher, lambda p: p + 0.01 * torch.randn_like(p)), run, RULES)
     hopeless = tiny_model(teacher.config, seed=9)
-    stopped = score_student(hopeless, run, RULES, king_kl=king.prompt_kl)
+    # early stopping is decided after each batch: one prompt per batch here
+    stopped = score_student(hopeless, run, RULES, king_kl=king.prompt_kl, token_budget=64)
     assert stopped.status == "early_stopped"
     assert RULES.early_stop_min_prompts <= len(stopped.prompt_kl) < len(PROMPTS)
     full = score_student(hopeless, run, RULES)
@@ -217,9 +78,13 @@ def test_early_stopping_stops_a_hopeless_challenger(run, teacher) -> None:
 
 def test_cancel_and_progress(run, teacher) -> None:
     seen: list[tuple[int, int, int]] = []
-    score_student(teacher, run, RULES, progress=lambda d, t, n: seen.append((d, t, n)))
+    score_student(teacher, run, RULES, progress=lambda d, t, n: seen.append((d, t, n)), token_budget=64)
     assert [s[0] for s in seen] == list(range(1, len(PROMPTS) + 1))
     assert [s[2] for s in seen] == [len(c) for c in run.continuation_ids]
+    batched: list[tuple[int, int, int]] = []
+    score_student(teacher, run, RULES, progress=lambda d, t, n: batched.append((d, t, n)), token_budget=256)
+    assert 1 < len(batched) < len(PROMPTS) and batched[-1][0] == len(PROMPTS)  # once per batch
+    assert sum(s[2] for s in batched) == sum(len(c) for c in run.continuation_ids)
     cancelled = score_student(teacher, run, RULES, should_cancel=lambda: True)
     assert cancelled.status == "cancelled" and cancelled.prompt_kl == []
 
@@ -280,8 +145,8 @@ def test_fingerprint_separates_copies_from_other_models(teacher, tok) -> None:
     assert base == fingerprint(teacher, tok, RULES)
     assert len(base) == len(RULES.canary_prompts) * RULES.fingerprint_positions * RULES.fingerprint_token_ids
     copies = {
-        "bf16": _copy(teacher, lambda p: p.to(torch.bfloat16).float()),
-        "noise": _copy(teacher, lambda p: p * (1 + 1e-3 * torch.randn_like(p))),
+        "bf16": copy_model(teacher, lambda p: p.to(torch.bfloat16).float()),
+        "noise": copy_model(teacher, lambda p: p * (1 + 1e-3 * torch.randn_like(p))),
     }
     for name, model in copies.items():
         assert fingerprint_distance(base, fingerprint(model, tok, RULES)) < RULES.fingerprint_threshold, name
@@ -302,19 +167,12 @@ def test_fingerprint_ids_and_distance_edges() -> None:
     assert fingerprint_distance([], []) == float("inf")
 
 
-def test_teacher_run_is_a_context_manager(tmp_path) -> None:
-    with TeacherRun(tmp_path, 0) as r:
-        assert len(r) == 0
-        with pytest.raises(IndexError):
-            r.logprobs(0)
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_scoring_on_cuda_is_bf16_and_agrees_with_cpu(run, teacher, tok, tmp_path) -> None:
     """The same code on CUDA: bf16 weights, sdpa, KL close to the fp32 CPU numbers."""
     path = save_model_dir(teacher, tok, tmp_path / "t")
-    noisy_path = save_model_dir(_copy(teacher, lambda p: p + 0.05 * torch.randn_like(p)), None, tmp_path / "s")
+    noisy_path = save_model_dir(copy_model(teacher, lambda p: p + 0.05 * torch.randn_like(p)), None, tmp_path / "s")
     gpu_teacher = load_causal_lm(path, "cuda")
     assert next(gpu_teacher.parameters()).dtype == torch.bfloat16
     assert gpu_teacher.config._attn_implementation == "sdpa"
