@@ -207,7 +207,7 @@ def greedy(
 def _greedy_batch(
     model: PreTrainedModel, batch: Sequence[Sequence[int]], max_new_tokens: int, eos: Set[int], pad_id: int
 ) -> list[list[int]]:
-    width = max(len(ids) for ids in batch)
+    width = bucket(max(len(ids) for ids in batch))  # masked extra padding: fewer kernel shapes per round
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for row, ids in enumerate(batch):

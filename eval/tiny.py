@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3_5ForCausalLM, Qwen3_5TextConfig
 
 EOS_TOKEN = "<|endoftext|>"
@@ -145,3 +146,28 @@ def quick_train(
         loss.backward()
         opt.step()
     return model.eval()
+
+
+def realistic_lm_head(
+    rows: int, hidden: int, vocab: int, device: torch.device | str = "cpu", seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """bf16 hidden states and lm_head whose logits look like a real LM's: a few tokens at 20-30, a bulk within +-3.
+
+    Returns ``(hidden, weight, teacher_logprobs, logits64)``: bf16 operands, fp32 teacher log-probs at a KL
+    of a few hundredths from the student, and the student's logits in float64 from the same bf16 operands.
+    Random small logits hide the rounding that decides real contests (LESSONS 29); these do not.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    topics = 16
+    basis = torch.linalg.qr(torch.randn(hidden, topics, generator=gen))[0].T  # orthonormal topic directions
+    which = torch.randint(0, topics, (rows,), generator=gen)
+    h = 5.0 * basis[which] + 0.3 * torch.randn(rows, hidden, generator=gen)
+    w = 1.2 * torch.randn(vocab, hidden, generator=gen) / h.norm(dim=1).mean()
+    hot = torch.randint(0, vocab, (topics, 4), generator=gen)
+    for k in range(topics):
+        w[hot[k]] += basis[k] * (4.0 + torch.rand(4, 1, generator=gen))
+    h16, w16 = h.to(device, torch.bfloat16), w.to(device, torch.bfloat16)
+    exact = h16.double() @ w16.double().T
+    noise = 0.25 * torch.randn(rows, vocab, generator=gen).to(device, torch.float64)
+    teacher = torch.log_softmax(exact + noise, dim=-1).float()
+    return h16, w16, teacher, exact

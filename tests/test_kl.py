@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from eval.errors import InfraError, ModelError, VocabMismatchError
-from eval.kl import default_chunk_size, kl_from_hidden, kl_per_position
+from eval.kl import default_chunk_size, exact_logits, kl_from_hidden, kl_per_position
+from eval.tiny import realistic_lm_head
 
 
 def reference_kl(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
@@ -192,3 +193,40 @@ def test_hidden_path_blames_the_right_side_for_non_finite_values() -> None:
         kl_from_hidden(teacher, h, w.clone().index_fill_(0, torch.tensor([7]), float("inf")))
     with pytest.raises(InfraError):
         kl_from_hidden(teacher.clone().index_fill_(1, torch.tensor([2]), float("nan")), h, w)
+
+
+def test_bf16_logits_bias_the_kl_and_exact_logits_remove_it() -> None:
+    """LESSONS 29: at real logit scales (top logits 20-30) bf16 output rounding moves the KL by percents."""
+    h, w, teacher, logits64 = realistic_lm_head(rows=64, hidden=256, vocab=20_000, seed=7)
+    top = logits64.max(dim=-1).values
+    assert 18 < float(top.median()) < 32 and float(logits64.median().abs()) < 3  # realistic, not random-small
+    reference = reference_kl(teacher, logits64)
+    assert 0.005 < float(reference.mean()) < 0.1
+    rounded = kl_per_position(teacher, torch.nn.functional.linear(h, w)).double()  # bf16 output: the old path
+    bias = float(((rounded.mean() - reference.mean()) / reference.mean()).abs())
+    assert bias > 1e-3, bias  # the bug is real at these scales: ~10x the allowed error or more
+    for got in (kl_from_hidden(teacher, h, w).double(), kl_per_position(teacher, exact_logits(h, w)).double()):
+        assert float(((got.mean() - reference.mean()) / reference.mean()).abs()) < 1e-4
+        assert float((got - reference).abs().max()) < 1e-4
+
+
+def test_exact_logits_are_fp32_and_match_float64() -> None:
+    h, w, _, logits64 = realistic_lm_head(rows=8, hidden=64, vocab=500, seed=1)
+    got = exact_logits(h, w)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got.double(), logits64, atol=1e-4, rtol=1e-6)
+    b = torch.randn(500)
+    assert torch.allclose(exact_logits(h, w, b), got + b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_exact_logits_on_cuda_match_float64() -> None:
+    h, w, teacher, logits64 = realistic_lm_head(rows=256, hidden=2048, vocab=65_536, device="cuda", seed=2)
+    got = exact_logits(h, w)
+    assert got.dtype == torch.float32 and got.is_cuda
+    assert float((got.double() - logits64).abs().max()) < 1e-3
+    reference = reference_kl(teacher, logits64)
+    kl = kl_from_hidden(teacher, h, w).double()
+    assert float(((kl.mean() - reference.mean()) / reference.mean()).abs()) < 1e-4
+    assert float((kl - reference).abs().max()) < 1e-4
