@@ -184,8 +184,15 @@ def kl_from_hidden(
 
 
 def _kl_hidden_rows(teacher: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor | None, step: int) -> Tensor:
-    """One row chunk of ``kl_from_hidden``: online log-partition over vocabulary blocks."""
+    """One row chunk of ``kl_from_hidden``: online log-partition over vocabulary blocks.
+
+    With the whole vocabulary in one block (the CUDA default) there is nothing
+    to accumulate: the exact logits go straight into the two-log-softmax
+    formula, which is the fewest passes over ``[rows, V]``.
+    """
     rows, vocab = teacher.shape
+    if step >= vocab:
+        return _kl_rows(teacher, exact_logits(hidden, weight, bias))
     t_max, t_z, t_neg_entropy = _teacher_stats(teacher)
     anchor = teacher.argmax(dim=-1)
     shift = _student_logits_at(hidden, weight, bias, anchor)

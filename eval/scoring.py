@@ -163,12 +163,13 @@ def score_student(
             batch = next(batches, None)
             if batch is None:
                 break
-            kl = kl_from_hidden(run.rows(batch.indices, dev), batch.hidden, head.weight, bias)
-            for part in torch.split(kl, batch.lengths):
-                prompt_kl.append(float(part.double().mean()))
-                prompt_tokens.append(int(part.numel()))
-            if progress is not None:
-                progress(len(prompt_kl), len(run), sum(batch.lengths))
+            for i, hidden in zip(batch.indices, torch.split(batch.hidden, batch.lengths), strict=True):
+                # one prompt at a time: the teacher's rows are used where they live, never concatenated
+                kl = kl_from_hidden(run.logprobs(i).to(dev, non_blocking=True), hidden, head.weight, bias)
+                prompt_kl.append(float(kl.double().mean()))
+                prompt_tokens.append(int(kl.numel()))
+                if progress is not None:
+                    progress(len(prompt_kl), len(run), int(kl.numel()))
             if king_kl is not None and len(prompt_kl) < len(run) and _stop_early(king_kl, prompt_kl, rules):
                 return StudentScore(prompt_kl, prompt_tokens, "early_stopped")
     return StudentScore(prompt_kl, prompt_tokens, "ok")

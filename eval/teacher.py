@@ -108,11 +108,6 @@ class TeacherRun:
             return load_file(str(self._disk[i]))["logprobs"]
         raise IndexError(f"no teacher log-probs for prompt {i}")
 
-    def rows(self, indices: Sequence[int], device: torch.device) -> Tensor:
-        """The log-probs of several prompts, concatenated on ``device`` (copies from pinned RAM are async)."""
-        parts = [self.logprobs(i).to(device, non_blocking=True) for i in indices]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
     @property
     def spilled(self) -> int:
         """How many prompts live on disk."""

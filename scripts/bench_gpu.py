@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,7 +29,7 @@ import torch
 from transformers import PreTrainedModel, Qwen3_5ForCausalLM, Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig
 from transformers import Qwen3_5TextConfig as TextConfig
 
-from eval.forward import final_hidden, forced_batches, greedy, logprobs_from_hidden
+from eval.forward import batch_token_budget, final_hidden, forced_batches, greedy, logprobs_from_hidden
 from eval.kl import exact_logits, kl_from_hidden, kl_per_position
 from eval.rules import ContestRules
 from eval.scoring import score_student
@@ -222,19 +223,23 @@ def bench_student(shapes: Shapes, device: torch.device, report: Report, rate: fl
     scored = sum(len(c) for c in run.continuation_ids)
     few = max(2, shapes.prompts // 5)
     few_tokens = sum(len(run.prompt_ids[i]) + len(run.continuation_ids[i]) for i in range(few))
-    sides = {
+    sides: dict[str, Callable[[], Any]] = {
         "new": lambda: score_student(model, run, rules),
         "shipped": lambda: shipped_score(model, run, few),
     }
+    for budget in (shapes.kl_rows * 16, shapes.kl_rows * 64):  # the default's neighbours: smaller and larger batches
+        sides[f"new_budget{budget}"] = partial(score_student, model, run, rules, token_budget=budget)
     times = alternate(sides, shapes.reps, device)
-    new_s = statistics.median(times["new"])
-    shipped_s = statistics.median(times["shipped"]) * shapes.prompts / few
-    for name, seconds, tokens in (("new", new_s, total_tokens), ("shipped", shipped_s, total_tokens)):
+    seconds_of = {name: statistics.median(t) for name, t in times.items()}
+    seconds_of["shipped"] *= shapes.prompts / few
+    for name, seconds in seconds_of.items():
+        tokens = total_tokens
         report.add(
             f"student.{name}", params=params, prompts=shapes.prompts, seconds_per_model=seconds,
             tokens_per_s=tokens / seconds, scored_tokens_per_s=scored / seconds,
             mfu=(2 * body_params * tokens + 2 * head_params * scored) / seconds / rate,
             **({"extrapolated_from_prompts": few, "measured_tokens": few_tokens} if name == "shipped" else {}),
+            **({"token_budget": batch_token_budget(model)} if name == "new" else {}),
         )
     extra = peak_extra(sides["new"], device)
     report.add("student.new_memory", peak_extra_gib=extra / 2**30, teacher_cache_gib=_cache_bytes(run) / 2**30)
@@ -259,6 +264,7 @@ def onpolicy_cost(
         with torch.no_grad():
             return greedy(model, prompts, max_new_tokens=new, eos=set(), pad_id=0, batch_prompts=count)
 
+    generate()  # warm: the linear-attention kernels compile for each new batch shape
     gen_s, conts = timed(generate, device)
 
     def forced() -> None:
