@@ -53,6 +53,9 @@ DEFAULT_TEACHER_RAM_BYTES = 4 * 1024**3
 # GPU memory kept free beside the teacher and its log-prob cache: generation's
 # KV cache and one right-padded forward of the largest batch.
 TEACHER_PHASE_RESERVE_BYTES = 16 * 1024**3
+# ... and beside the cache while students are scored: the largest admissible
+# student in bf16 (rules.max_params x 2 bytes) plus its batch and KL blocks.
+STUDENT_ACTIVATION_RESERVE_BYTES = 12 * 1024**3
 DOWNLOAD_ATTEMPTS = 3
 
 ProgressFn = Callable[[JobProgress], None]
@@ -194,13 +197,13 @@ def _teacher(
     return revision, dest, tokenizer, model
 
 
-def _device_cache_bytes(device: str) -> int:
-    """GPU memory the teacher's log-prob cache may take: what is free beside the loaded teacher, less a reserve."""
+def _device_cache_bytes(device: str, reserve: int = TEACHER_PHASE_RESERVE_BYTES) -> int:
+    """GPU memory the teacher's log-prob cache may (still) take: what is free now, less ``reserve``."""
     dev = torch.device(device)
     if dev.type != "cuda":
         return 0
     free, _ = torch.cuda.mem_get_info(dev)
-    return max(0, free - TEACHER_PHASE_RESERVE_BYTES)
+    return max(0, free - reserve)
 
 
 def _score_one(
@@ -327,6 +330,11 @@ def run_job(
         )
         scoring.free_model(teacher_model)
         teacher_model = None
+        if torch.device(device).type == "cuda":  # the teacher's memory is free now: bring the cache over
+            reserve = 2 * job.rules.max_params + STUDENT_ACTIVATION_RESERVE_BYTES
+            moved = ctx.run.promote(torch.device(device), ctx.run.device_bytes + _device_cache_bytes(device, reserve))
+            log.info("teacher cache: %d prompts on the GPU (%d moved from host RAM), %d on disk",
+                     ctx.run.on_device, moved, ctx.run.spilled)
         results: list[ModelResult] = []
         king_kl: list[float] | None = None
         for index, ref in enumerate(models):

@@ -108,10 +108,33 @@ class TeacherRun:
             return load_file(str(self._disk[i]))["logprobs"]
         raise IndexError(f"no teacher log-probs for prompt {i}")
 
+    def promote(self, device: torch.device, limit_bytes: int) -> int:
+        """Move host-RAM entries onto ``device`` while they fit in ``limit_bytes``; returns how many moved.
+
+        Called once the teacher's weights are freed: a cache that could not sit
+        beside the teacher usually fits beside a student, and then scoring
+        copies nothing at all.
+        """
+        moved = 0
+        for i, t in sorted(self._kept.items()):
+            size = t.numel() * t.element_size()
+            if t.is_cuda or self._used["device"] + size > limit_bytes:
+                continue
+            self._kept[i] = t.to(device, non_blocking=True)
+            self._used["device"] += size
+            self._used["ram"] -= size
+            moved += 1
+        return moved
+
     @property
     def spilled(self) -> int:
         """How many prompts live on disk."""
         return len(self._disk)
+
+    @property
+    def device_bytes(self) -> int:
+        """Bytes of the cache that live in GPU memory."""
+        return self._used["device"]
 
     @property
     def on_device(self) -> int:

@@ -111,3 +111,25 @@ def test_teacher_run_is_a_context_manager(tmp_path) -> None:
         assert len(r) == 0
         with pytest.raises(IndexError):
             r.logprobs(0)
+
+
+def test_promote_moves_host_entries_while_they_fit(run, teacher, tok, tmp_path) -> None:
+    one = run.logprobs(0).numel() * 4
+    host = run_teacher(teacher, tok, PROMPTS, RULES, cache_dir=tmp_path, ram_limit_bytes=1 << 30)
+    assert host.device_bytes == 0
+    moved = host.promote(torch.device("cpu"), limit_bytes=2 * one + one // 2)
+    assert moved == 2 and host.device_bytes == 2 * one
+    assert host.promote(torch.device("cpu"), limit_bytes=2 * one) == 0  # full: nothing more moves
+    for i in range(len(run)):
+        assert torch.equal(host.logprobs(i), run.logprobs(i))
+    host.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_promote_brings_the_cache_onto_the_gpu(run, teacher, tok, tmp_path) -> None:
+    host = run_teacher(teacher, tok, PROMPTS, RULES, cache_dir=tmp_path, ram_limit_bytes=1 << 30)
+    assert host.on_device == 0 and host.logprobs(0).is_pinned()
+    assert host.promote(torch.device("cuda"), limit_bytes=1 << 30) == len(PROMPTS)
+    assert host.on_device == len(PROMPTS) and host.logprobs(0).is_cuda
+    assert torch.equal(host.logprobs(0).cpu(), run.logprobs(0))
