@@ -94,17 +94,18 @@ def test_v1_database_migrates_to_a_later_version_and_a_failed_step_rolls_back(tm
     s.close()
     v1 = schema.MIGRATIONS
     broken = "ALTER TABLE submissions ADD COLUMN note TEXT; INSERT INTO no_such_table VALUES (1)"
+    n = len(v1)  # the version the file is at now
     monkeypatch.setattr(schema, "MIGRATIONS", (*v1, broken))
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
-    with pytest.raises(SchemaError, match="v2"):
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", n + 1)
+    with pytest.raises(SchemaError, match=f"v{n + 1}"):
         Store.open(path)
     raw = sqlite3.connect(path)
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 1  # nothing half-applied
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == n  # nothing half-applied
     assert "note" not in [r[1] for r in raw.execute("PRAGMA table_info(submissions)")]
     raw.close()
     monkeypatch.setattr(schema, "MIGRATIONS", (*v1, "ALTER TABLE submissions ADD COLUMN note TEXT"))
     s2 = Store.open(path)
-    assert s2._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert s2._db.execute("PRAGMA user_version").fetchone()[0] == n + 1
     assert [tuple(r) for r in s2._db.execute("SELECT note FROM submissions")] == [(None,)]
     assert [c.key for c in s2.candidates([hk("alice")])] == [(hk("alice"), 5)] and s2.integrity_ok()
     s2.close()

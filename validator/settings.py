@@ -31,6 +31,7 @@ class LoopConfig:
     max_strikes: int = 3
     backoff_base: int = 5
     backoff_cap: int = 600
+    chain_backoff_cap_s: float = 600.0
     pod_name: str = "pod"
 
 

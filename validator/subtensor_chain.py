@@ -1,23 +1,29 @@
 """SubtensorChain: the ``Chain`` port on bittensor v11.
 
-The SDK's async ``bt.Client`` runs on a private event loop in a daemon thread; every call is
-wrapped in ``asyncio.wait_for`` so nothing can hang the validator (a timeout is a
-``TransientError``). A dropped websocket gets one retry with a fresh client for reads. Writes
-are never resent blindly: a lost answer to set-weights is settled by reading ``LastUpdate``
-(moved -> confirmed; else a ``TransientError`` the loop retries later), and a second
-commitment would overwrite the first and move its block.
+Calls go through ``validator.subtensor_rpc.RpcRunner`` (a bounded await for each, SDK errors typed
+for the loop). Reads get ``timeout`` (30 s); writes get ``write_timeout`` (90 s).
 
-Weights: the rate limit is checked first (no extrinsic when it would be refused), then the
-``SetWeights`` intent runs, ``result.success`` is read explicitly (LESSONS 22: never truth-test
-the result) and the validator's ``LastUpdate`` must have moved before the receipt says success.
+Finality: writes wait for **inclusion**, not finalization (docs/decisions.md). Inclusion takes a
+block or two (12-24 s); finality usually follows a few blocks later but can stall for minutes,
+and a budget sized for that would leave the loop blind for as long. Nothing here trusts the
+inclusion alone: weights count once ``weights_of`` shows them, a commitment once
+``commitments()`` (read at the **finalized** block, so a fork can never make up a submission)
+shows it. A lost answer to a write is never resent blindly: it is settled by reading the chain
+(``LastUpdate`` moved for weights; the hotkey's commitment for a commit).
+
+Weights: before anything is signed, the validator's standing is read at one block (registered,
+validator permit, stake against ``StakeThreshold``, the rate limit): commit-reveal commits are not
+checked for permit or stake by the chain, and a reveal that fails is dropped silently, so a
+validator without them would "succeed" forever. Then the ``SetWeights`` intent runs (a direct set,
+or a timelocked commit when the subnet runs commit-reveal) and ``result.success`` is read
+explicitly (LESSONS 22). A commit's receipt says when its reveal is due; the loop confirms it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import bittensor as bt
@@ -36,41 +42,29 @@ from validator.chain import (
     RateLimited,
     WeightsReceipt,
     check_commitment_text,
+    normalized_weights,
     version_key,
 )
+from validator.subtensor_rpc import ClientFactory, RpcRunner
 
 T = TypeVar("T")
-ClientFactory = Callable[[str], bt.Client]
-_CONNECTION_ERRORS = (bt.RpcConnectionError, bt.ConnectionNotReady, ConnectionError, OSError)
+_SUB = "SubtensorModule"
+_INCLUSION = {"wait_for_inclusion": True, "wait_for_finalization": False}
 
 
-async def _awaited(awaitable: Awaitable[T]) -> T:
-    return await awaitable
+@dataclass(frozen=True)
+class Standing:
+    """This validator on the subnet at one block: what decides whether weights may be sent."""
 
-
-def _default_factory(network: str) -> bt.Client:
-    return bt.Client(network)
-
-
-class _LoopThread:
-    """A private asyncio loop on a daemon thread, so blocking callers can bound every await."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="subtensor-loop", daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coro, timeout), self.loop)
-        try:
-            return future.result(timeout + 5.0)
-        except FutureTimeout:
-            future.cancel()
-            raise TimeoutError(f"no answer within {timeout:.0f}s") from None
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
+    block: int
+    uid: int | None
+    permit: bool
+    stake: float
+    min_stake: float
+    last_update: int
+    rate_limit: int
+    commit_reveal: bool
+    reveal_blocks: int
 
 
 class SubtensorChain:
@@ -83,51 +77,28 @@ class SubtensorChain:
         wallet: bt.Wallet,
         *,
         timeout: float = 30.0,
+        write_timeout: float = 90.0,
         client_factory: ClientFactory | None = None,
     ) -> None:
         self.network = network
         self.netuid = netuid
         self.wallet = wallet
         self.timeout = timeout
-        self._factory = client_factory or _default_factory
-        self._loop = _LoopThread()
-        self._client: bt.Client | None = None
+        self.write_timeout = write_timeout
+        self._rpc = RpcRunner(network, netuid, timeout, client_factory)
 
     @property
     def hotkey(self) -> str:
         return str(self.wallet.hotkey.ss58_address)
 
-    # -- plumbing -----------------------------------------------------------------------------
-
-    def _drop_client(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            try:
-                self._loop.run(client.close(), 5.0)
-            except Exception:  # noqa: BLE001 - a broken socket may fail to close; it is discarded anyway
-                pass
-
     def _call(self, what: str, op: Callable[[bt.Client], Awaitable[T]], *, retry: bool = True) -> T:
-        """Run ``op`` on a connected client with a timeout; one reconnect on a dropped connection."""
-        for attempt in (1, 2):
-            try:
-                if self._client is None:
-                    self._client = self._loop.run(self._factory(self.network).connect(), self.timeout)
-                return self._loop.run(_awaited(op(self._client)), self.timeout)
-            except TimeoutError as exc:
-                self._drop_client()
-                raise TransientError(f"{what} on {self.network} timed out after {self.timeout:.0f}s") from exc
-            except _CONNECTION_ERRORS as exc:
-                self._drop_client()
-                if attempt == 2 or not retry:
-                    raise TransientError(f"{what} on {self.network} failed: connection lost ({exc})") from exc
-            except bt.BittensorError as exc:  # ChainError, PolicyError, bad arguments: definite answers
-                raise ChainError(f"{what} on netuid {self.netuid} was refused: {exc}") from exc
-        raise AssertionError("unreachable")
+        return self._rpc.call(what, op, retry=retry)
+
+    def _write(self, what: str, op: Callable[[bt.Client], Awaitable[T]]) -> T:
+        return self._rpc.call(what, op, retry=False, timeout=self.write_timeout)
 
     def close(self) -> None:
-        self._drop_client()
-        self._loop.stop()
+        self._rpc.close()
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -137,6 +108,9 @@ class SubtensorChain:
             return BlockRef(number=number, hash=await self._hash_of(client, number))
 
         return self._call("reading the head block", op)
+
+    def block_number(self) -> int:
+        return self._call("reading the block number", lambda client: client.block())
 
     def block_hash(self, number: int) -> str:
         return self._call(f"reading block {number}", lambda client: self._hash_of(client, number))
@@ -166,7 +140,8 @@ class SubtensorChain:
 
     def commitments(self) -> dict[str, Commitment]:
         async def op(client: bt.Client) -> dict[str, Commitment]:
-            found = await client.subnets.commitments(self.netuid)
+            final = await client.finalized_block()  # a fork's commitment never becomes a submission
+            found = await client.subnets.commitments(self.netuid, block=final)
             return {
                 hotkey: Commitment(hotkey=hotkey, block=int(c.block), text=c.value)
                 for hotkey, c in found.items()
@@ -180,13 +155,26 @@ class SubtensorChain:
             "reading the weights rate limit", lambda client: client.hyperparameters.weights_rate_limit(self.netuid)
         )
 
+    async def _min_stake(self, client: bt.Client, block: int) -> float:
+        threshold, owner = await asyncio.gather(
+            client.query((_SUB, "StakeThreshold"), None, block=block),
+            client.query((_SUB, "SubnetOwnerHotkey"), [self.netuid], block=block),
+        )
+        return 0.0 if owner is not None and str(owner) == self.hotkey else int(threshold or 0) / 1e9
+
+    def weights_min_stake(self) -> float:
+        async def op(client: bt.Client) -> float:
+            return await self._min_stake(client, await client.block())
+
+        return self._call("reading the stake threshold", op)
+
     async def _uid_and_last(self, client: bt.Client, hotkey: str) -> tuple[int | None, int]:
         """The hotkey's uid and its LastUpdate, read at one pinned block."""
         block = await client.block()
-        uid = await client.query(("SubtensorModule", "Uids"), [self.netuid, hotkey], block=block)
+        uid = await client.query((_SUB, "Uids"), [self.netuid, hotkey], block=block)
         if uid is None:
             return None, 0
-        last = await client.query(("SubtensorModule", "LastUpdate"), [self.netuid], block=block)
+        last = await client.query((_SUB, "LastUpdate"), [self.netuid], block=block)
         uid = int(uid)
         return uid, int(last[uid]) if isinstance(last, (list, tuple)) and uid < len(last) else 0
 
@@ -194,52 +182,74 @@ class SubtensorChain:
         uid, last = self._call("reading last update", lambda client: self._uid_and_last(client, hotkey))
         return last if uid is not None and last > 0 else None
 
+    def weights_of(self, hotkey: str) -> dict[int, float] | None:
+        """The hotkey's row of ``SubtensorModule.Weights`` (mechanism 0), as fractions of the row."""
+
+        async def op(client: bt.Client) -> dict[int, float] | None:
+            block = await client.block()
+            uid = await client.query((_SUB, "Uids"), [self.netuid, hotkey], block=block)
+            if uid is None:
+                return None
+            row = await client.query((_SUB, "Weights"), [self.netuid, int(uid)], block=block) or []
+            return normalized_weights([int(t) for t, _ in row], [float(v) for _, v in row])
+
+        return self._call("reading weights", op)
+
     def is_registered(self, hotkey: str) -> bool:
         uid = self._call("reading registration", lambda client: client.neurons.uid(hotkey, self.netuid))
         return uid is not None
+
+    async def _standing(self, client: bt.Client) -> Standing:
+        block = await client.block()
+        graph, min_stake, limit, enabled, period, tempo = await asyncio.gather(
+            client.subnets.metagraph(self.netuid, block, commitments=False),
+            self._min_stake(client, block),
+            client.query((_SUB, "WeightsSetRateLimit"), [self.netuid], block=block),
+            client.query((_SUB, "CommitRevealWeightsEnabled"), [self.netuid], block=block),
+            client.query((_SUB, "RevealPeriodEpochs"), [self.netuid], block=block),
+            client.query((_SUB, "Tempo"), [self.netuid], block=block),
+        )
+        me = graph.by_hotkey(self.hotkey) if graph is not None else None
+        # a commit made in epoch e is revealed at the start of epoch e + period; one epoch of slack
+        reveal_blocks = (int(period or 1) + 1) * (int(tempo or 360) + 1)
+        return Standing(block, me.uid if me else None, bool(me and me.validator_permit),
+                        float(me.total_stake.amount) if me else 0.0, min_stake, int(me.last_update) if me else 0,
+                        int(limit or 0), bool(enabled), reveal_blocks)  # fmt: skip
 
     # -- signed writes ------------------------------------------------------------------------
 
     def set_weights(self, uids: list[int], weights: list[float]) -> WeightsReceipt:
         if len(uids) != len(weights) or not uids:
             raise ChainError(f"uids and weights must be equal-length and non-empty; got {uids} / {weights}.")
-        hotkey = self.hotkey
-        head = self._call("reading the head block", lambda client: client.block())
-        uid, before = self._call("reading last update", lambda client: self._uid_and_last(client, hotkey))
-        if uid is None:
-            return WeightsReceipt(False, f"Hotkey {hotkey} is not registered on netuid {self.netuid}.", None,
-                                  "not_registered")
-        limit = self.weights_rate_limit()
-        if before > 0 and head - before < limit:
-            return WeightsReceipt(False, f"Weights were set {head - before} blocks ago; the rate limit is "
-                                         f"{limit} blocks.", None, "rate_limited")
+        st = self._call("reading this validator's standing", self._standing)
+        refusal = standing_refusal(st, self.hotkey, self.netuid)
+        if refusal is not None:
+            return refusal
         intent = SetWeights(netuid=self.netuid, uids=list(uids), weights=list(weights), version_key=version_key())
         try:
-            result = self._call("setting weights", lambda client: client.execute(intent, self.wallet), retry=False)
+            result = self._write("setting weights", lambda client: client.execute(intent, self.wallet, **_INCLUSION))
         except TransientError:
             # The answer was lost, not necessarily the extrinsic: never resend blindly (a duplicate would
-            # only meet the rate limit); ask the chain whether LastUpdate moved instead.
-            _, after = self._call("confirming weights", lambda client: self._uid_and_last(client, hotkey))
-            if after > before:
-                return WeightsReceipt(True, f"Weights confirmed on chain at block {after} (the answer was lost).",
-                                      after)
+            # only meet the rate limit); a set or a commit both move LastUpdate, so ask the chain.
+            _, after = self._call("settling a lost weights answer", lambda c: self._uid_and_last(c, self.hotkey))
+            if after > st.last_update:
+                return _accepted(st, after, " (the answer was lost, but LastUpdate moved)")
             raise
         except ChainError as exc:
-            cause = exc.__cause__
-            code = getattr(cause, "code", None)
-            reason = {ErrorCode.RATE_LIMITED: "rate_limited", ErrorCode.NOT_REGISTERED: "not_registered"}
-            return WeightsReceipt(False, str(exc), None, reason.get(code, "rejected") if code else "rejected")
+            return WeightsReceipt(False, str(exc), None, _reason(getattr(exc.__cause__, "name", None),
+                                                                 getattr(exc.__cause__, "code", None)))  # fmt: skip
         if result.success is not True:
-            detail = result.error.message if result.error is not None else result.message
-            return WeightsReceipt(False, f"The chain rejected the weights: {detail or 'no reason given'}.", None,
-                                  "rejected")
-        _, after = self._call("confirming weights", lambda client: self._uid_and_last(client, hotkey))
-        if after <= before:
-            return WeightsReceipt(False, f"The extrinsic reported success but LastUpdate for uid {uid} did not move "
-                                         f"(still {before}).", None, "not_confirmed")
-        return WeightsReceipt(True, f"Weights set and confirmed at block {after}.", after)
+            error = result.error
+            detail = (error.message if error is not None else result.message) or "no reason given"
+            return WeightsReceipt(False, f"The chain rejected the weights: {detail}.", None,
+                                  _reason(error.name, error.code) if error is not None else "rejected")  # fmt: skip
+        block = _inclusion_block(result)
+        if block is None:
+            block = self._call("reading the head block", lambda client: client.block())
+        rounds = f" (drand round {result.data['reveal_round']})" if "reveal_round" in result.data else ""
+        return _accepted(st, block, rounds)
 
-    def commit(self, text: str) -> int:
+    def commit(self, text: str, *, replace: bool = False) -> int:
         """Publish ``text`` as this hotkey's commitment; returns the inclusion block when known.
 
         The block is best-effort (from the extrinsic id, else the head after inclusion):
@@ -250,13 +260,18 @@ class SubtensorChain:
         if not self.is_registered(hotkey):
             raise NotRegistered(f"Hotkey {hotkey} is not registered on netuid {self.netuid}; register first.")
         existing = self._call("reading commitment", lambda client: client.identity.commitment(self.netuid, hotkey))
-        if existing is not None:
-            raise AlreadyCommitted(f"Hotkey {hotkey} already has a commitment on netuid {self.netuid}; "
-                                   "the first one counts, so it is not overwritten.")
+        if existing is not None and not replace:
+            raise AlreadyCommitted(f"Hotkey {hotkey} already has a commitment on netuid {self.netuid}; a new one "
+                                   "would replace it and withdraw the submission it holds, so it is not sent.")
         call = commitment_call(self.netuid, data)
-        result = self._call(
-            "committing", lambda client: client.submit_call(call, self.wallet, signer="hotkey"), retry=False
-        )
+        try:
+            result = self._write("committing", lambda client: client.submit_call(
+                call, self.wallet, signer="hotkey", **_INCLUSION))  # fmt: skip
+        except TransientError:
+            seen = self._call("settling a lost commit answer", lambda c: c.identity.commitment(self.netuid, hotkey))
+            if seen is not None and seen.data == text and (existing is None or seen.block > existing.block):
+                return int(seen.block)  # the write landed; only its answer was lost
+            raise
         if result.success is not True:
             error = result.error
             message = (error.message if error is not None else result.message) or "no reason given"
@@ -266,9 +281,45 @@ class SubtensorChain:
             if code == ErrorCode.NOT_REGISTERED or name == "AccountNotAllowedCommit":
                 raise NotRegistered(f"The chain refused the commitment: {message}.")
             raise ChainError(f"The chain rejected the commitment: {message}.")
-        if result.extrinsic_id and result.extrinsic_id.split("-")[0].isdigit():
-            return int(result.extrinsic_id.split("-")[0])
-        return self._call("reading the head block", lambda client: client.block())
+        block = _inclusion_block(result)
+        return block if block is not None else self._call("reading the head block", lambda client: client.block())
+
+
+def standing_refusal(st: Standing, hotkey: str, netuid: int) -> WeightsReceipt | None:
+    """Why weights must not be sent now (a failed receipt), or None: nothing is signed when refused."""
+    where = f"Hotkey {hotkey} on netuid {netuid}"
+    if st.uid is None:
+        return WeightsReceipt(False, f"{where} is not registered.", None, "not_registered")
+    if not st.permit:
+        return WeightsReceipt(False, f"{where} has no validator permit; weights would not count.", None, "no_permit")
+    if st.stake < st.min_stake:
+        return WeightsReceipt(False, f"{where} has {st.stake:g} stake; weights need {st.min_stake:g} "
+                                     "(StakeThreshold).", None, "low_stake")  # fmt: skip
+    if st.last_update > 0 and st.block - st.last_update < st.rate_limit:
+        return WeightsReceipt(False, f"Weights were set {st.block - st.last_update} blocks ago; the rate limit is "
+                                     f"{st.rate_limit} blocks.", None, "rate_limited")  # fmt: skip
+    return None
+
+
+def _accepted(st: Standing, block: int, note: str) -> WeightsReceipt:
+    if st.commit_reveal:
+        reveal_by = block + st.reveal_blocks
+        return WeightsReceipt(True, f"Weights committed at block {block}{note}; the chain reveals them by about "
+                                    f"block {reveal_by}.", block, committed=True, reveal_by=reveal_by)  # fmt: skip
+    return WeightsReceipt(True, f"Weights set at block {block}{note}.", block, reveal_by=block)
+
+
+def _reason(name: str | None, code: Any) -> str:
+    """Our receipt reason for an SDK/chain error name or code."""
+    named = {"NeuronNoValidatorPermit": "no_permit", "NotEnoughStakeToSetWeights": "low_stake"}
+    if name in named:
+        return named[name]
+    return {ErrorCode.RATE_LIMITED: "rate_limited", ErrorCode.NOT_REGISTERED: "not_registered"}.get(code, "rejected")
+
+
+def _inclusion_block(result: bt.ExtrinsicResult) -> int | None:
+    head = (result.extrinsic_id or "").split("-")[0]
+    return int(head) if head.isdigit() else None
 
 
 def commitment_call(netuid: int, data: bytes) -> Any:
