@@ -119,7 +119,8 @@ class Validator:
         if not report.resumed and not self.stop.is_set():
             self._plan_and_run(number, registered, report)
         if not self.stop.is_set():
-            report.weights = self.weights.step(self.chain, number, neurons, self._king(self.store.candidates(registered)))
+            king = self._king(self.store.candidates(registered))
+            report.weights = self.weights.step(self.chain, number, neurons, king)
         return report
 
     def _sync_submissions(self, number: int, neurons: list[Any], report: EpochReport) -> None:

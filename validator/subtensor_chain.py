@@ -36,6 +36,7 @@ from validator.chain import (
     AlreadyCommitted,
     BlockRef,
     ChainError,
+    ChainThrottled,
     Commitment,
     Neuron,
     NotRegistered,
@@ -228,6 +229,8 @@ class SubtensorChain:
         intent = SetWeights(netuid=self.netuid, uids=list(uids), weights=list(weights), version_key=version_key())
         try:
             result = self._write("setting weights", lambda client: client.execute(intent, self.wallet, **_INCLUSION))
+        except ChainThrottled:
+            raise  # asking again now would add to the 429; the next try's standing check sees LastUpdate
         except TransientError:
             # The answer was lost, not necessarily the extrinsic: never resend blindly (a duplicate would
             # only meet the rate limit); a set or a commit both move LastUpdate, so ask the chain.
@@ -267,6 +270,8 @@ class SubtensorChain:
         try:
             result = self._write("committing", lambda client: client.submit_call(
                 call, self.wallet, signer="hotkey", **_INCLUSION))  # fmt: skip
+        except ChainThrottled:
+            raise  # not now; the caller reads the commitments back later
         except TransientError:
             seen = self._call("settling a lost commit answer", lambda c: c.identity.commitment(self.netuid, hotkey))
             if seen is not None and seen.data == text and (existing is None or seen.block > existing.block):

@@ -67,6 +67,8 @@ class WeightsKeeper:
             settled = self._settle(pending, block)
             if settled in ("waiting", "chain_error") and _same(pending, uids, weights):
                 return "awaiting_reveal" if settled == "waiting" else "chain_error"
+            if settled == "confirmed" and pending["state"] == "committed":
+                settled = "revealed"
         last_any = self.store.last_weights(successful=False)
         if last_any and not last_any["success"] and block - last_any["block"] < self.config.weights_retry_blocks:
             return "retry_later"
@@ -81,7 +83,7 @@ class WeightsKeeper:
         last_ok = self.store.last_weights(successful=True)
         last_block = on_chain if on_chain is not None else (last_ok["block"] if last_ok else None)
         if not weights_due(last_block, block, changed, self.config.weights_interval, rate_limit):
-            return {"confirmed": "revealed", "missed": "unconfirmed"}.get(settled, "not_due")
+            return {"confirmed": "confirmed", "revealed": "revealed", "missed": "unconfirmed"}.get(settled, "not_due")
         return self._send(block, neurons, uids, weights, king)
 
     def _send(self, block: int, neurons: list[Neuron], uids: list[int], weights: list[float], king: Any) -> str:
