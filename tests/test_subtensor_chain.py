@@ -292,7 +292,7 @@ def test_python310_asyncio_timeout_is_typed_too(chain: SubtensorChain, w: World,
         pass
 
     monkeypatch.setattr(asyncio, "TimeoutError", Py310AsyncioTimeout)
-    w.faults["block"] = [asyncio.TimeoutError()]
+    w.faults["block"] = [Py310AsyncioTimeout()]  # what asyncio.TimeoutError is on 3.10
     with pytest.raises(ChainUnavailable, match="timed out"):
         chain.block_number()
 
@@ -347,3 +347,14 @@ def test_mypy_passes_on_the_adapters() -> None:
              "validator/simchain.py", "validator/simchain_weights.py", "validator/wallets.py"]  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "mypy", *files], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_python_311_is_required_where_it_is_declared() -> None:
+    """3.10's separate asyncio.TimeoutError is why: the package, the linters and the README say 3.11+."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    assert project["project"]["requires-python"] == ">=3.11"
+    assert project["tool"]["ruff"]["target-version"] == "py311" and project["tool"]["mypy"]["python_version"] == "3.11"
+    assert "Python >= 3.11" in (root / "README.md").read_text()
