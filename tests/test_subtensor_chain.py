@@ -344,7 +344,8 @@ def test_set_weights_intent(chain: SubtensorChain, w: World) -> None:
 def test_mypy_passes_on_the_adapters() -> None:
     root = Path(__file__).resolve().parents[1]
     files = ["validator/chain.py", "validator/subtensor_chain.py", "validator/subtensor_rpc.py",
-             "validator/simchain.py", "validator/simchain_weights.py", "validator/wallets.py"]  # fmt: skip
+             "validator/subtensor_weights.py", "validator/simchain.py", "validator/simchain_weights.py",
+             "validator/wallets.py"]  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "mypy", *files], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

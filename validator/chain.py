@@ -167,6 +167,22 @@ def normalized_weights(uids: Sequence[int], weights: Sequence[float]) -> dict[in
     return {int(u): w / total for u, w in zip(uids, weights, strict=True) if w > 0}
 
 
+def weights_standing(*, registered: bool, permit: bool, stake: float, min_stake: float) -> tuple[str, str] | None:
+    """``(reason, why)`` when a validator's weights would not count now; None when they would.
+
+    Subtensor applies weights only from a registered hotkey with a validator permit and at least
+    ``StakeThreshold`` stake; on a commit-reveal subnet it checks that only at the reveal, after it
+    has accepted the commit, and drops a failing reveal silently. So callers check first.
+    """
+    if not registered:
+        return "not_registered", "the hotkey is not registered on the subnet"
+    if not permit:
+        return "no_permit", "the hotkey has no validator permit, so its weights would not count"
+    if stake < min_stake:
+        return "low_stake", f"the hotkey has {stake:g} stake and weights need {min_stake:g} (StakeThreshold)"
+    return None
+
+
 def weights_match(on_chain: Mapping[int, float] | None, uids: Sequence[int], weights: Sequence[float]) -> bool:
     """Does the chain's weight row (``Chain.weights_of``) hold this vector, up to u16 rounding?
 

@@ -11,25 +11,17 @@ inclusion alone: weights count once ``weights_of`` shows them, a commitment once
 shows it. A lost answer to a write is never resent blindly: it is settled by reading the chain
 (``LastUpdate`` moved for weights; the hotkey's commitment for a commit).
 
-Weights: before anything is signed, the validator's standing is read at one block (registered,
-validator permit, stake against ``StakeThreshold``, the rate limit): commit-reveal commits are not
-checked for permit or stake by the chain, and a reveal that fails is dropped silently, so a
-validator without them would "succeed" forever. Then the ``SetWeights`` intent runs (a direct set,
-or a timelocked commit when the subnet runs commit-reveal) and ``result.success`` is read
-explicitly (LESSONS 22). A commit's receipt says when its reveal is due; the loop confirms it.
+Weights (the standing check, ``SetWeights``, commit-reveal) live in ``validator.subtensor_weights``.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import bittensor as bt
 from bittensor import calls
 from bittensor.error_map import ErrorCode
-from bittensor.intents.weights import SetWeights
 
 from eval.errors import TransientError
 from validator.chain import (
@@ -41,34 +33,15 @@ from validator.chain import (
     Neuron,
     NotRegistered,
     RateLimited,
-    WeightsReceipt,
     check_commitment_text,
-    normalized_weights,
-    version_key,
 )
 from validator.subtensor_rpc import ClientFactory, RpcRunner
+from validator.subtensor_weights import INCLUSION, SubtensorWeights, inclusion_block
 
 T = TypeVar("T")
-_SUB = "SubtensorModule"
-_INCLUSION = {"wait_for_inclusion": True, "wait_for_finalization": False}
 
 
-@dataclass(frozen=True)
-class Standing:
-    """This validator on the subnet at one block: what decides whether weights may be sent."""
-
-    block: int
-    uid: int | None
-    permit: bool
-    stake: float
-    min_stake: float
-    last_update: int
-    rate_limit: int
-    commit_reveal: bool
-    reveal_blocks: int
-
-
-class SubtensorChain:
+class SubtensorChain(SubtensorWeights):
     """The contest's view of a real subtensor network, signing with ``wallet``'s hotkey."""
 
     def __init__(
@@ -156,101 +129,11 @@ class SubtensorChain:
             "reading the weights rate limit", lambda client: client.hyperparameters.weights_rate_limit(self.netuid)
         )
 
-    async def _min_stake(self, client: bt.Client, block: int) -> float:
-        threshold, owner = await asyncio.gather(
-            client.query((_SUB, "StakeThreshold"), None, block=block),
-            client.query((_SUB, "SubnetOwnerHotkey"), [self.netuid], block=block),
-        )
-        return 0.0 if owner is not None and str(owner) == self.hotkey else int(threshold or 0) / 1e9
-
-    def weights_min_stake(self) -> float:
-        async def op(client: bt.Client) -> float:
-            return await self._min_stake(client, await client.block())
-
-        return self._call("reading the stake threshold", op)
-
-    async def _uid_and_last(self, client: bt.Client, hotkey: str) -> tuple[int | None, int]:
-        """The hotkey's uid and its LastUpdate, read at one pinned block."""
-        block = await client.block()
-        uid = await client.query((_SUB, "Uids"), [self.netuid, hotkey], block=block)
-        if uid is None:
-            return None, 0
-        last = await client.query((_SUB, "LastUpdate"), [self.netuid], block=block)
-        uid = int(uid)
-        return uid, int(last[uid]) if isinstance(last, (list, tuple)) and uid < len(last) else 0
-
-    def last_weights_block(self, hotkey: str) -> int | None:
-        uid, last = self._call("reading last update", lambda client: self._uid_and_last(client, hotkey))
-        return last if uid is not None and last > 0 else None
-
-    def weights_of(self, hotkey: str) -> dict[int, float] | None:
-        """The hotkey's row of ``SubtensorModule.Weights`` (mechanism 0), as fractions of the row."""
-
-        async def op(client: bt.Client) -> dict[int, float] | None:
-            block = await client.block()
-            uid = await client.query((_SUB, "Uids"), [self.netuid, hotkey], block=block)
-            if uid is None:
-                return None
-            row = await client.query((_SUB, "Weights"), [self.netuid, int(uid)], block=block) or []
-            return normalized_weights([int(t) for t, _ in row], [float(v) for _, v in row])
-
-        return self._call("reading weights", op)
-
     def is_registered(self, hotkey: str) -> bool:
         uid = self._call("reading registration", lambda client: client.neurons.uid(hotkey, self.netuid))
         return uid is not None
 
-    async def _standing(self, client: bt.Client) -> Standing:
-        block = await client.block()
-        graph, min_stake, limit, enabled, period, tempo = await asyncio.gather(
-            client.subnets.metagraph(self.netuid, block, commitments=False),
-            self._min_stake(client, block),
-            client.query((_SUB, "WeightsSetRateLimit"), [self.netuid], block=block),
-            client.query((_SUB, "CommitRevealWeightsEnabled"), [self.netuid], block=block),
-            client.query((_SUB, "RevealPeriodEpochs"), [self.netuid], block=block),
-            client.query((_SUB, "Tempo"), [self.netuid], block=block),
-        )
-        me = graph.by_hotkey(self.hotkey) if graph is not None else None
-        # a commit made in epoch e is revealed at the start of epoch e + period; one epoch of slack
-        reveal_blocks = (int(period or 1) + 1) * (int(tempo or 360) + 1)
-        return Standing(block, me.uid if me else None, bool(me and me.validator_permit),
-                        float(me.total_stake.amount) if me else 0.0, min_stake, int(me.last_update) if me else 0,
-                        int(limit or 0), bool(enabled), reveal_blocks)  # fmt: skip
-
     # -- signed writes ------------------------------------------------------------------------
-
-    def set_weights(self, uids: list[int], weights: list[float]) -> WeightsReceipt:
-        if len(uids) != len(weights) or not uids:
-            raise ChainError(f"uids and weights must be equal-length and non-empty; got {uids} / {weights}.")
-        st = self._call("reading this validator's standing", self._standing)
-        refusal = standing_refusal(st, self.hotkey, self.netuid)
-        if refusal is not None:
-            return refusal
-        intent = SetWeights(netuid=self.netuid, uids=list(uids), weights=list(weights), version_key=version_key())
-        try:
-            result = self._write("setting weights", lambda client: client.execute(intent, self.wallet, **_INCLUSION))
-        except ChainThrottled:
-            raise  # asking again now would add to the 429; the next try's standing check sees LastUpdate
-        except TransientError:
-            # The answer was lost, not necessarily the extrinsic: never resend blindly (a duplicate would
-            # only meet the rate limit); a set or a commit both move LastUpdate, so ask the chain.
-            _, after = self._call("settling a lost weights answer", lambda c: self._uid_and_last(c, self.hotkey))
-            if after > st.last_update:
-                return _accepted(st, after, " (the answer was lost, but LastUpdate moved)")
-            raise
-        except ChainError as exc:
-            return WeightsReceipt(False, str(exc), None, _reason(getattr(exc.__cause__, "name", None),
-                                                                 getattr(exc.__cause__, "code", None)))  # fmt: skip
-        if result.success is not True:
-            error = result.error
-            detail = (error.message if error is not None else result.message) or "no reason given"
-            return WeightsReceipt(False, f"The chain rejected the weights: {detail}.", None,
-                                  _reason(error.name, error.code) if error is not None else "rejected")  # fmt: skip
-        block = _inclusion_block(result)
-        if block is None:
-            block = self._call("reading the head block", lambda client: client.block())
-        rounds = f" (drand round {result.data['reveal_round']})" if "reveal_round" in result.data else ""
-        return _accepted(st, block, rounds)
 
     def commit(self, text: str, *, replace: bool = False) -> int:
         """Publish ``text`` as this hotkey's commitment; returns the inclusion block when known.
@@ -269,7 +152,7 @@ class SubtensorChain:
         call = commitment_call(self.netuid, data)
         try:
             result = self._write("committing", lambda client: client.submit_call(
-                call, self.wallet, signer="hotkey", **_INCLUSION))  # fmt: skip
+                call, self.wallet, signer="hotkey", **INCLUSION))  # fmt: skip
         except ChainThrottled:
             raise  # not now; the caller reads the commitments back later
         except TransientError:
@@ -286,45 +169,8 @@ class SubtensorChain:
             if code == ErrorCode.NOT_REGISTERED or name == "AccountNotAllowedCommit":
                 raise NotRegistered(f"The chain refused the commitment: {message}.")
             raise ChainError(f"The chain rejected the commitment: {message}.")
-        block = _inclusion_block(result)
+        block = inclusion_block(result)
         return block if block is not None else self._call("reading the head block", lambda client: client.block())
-
-
-def standing_refusal(st: Standing, hotkey: str, netuid: int) -> WeightsReceipt | None:
-    """Why weights must not be sent now (a failed receipt), or None: nothing is signed when refused."""
-    where = f"Hotkey {hotkey} on netuid {netuid}"
-    if st.uid is None:
-        return WeightsReceipt(False, f"{where} is not registered.", None, "not_registered")
-    if not st.permit:
-        return WeightsReceipt(False, f"{where} has no validator permit; weights would not count.", None, "no_permit")
-    if st.stake < st.min_stake:
-        return WeightsReceipt(False, f"{where} has {st.stake:g} stake; weights need {st.min_stake:g} "
-                                     "(StakeThreshold).", None, "low_stake")  # fmt: skip
-    if st.last_update > 0 and st.block - st.last_update < st.rate_limit:
-        return WeightsReceipt(False, f"Weights were set {st.block - st.last_update} blocks ago; the rate limit is "
-                                     f"{st.rate_limit} blocks.", None, "rate_limited")  # fmt: skip
-    return None
-
-
-def _accepted(st: Standing, block: int, note: str) -> WeightsReceipt:
-    if st.commit_reveal:
-        reveal_by = block + st.reveal_blocks
-        return WeightsReceipt(True, f"Weights committed at block {block}{note}; the chain reveals them by about "
-                                    f"block {reveal_by}.", block, committed=True, reveal_by=reveal_by)  # fmt: skip
-    return WeightsReceipt(True, f"Weights set at block {block}{note}.", block, reveal_by=block)
-
-
-def _reason(name: str | None, code: Any) -> str:
-    """Our receipt reason for an SDK/chain error name or code."""
-    named = {"NeuronNoValidatorPermit": "no_permit", "NotEnoughStakeToSetWeights": "low_stake"}
-    if name in named:
-        return named[name]
-    return {ErrorCode.RATE_LIMITED: "rate_limited", ErrorCode.NOT_REGISTERED: "not_registered"}.get(code, "rejected")
-
-
-def _inclusion_block(result: bt.ExtrinsicResult) -> int | None:
-    head = (result.extrinsic_id or "").split("-")[0]
-    return int(head) if head.isdigit() else None
 
 
 def commitment_call(netuid: int, data: bytes) -> Any:

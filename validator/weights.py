@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from eval.errors import TransientError
-from validator.chain import Chain, ChainError, Neuron, weights_match
+from validator.chain import Chain, ChainError, Neuron, weights_match, weights_standing
 from validator.contest import Candidate, king_vanished, weights_due, weights_for
 from validator.settings import LoopConfig
 from validator.store import Store
@@ -35,12 +35,8 @@ _CHAIN_ERRORS = (ChainError, TransientError)
 def standing_refusal(me: Neuron | None, min_stake: float) -> tuple[str, str] | None:
     """(reason, message) when this validator's weights would not count now; None when they would."""
     if me is None:
-        return "not_registered", "this validator's hotkey is not registered on the subnet"
-    if not me.validator_permit:
-        return "no_permit", f"uid {me.uid} has no validator permit; weights would not count"
-    if me.stake < min_stake:
-        return "low_stake", f"uid {me.uid} has {me.stake:g} stake; weights need {min_stake:g}"
-    return None
+        return weights_standing(registered=False, permit=False, stake=0.0, min_stake=min_stake)
+    return weights_standing(registered=True, permit=me.validator_permit, stake=me.stake, min_stake=min_stake)
 
 
 def _same(row: dict[str, Any], uids: Sequence[int], weights: Sequence[float]) -> bool:
@@ -87,7 +83,11 @@ class WeightsKeeper:
         return self._send(block, neurons, uids, weights, king)
 
     def _send(self, block: int, neurons: list[Neuron], uids: list[int], weights: list[float], king: Any) -> str:
-        refusal = self._standing(neurons)
+        try:
+            refusal = self._standing(neurons)
+        except _CHAIN_ERRORS as exc:
+            log.warning("weights not sent this epoch: cannot read the stake threshold: %s: %s", type(exc).__name__, exc)
+            return "chain_error"
         if refusal is not None:
             reason, message = refusal
             self.store.record_weights(block, uids, weights, False, f"{reason}: {message}")
@@ -121,11 +121,8 @@ class WeightsKeeper:
     def _standing(self, neurons: list[Neuron]) -> tuple[str, str] | None:
         if self.hotkey is None:
             return None
-        try:
-            min_stake = self.chain.weights_min_stake()
-        except _CHAIN_ERRORS as exc:
-            return "chain_error", f"cannot read the stake threshold: {type(exc).__name__}: {exc}"
-        return standing_refusal(next((n for n in neurons if n.hotkey == self.hotkey), None), min_stake)
+        me = next((n for n in neurons if n.hotkey == self.hotkey), None)
+        return standing_refusal(me, self.chain.weights_min_stake())
 
     def _settle(self, row: dict[str, Any], block: int) -> str:
         """Has an accepted submission shown on chain? confirmed / waiting / missed / chain_error."""
