@@ -116,7 +116,7 @@ class NotRegistered(ChainError):
 
 
 class AlreadyCommitted(ChainError):
-    """The hotkey already has a commitment on this subnet; the first one counts."""
+    """The hotkey already has a commitment on this subnet; writing another would replace (withdraw) it."""
 
 
 class CommitmentTooLong(ChainError):
@@ -205,7 +205,7 @@ class Chain(Protocol):
 
     Writes are signed by the one hotkey the implementation was built with. Reads return
     what the chain says: ``commitments`` reports the chain's current commitment per hotkey
-    with its block; deciding that the first commitment counts is the contest's job.
+    with its block; what a commitment means for the contest is ``validator.contest``'s job.
     """
 
     netuid: int

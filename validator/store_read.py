@@ -174,7 +174,7 @@ class StoreReads:
         return out
 
     def submission(self, hotkey: str) -> list[dict[str, Any]]:
-        """Everything about a hotkey's submissions (first one counts; re-commits show as ignored)."""
+        """Everything about a hotkey's submissions, oldest first (ones a re-commit withdrew show as ignored)."""
         subs = self._all("SELECT * FROM submissions WHERE hotkey = ? ORDER BY commit_block", (hotkey,))
         for s in subs:
             k = (s["hotkey"], s["commit_block"])
