@@ -231,7 +231,7 @@ def _store_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_commit(sub: Any) -> None:
-    c = sub.add_parser("commit", help="commit a checked model for this hotkey (once, permanently)")
+    c = sub.add_parser("commit", help="commit a checked model for this hotkey (once: another would replace it)")
     c.add_argument("--network", default=None, help="finney | test | local | ws://... | sim (env BT_NETWORK)")
     c.add_argument("--sim-db", type=Path, default=None, help="SimChain file for --network sim")
     c.add_argument("--netuid", type=int, required=True)

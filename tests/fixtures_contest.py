@@ -72,13 +72,14 @@ class World:
         self.miners[name] = hk
         return int(self.sim.register(hk, coldkey or hotkey(f"cold-{name}")))
 
-    def commit(self, name: str, repo: str, revision: str | None = None) -> int:
+    def commit(self, name: str, repo: str, revision: str | None = None, *, replace: bool = False) -> int:
+        """Commit as miner ``name`` (``replace``: a re-commit, which the chain lets overwrite the first)."""
         from validator.commitments import format_commitment
         from validator.simchain import SimChain
 
         chain = SimChain(self.sim_db, 1, hotkey=self.miners[name])
         try:
-            block = chain.commit(format_commitment(repo, revision or self.revs[repo]))
+            block = chain.commit(format_commitment(repo, revision or self.revs[repo]), replace=replace)
         finally:
             chain.close()
         self.sim.advance(1)
@@ -111,8 +112,8 @@ def make_world(tmp: Path, hub_src: Path, revs: dict[str, str], *, rate_limit: in
     return World(tmp, hub_root, revs, tmp / "chain.db", tmp / "validator.db", wallet, sim=sim)
 
 
-def make_validator(world: World, pod: Any = None, **config: Any) -> Any:
-    """A Validator on the world's SimChain with a LocalPod (or ``pod``) and the builtin corpus."""
+def make_validator(world: World, pod: Any = None, *, db: Path | None = None, chain: Any = None, **config: Any) -> Any:
+    """A Validator on the world's SimChain (or ``chain``) with a LocalPod (or ``pod``) and the builtin corpus."""
     from eval.admission import TeacherSpec
     from eval.prompts import LocalCorpus
     from validator.loop import LoopConfig, Validator
@@ -123,10 +124,10 @@ def make_validator(world: World, pod: Any = None, **config: Any) -> Any:
     hub = world.hub
     progress = ProgressBox()
     pod = pod or LocalPod(hub, world.root / "pod", "cpu", on_progress=progress.set)
-    store = Store.open(world.db)
+    store = Store.open(db or world.db)
     rev = world.revs[TEACHER]
     cfg = LoopConfig(**{"epoch_blocks": 1, "poll_seconds": 0.05, **config})
-    return Validator(world.sim, store, hub, pod, LocalCorpus(None), world.rules,
+    return Validator(chain or world.sim, store, hub, pod, LocalCorpus(None), world.rules,
                      lambda: TeacherSpec.from_store(hub, TEACHER, rev), cfg, progress=progress)  # fmt: skip
 
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from validator.chain import BlockRef, ChainError, CommitmentTooLong, check_commitment_text, version_key
+from validator.chain import (
+    BlockRef,
+    ChainError,
+    CommitmentTooLong,
+    check_commitment_text,
+    normalized_weights,
+    version_key,
+    weights_match,
+    weights_standing,
+)
 
 
 def test_block_ref_validates_hash() -> None:
@@ -35,3 +44,21 @@ def test_commitment_text_limits_are_bytes_not_characters() -> None:
         check_commitment_text("\u00e9" * 65)
     with pytest.raises(ChainError):
         check_commitment_text("")
+
+
+def test_weights_match_up_to_u16_rounding_and_only_the_same_vector() -> None:
+    king = ([0, 1, 2], [0.0, 1.0, 0.0])
+    assert normalized_weights(*king) == {1: 1.0}
+    assert weights_match({1: 1.0}, *king)
+    assert weights_match({1: 0.6667, 2: 0.3333}, [1, 2], [2.0, 1.0])  # fractions as subtensor's u16 row gives them
+    assert not weights_match({2: 1.0}, *king)  # another king
+    assert not weights_match({1: 0.5, 2: 0.5}, *king)
+    assert not weights_match({}, *king) and not weights_match(None, *king)
+
+
+def test_weights_standing_names_the_first_thing_missing() -> None:
+    ok = {"registered": True, "permit": True, "stake": 10.0, "min_stake": 10.0}
+    assert weights_standing(**ok) is None
+    assert weights_standing(**{**ok, "registered": False})[0] == "not_registered"
+    assert weights_standing(**{**ok, "permit": False})[0] == "no_permit"
+    assert weights_standing(**{**ok, "stake": 9.99})[0] == "low_stake"

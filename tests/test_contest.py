@@ -9,11 +9,13 @@ import pytest
 from eval.rules import ContestRules
 from validator.contest import (
     Candidate,
+    king_vanished,
     new_submissions,
     plan_round,
     strike_missing_repo,
     weights_due,
     weights_for,
+    withdrawn_submissions,
 )
 
 REV = "b" * 40
@@ -63,13 +65,39 @@ def test_known_submission_is_not_recorded_again():
     assert new_submissions([C("hkA", 10, good())], {("hkA", 10)}, [N(0, "hkA", "ck")]) == []
 
 
-def test_recommit_is_recorded_as_ignored():
+def test_recommit_is_a_new_submission_and_withdraws_the_one_it_replaced():
+    """The chain keeps only the newest commitment: that one is the hotkey's submission, for everyone."""
     (s,) = new_submissions([C("hkA", 20, good("org/new"))], {("hkA", 10)}, [N(0, "hkA", "ck")])
-    assert s.key == ("hkA", 20) and s.status == "ignored" and s.repo is None
+    assert s.key == ("hkA", 20) and s.status == "pending" and s.repo == "org/new"
+    assert withdrawn_submissions([C("hkA", 20, good("org/new"))], [("hkA", 10), ("hkB", 5)]) == {("hkA", 10): 20}
 
 
 def test_recommit_seen_once_is_not_recorded_twice():
     assert new_submissions([C("hkA", 20, good())], {("hkA", 10), ("hkA", 20)}, [N(0, "hkA", "ck")]) == []
+    assert withdrawn_submissions([C("hkA", 20, good())], [("hkA", 20)]) == {}
+
+
+def test_nothing_is_withdrawn_without_a_newer_commitment_on_chain():
+    """A hotkey missing from a read (sealed, filtered) or showing an older block withdraws nothing."""
+    assert withdrawn_submissions([], [("hkA", 10)]) == {}
+    assert withdrawn_submissions([C("hkA", 5, good())], [("hkA", 10)]) == {}
+
+
+def test_validator_that_started_late_records_what_one_that_watched_ends_up_with():
+    """Same chain state, different histories: the submission set is the chain's, not the watcher's."""
+    neurons = [N(0, "hkA", "c"), N(1, "hkB", "c")]
+    first = [C("hkA", 10, good("org/old")), C("hkB", 12, good("org/b"))]
+    now = [C("hkA", 30, good("org/new")), C("hkB", 12, good("org/b"))]
+    watcher = {s.key: s.repo for s in new_submissions(first, set(), neurons)}
+    gone = withdrawn_submissions(now, list(watcher))
+    watcher.update({s.key: s.repo for s in new_submissions(now, set(watcher), neurons)})
+    live_watcher = {k: repo for k, repo in watcher.items() if k not in gone}
+    late = {s.key: s.repo for s in new_submissions(now, set(), neurons)}
+    assert live_watcher == late == {("hkA", 30): "org/new", ("hkB", 12): "org/b"}
+
+
+def test_withdrawn_king_vanishes():
+    assert king_vanished(cand("K", 1, "ignored", kl=0.5))
 
 
 def test_recycled_uid_new_hotkey_is_a_fresh_submission():
@@ -84,10 +112,10 @@ def test_unregistered_hotkeys_are_skipped_and_output_is_fifo():
     assert [s.key for s in new_submissions(commits, set(), neurons)] == [("hkZ", 5), ("hkA", 12), ("hkB", 12)]
 
 
-def test_two_commitments_same_hotkey_in_one_sync_first_counts():
+def test_two_commitments_same_hotkey_in_one_sync_the_newest_counts():
     commits = [C("hkA", 20, good("org/late")), C("hkA", 10, good("org/early"))]
     (s,) = new_submissions(commits, set(), [N(0, "hkA", "c")])
-    assert s.key == ("hkA", 10) and s.repo == "org/early"
+    assert s.key == ("hkA", 20) and s.repo == "org/late"
 
 
 # --- plan_round ------------------------------------------------------------

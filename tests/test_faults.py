@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_contest import FakePod, make_validator, seed
+from fixtures_contest import FakePod, hotkey, make_validator, seed
 
 from eval.errors import TransientError
-from validator.chain import ChainError, Commitment, WeightsReceipt
-from validator.commitments import format_commitment
+from validator.chain import ChainError, WeightsReceipt
 from validator.pods import PodDown, PodTimeout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,28 +223,6 @@ def test_uid_recycling_inherits_nothing(world):
     assert dict(zip(w["uids"], w["weights"], strict=True))[uid] == 0.0
 
 
-class OverwritingChain:
-    """The SimChain, but a hotkey's commitment can be overwritten, as subtensor does on a re-commit.
-
-    Like the real chain it then shows only the newest text and block for that hotkey.
-    """
-
-    def __init__(self, inner: Any) -> None:
-        self.inner, self.overrides = inner, {}
-
-    def recommit(self, hotkey: str, text: str) -> int:
-        block = self.inner.head().number
-        self.overrides[hotkey] = Commitment(hotkey=hotkey, block=block, text=text)
-        self.inner.advance(1)
-        return block
-
-    def commitments(self) -> dict[str, Commitment]:
-        return {**self.inner.commitments(), **self.overrides}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
 def _counting_check(v: Any) -> list[Any]:
     inner, seen = v.check, []
 
@@ -257,50 +234,75 @@ def _counting_check(v: Any) -> list[Any]:
     return seen
 
 
-def test_king_recommit_is_recorded_and_ignored_through_the_loop(world):
+def _live(store) -> dict[tuple, tuple]:
+    rows = store._db.execute("SELECT hotkey, commit_block, repo, status FROM submissions WHERE status != 'ignored'")
+    return {(r[0], r[1]): (r[2], r[3]) for r in rows}
+
+
+def test_king_recommit_withdraws_the_king_and_the_new_commitment_is_judged_on_its_own(world):
     seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
-    pod = FakePod({"alice/m1": 0.5, "bob/m2": 0.9})
+    pod = FakePod({"alice/m1": 0.5, "bob/m2": 0.9, "carol/m3": 0.3})
     v = make_validator(world, pod)
-    v.chain = chain = OverwritingChain(world.sim)
     v.epoch()
-    king = v.store.current_king()
-    first_block = king["commit_block"]
-    assert king["hotkey"] == world.miners["m1"]
+    first_block = v.store.current_king()["commit_block"]
     checks = _counting_check(v)
-    text = format_commitment("carol/m3", world.revs["carol/m3"])  # a valid, better-looking model
-    new_block = chain.recommit(world.miners["m1"], text)
+    new_block = world.commit("m1", "carol/m3", replace=True)  # the chain overwrites the first commitment
     world.sim.advance(10)
-    for _ in range(2):  # seen once, recorded once, never admitted nor evaluated
-        report = v.epoch()
-        assert report.round_kind == "none"
-        world.sim.advance(1)
+    report = v.epoch()
+    assert report.withdrawn == 1 and report.new_submissions == 1 and checks == ["carol/m3"]
+    assert report.round_kind == "coronation"  # a withdrawn king holds nothing (LESSONS 20)
     subs = v.store.submission(world.miners["m1"])
-    assert [(s["commit_block"], s["status"]) for s in subs] == [(first_block, "evaluated"), (new_block, "ignored")]
-    assert subs[0]["repo"] == "alice/m1" and subs[1]["raw_text"] == text and subs[1]["repo"] is None
-    assert checks == [] and len(pod.calls) == 1
+    assert [(s["commit_block"], s["status"]) for s in subs] == [(first_block, "ignored"), (new_block, "evaluated")]
+    assert subs[0]["status_detail"] == f"withdrawn: replaced by the commitment at block {new_block}"
+    assert len(subs[0]["evaluations"]) == 1 and len(subs[1]["evaluations"]) == 1  # one evaluation each, ever
     king = v.store.current_king()
-    assert (king["hotkey"], king["commit_block"]) == (world.miners["m1"], first_block)
-    w = v.store.last_weights()
-    uid = next(n.uid for n in world.sim.neurons() if n.hotkey == world.miners["m1"])
-    assert dict(zip(w["uids"], w["weights"], strict=True))[uid] == 1.0
+    assert (king["hotkey"], king["commit_block"]) == (world.miners["m1"], new_block)
+    world.sim.advance(1)
+    assert v.epoch().round_kind == "none" and len(pod.calls) == 2
 
 
-def test_recommit_while_pending_keeps_the_first_model(world):
+def test_a_validator_started_after_a_recommit_agrees_with_one_that_watched_it(world, tmp_path):
+    """The submission set comes from the chain alone, so history changes nothing that counts now."""
+    from validator.simchain import SimChain
+
+    kl = {"alice/m1": 0.5, "bob/m2": 0.9, "carol/m3": 0.3}
+    seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
+    watcher = make_validator(world, FakePod(kl))
+    watcher.epoch()  # m1's first model is king here
+    world.commit("m1", "carol/m3", replace=True)
+    seed(world, ("m3", "alice/m1"))  # m1's withdrawn weights, committed by someone else
+    world.sim.advance(10)
+    watcher.epoch()
+    late_hotkey = hotkey("late-validator")
+    world.sim.register(late_hotkey, hotkey("cold-late"), stake=1000.0, validator_permit=True)
+    late_chain = SimChain(world.sim_db, 1, hotkey=late_hotkey)
+    late = make_validator(world, FakePod(kl), db=tmp_path / "late.db", chain=late_chain)
+    late.epoch()
+    assert _live(watcher.store) == _live(late.store)
+    assert {status for _, status in _live(late.store).values()} == {"evaluated"}  # m3 owns alice/m1 now, for both
+    assert watcher.store.disqualifications() == late.store.disqualifications() == []
+    kings = [(s.current_king()["hotkey"], s.current_king()["commit_block"]) for s in (watcher.store, late.store)]
+    assert kings[0] == kings[1] == (world.miners["m1"], world.sim.commitments()[world.miners["m1"]].block)
+    rewarded = [{u: x for u, x in zip(w["uids"], w["weights"], strict=True) if x} for w in
+                (watcher.store.last_weights(), late.store.last_weights())]  # fmt: skip
+    assert rewarded[0] == rewarded[1] and len(rewarded[0]) == 1
+
+
+def test_recommit_while_pending_replaces_the_pending_model(world):
     seed(world, ("m1", "alice/m1"))
     pod = FakePod()
     v = make_validator(world, pod)
-    v.chain = chain = OverwritingChain(world.sim)
     v.model_store = FlakyStore(world.hub, failures=1)
     assert v.epoch().admission.transient  # the first commitment waits for its retry
     first_block = v.store.submission(world.miners["m1"])[0]["commit_block"]
-    chain.recommit(world.miners["m1"], format_commitment("bob/m2", world.revs["bob/m2"]))
+    world.commit("m1", "bob/m2", replace=True)
     checks = _counting_check(v)
     world.sim.advance(20)
     report = v.epoch()
-    assert report.round_state == "done" and checks == ["alice/m1"]
+    assert report.round_state == "done" and checks == ["bob/m2"]
     subs = v.store.submission(world.miners["m1"])
-    assert [s["status"] for s in subs] == ["evaluated", "ignored"] and subs[0]["commit_block"] == first_block
-    assert [m.repo for m in pod.calls[0].models] == ["alice/m1"]
+    assert [s["status"] for s in subs] == ["ignored", "evaluated"] and subs[0]["commit_block"] == first_block
+    assert [m.repo for m in pod.calls[0].models] == ["bob/m2"]
 
 
 # --- SIGKILL ------------------------------------------------------------------------------------------------

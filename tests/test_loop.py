@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ from typing import Any
 import pytest
 from fixtures_contest import FakePod, make_validator, make_world
 
+from validator.chain import ChainThrottled, ChainUnavailable
+from validator.loop import retry_delay
 from validator.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,3 +150,76 @@ def test_sigterm_stops_the_running_loop_cleanly(world, tmp_path):
     assert any("finishing the current step" in m for m in msgs) and msgs[-1] == "stopped"
     s = Store.open_readonly(world.db)
     assert s.integrity_ok() and s.interrupted_rounds() == [] and s.current_king() is not None
+
+
+class CallLog:
+    """The SimChain, recording which reads the loop makes (and raising from ``fail`` on block_number)."""
+
+    def __init__(self, inner: Any, fail: list[BaseException] | None = None) -> None:
+        self.inner, self.fail, self.calls = inner, fail or [], []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kw: Any) -> Any:
+            self.calls.append(name)
+            if name == "block_number" and self.fail:
+                raise self.fail.pop(0)
+            return attr(*args, **kw)
+
+        return call
+
+
+def test_block_hash_is_fetched_only_for_a_round_and_polls_read_the_number(world):
+    v = make_validator(world, FakePod())
+    v.chain = chain = CallLog(world.sim)
+    v.epoch()  # a first round: its prompts need the block hash
+    assert chain.calls.count("block_hash") == 1 and "head" not in chain.calls
+    chain.calls.clear()
+    world.sim.advance(1)
+    assert v.epoch().round_kind == "none"  # nothing to run: the block itself is never fetched
+    assert "block_hash" not in chain.calls and "head" not in chain.calls and chain.calls.count("block_number") == 1
+    chain.calls.clear()
+    v.config = dataclasses.replace(v.config, epoch_blocks=2, poll_seconds=0.01)
+    target = world.sim.block_number() + 2
+
+    class Advance(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            world.sim.advance(1)
+            return False
+
+    v.stop = Advance()
+    v._sleep(target - 2)
+    assert set(chain.calls) == {"block_number"} and world.sim.block_number() >= target
+
+
+class Recorder(threading.Event):
+    """Records what the loop waits for, and stops it at the first wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(float(timeout or 0))
+        self.set()
+        return True
+
+
+def test_a_throttled_chain_aborts_the_epoch_and_the_loop_backs_off_as_asked(world, caplog):
+    v = make_validator(world, FakePod(), poll_seconds=2.0)
+    v.chain = CallLog(world.sim, [ChainThrottled("HTTP 429 from the RPC endpoint", retry_after_s=45.0)])
+    v.stop = v.rounds.stop = Recorder()
+    assert v.run() == 0
+    assert v.stop.waits == [45.0] and v.chain.calls == ["block_number"]
+    assert "epoch aborted (ChainThrottled" in caplog.text
+
+
+@pytest.mark.parametrize(("failures", "hint", "expected"), [
+    (1, None, 12.0), (2, None, 24.0), (3, None, 48.0), (10, None, 600.0), (1, 90.0, 90.0), (4, 30.0, 96.0),
+])  # fmt: skip
+def test_retry_delay_doubles_up_to_a_cap_and_respects_retry_after(failures, hint, expected):
+    exc = ChainThrottled("429", retry_after_s=hint) if hint is not None else ChainUnavailable("timed out")
+    assert retry_delay(exc, failures, 12.0, 600.0) == expected

@@ -19,7 +19,7 @@ from eval.errors import TransientError
 from eval.stores import LocalHub
 from eval.tiny import save_model_dir, tiny_config, tiny_model, train_tokenizer
 from validator import commit_flow
-from validator.chain import CommitmentTooLong, NotRegistered, RateLimited
+from validator.chain import ChainUnavailable, CommitmentTooLong, NotRegistered, RateLimited
 from validator.commitments import format_commitment, parse_commitment
 from validator.simchain import SimChain
 from validator.wallets import create_test_wallet
@@ -62,7 +62,7 @@ def commit(env, *extra: str, wallet: str = "reg", repo: str = "miner/student") -
             "--model-repo", repo, "--teacher", str(env["teacher"]), "--hub-dir", str(env["hub"].root), *extra]
 
 
-def test_commit_reads_back_and_second_commit_is_refused(env, capsys):
+def test_commit_reads_back_same_commit_is_done_another_is_refused(env, capsys, models):
     assert miner.main(commit(env, "--yes")) == 0
     out = capsys.readouterr().out
     seen = env["chain"].commitments()[env["reg"]]
@@ -70,9 +70,14 @@ def test_commit_reads_back_and_second_commit_is_refused(env, capsys):
     assert parse_commitment(seen.text).revision == env["rev"]  # main resolved to the full SHA
     assert f"revision: miner/student main is at {env['rev']}" in out
     assert f"at block {seen.block}" in out and "COMMITTED" in out
-    assert miner.main(commit(env, "--yes", "--revision", env["rev"])) == 1
+    env["chain"].advance(3)
+    assert miner.main(commit(env, "--yes", "--revision", env["rev"])) == 0  # exactly this is on chain: done
     out = capsys.readouterr().out
-    assert "already committed" in out and "new hotkey" in out
+    assert f"COMMITTED miner/student@{env['rev']} at block {seen.block}" in out and "nothing was written" in out
+    env["hub"].publish("miner/other", models[1])
+    assert miner.main(commit(env, "--yes", repo="miner/other")) == 1  # another model would withdraw the first
+    out = capsys.readouterr().out
+    assert "already committed" in out and "withdraw" in out and "new hotkey" in out
     assert env["chain"].commitments()[env["reg"]] == seen  # the first one stands
 
 
@@ -211,7 +216,7 @@ def test_unencrypted_hotkey_secrets_stay_out_of_every_outcome(env, capsys, caplo
         miner.main(commit(env, *extra, wallet=name))
         captured = capsys.readouterr()
         texts += [captured.out, captured.err]
-    assert "COMMITTED" in texts[2] and "already committed" in texts[4]
+    assert "COMMITTED" in texts[2] and "already holds exactly this commitment" in texts[4]
     _assert_hidden(secrets, *texts, caplog.text)
 
 
@@ -222,7 +227,7 @@ class RefusingChain(SimChain):
         super().__init__(*args, **kwargs)
         self.error, self.attempts = error, 0
 
-    def commit(self, text: str) -> int:
+    def commit(self, text: str, *, replace: bool = False) -> int:
         self.attempts += 1
         raise self.error
 
@@ -233,18 +238,63 @@ class RefusingChain(SimChain):
         (RateLimited("commitments are rate limited: wait 100 blocks"), 1, "rate limited"),
         (CommitmentTooLong("the chain stores at most 128 bytes"), 1, "128 bytes"),
         (NotRegistered("Hotkey x was deregistered"), 1, "deregistered"),
-        (TransientError("websocket closed"), 2, "may still land"),
+        (TransientError("websocket closed"), 3, "may still land"),
     ],
 )
 def test_chain_write_errors_are_one_sentence_and_never_retried(env, error, code, words):
     chain = RefusingChain(env["tmp"] / "sim.db", NETUID, hotkey=env["reg"], error=error)
     lines: list[str] = []
     teacher = TeacherSpec.from_dir(env["teacher"])
-    status = commit_flow.run_commit(_args(env, yes=True), store=env["hub"], teacher=teacher, chain=chain,
+    status = commit_flow.run_commit(_args(env, yes=True, wait=0.2), store=env["hub"], teacher=teacher, chain=chain,
                                      hotkey=env["reg"], revision=env["rev"], out=lines.append)  # fmt: skip
     assert status == code and chain.attempts == 1
-    assert lines[-1].startswith(("REFUSED:", "TRY AGAIN LATER:")) and words in lines[-1] and "\n" not in lines[-1]
+    assert words in lines[-1] and "\n" not in lines[-1]
+    assert lines[-1].startswith(("REFUSED:", "TRY AGAIN LATER:")) or "Do not commit anything else" in lines[-1]
     chain.close()
+
+
+class LostAnswerChain(SimChain):
+    """A SimChain whose write lands and then loses its answer, as a timed-out websocket does."""
+
+    def commit(self, text: str, *, replace: bool = False) -> int:
+        super().commit(text, replace=replace)
+        raise ChainUnavailable("committing on finney timed out after 90s")
+
+
+def test_lost_answer_to_a_commit_that_landed_is_reported_committed_and_a_rerun_agrees(env, capsys):
+    """Not "try again" then "already committed": the chain is read back and says it is done."""
+    chain = LostAnswerChain(env["tmp"] / "sim.db", NETUID, hotkey=env["reg"])
+    lines: list[str] = []
+    teacher = TeacherSpec.from_dir(env["teacher"])
+    status = commit_flow.run_commit(_args(env, yes=True), store=env["hub"], teacher=teacher, chain=chain,
+                                     hotkey=env["reg"], revision=env["rev"], out=lines.append)  # fmt: skip
+    chain.close()
+    block = env["chain"].commitments()[env["reg"]].block
+    assert status == 0 and lines[-1].startswith(f"COMMITTED miner/student@{env['rev']} at block {block}")
+    assert "answer to the write was lost" in lines[-1]
+    assert miner.main(commit(env, "--yes", "--revision", env["rev"])) == 0
+    assert "already holds exactly this commitment" in capsys.readouterr().out
+
+
+def test_commit_through_the_subtensor_adapter_settles_a_lost_answer(env):
+    """The same over ``SubtensorChain``: inclusion only, its own write budget, a lost answer read back."""
+    from subtensor_fakes import SimClient
+
+    from validator.subtensor_chain import SubtensorChain
+
+    calls: list[str] = []
+    client = SimClient(env["chain"], lose_answer={"submit_call"}, calls=calls)
+    wallet = bt.Wallet(name="reg", hotkey="default", path=str(env["wallets"]))
+    chain = SubtensorChain("finney", NETUID, wallet, client_factory=lambda n: client)
+    lines: list[str] = []
+    try:
+        status = commit_flow.run_commit(_args(env, yes=True), store=env["hub"],
+                                         teacher=TeacherSpec.from_dir(env["teacher"]), chain=chain, hotkey=env["reg"],
+                                         revision=env["rev"], out=lines.append)  # fmt: skip
+    finally:
+        chain.close()
+    assert status == 0 and lines[-1].startswith("COMMITTED") and calls.count("submit_call") == 1
+    assert client.kwargs == [{"signer": "hotkey", "wait_for_inclusion": True, "wait_for_finalization": False}]
 
 
 def test_unreachable_network_is_one_sentence(env, capsys):

@@ -105,6 +105,28 @@ def test_http_pod_runs_a_signed_job(tmp_path, wallets):
             HttpPod(url, wallets[1], poll_interval=0.02).run(make_job("h-2"), deadline_s=30)
 
 
+def test_pod_bound_to_its_hotkey_takes_the_host_jobs_named_for_it_and_no_others(tmp_path, wallets):
+    """``--pod URL#HOTKEY``: jobs name their receiver; one signed for another pod is refused (no replay)."""
+    from validator.__main__ import _pod
+    from validator.settings import parse_args
+
+    here, elsewhere = (make_wallet(tmp_path / "pods", n).hotkey.ss58_address for n in ("pod-a", "pod-b"))
+    settings = PodSettings(allow_hotkeys=frozenset({wallets[0].hotkey.ss58_address}), workdir=tmp_path / "w",
+                           pod_hotkey=here)  # fmt: skip
+
+    def host_pod(spec: str) -> HttpPod:
+        pod, name = _pod(parse_args(["run", "--pod", spec], env={}), wallets[0], None, None)
+        assert name == spec.partition("#")[0]
+        pod.poll_interval = 0.02
+        return pod
+
+    with serve(create_app(settings, runner=ScriptedRunner(seconds=0.05))) as url:
+        assert host_pod(f"{url}#{here}").run(make_job("bound-1"), deadline_s=30).job_id == "bound-1"
+        for spec in (f"{url}#{elsewhere}", url):  # signed for the validator's other pod; signed for nobody
+            with pytest.raises(PodRejected, match="401"):
+                host_pod(spec).run(make_job("bound-2"), deadline_s=30)
+
+
 def test_http_pod_deadline_cancels_on_the_pod(tmp_path, wallets):
     with serve(scripted_pod(tmp_path, wallets, seconds=30)) as url:
         pod = HttpPod(url, wallets[0], poll_interval=0.05)

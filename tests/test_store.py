@@ -94,17 +94,18 @@ def test_v1_database_migrates_to_a_later_version_and_a_failed_step_rolls_back(tm
     s.close()
     v1 = schema.MIGRATIONS
     broken = "ALTER TABLE submissions ADD COLUMN note TEXT; INSERT INTO no_such_table VALUES (1)"
+    n = len(v1)  # the version the file is at now
     monkeypatch.setattr(schema, "MIGRATIONS", (*v1, broken))
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
-    with pytest.raises(SchemaError, match="v2"):
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", n + 1)
+    with pytest.raises(SchemaError, match=f"v{n + 1}"):
         Store.open(path)
     raw = sqlite3.connect(path)
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 1  # nothing half-applied
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == n  # nothing half-applied
     assert "note" not in [r[1] for r in raw.execute("PRAGMA table_info(submissions)")]
     raw.close()
     monkeypatch.setattr(schema, "MIGRATIONS", (*v1, "ALTER TABLE submissions ADD COLUMN note TEXT"))
     s2 = Store.open(path)
-    assert s2._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert s2._db.execute("PRAGMA user_version").fetchone()[0] == n + 1
     assert [tuple(r) for r in s2._db.execute("SELECT note FROM submissions")] == [(None,)]
     assert [c.key for c in s2.candidates([hk("alice")])] == [(hk("alice"), 5)] and s2.integrity_ok()
     s2.close()
@@ -272,3 +273,48 @@ def test_concurrent_reader_while_writer_writes(store, tmp_path):
     done.set()
     t.join(timeout=30)
     assert not errors and len(Store.open_readonly(path).commitments()) == 200
+
+
+def test_v1_weights_and_old_rule_recommits_migrate(tmp_path):
+    """v1 rows get a state; re-commits recorded as 'ignored' under the first-counts rule are dropped, to be re-read."""
+    import validator.store_schema as schema
+
+    path = tmp_path / "old.db"
+    raw = sqlite3.connect(path)
+    raw.executescript(schema.MIGRATION_1 + "; PRAGMA user_version = 1;")
+    raw.execute("INSERT INTO submissions(hotkey, commit_block, raw_text, status, first_seen, updated)"
+                " VALUES ('hk', 20, 'x', 'ignored', 0, 0)")  # fmt: skip
+    for ok in (1, 0):
+        raw.execute("INSERT INTO weight_submissions(block, uids, weights, success, confirmed, at)"
+                    " VALUES (?, '[1]', '[1.0]', ?, ?, 0)", (10 + ok, ok, ok or None))  # fmt: skip
+    raw.commit()
+    raw.close()
+    s = Store.open(path)
+    rows = s._db.execute("SELECT block, state, reveal_block FROM weight_submissions ORDER BY block").fetchall()
+    assert [tuple(r) for r in rows] == [(10, "failed", None), (11, "set", 11)]
+    assert s.known_keys() == set() and s.pending_weights() is None
+    s.close()
+
+
+def test_withdrawn_submission_stops_counting_and_owning(store):
+    (a,) = admitted(store, ("alice", 5))
+    store.add_hash(a.key, "content", "c" * 64)
+    assert store.live_keys() == [a.key] and store.metadata_hash_holders("m-alice") == [a.key]
+    assert store.withdraw_submissions({a.key: 9, (hk("nobody"), 1): 9}) == 1
+    row = store.submission(hk("alice"))[0]
+    assert (row["status"], row["status_detail"]) == ("ignored", "withdrawn: replaced by the commitment at block 9")
+    assert store.live_keys() == [] and store.metadata_hash_holders("m-alice") == []
+    assert store.metadata_hash_owner("m-alice") is None and store.known_content_hashes() == []
+    assert store.withdraw_submissions({a.key: 12}) == 0  # already withdrawn: nothing moves
+
+
+def test_weights_states_and_supersede(store):
+    first = store.record_weights(10, [1], [1.0], True, "committed", state="committed", reveal_block=30)
+    assert store.pending_weights()["id"] == first
+    second = store.record_weights(15, [2], [1.0], True, "committed", state="committed", reveal_block=35)
+    rows = {r["id"]: (r["state"], r["confirmed"]) for r in store._db.execute("SELECT * FROM weight_submissions")}
+    assert rows == {first: ("superseded", 0), second: ("committed", None)}
+    store.confirm_weights(second, True, "revealed")
+    assert store.pending_weights() is None and store.last_weights(confirmed=True)["state"] == "revealed"
+    with pytest.raises(StoreError):
+        store.record_weights(16, [2], [1.0], True, state="maybe")

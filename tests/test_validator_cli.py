@@ -44,6 +44,9 @@ def test_flags_and_env_defaults():
     assert s.network == "test" and s.local_pod and s.db == Path("/x/v.db")
     s = parse_args(["run"], env={"KLHILL_PODS": "http://p1,http://p2"})
     assert s.pods == ("http://p1", "http://p2")
+    pod_hotkey = "5E6sptaRAz3w8pY8Vh5TxJBuQY7tV3btExWTbxHYSZoD1vS7"
+    s = parse_args(["run"], env={"KLHILL_PODS": f"http://p1:8091/#{pod_hotkey}, http://p2"})
+    assert [(t.url, t.hotkey) for t in s.pod_targets] == [("http://p1:8091", pod_hotkey), ("http://p2", None)]
 
 
 @pytest.mark.parametrize("argv", [
@@ -51,6 +54,9 @@ def test_flags_and_env_defaults():
     ["run", "--network", "finney"],  # no pod at all
     ["run", "--local-pod", "--pod", "http://x"],  # both
     ["run", "--local-pod", "--epoch-blocks", "0"],
+    ["run", "--pod", "http://x#not-a-hotkey"],  # a pod hotkey must be a valid ss58 address
+    ["run", "--pod", "http://x#"],
+    ["run", "--pod", "gpu-host:8091"],  # no scheme
 ])  # fmt: skip
 def test_bad_flags_exit_with_usage(argv):
     with pytest.raises(SystemExit) as exc:

@@ -116,10 +116,10 @@ def _pod(s: Settings, wallet: Any, model_store: Any, progress: Any) -> tuple[Any
     if s.local_pod:
         pod = LocalPod(model_store, s.workdir, s.device, on_progress=progress.set)
         return pod, f"local:{s.device}"
-    pods = [HttpPod(url, wallet) for url in s.pods]
-    if len(pods) == 1:
-        return pods[0], s.pods[0]
-    return PodPool(pods), ",".join(s.pods)
+    targets = s.pod_targets
+    pods = [HttpPod(t.url, wallet, receiver_ss58=t.hotkey) for t in targets]
+    name = ",".join(t.url for t in targets)
+    return (pods[0] if len(pods) == 1 else PodPool(pods)), name
 
 
 def build(s: Settings) -> Any:

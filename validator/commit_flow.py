@@ -2,12 +2,15 @@
 
 Steps, in order, each able to stop the flow before anything is written:
 resolve the revision -> build the commitment text (the one formatter; too long is refused) ->
-the validator's admission check -> the hotkey is registered -> it has no commitment yet ->
+the validator's admission check -> the hotkey is registered -> it holds no other commitment ->
 show exactly what will be written and confirm -> write -> poll until the chain reads it back.
 
-One commitment per hotkey counts forever (the validator keys submissions by hotkey and commit
-block), so a second commit is refused here before the chain is asked. Nothing is retried
-blindly: a write that timed out may have landed, and re-running this command says so.
+The chain keeps one commitment per hotkey and a new one replaces it, withdrawing the submission
+it held (docs/decisions.md), so this command refuses to write over an existing commitment. Writing
+the same text again is never needed: if the hotkey already holds exactly this commitment, the
+command reports it as committed. Nothing is retried blindly: when the answer to the write is lost
+(a timeout, a dropped connection), the chain is read back until the commitment shows, so a write
+that landed is reported as done, and re-running the command later says the same.
 Secrets never pass through here: only the hotkey's public ss58 address is printed.
 """
 
@@ -28,6 +31,7 @@ from validator.chain import (
     AlreadyCommitted,
     Chain,
     ChainError,
+    ChainThrottled,
     Commitment,
     CommitmentTooLong,
     NotRegistered,
@@ -60,7 +64,8 @@ class Plan:
             f"hotkey:     {self.hotkey}",
             f"model:      {self.repo}@{self.revision}",
             f"commitment: {self.text} ({len(self.text.encode())} bytes)",
-            "This is permanent: one commitment per hotkey counts; changing models needs a new hotkey.",
+            "One commitment per hotkey: committing again later would replace this one and withdraw it "
+            "(it would lose its place in the queue and any crown).",
         ]
 
 
@@ -87,20 +92,24 @@ def admit(store: ModelStore, repo: str, revision: str, teacher: TeacherSpec, rul
     return verdict
 
 
-def preflight(chain: Chain, hotkey: str) -> None:
-    """Refuse an unregistered hotkey or one that already committed (read-only)."""
+def preflight(chain: Chain, hotkey: str, text: str) -> Commitment | None:
+    """Refuse an unregistered hotkey or one holding another commitment (read-only).
+
+    Returns the hotkey's commitment when it is already exactly ``text`` (an earlier run landed).
+    """
     if not chain.is_registered(hotkey):
         raise Refused(f"Hotkey {hotkey} is not registered on netuid {chain.netuid}; register it first "
                       f"(btcli subnets register --netuid {chain.netuid}).")  # fmt: skip
     existing = chain.commitments().get(hotkey)
-    if existing is not None:
+    if existing is not None and existing.text != text:
         raise Refused(already_committed(existing, chain.netuid))
+    return existing
 
 
 def already_committed(existing: Commitment, netuid: int) -> str:
     return (f"Hotkey {existing.hotkey} already committed on netuid {netuid} at block {existing.block} "
-            f"({existing.text}). One commitment per hotkey is permanent; to change models, register a new "
-            "hotkey and commit from it.")  # fmt: skip
+            f"({existing.text}). A new commitment would replace it and withdraw that submission (its place in "
+            "the queue and any crown); to enter another model, register a new hotkey and commit from it.")  # fmt: skip
 
 
 def confirmed(yes: bool, isatty: Callable[[], bool], ask: Callable[[str], str]) -> bool:
@@ -118,30 +127,37 @@ def wait_for(
     """Poll ``commitments()`` until the hotkey's entry shows our text; None after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
+        wait = interval_s
         try:
             seen = chain.commitments().get(plan.hotkey)
-        except TransientError:
+        except TransientError as exc:
             seen = None  # a read may fail while the write is fine: keep polling until the deadline
+            if isinstance(exc, ChainThrottled) and exc.retry_after_s:
+                wait = max(wait, exc.retry_after_s)  # the endpoint asked for a pause: give it one
         if seen is not None:
             if seen.text != plan.text:
                 raise Refused(f"The chain shows a different commitment for {plan.hotkey}: {seen.text!r}.")
             return seen
         if time.monotonic() >= deadline:
             return None
-        sleep(interval_s)
+        sleep(min(wait, max(0.0, deadline - time.monotonic())))
 
 
-def write(chain: Chain, plan: Plan) -> None:
-    """One write, no retry; chain refusals become one sentence each."""
+def write(chain: Chain, plan: Plan) -> str | None:
+    """One write, no retry; chain refusals become one sentence each.
+
+    Returns None when the chain answered, else why the answer was lost (the write may still have
+    landed: the caller reads the chain back instead of guessing).
+    """
     try:
         chain.commit(plan.text)
     except AlreadyCommitted as exc:
-        raise Refused(f"{exc} One commitment per hotkey is permanent; use a new hotkey to change models.") from exc
+        raise Refused(f"{exc} Use a new hotkey to enter another model.") from exc
     except (NotRegistered, CommitmentTooLong, RateLimited) as exc:
         raise Refused(str(exc)) from exc
     except TransientError as exc:
-        raise TransientError(f"the chain did not answer the write ({exc}); it may still land: re-run this "
-                             "command later, which reports an existing commitment instead of writing twice") from exc
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def run_commit(
@@ -164,7 +180,11 @@ def run_commit(
         plan = Plan(args.network, chain.netuid, hotkey, args.model_repo, revision, text)
         verdict = admit(store, args.model_repo, revision, teacher, rules)
         out(f"admissible: {verdict.params:,} parameters, metadata hash {verdict.metadata_hash}")
-        preflight(chain, hotkey)
+        existing = preflight(chain, hotkey, text)
+        if existing is not None:
+            out(f"COMMITTED {plan.repo}@{plan.revision} at block {existing.block} (hotkey {hotkey}, netuid "
+                f"{chain.netuid}): the chain already holds exactly this commitment; nothing was written.")  # fmt: skip
+            return EXIT_OK
         for line in plan.describe():
             out(line)
         if args.dry_run:
@@ -173,7 +193,9 @@ def run_commit(
         if not confirmed(args.yes, isatty, ask or input):
             out("not confirmed: nothing was written.")
             return EXIT_REFUSED
-        write(chain, plan)
+        lost = write(chain, plan)
+        if lost is not None:
+            out(f"the chain did not answer the write ({lost}); reading it back for {args.wait:.0f}s")
         seen = wait_for(chain, plan, args.wait, args.poll_interval, sleep)
     except Refused as exc:
         out(f"REFUSED: {exc}")
@@ -185,10 +207,12 @@ def run_commit(
         out(f"CHAIN ERROR: {exc}")
         return EXIT_REFUSED
     if seen is None:
-        out(f"The commitment was submitted but is not readable after {args.wait:.0f}s. Do not commit again: "
-            "check later with `miner.py commit --dry-run` (it reports the existing commitment).")  # fmt: skip
+        out(f"The commitment was submitted but is not readable after {args.wait:.0f}s; it may still land. Do not "
+            "commit anything else: re-run this same command later, which reports the commitment once the chain "
+            "shows it (and writes nothing twice).")  # fmt: skip
         return EXIT_UNCONFIRMED
-    out(f"COMMITTED {plan.repo}@{plan.revision} at block {seen.block} (hotkey {hotkey}, netuid {chain.netuid}).")
+    note = " (the answer to the write was lost; the chain shows it)" if lost is not None else ""
+    out(f"COMMITTED {plan.repo}@{plan.revision} at block {seen.block} (hotkey {hotkey}, netuid {chain.netuid}){note}.")
     return EXIT_OK
 
 

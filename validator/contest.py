@@ -28,9 +28,11 @@ SubmissionStatus = Literal[
     "invalid",  # final: malformed commitment or failed admission
     "removed",  # final: repo gone (strikes exhausted) or deregistered owner
     "disqualified",  # final: COPY, FUNCTIONAL_COPY, KL_TOO_HIGH
-    "ignored",  # a re-commit by a hotkey whose first commitment already counts
+    "ignored",  # final: withdrawn, its hotkey committed again (the chain keeps only the newest)
 ]
-VANISHED_STATUSES: frozenset[str] = frozenset({"invalid", "removed", "disqualified"})
+VANISHED_STATUSES: frozenset[str] = frozenset({"invalid", "removed", "disqualified", "ignored"})
+LIVE_STATUSES: frozenset[str] = frozenset({"pending", "admitted", "evaluated"})
+"""Statuses a re-commit withdraws; final verdicts (invalid, removed, disqualified) stand."""
 
 
 class CommitmentLike(Protocol):
@@ -54,14 +56,14 @@ def order_key(key: Key) -> tuple[int, str]:
 
 @dataclass(frozen=True)
 class NewSubmission:
-    """A commitment seen for the first time; ``status`` is pending, invalid or ignored."""
+    """A commitment seen for the first time; ``status`` is pending or invalid."""
 
     hotkey: str
     commit_block: int
     uid: int
     coldkey: str
     raw_text: str
-    status: Literal["pending", "invalid", "ignored"]
+    status: Literal["pending", "invalid"]
     repo: str | None = None
     revision: str | None = None
     reason: str | None = None
@@ -71,6 +73,16 @@ class NewSubmission:
         return (self.hotkey, self.commit_block)
 
 
+def current_commitments(commitments: Iterable[CommitmentLike]) -> dict[str, CommitmentLike]:
+    """One commitment per hotkey, the newest, as the chain itself keeps them."""
+    latest: dict[str, CommitmentLike] = {}
+    for c in commitments:
+        prev = latest.get(c.hotkey)
+        if prev is None or c.block > prev.block:
+            latest[c.hotkey] = c
+    return latest
+
+
 def new_submissions(
     commitments: Iterable[CommitmentLike],
     known_keys: Iterable[Key],
@@ -78,35 +90,42 @@ def new_submissions(
 ) -> list[NewSubmission]:
     """Submissions to record from this sync, in seniority order.
 
-    ``known_keys`` are all recorded keys (ignored re-commits included). The first
-    commitment per hotkey counts; a later one (another block) is recorded as
-    ``ignored``. Hotkeys not registered now are skipped (they have no uid to
-    reward); identity never involves the uid, so a new hotkey on a recycled uid
-    inherits nothing (LESSONS 17).
+    A hotkey's submission is its current commitment, identified by ``(hotkey, block)`` as the
+    chain reports them now: the same for every validator, whenever it started (docs/decisions.md).
+    A re-commit is therefore a new submission with a new key; the one it replaces is withdrawn
+    (``withdrawn_submissions``). Hotkeys not registered now are skipped (they have no uid to
+    reward); identity never involves the uid, so a new hotkey on a recycled uid inherits
+    nothing (LESSONS 17).
     """
     known = set(known_keys)
-    known_hotkeys = {hotkey for hotkey, _ in known}
     by_hotkey = {n.hotkey: n for n in neurons}
-    latest: dict[str, CommitmentLike] = {}
-    for c in commitments:
-        prev = latest.get(c.hotkey)
-        if prev is None or c.block < prev.block:
-            latest[c.hotkey] = c
     out: list[NewSubmission] = []
-    for c in sorted(latest.values(), key=lambda c: (c.block, c.hotkey)):
+    for c in sorted(current_commitments(commitments).values(), key=lambda c: (c.block, c.hotkey)):
         neuron = by_hotkey.get(c.hotkey)
         if neuron is None or (c.hotkey, c.block) in known:
             continue
         base = (c.hotkey, c.block, neuron.uid, neuron.coldkey, c.text)
-        if c.hotkey in known_hotkeys:
-            out.append(NewSubmission(*base, status="ignored", reason="re-commit: the first commitment counts"))
-            continue
         parsed = parse_commitment(c.text)
         if isinstance(parsed, Invalid):
             out.append(NewSubmission(*base, status="invalid", reason=parsed.reason))
         else:
             out.append(NewSubmission(*base, status="pending", repo=parsed.repo, revision=parsed.revision))
     return out
+
+
+def withdrawn_submissions(commitments: Iterable[CommitmentLike], live_keys: Iterable[Key]) -> dict[Key, int]:
+    """Live submissions whose hotkey's commitment the chain now shows at a later block: key -> that block.
+
+    The chain overwrote them, so no validator that starts now could see them: they stop counting
+    (no crown, no challenger slot, no ownership claim). A hotkey with no readable commitment now
+    withdraws nothing (a read that filtered a sealed one must not erase a submission).
+    """
+    current = current_commitments(commitments)
+    return {
+        (hotkey, block): current[hotkey].block
+        for hotkey, block in live_keys
+        if hotkey in current and current[hotkey].block > block
+    }
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,13 @@ store before the next step, so a crash anywhere loses nothing: the next start
 resumes an unfinished round with the same job, and a finished round is never
 recorded twice. Decisions are the pure functions of ``validator.contest``;
 this module only sequences I/O.
+
+The chain is asked for what each step needs and no more: the block *number*
+each epoch and each poll (cheap), the block *hash* only when a round is planned
+(on subtensor it costs a whole block). A chain outage at any step ends that step
+with a logged, typed reason; an epoch that could not finish is retried after a
+backoff that doubles with each failure in a row, and never sooner than the RPC
+endpoint asked when it throttled us.
 """
 
 from __future__ import annotations
@@ -17,12 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eval.admission import TeacherSpec, check_model
-from eval.errors import KlhillError, TransientError
+from eval.errors import KlhillError
 from eval.prompts import PromptSource, prompt_sha256, sample_prompts
 from eval.rules import ContestRules
 from eval.stores import ModelStore
 from validator import admit
-from validator.chain import BlockRef, Chain, ChainError, Neuron
+from validator.chain import BlockRef, Chain, ChainThrottled
 from validator.contest import (
     VANISHED_STATUSES,
     Candidate,
@@ -30,13 +37,13 @@ from validator.contest import (
     king_vanished,
     new_submissions,
     plan_round,
-    weights_due,
-    weights_for,
+    withdrawn_submissions,
 )
 from validator.pods import Pod
 from validator.rounds import ProgressBox, RoundRunner, build_job, make_job_id
 from validator.settings import LoopConfig
 from validator.store import Store
+from validator.weights import WeightsKeeper
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,7 @@ class EpochReport:
     round_id: int | None = None
     round_state: str | None = None
     weights: str = "not_due"
+    withdrawn: int = 0
 
 
 class Validator:
@@ -79,6 +87,7 @@ class Validator:
         self._teacher_fn = teacher
         self._teacher: TeacherSpec | None = None
         self.rounds = RoundRunner(store, pod, deadline_s=config.pod_deadline_s, stop=self.stop, progress=progress)
+        self.weights = WeightsKeeper(store, config, self.hotkey)
 
     def teacher(self) -> TeacherSpec:
         """The teacher's tokenizer/vocab spec, fetched once when first needed."""
@@ -91,31 +100,44 @@ class Validator:
 
     # --- the epoch -------------------------------------------------------------
     def epoch(self) -> EpochReport:
-        head = self.chain.head()
+        number = self.chain.block_number()
         neurons = self.chain.neurons()
-        report = EpochReport(block=head.number)
-        self.store.save_metagraph(head.number, [dataclasses.asdict(n) for n in neurons])
-        self.store.set_meta(last_epoch_block=head.number)
-        # frozen chain types satisfy contest's protocols structurally; mypy wants settable attributes
-        new = new_submissions(self.chain.commitments().values(), self.store.known_keys(), neurons)  # type: ignore[arg-type]
-        if new:
-            report.new_submissions = self.store.add_submissions(new)
-            log.info("block %d: %d new submission(s)", head.number, report.new_submissions)
+        report = EpochReport(block=number)
+        self.store.save_metagraph(number, [dataclasses.asdict(n) for n in neurons])
+        self.store.set_meta(last_epoch_block=number)
+        self._sync_submissions(number, neurons, report)
         report.admission = admit.admit_pending(
-            self.store, self.model_store, head.number, self.rules, self.teacher,
+            self.store, self.model_store, number, self.rules, self.teacher,
             backoff_base=self.config.backoff_base, backoff_cap=self.config.backoff_cap, check=self.check,
         )  # fmt: skip
-        admit.check_king_repo(self.store, self.model_store, head.number, self.config.max_strikes)
+        admit.check_king_repo(self.store, self.model_store, number, self.config.max_strikes)
         registered = {n.hotkey for n in neurons}
         for row in self.store.interrupted_rounds():
             if self.stop.is_set():
                 return report
-            report.resumed.append((row["id"], self._resume(row, registered, head)))
+            report.resumed.append((row["id"], self._resume(row, registered, number)))
         if not report.resumed and not self.stop.is_set():
-            self._plan_and_run(head, registered, report)
+            self._plan_and_run(number, registered, report)
         if not self.stop.is_set():
-            report.weights = self._weights(head, neurons, registered)
+            king = self._king(self.store.candidates(registered))
+            report.weights = self.weights.step(self.chain, number, neurons, king)
         return report
+
+    def _sync_submissions(self, number: int, neurons: list[Any], report: EpochReport) -> None:
+        """Record new commitments and withdraw the submissions they replaced, in one transaction."""
+        current = list(self.chain.commitments().values())
+        # frozen chain types satisfy contest's protocols structurally; mypy wants settable attributes
+        new = new_submissions(current, self.store.known_keys(), neurons)  # type: ignore[arg-type]
+        withdrawn = withdrawn_submissions(current, self.store.live_keys())  # type: ignore[arg-type]
+        if not new and not withdrawn:
+            return
+        with self.store.transaction():
+            report.new_submissions = self.store.add_submissions(new)
+            report.withdrawn = self.store.withdraw_submissions(withdrawn)
+        for (hotkey, block), replaced_by in withdrawn.items():
+            log.warning("%s:%d withdrawn: its hotkey committed again at block %d", hotkey, block, replaced_by)
+        if new:
+            log.info("block %d: %d new submission(s)", number, report.new_submissions)
 
     def _king(self, candidates: list[Candidate]) -> Candidate | None:
         row = self.store.current_king()
@@ -124,16 +146,17 @@ class Validator:
         key = (row["hotkey"], row["commit_block"])
         return next((c for c in candidates if c.key == key), None)
 
-    def _plan_and_run(self, head: BlockRef, registered: set[str], report: EpochReport) -> None:
+    def _plan_and_run(self, number: int, registered: set[str], report: EpochReport) -> None:
         candidates = self.store.candidates(registered)
         king = self._king(candidates)
         plan = plan_round(king, candidates, self.rules, self.config.max_challengers)
         report.round_kind = plan.kind
         if plan.kind == "none":
             if plan.vanished_king is not None and self.store.current_king() is not None:
-                self.store.set_king(None, head.number, None, None, "king vanished; nobody left to crown")
+                self.store.set_king(None, number, None, None, "king vanished; nobody left to crown")
                 log.warning("king %s:%d vanished and nobody is left to crown", *plan.vanished_king)
             return
+        head = BlockRef(number, self.chain.block_hash(number))  # the hash only now: a round needs it
         prompts = sample_prompts(head.hash, self.rules, self.prompts)
         keys = [c.key for c in plan.models]
         attempt = int(self.store.rounds(1, 1)["total"]) + 1
@@ -149,7 +172,7 @@ class Validator:
         report.round_id = round_id
         report.round_state = self.rounds.dispatch(round_id, plan, job, head.number)
 
-    def _resume(self, row: dict[str, Any], registered: set[str], head: BlockRef) -> str:
+    def _resume(self, row: dict[str, Any], registered: set[str], number: int) -> str:
         """Re-send an unfinished round's exact job (same id, same prompts), or fail it if it cannot stand."""
         rid = row["id"]
         rules = ContestRules.model_validate(row["rules"])
@@ -182,81 +205,52 @@ class Validator:
         if row["state"] == "planned":
             self.store.mark_dispatched(rid, self.config.pod_name, row["job_id"])
         log.info("resuming round %d (%s) with job %s", rid, row["kind"], row["job_id"])
-        return self.rounds.dispatch(rid, plan, job, head.number)
-
-    # --- weights ---------------------------------------------------------------
-    def _weights(self, head: BlockRef, neurons: list[Neuron], registered: set[str]) -> str:
-        """King 1.0, others 0.0; only when due, within the rate limit, never in a tight loop (LESSONS 22, 23)."""
-        king = self._king(self.store.candidates(registered))
-        if king is None or king_vanished(king):
-            return "no_king"
-        vector = weights_for(king.key, neurons)  # type: ignore[arg-type]
-        if vector is None:
-            return "no_king"
-        uids, weights = vector
-        last_any = self.store.last_weights(successful=False)
-        if last_any and not last_any["success"] and head.number - last_any["block"] < self.config.weights_retry_blocks:
-            return "retry_later"
-        last_ok = self.store.last_weights(successful=True)
-        try:
-            on_chain = self.chain.last_weights_block(self.hotkey) if self.hotkey else None
-            rate_limit = self.chain.weights_rate_limit()
-        except (ChainError, TransientError) as exc:
-            log.warning("weights skipped this epoch: chain read failed: %s", exc)
-            return "chain_error"
-        last_block = on_chain if on_chain is not None else (last_ok["block"] if last_ok else None)
-        changed = last_ok is None or last_ok["uids"] != uids or last_ok["weights"] != weights
-        if not weights_due(last_block, head.number, changed, self.config.weights_interval, rate_limit):
-            return "not_due"
-        try:
-            receipt = self.chain.set_weights(uids, weights)
-        except (ChainError, TransientError) as exc:
-            self.store.record_weights(head.number, uids, weights, False, f"{type(exc).__name__}: {exc}")
-            log.error("set_weights raised; retried in %d blocks: %s", self.config.weights_retry_blocks, exc)
-            return "failed"
-        block = receipt.block if receipt.block is not None else head.number
-        message = receipt.message if receipt.success else f"{receipt.reason or 'failed'}: {receipt.message}"
-        wid = self.store.record_weights(block, uids, weights, receipt.success, message)
-        if not receipt.success:
-            log.error("weights refused (%s); retried in %d blocks", message, self.config.weights_retry_blocks)
-            return "failed"
-        confirmed = False
-        try:
-            seen = self.chain.last_weights_block(self.hotkey) if self.hotkey else None
-            confirmed = seen is not None and seen >= block
-        except (ChainError, TransientError) as exc:
-            log.warning("could not confirm weights: %s", exc)
-        self.store.confirm_weights(wid, confirmed)
-        log.info("weights set at block %d: king %s:%d -> 1.0 over %d uids", block, *king.key, len(uids))
-        return "set"
+        return self.rounds.dispatch(rid, plan, job, number)
 
     # --- the loop ---------------------------------------------------------------
     def run(self, once: bool = False) -> int:
         """Run epochs until stopped; ``once`` runs one. Returns a process exit code."""
+        failures = 0
         while not self.stop.is_set():
-            start: int | None = None
             try:
                 report = self.epoch()
-                start = report.block
-                log.info("epoch at block %d: round=%s/%s weights=%s", report.block, report.round_kind,
-                         report.round_state, report.weights)  # fmt: skip
             except KlhillError as exc:
-                log.error("epoch aborted (%s: %s); trying again next epoch", type(exc).__name__, exc)
+                failures += 1
+                delay = retry_delay(exc, failures, self.config.poll_seconds, self.config.chain_backoff_cap_s)
+                log.error("epoch aborted (%s: %s); trying again in %.0fs", type(exc).__name__, exc, delay)
                 if once:
                     return 1
+                self.stop.wait(delay)
+                continue
+            failures = 0
+            log.info("epoch at block %d: round=%s/%s weights=%s", report.block, report.round_kind,
+                     report.round_state, report.weights)  # fmt: skip
             if once:
                 return 0
-            self._sleep(start)
+            self._sleep(report.block)
         log.info("stopped")
         return 0
 
-    def _sleep(self, start: int | None) -> None:
-        """Wait until ``epoch_blocks`` blocks have passed since ``start``, waking early on stop."""
-        while not self.stop.wait(self.config.poll_seconds):
-            if start is None:
-                return
+    def _sleep(self, start: int) -> None:
+        """Wait until ``epoch_blocks`` blocks have passed since ``start`` (polling the number only)."""
+        failures = 0
+        delay = self.config.poll_seconds
+        while not self.stop.wait(delay):
             try:
-                if self.chain.head().number >= start + self.config.epoch_blocks:
+                if self.chain.block_number() >= start + self.config.epoch_blocks:
                     return
+                failures, delay = 0, self.config.poll_seconds
             except KlhillError as exc:
-                log.warning("head unavailable while sleeping: %s", exc)
+                failures += 1
+                delay = retry_delay(exc, failures, self.config.poll_seconds, self.config.chain_backoff_cap_s)
+                log.warning("block number unavailable while waiting (%s: %s); next look in %.0fs",
+                            type(exc).__name__, exc, delay)  # fmt: skip
+
+
+def retry_delay(exc: BaseException, failures: int, base_s: float, cap_s: float) -> float:
+    """Seconds to wait after ``failures`` failed tries in a row: doubling from ``base_s`` up to ``cap_s``,
+    and never less than a throttling endpoint's ``Retry-After``."""
+    delay = min(cap_s, base_s * 2 ** min(max(failures - 1, 0), 30))
+    if isinstance(exc, ChainThrottled) and exc.retry_after_s is not None:
+        delay = max(delay, exc.retry_after_s)
+    return delay

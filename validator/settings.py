@@ -19,6 +19,35 @@ SIM_NETWORK = "sim"
 
 
 @dataclass(frozen=True)
+class PodTarget:
+    """A pod's URL and, optionally, the pod's own hotkey: every job is signed for that receiver.
+
+    A pod started with ``--pod-hotkey`` accepts only jobs bound to it, so a job signed for one
+    pod cannot be replayed to another pod of the same validator (btauth/1 ``receiver``).
+    """
+
+    url: str
+    hotkey: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> PodTarget:
+        """``URL`` or ``URL#HOTKEY_SS58``; raises ``ValueError`` naming what is wrong."""
+        url, sep, hotkey = spec.strip().partition("#")
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"pod {spec!r}: the URL must start with http:// or https://")
+        if sep and not hotkey:
+            raise ValueError(f"pod {spec!r}: nothing after '#'; give the pod's hotkey ss58 or drop the '#'")
+        if hotkey:
+            from bittensor.keyfiles import Keypair
+
+            try:
+                Keypair(ss58_address=hotkey)
+            except ValueError as exc:
+                raise ValueError(f"pod {spec!r}: {hotkey!r} is not a valid ss58 hotkey ({exc})") from None
+        return cls(url.rstrip("/"), hotkey or None)
+
+
+@dataclass(frozen=True)
 class LoopConfig:
     """How the epoch loop paces itself: the one place these defaults live."""
 
@@ -31,6 +60,7 @@ class LoopConfig:
     max_strikes: int = 3
     backoff_base: int = 5
     backoff_cap: int = 600
+    chain_backoff_cap_s: float = 600.0
     pod_name: str = "pod"
 
 
@@ -46,7 +76,7 @@ class Settings:
     hotkey_name: str | None = None
     wallet_path: str | None = None
     db: Path = Path("state/validator.db")
-    pods: tuple[str, ...] = ()
+    pods: tuple[str, ...] = ()  # each URL[#POD_HOTKEY], checked by parse_args: see pod_targets
     local_pod: bool = False
     device: str = "cpu"
     workdir: Path = Path("state/local-pod")
@@ -63,6 +93,10 @@ class Settings:
     @property
     def is_sim(self) -> bool:
         return self.network == SIM_NETWORK
+
+    @property
+    def pod_targets(self) -> tuple[PodTarget, ...]:
+        return tuple(PodTarget.parse(p) for p in self.pods)
 
     def load_rules(self) -> ContestRules:
         """Rules from ``--rules`` (JSON) or the defaults, with ``--teacher REPO[@REV]`` applied."""
@@ -99,7 +133,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     r.add_argument("--wallet-path", default=None, help="env BT_WALLET_PATH")
     r.add_argument("--db", type=Path, default=Path(env.get("KLHILL_DB", "state/validator.db")))
     pods = r.add_mutually_exclusive_group()
-    pods.add_argument("--pod", action="append", default=None, metavar="URL", help="pod service URL (repeatable)")
+    pods.add_argument("--pod", action="append", default=None, metavar="URL[#HOTKEY]",
+                      help="pod service URL, optionally with the pod's hotkey ss58 after '#' (repeatable; env "
+                      "KLHILL_PODS, comma-separated)")
     pods.add_argument("--local-pod", action="store_true", help="evaluate in this process (CPU demo, tests)")
     r.add_argument("--device", default="cpu", help="device for --local-pod")
     r.add_argument("--workdir", type=Path, default=Path("state/local-pod"), help="scratch dir for --local-pod")
@@ -137,6 +173,11 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         if not urls:
             parser.error("give --pod URL (repeatable, or env KLHILL_PODS) or --local-pod")
         a.pod = urls
+    for spec in a.pod or ():
+        try:
+            PodTarget.parse(spec)
+        except ValueError as exc:
+            parser.error(str(exc))
     return Settings(
         network=a.network, netuid=a.netuid, sim_db=a.sim_db, sim_block_time=a.sim_block_time,
         wallet_name=a.wallet_name, hotkey_name=a.hotkey_name, wallet_path=a.wallet_path, db=a.db,

@@ -14,13 +14,15 @@ transactions. Rules mirror subtensor where the contest depends on them:
   Unpredictable before the seed is known, identical for every reader afterwards.
 - Registration: at most ``max_uids`` neurons; when full, the lowest-stake non-validator
   (oldest on ties) is deregistered and its uid RECYCLED for the newcomer (LESSONS 17).
-- Commitments: one per hotkey per netuid (a second raises ``AlreadyCommitted``), at most
-  128 bytes; they stay in storage after deregistration, as on subtensor.
-- Weights: need registration and a validator permit; a rate limit in blocks. Refusals return
-  a failed ``WeightsReceipt`` (the SDK returns a failed ``ExtrinsicResult`` the same way).
-  Incentive is the stake-weighted mean of the permitted validators' normalised weight
-  vectors, ignoring weights set before the target uid was (re)registered; emission is
-  incentive times the per-tempo emission stored in ``meta``.
+- Commitments: one per hotkey per netuid, at most 128 bytes; a second raises
+  ``AlreadyCommitted`` unless ``replace=True``, which overwrites the text and the block as a
+  re-commit does on subtensor. They stay in storage after deregistration, as on subtensor.
+- Weights (``validator.simchain_weights``): a direct set, or a timelocked commit revealed
+  ``reveal_blocks`` later when commit-reveal is on; registration, permit, stake floor and a
+  rate limit in blocks. Refusals return a failed ``WeightsReceipt`` (the SDK returns a failed
+  ``ExtrinsicResult`` the same way). Incentive is the stake-weighted mean of the permitted
+  validators' normalised weight vectors, ignoring weights set before the target uid was
+  (re)registered; emission is incentive times the per-tempo emission stored in ``meta``.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ from validator.chain import (
     Commitment,
     Neuron,
     NotRegistered,
-    WeightsReceipt,
     check_commitment_text,
 )
 from validator.simchain_admin import SimChainAdmin
+from validator.simchain_weights import SimChainWeights
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -61,9 +63,15 @@ CREATE TABLE IF NOT EXISTS commitments (
 CREATE TABLE IF NOT EXISTS weights (
     netuid INTEGER NOT NULL, hotkey TEXT NOT NULL, block INTEGER NOT NULL,
     uids TEXT NOT NULL, weights TEXT NOT NULL, PRIMARY KEY (netuid, hotkey));
+CREATE TABLE IF NOT EXISTS weight_commits (
+    netuid INTEGER NOT NULL, hotkey TEXT NOT NULL, commit_block INTEGER NOT NULL, reveal_block INTEGER NOT NULL,
+    uids TEXT NOT NULL, weights TEXT NOT NULL);
 """
 
-_DEFAULTS = {"max_uids": "256", "weights_rate_limit": "100", "emission_per_tempo": "1.0"}
+_DEFAULTS = {
+    "max_uids": "256", "weights_rate_limit": "100", "emission_per_tempo": "1.0",
+    "commit_reveal": "0", "reveal_blocks": "10", "fail_reveals": "0", "min_stake": "0.0",
+}  # fmt: skip
 _CHECKPOINT = 1024
 
 
@@ -89,11 +97,12 @@ def derive_incentives(
     return {uid: score / total for uid, score in scores.items()} if total > 0 else {}
 
 
-class SimChain(SimChainAdmin):
+class SimChain(SimChainWeights, SimChainAdmin):
     """An embedded chain bound to one netuid and (optionally) one signing hotkey.
 
     Admin operations (``advance``, ``register``, ``deregister``, ``set_stake``, ``set_validator_permit``,
-    ``set_weights_rate_limit``) come from ``validator.simchain_admin.SimChainAdmin``.
+    ``set_weights_rate_limit``, ``set_commit_reveal``, ``fail_next_reveals``, ``set_min_stake``) come
+    from ``validator.simchain_admin.SimChainAdmin``; weights from ``validator.simchain_weights``.
     """
 
     def __init__(
@@ -185,6 +194,9 @@ class SimChain(SimChainAdmin):
         number = self._number()
         return BlockRef(number=number, hash=self._hash(number))
 
+    def block_number(self) -> int:
+        return self._number()
+
     def block_hash(self, number: int) -> str:
         if number < 0 or number > self._number():
             raise ChainError(f"Block {number} does not exist yet on this SimChain (head is {self._number()}).")
@@ -204,6 +216,7 @@ class SimChain(SimChainAdmin):
     # -- reads --------------------------------------------------------------------------------
 
     def neurons(self) -> list[Neuron]:
+        self._reveal_due()
         rows = self._read(
             "SELECT uid, hotkey, coldkey, stake, validator_permit, registered_at, last_update "
             "FROM neurons WHERE netuid = ? ORDER BY uid",
@@ -244,8 +257,11 @@ class SimChain(SimChainAdmin):
 
     # -- signed writes ------------------------------------------------------------------------
 
-    def commit(self, text: str) -> int:
-        """Record the signer's one commitment at the current block and return that block."""
+    def commit(self, text: str, *, replace: bool = False) -> int:
+        """Record the signer's commitment at the current block and return that block.
+
+        An existing one is kept (``AlreadyCommitted``) unless ``replace``, which overwrites it.
+        """
         hotkey = self._signer()
         check_commitment_text(text)
         block = self._number()
@@ -257,51 +273,13 @@ class SimChain(SimChainAdmin):
             prior = cur.execute(
                 "SELECT block FROM commitments WHERE netuid = ? AND hotkey = ?", (self.netuid, hotkey)
             ).fetchone()
-            if prior is not None:
+            if prior is not None and not replace:
                 raise AlreadyCommitted(
-                    f"Hotkey {hotkey} already committed on netuid {self.netuid} at block {prior[0]}; the first counts."
+                    f"Hotkey {hotkey} already committed on netuid {self.netuid} at block {prior[0]}; "
+                    "a new commitment would replace it."
                 )
             cur.execute(
-                "INSERT INTO commitments (netuid, hotkey, block, text) VALUES (?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO commitments (netuid, hotkey, block, text) VALUES (?, ?, ?, ?)",
                 (self.netuid, hotkey, block, text),
             )
         return block
-
-    def set_weights(self, uids: list[int], weights: list[float]) -> WeightsReceipt:
-        """Record the signer's weight vector, or return a failed receipt saying why not."""
-        hotkey = self._signer()
-        if len(uids) != len(weights) or not uids or len(set(uids)) != len(uids):
-            raise ChainError(f"uids and weights must be equal-length, non-empty and unique; got {uids} / {weights}.")
-        if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-            raise ChainError(f"Weights must be finite, non-negative and not all zero; got {weights}.")
-        block = self._number()
-        with self._write() as cur:
-            row = cur.execute(
-                "SELECT validator_permit, last_update FROM neurons WHERE netuid = ? AND hotkey = ?",
-                (self.netuid, hotkey),
-            ).fetchone()
-            if row is None:
-                return WeightsReceipt(False, f"Hotkey {hotkey} is not registered on netuid {self.netuid}.", None,
-                                      "not_registered")
-            if not row[0]:
-                return WeightsReceipt(False, f"Hotkey {hotkey} has no validator permit on netuid {self.netuid}.",
-                                      None, "no_permit")
-            limit = int(cur.execute("SELECT value FROM meta WHERE key = 'weights_rate_limit'").fetchone()[0])
-            last = int(row[1])
-            if last > 0 and block - last < limit:
-                return WeightsReceipt(
-                    False, f"Weights were set {block - last} blocks ago; the rate limit is {limit} blocks.", None,
-                    "rate_limited",
-                )
-            known = {r[0] for r in cur.execute("SELECT uid FROM neurons WHERE netuid = ?", (self.netuid,))}
-            unknown = sorted(set(uids) - known)
-            if unknown:
-                return WeightsReceipt(False, f"Uids {unknown} are not registered on netuid {self.netuid}.", None,
-                                      "rejected")
-            cur.execute(
-                "INSERT OR REPLACE INTO weights (netuid, hotkey, block, uids, weights) VALUES (?, ?, ?, ?, ?)",
-                (self.netuid, hotkey, block, json.dumps(list(map(int, uids))), json.dumps(list(map(float, weights)))),
-            )
-            sql = "UPDATE neurons SET last_update = ? WHERE netuid = ? AND hotkey = ?"
-            cur.execute(sql, (block, self.netuid, hotkey))
-        return WeightsReceipt(True, f"Weights set at block {block}.", block)

@@ -1,9 +1,11 @@
 """SimChain's admin operations: what a subnet owner or the chain itself does, not a signed call.
 
 Time (``advance``), registration with uid recycling (LESSONS 17), deregistration, stake,
-validator permits and the weights rate limit. They live apart from ``validator.simchain`` so
-that module keeps to the chain port (reads and the two signed writes); ``SimChain`` inherits
-them, so ``SimChain(...).register(...)`` and friends are unchanged for every caller.
+validator permits, the weights rate limit, the stake floor for weights and commit-reveal
+(``set_commit_reveal``, ``fail_next_reveals``: see ``validator.simchain_weights``). They live
+apart from ``validator.simchain`` so that module keeps to the chain port (reads and the two
+signed writes); ``SimChain`` inherits them, so ``SimChain(...).register(...)`` and friends are
+unchanged for every caller.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class SimChainAdmin:
             genesis = float(cur.execute("SELECT value FROM meta WHERE key = 'genesis'").fetchone()[0])
             cur.execute("UPDATE meta SET value = ? WHERE key = 'genesis'", (repr(genesis - blocks * self._block_time),))
         return self.head()
+
     def register(self, hotkey: str, coldkey: str, *, stake: float = 0.0, validator_permit: bool = False) -> int:
         """Admin: give ``hotkey`` a uid, recycling the weakest non-validator's uid when full."""
         block = self._number()
@@ -73,6 +76,7 @@ class SimChainAdmin:
     def _drop(self, cur: sqlite3.Cursor, hotkey: str) -> None:
         cur.execute("DELETE FROM neurons WHERE netuid = ? AND hotkey = ?", (self.netuid, hotkey))
         cur.execute("DELETE FROM weights WHERE netuid = ? AND hotkey = ?", (self.netuid, hotkey))
+        cur.execute("DELETE FROM weight_commits WHERE netuid = ? AND hotkey = ?", (self.netuid, hotkey))
 
     def deregister(self, hotkey: str) -> None:
         """Admin: free the hotkey's uid. Its commitment stays in storage, as on subtensor."""
@@ -99,3 +103,17 @@ class SimChainAdmin:
     def set_weights_rate_limit(self, blocks: int) -> None:
         self._set_meta("weights_rate_limit", str(int(blocks)))
 
+    def set_min_stake(self, stake: float) -> None:
+        """Admin: the stake a hotkey needs for its weights to count (subtensor's ``StakeThreshold``)."""
+        self._set_meta("min_stake", repr(float(stake)))
+
+    def set_commit_reveal(self, enabled: bool, reveal_blocks: int = 10) -> None:
+        """Admin: switch commit-reveal weights on or off; a commit is revealed ``reveal_blocks`` later."""
+        if reveal_blocks < 1:
+            raise ValueError("reveal_blocks must be >= 1")
+        self._set_meta("commit_reveal", "1" if enabled else "0")
+        self._set_meta("reveal_blocks", str(int(reveal_blocks)))
+
+    def fail_next_reveals(self, count: int = 1) -> None:
+        """Admin: the next ``count`` reveals fail silently, as a failed automatic reveal does on subtensor."""
+        self._set_meta("fail_reveals", str(max(0, int(count))))

@@ -23,7 +23,7 @@ from eval.rules import ContestRules
 from eval.schemas import EvalResult
 from validator.contest import Key, NewSubmission
 from validator.store_read import StoreReads
-from validator.store_schema import migrate
+from validator.store_schema import WEIGHT_STATES, migrate
 from validator.verdicts import DQ_STATES, RoundOutcome
 
 DEFAULT_PATH = Path("state/validator.db")
@@ -139,6 +139,22 @@ class Store(StoreReads):
                 n += cur.rowcount
                 if s.status == "invalid":
                     self.add_disqualification(s.key, "INVALID", "commitment", s.reason or "", {}, s.commit_block)
+            return n
+
+    def withdraw_submissions(self, replaced: dict[Key, int]) -> int:
+        """Mark live submissions whose hotkey committed again as withdrawn (status ``ignored``), in one go.
+
+        ``replaced`` maps each key to the block of the commitment that replaced it. A withdrawn king
+        vanishes like a removed one; final verdicts are not touched (``contest.LIVE_STATUSES``).
+        """
+        with self.transaction() as db:
+            n = 0
+            for (hotkey, block), new_block in replaced.items():
+                cur = db.execute("UPDATE submissions SET status = 'ignored', status_detail = ?, updated = ?"
+                                 " WHERE hotkey = ? AND commit_block = ? AND status IN ('pending', 'admitted',"
+                                 " 'evaluated')", (f"withdrawn: replaced by the commitment at block {new_block}",
+                                                   self._clock(), hotkey, block))  # fmt: skip
+                n += cur.rowcount
             return n
 
     def set_status(self, key: Key, status: str, detail: str | None = None) -> None:
@@ -292,23 +308,38 @@ class Store(StoreReads):
 
     def record_weights(
         self, block: int, uids: Sequence[int], weights: Sequence[float], success: bool, message: str = "",
-        confirmed: bool | None = None,
+        confirmed: bool | None = None, *, state: str | None = None, reveal_block: int | None = None,
     ) -> int:  # fmt: skip
+        """Record one weight submission; an accepted one supersedes any earlier one still unconfirmed.
+
+        ``state`` defaults to ``set`` for an accepted submission and ``failed`` otherwise
+        (``validator.store_schema.WEIGHT_STATES``).
+        """
         if len(uids) != len(weights):
             raise StoreError("uids and weights differ in length")
+        state = state or ("set" if success else "failed")
+        if state not in WEIGHT_STATES:
+            raise StoreError(f"unknown weights state {state!r}")
         with self.transaction() as db:
+            if success:
+                db.execute("UPDATE weight_submissions SET state = 'superseded', confirmed = 0"
+                           " WHERE success = 1 AND confirmed IS NULL")  # fmt: skip
             cur = db.execute(
-                "INSERT INTO weight_submissions(block, uids, weights, success, message, confirmed, at)"
-                " VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO weight_submissions(block, uids, weights, success, message, confirmed, at, state,"
+                " reveal_block) VALUES (?,?,?,?,?,?,?,?,?)",
                 (block, dumps([int(u) for u in uids]), dumps([real(w, "weight") for w in weights]), int(success),
-                 message[:2000], None if confirmed is None else int(confirmed), self._clock()),
+                 message[:2000], None if confirmed is None else int(confirmed), self._clock(), state, reveal_block),
             )  # fmt: skip
             assert cur.lastrowid is not None
             return cur.lastrowid
 
-    def confirm_weights(self, weights_id: int, confirmed: bool) -> None:
+    def confirm_weights(self, weights_id: int, confirmed: bool, state: str | None = None) -> None:
+        """Settle a submission: seen on chain (``confirmed``) or given up on; ``state`` moves with it."""
+        if state is not None and state not in WEIGHT_STATES:
+            raise StoreError(f"unknown weights state {state!r}")
         with self.transaction() as db:
-            db.execute("UPDATE weight_submissions SET confirmed = ? WHERE id = ?", (int(confirmed), weights_id))
+            db.execute("UPDATE weight_submissions SET confirmed = ?, state = COALESCE(?, state) WHERE id = ?",
+                       (int(confirmed), state, weights_id))  # fmt: skip
 
     def save_metagraph(self, block: int, neurons: Sequence[dict[str, Any]], keep: int = 100) -> None:
         """Snapshot neurons (plain dicts) for the API; only the latest ``keep`` snapshots are kept."""

@@ -20,6 +20,9 @@ def _key(row: sqlite3.Row | dict[str, Any]) -> str:
     return f"{row['hotkey']}:{row['commit_block']}"
 
 
+_CLAIMING = "JOIN submissions USING (hotkey, commit_block) WHERE submissions.status != 'ignored'"
+
+
 class StoreReads:
     _db: sqlite3.Connection
 
@@ -72,32 +75,48 @@ class StoreReads:
             (block,),
         )
 
+    def live_keys(self) -> list[Key]:
+        """Submissions that still count and a re-commit would withdraw (``contest.LIVE_STATUSES``)."""
+        rows = self._db.execute("SELECT hotkey, commit_block FROM submissions WHERE status IN"
+                                " ('pending', 'admitted', 'evaluated')")  # fmt: skip
+        return [(r[0], r[1]) for r in rows]
+
+    # Ownership (LESSONS 1-5) is claimed only by submissions that still count: a withdrawn one
+    # (status 'ignored') is gone from the chain, so a validator starting now could not know it.
     def known_content_hashes(self) -> list[tuple[Key, str]]:
-        rows = self._db.execute("SELECT hotkey, commit_block, value FROM hashes WHERE kind = 'content'")
+        rows = self._db.execute(f"SELECT hotkey, commit_block, value FROM hashes {_CLAIMING} AND kind = 'content'")
         return [((r[0], r[1]), r[2]) for r in rows]
 
     def metadata_hash_owner(self, value: str) -> Key | None:
-        row = self._db.execute("SELECT hotkey, commit_block FROM hashes WHERE kind = 'metadata' AND value = ?"
-                               " ORDER BY commit_block, hotkey LIMIT 1", (value,)).fetchone()  # fmt: skip
-        return (row[0], row[1]) if row else None
+        holders = self.metadata_hash_holders(value)
+        return holders[0] if holders else None
 
     def metadata_hash_holders(self, value: str) -> list[Key]:
-        """Every submission recorded with this metadata hash, earliest commit first."""
-        rows = self._db.execute("SELECT hotkey, commit_block FROM hashes WHERE kind = 'metadata' AND value = ?"
-                                " ORDER BY commit_block, hotkey", (value,))  # fmt: skip
+        """Every submission that counts, recorded with this metadata hash, earliest commit first."""
+        rows = self._db.execute(f"SELECT hotkey, commit_block FROM hashes {_CLAIMING} AND kind = 'metadata'"
+                                " AND value = ? ORDER BY commit_block, hotkey", (value,))  # fmt: skip
         return [(r[0], r[1]) for r in rows]
 
     def known_fingerprints(self) -> list[tuple[Key, list[float]]]:
-        rows = self._db.execute("SELECT hotkey, commit_block, vector FROM fingerprints")
+        rows = self._db.execute(f"SELECT hotkey, commit_block, vector FROM fingerprints {_CLAIMING}")
         return [((r[0], r[1]), json.loads(r[2])) for r in rows]
 
     def current_king(self) -> dict[str, Any] | None:
         return self._one("SELECT k.*, s.repo, s.revision, s.uid_at_sight FROM king k JOIN submissions s"
                          " USING (hotkey, commit_block) WHERE k.id = 1")  # fmt: skip
 
-    def last_weights(self, successful: bool = True) -> dict[str, Any] | None:
-        where = "WHERE success = 1" if successful else ""
-        row = self._one(f"SELECT * FROM weight_submissions {where} ORDER BY id DESC LIMIT 1")
+    def last_weights(self, successful: bool = True, *, confirmed: bool = False) -> dict[str, Any] | None:
+        """The latest weight submission: any, accepted (``successful``), or seen on chain (``confirmed``)."""
+        where = "WHERE confirmed = 1" if confirmed else "WHERE success = 1" if successful else ""
+        return self._weights_row(f"SELECT * FROM weight_submissions {where} ORDER BY id DESC LIMIT 1")
+
+    def pending_weights(self) -> dict[str, Any] | None:
+        """The accepted submission still waiting to show on chain (a commit before its reveal), if any."""
+        return self._weights_row("SELECT * FROM weight_submissions WHERE success = 1 AND confirmed IS NULL"
+                                 " ORDER BY id DESC LIMIT 1")  # fmt: skip
+
+    def _weights_row(self, sql: str) -> dict[str, Any] | None:
+        row = self._one(sql)
         if row:
             row["uids"], row["weights"] = json.loads(row["uids"]), json.loads(row["weights"])
         return row
@@ -155,7 +174,7 @@ class StoreReads:
         return out
 
     def submission(self, hotkey: str) -> list[dict[str, Any]]:
-        """Everything about a hotkey's submissions (first one counts; re-commits show as ignored)."""
+        """Everything about a hotkey's submissions, oldest first (ones a re-commit withdrew show as ignored)."""
         subs = self._all("SELECT * FROM submissions WHERE hotkey = ? ORDER BY commit_block", (hotkey,))
         for s in subs:
             k = (s["hotkey"], s["commit_block"])

@@ -128,7 +128,24 @@ CREATE TABLE metagraph (block INTEGER PRIMARY KEY, neurons TEXT NOT NULL, at REA
 CREATE TABLE progress (id INTEGER PRIMARY KEY CHECK (id = 1), data TEXT NOT NULL, updated REAL NOT NULL);
 """
 
-MIGRATIONS: tuple[str, ...] = (MIGRATION_1,)
+WEIGHT_STATES = ("failed", "set", "committed", "revealed", "unconfirmed", "superseded")
+"""A weight submission's life: ``failed`` (refused or never sent); ``set`` (applied directly) and
+``committed`` (a timelocked commit) wait for ``confirmed``; a commit that shows on chain becomes
+``revealed``; one that never shows by its deadline ``unconfirmed``; one replaced by a newer commit
+before it showed ``superseded``."""
+
+MIGRATION_2 = """
+ALTER TABLE weight_submissions ADD COLUMN state TEXT;
+ALTER TABLE weight_submissions ADD COLUMN reveal_block INTEGER;
+UPDATE weight_submissions SET state = CASE WHEN success = 0 THEN 'failed' ELSE 'set' END,
+    reveal_block = CASE WHEN success = 0 THEN NULL ELSE block END;
+DELETE FROM submissions WHERE status = 'ignored' AND repo IS NULL;
+"""
+"""Weights state (commit-reveal: committed, then revealed). The DELETE drops re-commits recorded
+under the old "first commitment counts" rule, never parsed and owning nothing; under the current
+rule (docs/decisions.md) the next sync records them again as the hotkey's live submission."""
+
+MIGRATIONS: tuple[str, ...] = (MIGRATION_1, MIGRATION_2)
 """MIGRATIONS[i] takes the schema from user_version i to i + 1."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
