@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -58,15 +59,21 @@ def _reset_peak() -> bool:
         return False
 
 
-def measure_once(run: Callable[[], Any]) -> tuple[float, float | None, Any]:
-    """Seconds, extra peak RSS in MiB (None when unmeasurable) and the result of one run."""
+def measure_once(run: Callable[[], Any]) -> tuple[float, float | None, int, Any]:
+    """Seconds, extra peak RSS in MiB (None when unmeasurable), minor page faults and the result of one run.
+
+    The page faults show what a side pays for memory it touches for the first
+    time: freed blocks this large go back to the kernel, so that is every run.
+    """
     reset = _reset_peak()
     before = _status_kib("VmRSS") if reset else 0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.perf_counter()
     result = run()
     seconds = time.perf_counter() - t0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     extra = (_status_kib("VmHWM") - before) / 1024 if reset else None
-    return seconds, extra, result
+    return seconds, extra, faults, result
 
 
 def alternate(sides: dict[str, Callable[[], Any]], reps: int, warmup: int = 1) -> dict[str, dict[str, Any]]:
@@ -75,13 +82,14 @@ def alternate(sides: dict[str, Callable[[], Any]], reps: int, warmup: int = 1) -
     Warm-up runs count for memory (the first run is where a side allocates the
     most) but not for time.
     """
-    out: dict[str, dict[str, Any]] = {name: {"times": [], "extra_peak_mib": None} for name in sides}
+    out: dict[str, dict[str, Any]] = {name: {"times": [], "page_faults": [], "extra_peak_mib": None} for name in sides}
 
     def record(name: str, timed: bool) -> None:
-        seconds, extra, result = measure_once(sides[name])
+        seconds, extra, faults, result = measure_once(sides[name])
         row = out[name]
         if timed:
             row["times"].append(seconds)
+            row["page_faults"].append(faults)
         if extra is not None:
             row["extra_peak_mib"] = max(extra, row["extra_peak_mib"] or 0.0)
         row["result"] = result
@@ -95,6 +103,7 @@ def alternate(sides: dict[str, Callable[[], Any]], reps: int, warmup: int = 1) -
     for row in out.values():
         times = row["times"]
         row.update(median_s=statistics.median(times), min_s=min(times), max_s=max(times))
+        row["median_page_faults"] = int(statistics.median(row["page_faults"]))
     return out
 
 
@@ -202,18 +211,20 @@ def print_table(rep: dict[str, Any]) -> None:
     logits, hidden = rep["logits"], rep["hidden"]
     before, after = rep["load_average"]
     print(f"V={rep['vocab']}, fp32, CPU threads={logits['threads']}, 1-min load average {before:.2f} -> {after:.2f}")
-    print(f"{'side':<36}{'median s':>10}{'min s':>9}{'max s':>9}{'extra peak MiB':>16}{'max |err|':>11}")
+    print(f"{'side':<36}{'median s':>10}{'min s':>9}{'max s':>9}{'extra peak MiB':>16}{'faults/run':>12}"
+          f"{'max |err|':>11}")
     for name in LOGITS_SIDES:
         row = logits["sides"][name]
         label = f"{name}, T={logits['steps']}"
         print(f"{label:<36}{row['median_s']:>10.3f}{row['min_s']:>9.3f}{row['max_s']:>9.3f}"
-              f"{_mib(row['extra_peak_mib']):>16}{row['max_abs_err_vs_f64']:>11.1e}")
+              f"{_mib(row['extra_peak_mib']):>16}{row['median_page_faults']:>12}{row['max_abs_err_vs_f64']:>11.1e}")
     for name in HIDDEN_SIDES:
         row = hidden["sides"][name]
         label = f"{name}, T={hidden['steps']}, H={hidden['hidden_size']}"
         diff = row.get("max_abs_diff_vs_full_logits")
         print(f"{label:<36}{row['median_s']:>10.3f}{row['min_s']:>9.3f}{row['max_s']:>9.3f}"
-              f"{_mib(row['extra_peak_mib']):>16}{'-' if diff is None else f'{diff:.1e}':>11}")
+              f"{_mib(row['extra_peak_mib']):>16}{row['median_page_faults']:>12}"
+              f"{'-' if diff is None else f'{diff:.1e}':>11}")
     mem = rep["kl_per_position_memory_ratio"]
     hmem = rep["kl_from_hidden_memory_ratio"]
     print(f"kl_per_position: {rep['kl_per_position_speedup']:.2f}x the plain formula's speed, "
