@@ -41,6 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 LOGITS_SIDES = ("plain", "kl_per_position")
 HIDDEN_SIDES = ("full_logits", "kl_from_hidden")
+CASES = {"logits": LOGITS_SIDES, "hidden": HIDDEN_SIDES}  # comparison -> (what it replaces, the project's side)
 TINY = {"vocab": 4096, "steps": 64, "hidden_steps": 64, "hidden": 64, "reps": 3, "hidden_reps": 2}
 
 
@@ -186,21 +187,21 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
-def report(args: argparse.Namespace, logits: dict[str, Any], hidden: dict[str, Any]) -> dict[str, Any]:
-    """The whole run as one JSON-able dict, with the two speed and memory ratios."""
-    lp, lc = (logits["sides"][n] for n in LOGITS_SIDES)
-    hf, hh = (hidden["sides"][n] for n in HIDDEN_SIDES)
-    return {
+def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The whole run as one JSON-able dict, with each comparison's speed and memory ratio (new side vs old)."""
+    rep: dict[str, Any] = {
         "vocab": args.vocab,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "load_average": args.load_before + list(os.getloadavg()[:1]),
-        "logits": logits,
-        "hidden": {**hidden, "hidden_size": args.hidden},
-        "kl_per_position_speedup": lp["median_s"] / lc["median_s"],
-        "kl_per_position_memory_ratio": _ratio(lc["extra_peak_mib"], lp["extra_peak_mib"]),
-        "kl_from_hidden_speedup": hf["median_s"] / hh["median_s"],
-        "kl_from_hidden_memory_ratio": _ratio(hh["extra_peak_mib"], hf["extra_peak_mib"]),
+        **results,
     }
+    if "hidden" in rep:
+        rep["hidden"] = {**rep["hidden"], "hidden_size": args.hidden}
+    for case, res in results.items():
+        old, new = (res["sides"][name] for name in CASES[case])
+        rep[f"{CASES[case][1]}_speedup"] = old["median_s"] / new["median_s"]
+        rep[f"{CASES[case][1]}_memory_ratio"] = _ratio(new["extra_peak_mib"], old["extra_peak_mib"])
+    return rep
 
 
 def _mib(value: float | None) -> str:
@@ -208,28 +209,25 @@ def _mib(value: float | None) -> str:
 
 
 def print_table(rep: dict[str, Any]) -> None:
-    logits, hidden = rep["logits"], rep["hidden"]
     before, after = rep["load_average"]
-    print(f"V={rep['vocab']}, fp32, CPU threads={logits['threads']}, 1-min load average {before:.2f} -> {after:.2f}")
+    threads = next(rep[case]["threads"] for case in CASES if case in rep)
+    print(f"V={rep['vocab']}, fp32, CPU threads={threads}, 1-min load average {before:.2f} -> {after:.2f}")
     print(f"{'side':<36}{'median s':>10}{'min s':>9}{'max s':>9}{'extra peak MiB':>16}{'faults/run':>12}"
           f"{'max |err|':>11}")
-    for name in LOGITS_SIDES:
-        row = logits["sides"][name]
-        label = f"{name}, T={logits['steps']}"
-        print(f"{label:<36}{row['median_s']:>10.3f}{row['min_s']:>9.3f}{row['max_s']:>9.3f}"
-              f"{_mib(row['extra_peak_mib']):>16}{row['median_page_faults']:>12}{row['max_abs_err_vs_f64']:>11.1e}")
-    for name in HIDDEN_SIDES:
-        row = hidden["sides"][name]
-        label = f"{name}, T={hidden['steps']}, H={hidden['hidden_size']}"
-        diff = row.get("max_abs_diff_vs_full_logits")
-        print(f"{label:<36}{row['median_s']:>10.3f}{row['min_s']:>9.3f}{row['max_s']:>9.3f}"
-              f"{_mib(row['extra_peak_mib']):>16}{row['median_page_faults']:>12}"
-              f"{'-' if diff is None else f'{diff:.1e}':>11}")
-    mem = rep["kl_per_position_memory_ratio"]
-    hmem = rep["kl_from_hidden_memory_ratio"]
-    print(f"kl_per_position: {rep['kl_per_position_speedup']:.2f}x the plain formula's speed, "
-          f"{'n/a' if mem is None else f'{100 * mem:.1f}%'} of its extra memory; "
-          f"kl_from_hidden: {rep['kl_from_hidden_speedup']:.2f}x, {'n/a' if hmem is None else f'{100 * hmem:.1f}%'}")
+    for case in (c for c in CASES if c in rep):
+        res = rep[case]
+        for name in CASES[case]:
+            row = res["sides"][name]
+            label = f"{name}, T={res['steps']}" + (f", H={res['hidden_size']}" if case == "hidden" else "")
+            err = row.get("max_abs_err_vs_f64", row.get("max_abs_diff_vs_full_logits"))
+            print(f"{label:<36}{row['median_s']:>10.3f}{row['min_s']:>9.3f}{row['max_s']:>9.3f}"
+                  f"{_mib(row['extra_peak_mib']):>16}{row['median_page_faults']:>12}"
+                  f"{'-' if err is None else f'{err:.1e}':>11}")
+    for case in (c for c in CASES if c in rep):
+        old, new = CASES[case]
+        mem = rep[f"{new}_memory_ratio"]
+        print(f"{new}: {rep[f'{new}_speedup']:.2f}x the speed of {old}, "
+              f"{'n/a' if mem is None else f'{100 * mem:.1f}%'} of its extra peak memory")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -241,6 +239,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per side, logits comparison")
     parser.add_argument("--hidden-reps", type=int, default=3, help="timed repetitions per side, hidden comparison")
     parser.add_argument("--tiny", action="store_true", help=f"small sizes for a quick check: {TINY}")
+    parser.add_argument("--only", choices=tuple(CASES), help="run one comparison (the hidden one takes minutes)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", choices=("logits", "hidden"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -258,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(run_worker(args.worker, args)))
         return 0
     args.load_before = list(os.getloadavg()[:1])
-    rep = report(args, _spawn("logits", args), _spawn("hidden", args))
+    rep = report(args, {case: _spawn(case, args) for case in CASES if args.only in (None, case)})
     if args.json:
         print(json.dumps(rep, indent=2))
     else:
