@@ -171,9 +171,11 @@ def kernel_warning(report: KernelReport) -> str | None:
     problems = []
     if report.linear_attention in (TORCH_REFERENCE, UNKNOWN):
         cause = _fla_problem() if report.linear_attention == TORCH_REFERENCE else "transformers' choice is unreadable"
+        fix = (f"install the GPU extra ({_GPU_EXTRA})" if report.fla_core is None
+               else "fla-core needs a CUDA build of torch >= 2.7 with triton")
         problems.append(
             f"linear attention runs {report.linear_attention} instead of flash-linear-attention ({cause}); "
-            f"scoring is several times slower: install the GPU extra ({_GPU_EXTRA})"
+            f"scoring is several times slower: {fix}"
         )
     if report.full_attention == "eager":
         problems.append("full attention runs eager (no fused kernel): expect more memory and time")
