@@ -6,7 +6,8 @@ allow-listed validator hotkeys. Every job call is verified with
 parsed or done: unsigned, malformed, stale, replayed or tampered -> 401,
 a valid signature from a hotkey not on the list -> 403. Bodies are bounded
 (413 without reading the rest), JSON nesting is bounded, and the schema bounds
-the rest (422). ``GET /health`` is public and says nothing sensitive.
+the rest (422). ``GET /health`` is public and says nothing sensitive (version,
+state, GPU, free disk, and which attention kernels a model will run with).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from eval.kernels import KernelReport, environment_report, kernel_warning
 from eval.nonce_store import SqliteNonceStore
 from eval.pod_jobs import JobConflict, JobManager, QueueFull, Runner
 from eval.runner import DiskLimits, run_job
@@ -138,9 +140,19 @@ def gpu_name() -> str:
         return "unknown"
 
 
+def log_kernels(report: KernelReport, warning: str | None) -> None:
+    """One line naming the kernels; a slow fallback on CUDA is a WARNING, not a silent default."""
+    log.info("kernels: %s", ", ".join(f"{k}={v}" for k, v in report.as_dict().items()))
+    if warning:
+        log.warning("kernel fallback: %s", warning)
+
+
 def create_app(settings: PodSettings, runner: Runner | None = None) -> FastAPI:
     """Wire the job manager and the routes; ``runner`` is injectable for tests of the edge."""
     run = runner or _default_runner(settings)
+    # decided once, when transformers imported its Qwen3.5 code: computed once, served by /health
+    kernels = environment_report(settings.device)
+    warning = kernel_warning(kernels)
     manager = JobManager(settings.workdir / "jobs", run, max_queued=settings.max_queued)
     # durable: a request captured before a restart must not be replayable after it
     # an unusable file is moved aside and replaced by a store refusing everything signed before the reset
@@ -151,6 +163,7 @@ def create_app(settings: PodSettings, runner: Runner | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+        log_kernels(kernels, warning)
         manager.start()
         try:
             yield
@@ -159,6 +172,7 @@ def create_app(settings: PodSettings, runner: Runner | None = None) -> FastAPI:
 
     app = FastAPI(title="klhill pod", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.manager = manager
+    app.state.kernels, app.state.kernel_warning = kernels, warning
 
     async def authenticate(request: Request) -> tuple[bytes, JSONResponse | None]:
         try:
@@ -191,6 +205,7 @@ def create_app(settings: PodSettings, runner: Runner | None = None) -> FastAPI:
         return {
             "version": ver, "state": "busy" if manager.busy else "idle", "queued": manager.queued(),
             "gpu": gpu_name(), "free_disk_bytes": shutil.disk_usage(settings.workdir).free,
+            "kernels": app.state.kernels.as_dict(), "kernel_warning": app.state.kernel_warning,
         }
 
     @app.post("/jobs")

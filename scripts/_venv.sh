@@ -1,22 +1,28 @@
-# Shared by scripts/test.sh and scripts/demo.sh: create and fill .venv idempotently.
+# Shared by scripts/test.sh, scripts/demo.sh and scripts/run_pod.sh: create and fill .venv idempotently.
 # torch is pinned to 2.13.0 so pip takes the CPU wheel instead of several GB of CUDA.
+#
+#   ensure_venv [EXTRA]   klhill with one optional extra: dev (default) or gpu (the pod).
+# Each extra installs once per content of pyproject.toml + constraints.txt (its own stamp file
+# in .venv), so a restart under PM2 or systemd never runs pip again.
 ensure_venv() {
+  local extra="${1:-dev}"
   local py="${PYTHON:-python3}"
   if [ ! -x .venv/bin/python ]; then
     echo "== creating .venv"
     "$py" -m venv .venv
   fi
   local stamp=".venv/.klhill-installed"
+  [ "$extra" = dev ] || stamp="$stamp-$extra"
   local want
   want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
   fi
-  echo "== installing klhill and its pinned dependencies (first run takes a few minutes)"
+  echo "== installing klhill[$extra] and its pinned dependencies (first run takes a few minutes)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-input \
     -c constraints.txt "torch==2.13.0"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-input \
-    -c constraints.txt -e ".[dev]"
+    -c constraints.txt -e ".[$extra]"
   echo "$want" > "$stamp"
 }
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import os
 import socket
 import time
@@ -11,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from bittensor import http_auth
+from fastapi.testclient import TestClient
 
 from eval.pod_jobs import JobManager
 from eval.worker import PodSettings, create_app, json_too_deep, parse_args
@@ -60,7 +63,7 @@ def test_signed_job_runs_and_reports_result(pod, wallets):
     assert [m["ref"]["repo"] for m in data["result"]["models"]] == ["miner/king", "miner/c0"]
     assert runner.calls == ["ok-1"]
     health = client.get("/health").json()
-    assert set(health) == {"version", "state", "queued", "gpu", "free_disk_bytes"}
+    assert set(health) == {"version", "state", "queued", "gpu", "free_disk_bytes", "kernels", "kernel_warning"}
 
 
 def test_refusal_classes(pod, wallets):
@@ -239,6 +242,25 @@ def test_refuses_to_start_without_allow_list(tmp_path, monkeypatch):
         parse_args(["--workdir", str(tmp_path)])
     with pytest.raises(ValueError):
         PodSettings(allow_hotkeys=frozenset(), workdir=tmp_path)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_health_reports_kernels_and_a_cuda_fallback_is_logged_as_a_warning(tmp_path, wallets, device, caplog):
+    if importlib.util.find_spec("fla") is not None:
+        pytest.skip("fla-core is installed here: the message differs")
+    app = create_app(settings(tmp_path, wallets, device=device), runner=ScriptedRunner(seconds=0.0))
+    with caplog.at_level(logging.INFO, logger="eval.worker"), TestClient(app) as client:  # runs the lifespan
+        health = client.get("/health").json()
+    kernels = health["kernels"]
+    assert kernels["device"] == device and kernels["full_attention"] == "sdpa"
+    assert kernels["linear_attention"] == "torch-reference"  # tiny tests run transformers' reference code
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "kernel fallback" in r.message]
+    assert any("kernels: device=" + device in r.message for r in caplog.records)
+    if device == "cpu":  # the reference is what a CPU runs: nothing to warn about
+        assert health["kernel_warning"] is None and not warnings
+    else:  # a GPU pod on the reference path is a finding, in the log and on /health
+        assert "fla-core" in health["kernel_warning"] and ".[gpu]" in health["kernel_warning"]
+        assert len(warnings) == 1 and health["kernel_warning"] in warnings[0].message
 
 
 def test_json_depth_check_ignores_brackets_in_strings():
