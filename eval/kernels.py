@@ -164,10 +164,26 @@ def _fla_problem() -> str:
     return "fla imports now, but did not when transformers loaded its Qwen3.5 code (restart the process)"
 
 
+def cpu_blocker(report: KernelReport) -> str | None:
+    """Why a Qwen3.5 forward on this CPU would fail, or None.
+
+    transformers binds the gated delta rule once, at import: with fla importable,
+    CPU tensors go to Triton kernels too and every forward raises. A student's
+    failing forward reads as the model's fault, so the pod must refuse to score
+    on the CPU at all rather than blame every miner.
+    """
+    if report.device == "cpu" and FLA in (report.linear_attention, report.linear_attention_decode):
+        return (
+            "flash-linear-attention (fla-core) is importable, and transformers then runs it on CPU tensors too, "
+            "where it fails: evaluate on a CUDA device, or uninstall fla-core for CPU evaluation"
+        )
+    return None
+
+
 def kernel_warning(report: KernelReport) -> str | None:
-    """A sentence for the log and ``/health`` when a CUDA pod runs a slow path; None when all is well."""
+    """A sentence for the log and ``/health`` when a CUDA pod runs a slow path (or a CPU one cannot run)."""
     if report.device != "cuda":
-        return None  # the reference implementations are what a CPU runs
+        return cpu_blocker(report)  # otherwise the reference implementations are what a CPU runs
     problems = []
     if report.linear_attention in (TORCH_REFERENCE, UNKNOWN):
         cause = _fla_problem() if report.linear_attention == TORCH_REFERENCE else "transformers' choice is unreadable"

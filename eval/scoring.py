@@ -26,6 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from eval.errors import InfraError, ModelError, VocabMismatchError
 from eval.forward import final_hidden, forced_batches, logprobs_from_hidden
+from eval.kernels import cpu_blocker, model_report
 from eval.kl import kl_from_hidden
 from eval.rules import ContestRules
 from eval.stats import fingerprint_distance  # noqa: F401 - re-exported: the pod and tests use it from here
@@ -83,6 +84,10 @@ def load_causal_lm(path: str | Path, device: str | torch.device) -> PreTrainedMo
         raise ModelError(f"cannot load model from {path}: {type(exc).__name__}: {exc}") from exc
     if model.get_output_embeddings() is None:
         raise ModelError(f"model at {path} has no output embeddings (lm_head)")
+    blocker = cpu_blocker(model_report(model, dev.type)) if dev.type == "cpu" else None
+    if blocker is not None:  # ours, not the miner's: every forward would fail
+        free_model(model)
+        raise InfraError(blocker)
     return model.eval()
 
 

@@ -161,3 +161,31 @@ def test_unknown_linear_attention_on_cuda_is_a_finding(monkeypatch: pytest.Monke
     report = environment_report("cuda")
     assert report.linear_attention == UNKNOWN
     assert kernel_warning(report) is not None
+
+
+@needs_no_fla
+def test_fla_on_a_cpu_is_a_blocker_not_a_slow_path(model: Qwen3_5ForCausalLM, fake_fla: list) -> None:
+    # transformers would hand CPU tensors to fla's Triton kernels: every forward fails, which must
+    # never read as the miner's fault.
+    report = model_report(model, device="cpu")
+    assert report.linear_attention == FLA
+    assert kernels.cpu_blocker(report) is not None and kernel_warning(report) == kernels.cpu_blocker(report)
+    assert kernels.cpu_blocker(model_report(model, device="cuda")) is None
+
+
+@needs_no_fla
+def test_loading_on_a_cpu_with_fla_bound_is_an_infra_error(model, fake_fla, tmp_path) -> None:
+    from eval.errors import InfraError
+    from eval.scoring import load_causal_lm
+
+    model.save_pretrained(tmp_path)
+    with pytest.raises(InfraError, match="flash-linear-attention"):
+        load_causal_lm(tmp_path, "cpu")
+
+
+@needs_no_fla
+def test_without_fla_a_cpu_load_is_fine(model, tmp_path) -> None:
+    from eval.scoring import load_causal_lm
+
+    model.save_pretrained(tmp_path)
+    assert kernels.cpu_blocker(model_report(load_causal_lm(tmp_path, "cpu"))) is None
