@@ -4,9 +4,11 @@ One ``model_info(files_metadata=True)`` call gives the file list with LFS
 sha256; headers come from HTTP range reads of the pinned revision; small files
 from one bounded GET. Everything read for a (repo, revision) is cached in
 memory, so a revision already admitted costs zero HTTP calls. Every call has a
-timeout; 429/5xx/timeouts become ``TransientError`` (LESSONS 21), 404/401/403/
-gated/disabled become definite errors. The token comes from ``HF_TOKEN`` and is
-never put in a message.
+timeout. Only the hub's repository answers (``RepoNotFound``, ``RevisionNotFound``,
+gated, disabled) are definite; 429/5xx/timeouts become ``TransientError``
+(LESSONS 21) and a 401/403 without a repository error code becomes
+``HubAuthError``: the hub rejected our token, not the repo (LESSONS 28, see
+``eval.hub_errors``). The token comes from ``HF_TOKEN`` and is never put in a message.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi, snapshot_download
-from huggingface_hub import errors as hf_errors
-from huggingface_hub.utils import get_session
+from huggingface_hub.utils import get_session, hf_raise_for_status
 
-from eval.errors import TransientError
+from eval.errors import HubAuthError, TransientError
+from eval.hub_errors import HubAnswer, classify_hub_error
 from eval.safetensors_header import PREFIX_READ, SafetensorsHeader, header_length, parse_header
 from eval.stores import (
     REVISION_RE,
@@ -135,8 +137,6 @@ class HuggingFaceStore:
             with get_session().stream("GET", url, headers=headers, timeout=self.timeout, follow_redirects=True) as r:
                 if r.status_code >= 400:
                     r.read()
-                    from huggingface_hub.utils import hf_raise_for_status
-
                     hf_raise_for_status(r)
                 out = bytearray()
                 for chunk in r.iter_bytes():
@@ -148,34 +148,31 @@ class HuggingFaceStore:
         return self._call(repo, revision, fetch)
 
     def _call(self, repo: str, revision: str, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        """Run one hub call and translate its failure into the store's error classes."""
+        """Run one hub call and translate its failure into the store's error classes (``eval.hub_errors``)."""
         self.http_calls += 1
         try:
             return fn(*args, **kwargs)
-        except hf_errors.RevisionNotFoundError:
-            raise RevisionNotFound(f"revision {revision} not found in {repo}") from None
-        except (hf_errors.GatedRepoError, hf_errors.DisabledRepoError):
-            raise RepoInaccessible(f"{repo} is gated or disabled") from None
-        except hf_errors.RepositoryNotFoundError:
-            raise RepoNotFound(f"{repo} not found (or private)") from None
-        except hf_errors.LocalEntryNotFoundError:  # snapshot_download's wrapper for "the hub did not answer"
-            raise TransientError(f"{repo}@{revision}: hub unreachable or overloaded") from None
-        except hf_errors.EntryNotFoundError:
-            raise UnsafeRepoContent(f"a listed file of {repo}@{revision} is missing") from None
-        except hf_errors.HfHubHTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else None
-            if status in (401, 403):
-                raise RepoInaccessible(f"{repo}: access denied ({status})") from None
-            if status == 404:
-                raise RepoNotFound(f"{repo}: not found (404)") from None
-            raise TransientError(f"{repo}@{revision}: hub answered {status}") from None
-        except (OSError, TimeoutError) as exc:  # connection errors, timeouts (httpx errors are OSError-free: below)
-            raise TransientError(f"{repo}@{revision}: {type(exc).__name__}") from None
         except Exception as exc:
-            if type(exc).__module__.startswith(("httpx", "httpcore")):
-                raise TransientError(f"{repo}@{revision}: {type(exc).__name__}") from None
-            raise
+            meaning = classify_hub_error(exc)
+            if meaning is None:
+                raise
+            raise _store_error(*meaning, repo, revision) from None
 
+
+def _store_error(answer: HubAnswer, reason: str, repo: str, revision: str) -> Exception:
+    """Only the repo's own answers are definite; our credentials and outages give no verdict."""
+    if answer == "repo_not_found":
+        return RepoNotFound(f"{repo} not found (or private): {reason}")
+    if answer == "revision_not_found":
+        return RevisionNotFound(f"revision {revision} not found in {repo}: {reason}")
+    if answer in ("gated", "disabled"):
+        return RepoInaccessible(f"{repo} is {answer}: {reason}")
+    if answer == "entry_not_found":
+        return UnsafeRepoContent(f"a listed file of {repo}@{revision} is missing: {reason}")
+    if answer == "auth":
+        return HubAuthError(f"the hub rejected this validator's credentials (HF_TOKEN) while reading {repo}: "
+                            f"{reason}; nothing is known about the repo")  # fmt: skip
+    return TransientError(f"{repo}@{revision}: hub unreachable or overloaded: {reason}")
 
 def _file_info(sibling: Any) -> FileInfo:
     lfs = getattr(sibling, "lfs", None)
