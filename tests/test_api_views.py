@@ -123,6 +123,30 @@ def test_health_degrades_on_a_stale_sync_unless_a_round_progresses(tmp_path):
         w.close()
 
 
+def test_health_says_when_the_hub_rejects_the_validators_token(tmp_path):
+    from api import views
+    from validator import hub_health
+
+    w = Store.open(tmp_path / "v.db")
+    ro = Store.open_readonly(tmp_path / "v.db")
+    try:
+        w.save_metagraph(500, [])
+        w.set_meta(last_epoch_block=500)
+        assert (views.health(ro).status, views.health(ro).hub_auth) == ("ok", None)  # never asked yet
+        hub_health.report_rejected(w, "HTTP 401 (Invalid credentials in Authorization header)", 501, "admission")
+        h = views.health(ro)
+        assert (h.status, h.hub_auth) == ("degraded", "rejected")
+        assert h.reasons == ["the hub rejects the validator's token (HF_TOKEN) since block 501: submissions wait "
+                             "unjudged until it is fixed"]  # fmt: skip
+        assert h.hub_auth_detail == "admission: HTTP 401 (Invalid credentials in Authorization header)"
+        hub_health.report_ok(w, 502)
+        h = views.health(ro)
+        assert (h.status, h.hub_auth, h.hub_auth_detail, h.reasons) == ("ok", "ok", None, [])
+    finally:
+        ro.close()
+        w.close()
+
+
 def test_progress_shows_the_dispatched_phase_and_hides_the_pod_address(tmp_path):
     from api import views
 
