@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -224,3 +225,23 @@ def _handler(fake: FakeHub) -> type[BaseHTTPRequestHandler]:
             self._send(status, body, headers, head=head)
 
     return Handler
+
+
+class NoSleepTime:
+    """The ``time`` module with ``sleep`` as a no-op: huggingface_hub's own retry back-off, without the wait."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(_seconds: float) -> None:
+        return None
+
+
+def hub_online(monkeypatch: Any) -> None:
+    """Let huggingface_hub talk to the loopback stand-in (tests run with HF_HUB_OFFLINE=1), retrying without waits."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _http
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(_http, "time", NoSleepTime())
