@@ -3,18 +3,23 @@
 One ``model_info(files_metadata=True)`` call gives the file list with LFS
 sha256; headers come from HTTP range reads of the pinned revision; small files
 from one bounded GET. Everything read for a (repo, revision) is cached in
-memory, so a revision already admitted costs zero HTTP calls. Every call has a
-timeout. Only the hub's repository answers (``RepoNotFound``, ``RevisionNotFound``,
-gated, disabled) are definite; 429/5xx/timeouts become ``TransientError``
-(LESSONS 21) and a 401/403 without a repository error code becomes
-``HubAuthError``: the hub rejected our token, not the repo (LESSONS 28, see
-``eval.hub_errors``). The token comes from ``HF_TOKEN`` and is never put in a message.
+memory, so a revision already admitted costs zero HTTP calls; only the listing
+(which also says the repo is still public) expires after ``LISTING_TTL_S``, so
+the king's repo check really asks the hub each epoch. Every call has a timeout.
+
+Only the hub's repository answers (``RepoNotFound``, ``RevisionNotFound``, gated,
+disabled) are definite; 429/5xx/timeouts become ``TransientError`` (LESSONS 21)
+and a 401/403 without a repository error code becomes ``HubAuthError``: the hub
+rejected our token, not the repo (LESSONS 28, see ``eval.hub_errors``). The
+token comes from ``HF_TOKEN`` and is never put in a message.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +44,23 @@ from eval.stores import (
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MAX_CACHED_REVISIONS = 64
 """Revisions whose listings, small files and headers stay in memory (LESSONS 24: caches are bounded)."""
+LISTING_TTL_S = 60.0
+"""A listing says the repo is still there: it expires (the king's repo check each epoch asks again), while
+files and headers read at a pinned commit never change and stay cached."""
 
 
 class HuggingFaceStore:
     def __init__(
         self, token: str | None = None, endpoint: str | None = None, timeout: float = 20.0,
-        max_cached_revisions: int = MAX_CACHED_REVISIONS,
+        max_cached_revisions: int = MAX_CACHED_REVISIONS, listing_ttl_s: float = LISTING_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:  # fmt: skip
         self._token = token if token is not None else os.environ.get("HF_TOKEN") or None
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
         self.timeout = timeout
         self._api = HfApi(endpoint=self.endpoint, token=self._token or False)
-        self._files: dict[tuple[str, str], list[FileInfo]] = {}
+        self._files: dict[tuple[str, str], tuple[float, list[FileInfo]]] = {}
+        self._listing_ttl_s, self._clock = listing_ttl_s, clock
         self._blobs: dict[tuple[str, str, str], bytes] = {}
         self._headers: dict[tuple[str, str, str], SafetensorsHeader] = {}
         self._recent: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -75,15 +85,16 @@ class HuggingFaceStore:
     def files(self, repo: str, revision: str) -> list[FileInfo]:
         key = (validate_repo(repo), validate_revision(revision))
         self._touch(*key)
-        if key not in self._files:
+        cached = self._files.get(key)
+        if cached is None or self._clock() - cached[0] > self._listing_ttl_s:
             info = self._call(repo, revision, self._api.model_info, repo, revision=revision, files_metadata=True,
                               timeout=self.timeout)  # fmt: skip
             if getattr(info, "sha", None) not in (None, revision):
                 raise RevisionNotFound(f"{repo}: the hub answered revision {info.sha}, not {revision}")
             if getattr(info, "disabled", False) or getattr(info, "private", False) or getattr(info, "gated", False):
                 raise RepoInaccessible(f"{repo} is private, gated or disabled")
-            self._files[key] = [_file_info(s) for s in (info.siblings or [])]
-        return list(self._files[key])
+            self._files[key] = (self._clock(), [_file_info(s) for s in (info.siblings or [])])
+        return list(self._files[key][1])
 
     def read_file(self, repo: str, revision: str, path: str, max_bytes: int) -> bytes:
         key = (validate_repo(repo), validate_revision(revision), validate_file_path(path))

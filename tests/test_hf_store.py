@@ -276,3 +276,19 @@ def test_download_from_an_unreachable_hub_stays_transient(online, tmp_path, monk
     with pytest.raises(TransientError) as info:
         store.download("org/m", "a" * 40, tmp_path / "dl", ["*.json"])
     assert not isinstance(info.value, RepoInaccessible)
+
+
+def test_the_listing_expires_so_the_kings_repo_check_asks_again(fake, tmp_path, teacher):
+    rev = fake.hub.publish("org/m", write_model(tmp_path / "src", shards=2))
+    now = [0.0]
+    store = HuggingFaceStore(endpoint=fake.url, timeout=5, listing_ttl_s=60, clock=lambda: now[0])
+    assert isinstance(check_model(store, "org/m", rev, RULES, teacher), Admitted)
+    calls = store.http_calls
+    now[0] = 59.0
+    store.files("org/m", rev)
+    assert store.http_calls == calls  # within the TTL: cached
+    now[0] = 61.0
+    fake.hub.delete("org/m")  # the owner deletes the repo
+    with pytest.raises(RepoNotFound):
+        store.files("org/m", rev)  # a fresh answer: LESSONS 20 (a vanished king is noticed)
+    assert store.http_calls == calls + 1

@@ -32,6 +32,7 @@ class LoopConfig:
     backoff_base: int = 5
     backoff_cap: int = 600
     pod_name: str = "pod"
+    prompts_backoff_cap: int = 100  # blocks between tries of a failing prompt source, at most (~20 min)
 
 
 @dataclass(frozen=True)
