@@ -47,7 +47,7 @@ class FakeHub:
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def add_dataset(self, repo: str, revision: str, directory: Path) -> None:
         self.datasets.setdefault(repo, {})[revision] = Path(directory)
