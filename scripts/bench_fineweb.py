@@ -9,7 +9,7 @@ minimal stand-in of the hub's dataset routes (revision info, tree listing,
 (``HfApi.list_repo_tree`` + ``HfFileSystem`` ranged reads) for several rounds,
 each with a different block hash. Counts every byte the server sends.
 
-    .venv/bin/python scripts/bench_fineweb.py [--rows 60000] [--rows-per-group 1000] [--rounds 5]
+    .venv/bin/python scripts/bench_fineweb.py [--rows 60000] [--rows-per-group 1000] [--rounds 5] [--fsspec-defaults]
 """
 
 from __future__ import annotations
@@ -116,6 +116,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=60000)
     ap.add_argument("--rows-per-group", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--fsspec-defaults", action="store_true",
+                    help="open shards with HfFileSystem's default buffering (5 MiB read-ahead), for comparison")
     args = ap.parse_args()
     from huggingface_hub import constants
 
@@ -131,6 +133,12 @@ def main() -> None:
         hub = Hub(Path(tmp))
         rules = ContestRules(dataset=REPO, dataset_revision=REV, dataset_path=FOLDER)
         src = FineWebSource(rules, endpoint=hub.url, cache_dir=Path(tmp) / "listings")
+        if args.fsspec_defaults:
+            from huggingface_hub import HfFileSystem
+
+            fs = HfFileSystem(endpoint=hub.url, token=False)
+            src = FineWebSource(rules, endpoint=hub.url, cache_dir=Path(tmp) / "listings",
+                                open_file=lambda p, n: fs.open(f"datasets/{REPO}@{REV}/{p}", "rb"))  # fmt: skip
         per_round, reqs = [], []
         for i in range(args.rounds):
             before, n_before = hub.sent, len(hub.requests)

@@ -49,6 +49,7 @@ class PromptSampler:
         except Exception as exc:  # noqa: BLE001 - third-party I/O must never end the loop
             self._failed(block, exc)
             raise PromptSourceUnavailable(f"unexpected {type(exc).__name__} from the prompt source: {exc}") from exc
+        hub_health.report_ok(self.store, block, hub_health.DATASET)
         self.failures = self.retry_block = 0
         return prompts
 
@@ -57,6 +58,6 @@ class PromptSampler:
         self.failures += 1
         self.retry_block = block + wait
         if isinstance(exc, HubAuthError):
-            hub_health.report_rejected(self.store, str(exc), block, "prompt sampling")
+            hub_health.report_rejected(self.store, str(exc), block, "prompt sampling", hub_health.DATASET)
         log.error("prompt sampling failed (%s: %s); no round now, nobody judged; next try in %d blocks",
                   type(exc).__name__, exc, wait, exc_info=not isinstance(exc, KlhillError))  # fmt: skip
