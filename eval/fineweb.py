@@ -182,8 +182,8 @@ class FineWebSource:
             r = self.rules
             where = f"{r.dataset}@{r.dataset_revision}"
             if answer == "auth":
-                raise HubAuthError(f"the hub rejected this validator's credentials (HF_TOKEN) while {what} of "
-                                   f"{where}: {reason}") from exc  # fmt: skip
+                raise HubAuthError(f"the hub rejected the token in HF_TOKEN (expired, revoked or without read access) "
+                                   f"while {what} of {where}: {reason}") from exc  # fmt: skip
             if answer in ("repo_not_found", "revision_not_found"):
                 reason = f"{reason}: the pinned dataset or revision is not on the hub (check the rules)"
             raise PromptSourceUnavailable(f"{what} of {where} failed: {reason}") from exc

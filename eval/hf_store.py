@@ -181,8 +181,8 @@ def _store_error(answer: HubAnswer, reason: str, repo: str, revision: str) -> Ex
     if answer == "entry_not_found":
         return UnsafeRepoContent(f"a listed file of {repo}@{revision} is missing: {reason}")
     if answer == "auth":
-        return HubAuthError(f"the hub rejected this validator's credentials (HF_TOKEN) while reading {repo}: "
-                            f"{reason}; nothing is known about the repo")  # fmt: skip
+        return HubAuthError(f"the hub rejected the token in HF_TOKEN (expired, revoked or without read access) "
+                            f"while reading {repo}: {reason}; nothing is known about the repo")  # fmt: skip
     return TransientError(f"{repo}@{revision}: hub unreachable or overloaded: {reason}")
 
 def _file_info(sibling: Any) -> FileInfo:
