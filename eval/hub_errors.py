@@ -11,6 +11,8 @@ problem, and reading it as "repo not found" would disqualify everyone
 
 - ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound`` / ``GatedRepo``
   codes, and the "disabled" message: the repo's own answer (definite);
+- a 401 without a code on a request that sent *no* token: the hub wants a login
+  to show this repo, i.e. it is private or missing (definite, as the library reads it);
 - any other 401 or 403: our credentials (``auth``: no verdict, reported loudly);
 - everything else (429, 5xx, a 404 without a code, connection errors,
   timeouts): ``transient``.
@@ -39,8 +41,8 @@ _CODES: dict[str, HubAnswer] = {
 }
 
 
-def classify_response(status: int, headers: dict[str, str] | object) -> HubAnswer:
-    """The meaning of one error response, from its status and the hub's error headers."""
+def classify_response(status: int, headers: dict[str, str] | object, sent_token: bool = True) -> HubAnswer:
+    """The meaning of one error response, from its status, the hub's error headers and whether we sent a token."""
     get = getattr(headers, "get", None)
     code = get("X-Error-Code") if get else None
     message = get("X-Error-Message") if get else None
@@ -48,6 +50,8 @@ def classify_response(status: int, headers: dict[str, str] | object) -> HubAnswe
         return _CODES[code]
     if message == DISABLED_MESSAGE:
         return "disabled"
+    if status == 401 and not sent_token and message != INVALID_CREDENTIALS:
+        return "repo_not_found"
     if status in (401, 403):
         return "auth"
     return "transient"
@@ -66,7 +70,7 @@ def classify_hub_error(exc: BaseException) -> tuple[HubAnswer, str] | None:
         seen.add(id(cur))
         if isinstance(cur, hf_errors.HfHubHTTPError) and cur.response is not None:
             status = cur.response.status_code
-            answer = classify_response(status, cur.response.headers)
+            answer = classify_response(status, cur.response.headers, _sent_token(cur.response))
             message = cur.response.headers.get("X-Error-Message") or ""
             return answer, f"HTTP {status}" + (f" ({message[:200]})" if message else "")
         if isinstance(cur, hf_errors.LocalEntryNotFoundError):  # snapshot_download's wrapper: look inside
@@ -81,3 +85,12 @@ def classify_hub_error(exc: BaseException) -> tuple[HubAnswer, str] | None:
 
 
 _HTTP_MODULES = frozenset({"httpx", "httpx2", "httpcore", "httpcore2", "h11"})
+
+
+def _sent_token(response: object) -> bool:
+    """Did the request carry an Authorization header? Unknown counts as yes: then a 401 gives no verdict."""
+    try:
+        headers = response.request.headers  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError for a response built without a request
+        return True
+    return bool(headers.get("authorization"))

@@ -13,11 +13,12 @@ REPO_URL = "https://huggingface.co/api/models/org/m/revision/" + "a" * 40
 FILE_URL = "https://huggingface.co/org/m/resolve/" + "a" * 40 + "/config.json"
 
 
-def _raised(status: int, headers: dict[str, str], url: str = REPO_URL) -> Exception:
+def _raised(status: int, headers: dict[str, str], url: str = REPO_URL, token: str | None = "hf_x") -> Exception:
     """The exception huggingface_hub raises for this response (``hf_raise_for_status``, unmodified)."""
     body = headers.get("X-Error-Message", "")
+    sent = {"authorization": f"Bearer {token}"} if token else {}
     response = httpx2.Response(status, headers=headers, json={"error": body} if body else None,
-                               request=httpx2.Request("GET", url))  # fmt: skip
+                               request=httpx2.Request("GET", url, headers=sent))  # fmt: skip
     with pytest.raises(hf_errors.HfHubHTTPError) as info:
         hf_raise_for_status(response)
     return info.value
@@ -57,6 +58,15 @@ def test_a_rejected_token_on_a_file_url_is_auth_not_repo_not_found():
     assert isinstance(exc, hf_errors.RepositoryNotFoundError)  # the library's guess for https repo URLs
     answer, reason = classify_hub_error(exc)
     assert answer == "auth" and reason == "HTTP 401"
+
+
+def test_a_bare_401_without_a_token_is_the_repo_with_one_it_is_ours():
+    # Anonymous: nothing of ours can be wrong, the hub wants a login to show the repo (private or missing).
+    anonymous = _raised(401, {}, token=None)
+    assert isinstance(anonymous, hf_errors.RepositoryNotFoundError)
+    assert classify_hub_error(anonymous)[0] == "repo_not_found"
+    assert classify_hub_error(_raised(401, {}, token="hf_expired"))[0] == "auth"
+    assert classify_response(401, {}) == "auth"  # not knowing what was sent never yields a verdict
 
 
 def test_local_entry_not_found_is_judged_by_its_cause():
