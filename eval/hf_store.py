@@ -185,6 +185,7 @@ def _store_error(answer: HubAnswer, reason: str, repo: str, revision: str) -> Ex
                             f"while reading {repo}: {reason}; nothing is known about the repo")  # fmt: skip
     return TransientError(f"{repo}@{revision}: hub unreachable or overloaded: {reason}")
 
+
 def _file_info(sibling: Any) -> FileInfo:
     lfs = getattr(sibling, "lfs", None)
     size = lfs.size if lfs is not None else sibling.size

@@ -122,8 +122,7 @@ def _handler(fake: FakeHub) -> type[BaseHTTPRequestHandler]:
         def _resolve(self, kind: str, repo: str, ref: str, head: bool = False) -> str | None:
             """The commit for ``ref``, or None after answering the hub's error for this repo."""
             authed = bool(self.headers.get("Authorization"))
-            missing = (401, "RepoNotFound", "Repository not found") if not authed else (404, "RepoNotFound",
-                                                                                         "Repository not found")
+            missing = (404 if authed else 401, "RepoNotFound", "Repository not found")
             if repo in fake.disabled:
                 self._error(403, None, DISABLED_MESSAGE, head)
                 return None
@@ -177,7 +176,7 @@ def _handler(fake: FakeHub) -> type[BaseHTTPRequestHandler]:
             entries: list[dict[str, Any]] = []
             dirs: set[str] = set()
             for path, size, sha in files:
-                rest = path[len(prefix):]
+                rest = path[len(prefix) :]
                 if not recursive and "/" in rest:
                     dirs.add(prefix + rest.split("/")[0])
                     continue
