@@ -26,6 +26,7 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST as METRICS_CONTENT_TYPE
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
@@ -270,9 +271,9 @@ def create_app(settings: Settings | None = None, *, price_reader: PriceReader | 
     async def metrics() -> Response:
         def produce() -> bytes:
             extra = {"cache_hits": cache.hits, "cache_misses": cache.misses, **counters}
-            return reader.run(lambda st: render_metrics(st, extra)).encode()
+            return reader.run(lambda st: render_metrics(st, extra))
 
-        return Response(await cache.get("metrics", produce), media_type="text/plain; version=0.0.4")
+        return Response(await cache.get("metrics", produce), media_type=METRICS_CONTENT_TYPE)
 
     page = files("api").joinpath("static/dashboard.html").read_bytes()
     csp = (

@@ -1,88 +1,83 @@
-"""Prometheus text exposition (format 0.0.4), written by hand: a handful of gauges needs no library."""
+"""``/metrics`` through ``prometheus_client``: one collector that reads the store at each scrape.
+
+The API is read-only and may run several workers, so nothing is counted in the
+API process itself (apart from its own cache and rate-limit counters): every
+number comes from the store the validator writes. What only grows is exposed as
+a counter (``_total``: finished rounds, failed rounds, model errors,
+disqualifications) or a histogram over every finished round; what goes up and
+down (queue, king, submissions by status) is a gauge. The library writes the
+exposition text, so names, escaping and histogram layout follow the format.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from validator.store import Store
+from validator.store_schema import DQ_REASONS
 
 DURATION_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)
 
 
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class StoreCollector(Collector):
+    """Reads the store once per scrape; ``api_counters`` are this worker's own cumulative counters."""
+
+    def __init__(self, store: Store, api_counters: Mapping[str, float] | None = None) -> None:
+        self.store, self.api_counters = store, dict(api_counters or {})
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.store
+        s = st.stats(recent=1)
+        buckets, total, count = st.round_durations(DURATION_BUCKETS)
+        yield HistogramMetricFamily(
+            "klhill_round_duration_seconds", "Wall time of every finished round (dispatch to result).",
+            buckets=[*((f"{b:g}", n) for b, n in zip(DURATION_BUCKETS, buckets, strict=True)), ("+Inf", count)],
+            sum_value=total,
+        )  # fmt: skip
+        rounds = CounterMetricFamily("klhill_rounds", "Rounds that ended, by outcome.", labels=["state"])
+        for state in ("done", "failed"):
+            rounds.add_metric([state], s["rounds"].get(state, 0))
+        yield rounds
+        yield GaugeMetricFamily("klhill_rounds_open", "Rounds planned or dispatched and not ended yet.",
+                                value=s["rounds"].get("planned", 0) + s["rounds"].get("dispatched", 0))  # fmt: skip
+        yield CounterMetricFamily("klhill_pod_errors", "Failed rounds (pod down, timeout, bad result).",
+                                  value=s["rounds"].get("failed", 0))  # fmt: skip
+        yield CounterMetricFamily("klhill_model_errors", "Evaluations that ended in a model error.",
+                                  value=s["model_errors"])  # fmt: skip
+        dqs = CounterMetricFamily("klhill_disqualifications", "Disqualifications by reason.", labels=["reason"])
+        by_reason = st.disqualification_counts()
+        for reason in DQ_REASONS:
+            dqs.add_metric([reason], by_reason.get(reason, 0))
+        yield dqs
+        subs = GaugeMetricFamily("klhill_submissions", "Submissions by status.", labels=["status"])
+        for status, n in sorted(s["submissions"].items()):
+            subs.add_metric([status], n)
+        yield subs
+        yield GaugeMetricFamily("klhill_queue_length", "Admitted submissions waiting for their first evaluation.",
+                                value=s["submissions"].get("admitted", 0))  # fmt: skip
+        king = st.current_king()
+        if king is not None:  # no king: no sample (rather than a NaN that graphs as a value)
+            if king["kl"] is not None:
+                yield GaugeMetricFamily("klhill_king_kl", "Mean KL of the current king when it was crowned or "
+                                        "defended.", value=king["kl"])  # fmt: skip
+            yield GaugeMetricFamily("klhill_king_since_block", "Block since which the king holds the crown.",
+                                    value=king["since_block"])  # fmt: skip
+        if s["last_weights"]:
+            yield GaugeMetricFamily("klhill_last_weights_block", "Block of the last successful weight submission.",
+                                    value=s["last_weights"]["block"])  # fmt: skip
+        yield GaugeMetricFamily("klhill_hub_token_rejected", "1 while the hub rejects the validator's HF_TOKEN.",
+                                value=1 if st.meta().get("hub_auth") == "rejected" else 0)  # fmt: skip
+        for name, value in sorted(self.api_counters.items()):
+            yield CounterMetricFamily(f"klhill_api_{name}", f"API {name.replace('_', ' ')} in this worker.",
+                                      value=value)  # fmt: skip
 
 
-def _num(x: float | int | None) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "NaN"  # the exposition format's own spelling of "no value"; never JSON
-    return repr(float(x)) if isinstance(x, float) else str(x)
-
-
-def _metric(name: str, kind: str, help_: str, samples: Iterable[tuple[str, float | int | None]]) -> list[str]:
-    lines = [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
-    lines += [f"{name}{labels} {_num(v)}" for labels, v in samples]
-    return lines
-
-
-def render_metrics(store: Store, extra: Mapping[str, float] | None = None) -> str:
-    """Round durations, king KL, queue length, last weights block, pod errors, submission states."""
-    s = store.stats(recent=1000)
-    king = store.current_king()
-    durations = sorted(d for d in s["durations"] if d is not None)
-    buckets = [(f'{{le="{b:g}"}}', sum(1 for d in durations if d <= b)) for b in DURATION_BUCKETS]
-    buckets.append(('{le="+Inf"}', len(durations)))
-    lw = s["last_weights"]
-    h = "klhill_round_duration_seconds"
-    out = [f"# HELP {h} Wall time of recent finished rounds.", f"# TYPE {h} histogram"]
-    out += [f"{h}_bucket{labels} {n}" for labels, n in buckets]
-    out += [f"{h}_sum {_num(float(sum(durations)))}", f"{h}_count {len(durations)}"]
-    out += _metric(
-        "klhill_king_kl",
-        "gauge",
-        "Mean KL of the current king when it was crowned or defended.",
-        [("", king["kl"] if king else None)],
-    )
-    out += _metric(
-        "klhill_king_since_block",
-        "gauge",
-        "Block since which the king holds the crown.",
-        [("", king["since_block"] if king else None)],
-    )
-    out += _metric(
-        "klhill_queue_length",
-        "gauge",
-        "Admitted submissions waiting for their first evaluation.",
-        [("", s["submissions"].get("admitted", 0))],
-    )
-    out += _metric(
-        "klhill_submissions",
-        "gauge",
-        "Submissions by status.",
-        [(f'{{status="{_esc(k)}"}}', v) for k, v in sorted(s["submissions"].items())],
-    )
-    out += _metric(
-        "klhill_rounds",
-        "gauge",
-        "Rounds by state.",
-        [(f'{{state="{_esc(k)}"}}', v) for k, v in sorted(s["rounds"].items())],
-    )
-    out += _metric(
-        "klhill_pod_errors",
-        "gauge",
-        "Failed rounds (pod down, timeout, bad result).",
-        [("", s["rounds"].get("failed", 0))],
-    )
-    out += _metric(
-        "klhill_model_errors", "gauge", "Evaluations that ended in a model error.", [("", s["model_errors"])]
-    )
-    out += _metric(
-        "klhill_last_weights_block",
-        "gauge",
-        "Block of the last successful weight submission.",
-        [("", lw["block"] if lw else None)],
-    )
-    for name, value in sorted((extra or {}).items()):
-        out += _metric(f"klhill_api_{name}", "counter", f"API {name.replace('_', ' ')} in this worker.", [("", value)])
-    return "\n".join(out) + "\n"
+def render_metrics(store: Store, api_counters: Mapping[str, float] | None = None) -> bytes:
+    """The exposition text for one scrape (a fresh registry: nothing global, nothing left behind)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store, api_counters))
+    return generate_latest(registry)

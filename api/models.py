@@ -62,6 +62,10 @@ class Health(Out):
     last_round_id: int | None = None
     last_round_state: str | None = None
     last_round_age_s: float | None = None
+    hub_auth: Literal["ok", "rejected"] | None = Field(
+        None, description="does the hub accept the validator's token (HF_TOKEN)? null until it was first asked"
+    )
+    hub_auth_detail: str | None = Field(None, description="the hub's answer when it rejected the token")
     reasons: list[str] = Field([], description="why status is not ok")
     now: float
 

@@ -54,6 +54,7 @@ def health(store: Store, now: float | None = None, expect: tuple[str, int] | Non
     while no live round progress is fresher than ``PROGRESS_STALE_S`` (a long pod round blocks the
     epoch loop, but then progress keeps arriving). ``expect`` is the API's own (network, netuid): a store
     the validator wrote for another subnet is reported, since the overview and prices would then be wrong.
+    A hub token the hub rejects (``validator.hub_health``) also degrades: nobody is judged meanwhile.
     """
     now = time.time() if now is None else now
     meta = store.meta()
@@ -73,6 +74,11 @@ def health(store: Store, now: float | None = None, expect: tuple[str, int] | Non
         reasons.append("the validator has not synced yet")
     elif (sync_age is None or sync_age > SYNC_STALE_S) and (prog_age is None or prog_age > PROGRESS_STALE_S):
         reasons.append(f"last sync older than {SYNC_STALE_S:.0f}s and no live round progress")
+    hub_auth = meta.get("hub_auth") if meta.get("hub_auth") in ("ok", "rejected") else None
+    hub_detail = str(meta.get("hub_auth_detail") or "")[:500] or None
+    if hub_auth == "rejected":
+        reasons.append(f"the hub rejects the validator's token (HF_TOKEN) since block {meta.get('hub_auth_block')}: "
+                       "submissions wait unjudged until it is fixed")  # fmt: skip
     return m.Health(
         status="degraded" if reasons else "ok",
         db_ok=True,
@@ -81,6 +87,8 @@ def health(store: Store, now: float | None = None, expect: tuple[str, int] | Non
         last_round_id=last["id"] if last else None,
         last_round_state=last["state"] if last else None,
         last_round_age_s=_age(now, last_at),
+        hub_auth=hub_auth,
+        hub_auth_detail=hub_detail if hub_auth == "rejected" else None,
         reasons=reasons,
         now=now,
     )

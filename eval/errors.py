@@ -35,3 +35,16 @@ class PromptError(EvalError):
 
 class TransientError(KlhillError):
     """A remote service answered 'not now' (429, 5xx, timeout): retry, never disqualify."""
+
+
+class HubAuthError(TransientError):
+    """The hub refused *our* credentials (a 401 without a repository error code, or a bare 403).
+
+    It says nothing about the repo: an expired or wrong ``HF_TOKEN`` would otherwise
+    read as "private repo" and disqualify everyone (LESSONS 28). No verdict, retry
+    later, and tell the operator loudly.
+    """
+
+
+class PromptSourceUnavailable(TransientError):
+    """The prompt corpus could not be listed or read right now: the round waits, nobody is judged."""

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from eval.errors import KlhillError
+from eval.fineweb import FineWebSource
 from eval.linked_store import LinkedDirs
-from eval.prompts import FineWebSource, LocalCorpus, sample_prompts
+from eval.prompts import LocalCorpus, sample_prompts
 from eval.rules import DEFAULT_RULES, ContestRules
 from eval.schemas import (
     BLOCK_HASH_PATTERN,

@@ -3,24 +3,31 @@
 One ``model_info(files_metadata=True)`` call gives the file list with LFS
 sha256; headers come from HTTP range reads of the pinned revision; small files
 from one bounded GET. Everything read for a (repo, revision) is cached in
-memory, so a revision already admitted costs zero HTTP calls. Every call has a
-timeout; 429/5xx/timeouts become ``TransientError`` (LESSONS 21), 404/401/403/
-gated/disabled become definite errors. The token comes from ``HF_TOKEN`` and is
-never put in a message.
+memory, so a revision already admitted costs zero HTTP calls; only the listing
+(which also says the repo is still public) expires after ``LISTING_TTL_S``, so
+the king's repo check really asks the hub each epoch. Every call has a timeout.
+
+Only the hub's repository answers (``RepoNotFound``, ``RevisionNotFound``, gated,
+disabled) are definite; 429/5xx/timeouts become ``TransientError`` (LESSONS 21)
+and a 401/403 without a repository error code becomes ``HubAuthError``: the hub
+rejected our token, not the repo (LESSONS 28, see ``eval.hub_errors``). The
+token comes from ``HF_TOKEN`` and is never put in a message.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi, snapshot_download
-from huggingface_hub import errors as hf_errors
-from huggingface_hub.utils import get_session
+from huggingface_hub.utils import get_session, hf_raise_for_status
 
-from eval.errors import TransientError
+from eval.errors import HubAuthError, TransientError
+from eval.hub_errors import HubAnswer, classify_hub_error
 from eval.safetensors_header import PREFIX_READ, SafetensorsHeader, header_length, parse_header
 from eval.stores import (
     REVISION_RE,
@@ -37,18 +44,23 @@ from eval.stores import (
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MAX_CACHED_REVISIONS = 64
 """Revisions whose listings, small files and headers stay in memory (LESSONS 24: caches are bounded)."""
+LISTING_TTL_S = 60.0
+"""A listing says the repo is still there: it expires (the king's repo check each epoch asks again), while
+files and headers read at a pinned commit never change and stay cached."""
 
 
 class HuggingFaceStore:
     def __init__(
         self, token: str | None = None, endpoint: str | None = None, timeout: float = 20.0,
-        max_cached_revisions: int = MAX_CACHED_REVISIONS,
+        max_cached_revisions: int = MAX_CACHED_REVISIONS, listing_ttl_s: float = LISTING_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:  # fmt: skip
         self._token = token if token is not None else os.environ.get("HF_TOKEN") or None
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
         self.timeout = timeout
         self._api = HfApi(endpoint=self.endpoint, token=self._token or False)
-        self._files: dict[tuple[str, str], list[FileInfo]] = {}
+        self._files: dict[tuple[str, str], tuple[float, list[FileInfo]]] = {}
+        self._listing_ttl_s, self._clock = listing_ttl_s, clock
         self._blobs: dict[tuple[str, str, str], bytes] = {}
         self._headers: dict[tuple[str, str, str], SafetensorsHeader] = {}
         self._recent: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -73,15 +85,16 @@ class HuggingFaceStore:
     def files(self, repo: str, revision: str) -> list[FileInfo]:
         key = (validate_repo(repo), validate_revision(revision))
         self._touch(*key)
-        if key not in self._files:
+        cached = self._files.get(key)
+        if cached is None or self._clock() - cached[0] > self._listing_ttl_s:
             info = self._call(repo, revision, self._api.model_info, repo, revision=revision, files_metadata=True,
                               timeout=self.timeout)  # fmt: skip
             if getattr(info, "sha", None) not in (None, revision):
                 raise RevisionNotFound(f"{repo}: the hub answered revision {info.sha}, not {revision}")
             if getattr(info, "disabled", False) or getattr(info, "private", False) or getattr(info, "gated", False):
                 raise RepoInaccessible(f"{repo} is private, gated or disabled")
-            self._files[key] = [_file_info(s) for s in (info.siblings or [])]
-        return list(self._files[key])
+            self._files[key] = (self._clock(), [_file_info(s) for s in (info.siblings or [])])
+        return list(self._files[key][1])
 
     def read_file(self, repo: str, revision: str, path: str, max_bytes: int) -> bytes:
         key = (validate_repo(repo), validate_revision(revision), validate_file_path(path))
@@ -135,8 +148,6 @@ class HuggingFaceStore:
             with get_session().stream("GET", url, headers=headers, timeout=self.timeout, follow_redirects=True) as r:
                 if r.status_code >= 400:
                     r.read()
-                    from huggingface_hub.utils import hf_raise_for_status
-
                     hf_raise_for_status(r)
                 out = bytearray()
                 for chunk in r.iter_bytes():
@@ -148,33 +159,31 @@ class HuggingFaceStore:
         return self._call(repo, revision, fetch)
 
     def _call(self, repo: str, revision: str, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        """Run one hub call and translate its failure into the store's error classes."""
+        """Run one hub call and translate its failure into the store's error classes (``eval.hub_errors``)."""
         self.http_calls += 1
         try:
             return fn(*args, **kwargs)
-        except hf_errors.RevisionNotFoundError:
-            raise RevisionNotFound(f"revision {revision} not found in {repo}") from None
-        except (hf_errors.GatedRepoError, hf_errors.DisabledRepoError):
-            raise RepoInaccessible(f"{repo} is gated or disabled") from None
-        except hf_errors.RepositoryNotFoundError:
-            raise RepoNotFound(f"{repo} not found (or private)") from None
-        except hf_errors.LocalEntryNotFoundError:  # snapshot_download's wrapper for "the hub did not answer"
-            raise TransientError(f"{repo}@{revision}: hub unreachable or overloaded") from None
-        except hf_errors.EntryNotFoundError:
-            raise UnsafeRepoContent(f"a listed file of {repo}@{revision} is missing") from None
-        except hf_errors.HfHubHTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else None
-            if status in (401, 403):
-                raise RepoInaccessible(f"{repo}: access denied ({status})") from None
-            if status == 404:
-                raise RepoNotFound(f"{repo}: not found (404)") from None
-            raise TransientError(f"{repo}@{revision}: hub answered {status}") from None
-        except (OSError, TimeoutError) as exc:  # connection errors, timeouts (httpx errors are OSError-free: below)
-            raise TransientError(f"{repo}@{revision}: {type(exc).__name__}") from None
         except Exception as exc:
-            if type(exc).__module__.startswith(("httpx", "httpcore")):
-                raise TransientError(f"{repo}@{revision}: {type(exc).__name__}") from None
-            raise
+            meaning = classify_hub_error(exc)
+            if meaning is None:
+                raise
+            raise _store_error(*meaning, repo, revision) from None
+
+
+def _store_error(answer: HubAnswer, reason: str, repo: str, revision: str) -> Exception:
+    """Only the repo's own answers are definite; our credentials and outages give no verdict."""
+    if answer == "repo_not_found":
+        return RepoNotFound(f"{repo} not found (or private): {reason}")
+    if answer == "revision_not_found":
+        return RevisionNotFound(f"revision {revision} not found in {repo}: {reason}")
+    if answer in ("gated", "disabled"):
+        return RepoInaccessible(f"{repo} is {answer}: {reason}")
+    if answer == "entry_not_found":
+        return UnsafeRepoContent(f"a listed file of {repo}@{revision} is missing: {reason}")
+    if answer == "auth":
+        return HubAuthError(f"the hub rejected the token in HF_TOKEN (expired, revoked or without read access) "
+                            f"while reading {repo}: {reason}; nothing is known about the repo")  # fmt: skip
+    return TransientError(f"{repo}@{revision}: hub unreachable or overloaded: {reason}")
 
 
 def _file_info(sibling: Any) -> FileInfo:

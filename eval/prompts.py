@@ -6,9 +6,10 @@ digest, then ships the texts in the job so the pod cannot influence them.
 
 Selection is one pure routine over a small ``PromptSource`` port (sorted shard
 names, row counts, rows from an offset). Production reads one FineWeb parquet
-shard from the Hub; tests and the demo read a local directory or the Python
-help topics. All random draws are sha256 counters, not a library RNG, so a
-miner can reproduce a round's prompts in any language and any numpy version.
+shard from the Hub at a pinned revision (``eval.fineweb``); tests and the demo
+read a local directory or the Python help topics. All random draws are sha256
+counters, not a library RNG, so a miner can reproduce a round's prompts in any
+language and any numpy version.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from eval.errors import PromptError
 from eval.rules import ContestRules
@@ -149,17 +150,20 @@ def _wrapped(source: PromptSource, shard: str, start: int, rows: int) -> Iterato
 # --- parquet reading shared by both adapters ---------------------------------------------------
 
 
-def _parquet_rows(fileobj: BinaryIO) -> int:
+def parquet_rows(fileobj: BinaryIO) -> int:
     import pyarrow.parquet as pq
 
     return int(pq.ParquetFile(fileobj).metadata.num_rows)
 
 
-def _parquet_texts(fileobj: BinaryIO, start: int) -> Iterator[str]:
-    """The "text" column from row ``start`` on, reading only the row groups that hold those rows."""
+def parquet_texts(fileobj: BinaryIO, start: int, metadata: Any = None) -> Iterator[str]:
+    """The "text" column from row ``start`` on, reading only the row groups that hold those rows.
+
+    ``metadata`` (a ``pyarrow.parquet.FileMetaData`` read before) saves reading the footer again.
+    """
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(fileobj)
+    pf = pq.ParquetFile(fileobj, metadata=metadata)
     if "text" not in pf.schema_arrow.names:
         raise PromptError("parquet file has no 'text' column")
     first = 0
@@ -203,7 +207,7 @@ class LocalCorpus:
             return len(self._pydoc())
         if shard.endswith(".parquet"):
             with open(self._file(shard), "rb") as f:
-                return _parquet_rows(f)
+                return parquet_rows(f)
         with open(self._file(shard), encoding="utf-8") as f:
             return sum(1 for line in f if line.strip())
 
@@ -212,7 +216,7 @@ class LocalCorpus:
             yield from self._pydoc()[start:]
         elif shard.endswith(".parquet"):
             with open(self._file(shard), "rb") as f:
-                yield from _parquet_texts(f, start)
+                yield from parquet_texts(f, start)
         else:
             yield from self._jsonl(shard, start)
 
@@ -241,56 +245,3 @@ class LocalCorpus:
         from pydoc_data.topics import topics
 
         return [topics[k] for k in sorted(topics)]
-
-
-class FineWebSource:
-    """FineWeb (or any parquet dataset on the Hub with a "text" column), one shard at a time.
-
-    Only the chosen shard's footer and the row groups holding the chosen rows
-    are read. ``list_files`` and ``open_file`` are the two I/O seams; by default
-    they resolve the dataset's configured data files through ``datasets`` and
-    open them through ``huggingface_hub.HfFileSystem``.
-    """
-
-    def __init__(
-        self,
-        rules: ContestRules,
-        *,
-        list_files: Callable[[], Sequence[str]] | None = None,
-        open_file: Callable[[str], BinaryIO] | None = None,
-    ) -> None:
-        self.rules = rules
-        self._list_files = list_files or self._hub_files
-        self._open_file = open_file or self._hub_open
-        self._files: list[str] | None = None
-
-    def shards(self) -> list[str]:
-        if self._files is None:
-            files = sorted({str(f) for f in self._list_files() if str(f).endswith(".parquet")})
-            if not files:
-                raise PromptError(f"no parquet files for {self.rules.dataset} [{self.rules.dataset_config}]")
-            self._files = files
-        return list(self._files)
-
-    def num_rows(self, shard: str) -> int:
-        with self._open_file(shard) as f:
-            return _parquet_rows(f)
-
-    def read(self, shard: str, start: int) -> Iterator[str]:
-        with self._open_file(shard) as f:
-            yield from _parquet_texts(f, start)
-
-    def _hub_files(self) -> list[str]:
-        from datasets import load_dataset_builder
-
-        builder = load_dataset_builder(self.rules.dataset, name=self.rules.dataset_config or None)
-        data_files = builder.config.data_files or {}
-        if self.rules.dataset_split not in data_files:
-            raise PromptError(f"{self.rules.dataset} has no split {self.rules.dataset_split!r}")
-        return [str(f) for f in data_files[self.rules.dataset_split]]
-
-    @staticmethod
-    def _hub_open(path: str) -> BinaryIO:
-        from huggingface_hub import HfFileSystem
-
-        return HfFileSystem().open(path, "rb")  # type: ignore[return-value]  # hf:// prefix is optional

@@ -31,6 +31,14 @@ CANARY_PROMPTS: tuple[str, ...] = (
 )
 
 
+FINEWEB_REVISION = "9bb295ddab0e05d785b879661af7260fed5140fc"
+"""A commit of ``HuggingFaceFW/fineweb`` whose ``sample/10BT`` holds the 15 shards ``000_00000`` .. ``014_00000``.
+
+Check it before a live launch (``HfApi().dataset_info("HuggingFaceFW/fineweb", revision=...)``); a rules file
+may pin another one. A revision the hub does not know fails every round loudly and judges nobody.
+"""
+
+
 class RulesError(ValueError):
     """Raised when a rules document is malformed or nonsensical."""
 
@@ -74,8 +82,8 @@ class ContestRules(BaseModel):
 
     # Prompt sampling.
     dataset: str = Field("HuggingFaceFW/fineweb", min_length=1, max_length=128)
-    dataset_config: str = Field("sample-10BT", max_length=64)
-    dataset_split: str = Field("train", max_length=32)
+    dataset_config: str = Field("sample-10BT", max_length=64)  # the card's name for ``dataset_path`` (a label)
+    dataset_split: str = Field("train", max_length=32)  # a label too: what is read is dataset_path @ dataset_revision
     prompt_min_chars: int = Field(200, ge=1)
     prompt_max_chars: int = Field(2000, ge=16, le=100_000)
 
@@ -92,6 +100,17 @@ class ContestRules(BaseModel):
     max_queued_per_coldkey: int = Field(2, ge=1)
     coronation_candidates: int = Field(3, ge=1, le=64)
 
+    # --- The prompt dataset, pinned (rules v2) ----------------------------------------------------
+    # Prompts must not change when the dataset is republished: every file is read at this commit,
+    # and only the files under ``dataset_path`` are listed (never the whole repository).
+    dataset_revision: str = Field(
+        FINEWEB_REVISION, pattern=r"^[0-9a-f]{40}$", description="Commit of the dataset repo the prompts are read at."
+    )
+    dataset_path: str = Field(
+        "sample/10BT", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*$",
+        description="Folder of the dataset repo whose parquet files are the prompt corpus (the config's files).",
+    )  # fmt: skip
+
     @model_validator(mode="after")
     def _coherent(self) -> ContestRules:
         if self.prompt_min_chars >= self.prompt_max_chars:
@@ -100,6 +119,8 @@ class ContestRules(BaseModel):
             raise ValueError("early_stop_min_prompts cannot exceed prompts_per_round")
         if len(set(self.allowed_dtypes)) != len(self.allowed_dtypes):
             raise ValueError("allowed_dtypes has duplicates")
+        if any(part in (".", "..") for part in self.dataset_path.split("/")):
+            raise ValueError("dataset_path must stay inside the dataset repository (no '.' or '..')")
         return self
 
     # --- serialisation -------------------------------------------------

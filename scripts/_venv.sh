@@ -42,3 +42,20 @@ ensure_chromium() {
   fi
   return 0
 }
+
+# The PM2 tests run the ecosystem file under PM2 itself. In CI (root, npm available) install the
+# pinned PM2 from the npm registry once; elsewhere those tests skip with a message saying how.
+PM2_VERSION=7.0.4
+ensure_pm2() {
+  command -v pm2 >/dev/null 2>&1 && return 0
+  local tried=".venv/.klhill-pm2-failed"
+  [ -f "$tried" ] && return 0
+  if [ "${CI:-}" = "true" ] && [ "$(id -u)" = "0" ] && command -v npm >/dev/null 2>&1; then
+    echo "== installing pm2@$PM2_VERSION for the PM2 tests"
+    if ! npm install -g --silent "pm2@$PM2_VERSION" >/dev/null 2>&1; then
+      echo "   pm2 could not be installed; the PM2 tests will skip (rm $tried to retry)"
+      touch "$tried"
+    fi
+  fi
+  return 0
+}

@@ -35,7 +35,7 @@ DEMO_SEED = b"klhill-demo"  # fixed hash-chain seed: the block hashes (round see
 TEACHER = "demo/teacher"
 DEMO_RULES: dict[str, Any] = {
     "teacher_repo": TEACHER, "vocab_size": 512, "prompts_per_round": 12, "max_new_tokens": 16,
-    "max_prompt_tokens": 64, "max_kl": 20.0, "epsilon": 0.1, "prompt_min_chars": 40, "prompt_max_chars": 400,
+    "max_prompt_tokens": 64, "max_kl": 20.0, "epsilon": 0.2, "prompt_min_chars": 40, "prompt_max_chars": 400,
     "early_stop_min_prompts": 6, "max_challengers_per_round": 8, "max_queued_per_coldkey": 8,
 }  # fmt: skip
 

@@ -40,9 +40,10 @@ class Recipe:
     strong_steps: int = 60
     weak_steps: int = 4
     better_steps: int = 120  # continued from the strong student
-    # strong + t * (better - strong): about 8% lower KL than strong (epsilon is 10%) while its fingerprint
-    # distance to strong (about 0.75 t) stays above the 0.02 functional-copy threshold
-    marginal_t: float = 0.032
+    # strong + t * (better - strong): its KL falls by ~2.5 t (~15% at 0.06; the demo's epsilon is 20%) while
+    # its fingerprint distance to strong, 0.43 t to 0.75 t depending on how training went, stays above the
+    # 0.02 functional-copy threshold; a smaller t fell below it once the prompts changed
+    marginal_t: float = 0.06
     prompts: int = 48
     lr: float = 3e-3
     perturb_scale: float = 2e-4

@@ -16,6 +16,21 @@
 //   KLHILL_DB         state database (default state/validator.db)
 //   KLHILL_EXTRA_ARGS extra validator flags, e.g. "--max-challengers 4 --weights-interval 360"
 //   KLHILL_API_PORT   API port when KLHILL_WITH_API=1 (default 8080)
+//
+// What PM2 (7.x) really does with these settings, and why each is set:
+// - Restarts: exp_backoff_restart_delay waits 1 s after a crash, then 1.5x longer after each further
+//   crash (PM2 caps it at 15 s) and drops back to 1 s once the process has stayed up 30 s. It replaces
+//   restart_delay, which PM2 ignores when both are set, so restart_delay is not set.
+// - max_restarts counts only "unstable" restarts: exits within min_uptime of the start. With 30 s and
+//   1000, a process that keeps dying within 30 s is given up on (status "errored") after ~4 hours of
+//   backed-off tries; a process that ran longer is always restarted.
+// - stop_exit_codes: exit status 2 means "cannot start" (bad flags, rules or wallet): no restart loop.
+// - Stopping: PM2 sends SIGINT (its default; PM2_KILL_SIGNAL in the daemon's environment changes it for
+//   every app), then SIGKILL after kill_timeout. The validator treats SIGINT like SIGTERM: it finishes
+//   the current step; an open round resumes with the same job on restart.
+// - Logs: the validator writes JSON lines to stderr (--log-format json); "time" is not set, because it
+//   would prefix every line with a timestamp and break the JSON (each line carries "ts"). PM2 does not
+//   rotate logs: install pm2-logrotate (see the README).
 const path = require("path");
 
 const root = path.resolve(__dirname, "..");
@@ -28,12 +43,12 @@ const common = {
   cwd: root,
   interpreter: "none",
   autorestart: true,
-  restart_delay: 10000,
-  exp_backoff_restart_delay: 2000,
+  exp_backoff_restart_delay: 1000,
+  min_uptime: 30000,
   max_restarts: 1000,
-  kill_timeout: 60000, // SIGTERM first: the validator finishes its step; an open round resumes on restart
-  merge_logs: true,
-  time: true,
+  stop_exit_codes: [2],
+  kill_timeout: 60000,
+  merge_logs: true, // one out and one error file per app
 };
 
 const apps = [

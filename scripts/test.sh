@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 ensure_venv
 ensure_chromium
+ensure_pm2
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy (core packages and entry points)"

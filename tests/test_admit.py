@@ -133,3 +133,47 @@ def test_king_repo_strikes_ignore_outages_and_reset(setup):
     hub.mode = "missing"
     assert check_king_repo(store, hub, 24, 2) and not check_king_repo(store, hub, 25, 2)
     assert store.submission(key[0])[0]["status"] == "removed"
+
+
+def test_rejected_hub_token_judges_nobody_and_is_reported(setup, monkeypatch, caplog):
+    """The real HuggingFaceStore against the loopback hub stand-in answering 401 "Invalid credentials" (LESSONS 28)."""
+    from hub_standin import FakeHub
+    from huggingface_hub import constants
+
+    from api import views
+    from eval.hf_store import HuggingFaceStore
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    world, store, _, _ = setup
+    store_path = world.root / "v.db"
+    fake = FakeHub(world.hub)
+    try:
+        king = _add(store, world, "k", 5, "bob/m2")
+        admit_pending(store, world.hub, 6, RULES, lambda: TeacherSpec.from_store(world.hub, TEACHER,
+                                                                                 world.revs[TEACHER]))  # fmt: skip
+        store.set_king(king, 6, None, 0.1, "test")
+        first, second = _add(store, world, "a", 10, "alice/m1"), _add(store, world, "c", 11, "carol/m3")
+        fake.valid_tokens = {"hf_renewed"}  # the validator still sends the expired one
+        hf = HuggingFaceStore(endpoint=fake.url, token="hf_expired", timeout=5)
+        teacher = lambda: TeacherSpec.from_store(hf, TEACHER, world.revs[TEACHER])  # noqa: E731
+        with caplog.at_level("ERROR"):
+            report = admit_pending(store, hf, 20, RULES, teacher)
+            assert check_king_repo(store, hf, 20, max_strikes=1)  # one strike would remove it: none is given
+        assert report.admitted == report.rejected == [] and "HF_TOKEN" in (report.hub_auth_error or "")
+        assert [store.submission(k[0])[0]["status"] for k in (first, second)] == ["pending", "pending"]
+        assert store.pending_admissions(20) and all(r["attempts"] in (0, None) for r in store.pending_admissions(20))
+        assert store.submission(king[0])[0]["strikes"] == 0 and store.current_king()["hotkey"] == king[0]
+        assert store.disqualifications() == []
+        errors = [r for r in caplog.records if r.levelname == "ERROR" and "HF_TOKEN" in r.getMessage()]
+        assert len(errors) == 2 and "hf_expired" not in caplog.text
+        ro = Store.open_readonly(store_path)
+        health = views.health(ro)
+        assert health.status == "degraded" and health.hub_auth == "rejected"
+        assert any("HF_TOKEN" in r for r in health.reasons) and "Invalid credentials" in health.hub_auth_detail
+        fake.valid_tokens = {"hf_expired"}  # the operator renews the token
+        report = admit_pending(store, hf, 30, RULES, teacher)
+        assert sorted(report.admitted) == sorted([first, second])
+        assert views.health(ro).hub_auth == "ok" and not any("HF_TOKEN" in r for r in views.health(ro).reasons)
+        ro.close()
+    finally:
+        fake.close()

@@ -124,7 +124,7 @@ def test_metrics_prometheus_text(built):
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
     for name in ("klhill_round_duration_seconds_bucket", "klhill_king_kl ", "klhill_queue_length",
-                 "klhill_last_weights_block", "klhill_pod_errors"):  # fmt: skip
+                 "klhill_last_weights_block", "klhill_pod_errors_total"):  # fmt: skip
         assert name in text
     samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     assert float(samples["klhill_round_duration_seconds_count"]) == len(built.done_rounds)

@@ -46,13 +46,15 @@ from demo_cast import Recipe, build_cast  # noqa: E402
 from demo_report import api_get, chain_weights, check_outcome, check_outcomes  # noqa: E402
 
 RULES: dict[str, Any] = {
-    "teacher_repo": "demo/teacher", "vocab_size": 512, "prompts_per_round": 8, "max_new_tokens": 12,
-    "max_prompt_tokens": 64, "max_kl": 20.0, "epsilon": 0.1, "prompt_min_chars": 40, "prompt_max_chars": 400,
+    "teacher_repo": "demo/teacher", "vocab_size": 512, "prompts_per_round": 20, "max_new_tokens": 12,
+    "max_prompt_tokens": 64, "max_kl": 20.0, "epsilon": 0.15, "prompt_min_chars": 40, "prompt_max_chars": 400,
     "early_stop_min_prompts": 4, "max_challengers_per_round": 8, "max_queued_per_coldkey": 8,
 }  # fmt: skip
-# The marginal challenger is strong moved marginal_t of the way toward better: about 7% lower KL than strong
-# on 48 sampled prompts (8.6% on the fixed-seed round's own; epsilon is 10%) at a fingerprint distance near
-# 0.026 (above the 0.02 functional-copy threshold). A strong trained for only 30 steps leaves no such window:
+# The marginal challenger is strong moved marginal_t of the way toward better. Measured over 16 seeded
+# rounds of these rules (20 prompts each): marginal is 6.5-8.5% below strong's KL (epsilon is 15%) and
+# better 61-79% below with p <= 0.023 in every round, so the outcome does not hinge on one round's prompts
+# (any rules change, e.g. a new field, moves every prompt). Its fingerprint stays above the 0.02
+# functional-copy threshold (checked here). A strong trained for only 30 steps leaves no such window:
 # better is so far ahead that any step toward it is either a functional copy or a gain above epsilon.
 RECIPE = Recipe(teacher_steps=30, strong_steps=60, weak_steps=2, better_steps=30, marginal_t=0.07, prompts=32,
                 rules=RULES)  # fmt: skip

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from admission_fixtures import VOCAB, write_model, write_teacher
+from hub_standin import FakeHub
 
 import miner
 from eval.admission import Admitted, Rejected, TeacherSpec, check_model
@@ -21,116 +20,6 @@ from eval.stores import LocalHub, RepoInaccessible, RepoNotFound, RevisionNotFou
 
 RULES = ContestRules(vocab_size=VOCAB)
 TOKEN = "hf_secret_token_value"
-
-
-class FakeHub:
-    """Serves a LocalHub's content with the hub's URL layout, error codes and Range semantics."""
-
-    def __init__(self, hub: LocalHub) -> None:
-        self.hub = hub
-        self.calls: list[str] = []
-        self.fail_next: list[int] = []  # statuses to answer before serving normally
-        self.gated: set[str] = set()
-        self.no_lfs: set[str] = set()  # files listed as plain git files (no LFS sha256)
-        self.fail_files: list[int] = []  # statuses to answer on file requests (HEAD/GET .../resolve/...) only
-        self.auth_seen: list[str | None] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):  # quiet
-                pass
-
-            def do_GET(self):  # noqa: N802
-                fake.calls.append(self.path)
-                fake.auth_seen.append(self.headers.get("Authorization"))
-                if fake.fail_next:
-                    return self._send(fake.fail_next.pop(0), b"busy")
-                m = re.match(r"^/api/models/([^/]+/[^/]+)/tree/([^/?]+)", self.path)
-                if m:
-                    return self._tree(*m.groups())
-                m = re.match(r"^/api/models/([^/]+/[^/]+)(?:/revision/([^/?]+))?", self.path)
-                if m:
-                    return self._info(m.group(1), m.group(2) or "main")
-                m = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", self.path)
-                if m and fake.fail_files:
-                    return self._send(fake.fail_files.pop(0), b"busy")
-                if m:
-                    return self._file(*m.groups())
-                return self._send(404, b"", {"X-Error-Code": "EntryNotFound"})
-
-            def do_HEAD(self):  # noqa: N802  (what hf_hub_download asks before a GET: commit, etag, size)
-                fake.calls.append("HEAD " + self.path)
-                if fake.fail_next or fake.fail_files:
-                    return self._send((fake.fail_next or fake.fail_files).pop(0), b"", head=True)
-                m = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", self.path)
-                rev = self._resolve(*m.groups()[:2]) if m else None
-                if rev is None:
-                    return None if m else self._send(404, b"", head=True)
-                data = (fake.hub.root / m.group(1) / rev / m.group(3)).read_bytes()
-                etag = f'"{hashlib.sha256(data).hexdigest()}"'
-                headers = {"X-Repo-Commit": rev, "ETag": etag, "X-Linked-Etag": etag, "X-Linked-Size": str(len(data))}
-                self._send(200, data, headers, head=True)
-
-            def _tree(self, repo, ref):
-                rev = self._resolve(repo, ref)
-                if rev is None:
-                    return
-                entries = []
-                for f in fake.hub.files(repo, rev):
-                    e = {"type": "file", "path": f.path, "size": f.size, "oid": "0" * 40}
-                    if f.sha256:
-                        e["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": 134}
-                    entries.append(e)
-                self._send(200, json.dumps(entries).encode(), {"Content-Type": "application/json"})
-
-            def _send(self, status, body, headers=None, head=False):
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if not head:
-                    self.wfile.write(body)
-
-            def _resolve(self, repo, ref):
-                if repo in fake.gated:
-                    self._send(403, b"gated", {"X-Error-Code": "GatedRepo"})
-                    return None
-                try:
-                    return fake.hub.resolve(repo, ref)
-                except RepoNotFound:
-                    self._send(404, b"", {"X-Error-Code": "RepoNotFound"})
-                except (RevisionNotFound, ValueError):
-                    self._send(404, b"", {"X-Error-Code": "RevisionNotFound"})
-                return None
-
-            def _info(self, repo, ref):
-                rev = self._resolve(repo, ref)
-                if rev is None:
-                    return
-                sib = []
-                for f in fake.hub.files(repo, rev):
-                    s = {"rfilename": f.path, "size": f.size, "blobId": "0" * 40}
-                    if f.path.endswith((".safetensors", "tokenizer.json")) and f.path not in fake.no_lfs:
-                        s["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": 134}
-                    sib.append(s)
-                body = {"id": repo, "sha": rev, "private": False, "gated": False, "disabled": False, "siblings": sib}
-                self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
-
-            def _file(self, repo, ref, path):
-                rev = self._resolve(repo, ref)
-                if rev is None:
-                    return
-                data = (fake.hub.root / repo / rev / path).read_bytes()
-                rng = self.headers.get("Range")
-                if rng:
-                    a, b = (int(x) for x in rng.removeprefix("bytes=").split("-"))
-                    return self._send(206, data[a : b + 1], {"Content-Range": f"bytes {a}-{b}/{len(data)}"})
-                self._send(200, data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture
@@ -158,8 +47,7 @@ def fake(tmp_path, online, monkeypatch):
     monkeypatch.setattr(_http, "time", _NoSleepTime())
     f = FakeHub(LocalHub(tmp_path / "hub"))
     yield f
-    f.server.shutdown()
-    f.server.server_close()
+    f.close()
 
 
 @pytest.fixture
@@ -330,3 +218,77 @@ def test_safetensors_outside_lfs_is_invalid_not_a_crash(fake, tmp_path, teacher)
     out = check_model(HuggingFaceStore(endpoint=fake.url, timeout=5), "org/m", rev, RULES, teacher)
     assert isinstance(out, Rejected) and (out.reason, out.check) == ("INVALID", "files")
     assert "model-00002-of-00002.safetensors" in out.detail and "LFS" in out.detail
+
+
+# --- the validator's own credentials are never the repo's fault (LESSONS 28) -----------------------------
+@pytest.mark.parametrize("problem", ["expired_token", "bare_403"])
+def test_rejected_token_gives_no_verdict_even_for_the_king(fake, tmp_path, teacher, problem):
+    from eval.errors import HubAuthError
+
+    rev = fake.hub.publish("org/m", write_model(tmp_path / "src"))
+    if problem == "expired_token":
+        fake.valid_tokens = {"hf_the_valid_one"}  # TOKEN is unknown to the hub: 401, no repository error code
+    else:
+        fake.forbid_all = True  # a token without read permission: a bare 403
+    store = HuggingFaceStore(endpoint=fake.url, token=TOKEN, timeout=5)
+    with pytest.raises(HubAuthError, match="HF_TOKEN") as info:
+        store.files("org/m", rev)
+    assert TOKEN not in str(info.value)
+    with pytest.raises(TransientError):  # neither INVALID for a new submission nor REMOVED for the king
+        check_model(store, "org/m", rev, RULES, teacher, existed_before=True)
+    with pytest.raises(HubAuthError):
+        store.download("org/m", rev, tmp_path / "dl", ["*.json"])
+    fake.valid_tokens, fake.forbid_all = None, False
+    assert isinstance(check_model(store, "org/m", rev, RULES, teacher), Admitted)
+
+
+def test_private_or_missing_repo_stays_definite_with_or_without_a_token(fake, tmp_path, teacher):
+    rev = fake.hub.publish("org/m", write_model(tmp_path / "src"))
+    fake.private.add("org/m")
+    for token in (None, TOKEN):  # 401 + RepoNotFound anonymously, 404 + RepoNotFound with a token
+        store = HuggingFaceStore(endpoint=fake.url, token=token, timeout=5)
+        with pytest.raises(RepoNotFound):
+            store.files("org/m", rev)
+        out = check_model(store, "org/m", rev, RULES, teacher, existed_before=True)
+        assert (out.reason, out.check) == ("REMOVED", "availability")
+        with pytest.raises(RepoNotFound):
+            store.download("org/m", rev, tmp_path / "dl", ["*.json"])
+
+
+def test_disabled_repo_is_definite_in_listing_and_in_download(fake, tmp_path, teacher):
+    # snapshot_download wraps the hub's 403 "disabled" in LocalEntryNotFoundError; the cause decides.
+    rev = fake.hub.publish("org/m", write_model(tmp_path / "src"))
+    fake.disabled.add("org/m")
+    store = HuggingFaceStore(endpoint=fake.url, token=TOKEN, timeout=5)
+    with pytest.raises(RepoInaccessible, match="disabled"):
+        store.download("org/m", rev, tmp_path / "dl", ["*.json", "*.safetensors"])
+    with pytest.raises(RepoInaccessible, match="disabled"):
+        store.files("org/m", rev)
+    out = check_model(store, "org/m", rev, RULES, teacher, existed_before=True)
+    assert (out.reason, out.check) == ("REMOVED", "availability")
+
+
+def test_download_from_an_unreachable_hub_stays_transient(online, tmp_path, monkeypatch):
+    from huggingface_hub.utils import _http
+
+    monkeypatch.setattr(_http, "time", _NoSleepTime())  # the library's own retries, without the wait
+    store = HuggingFaceStore(endpoint="http://127.0.0.1:9", timeout=2)  # refused: LocalEntryNotFoundError
+    with pytest.raises(TransientError) as info:
+        store.download("org/m", "a" * 40, tmp_path / "dl", ["*.json"])
+    assert not isinstance(info.value, RepoInaccessible)
+
+
+def test_the_listing_expires_so_the_kings_repo_check_asks_again(fake, tmp_path, teacher):
+    rev = fake.hub.publish("org/m", write_model(tmp_path / "src", shards=2))
+    now = [0.0]
+    store = HuggingFaceStore(endpoint=fake.url, timeout=5, listing_ttl_s=60, clock=lambda: now[0])
+    assert isinstance(check_model(store, "org/m", rev, RULES, teacher), Admitted)
+    calls = store.http_calls
+    now[0] = 59.0
+    store.files("org/m", rev)
+    assert store.http_calls == calls  # within the TTL: cached
+    now[0] = 61.0
+    fake.hub.delete("org/m")  # the owner deletes the repo
+    with pytest.raises(RepoNotFound):
+        store.files("org/m", rev)  # a fresh answer: LESSONS 20 (a vanished king is noticed)
+    assert store.http_calls == calls + 1

@@ -1,10 +1,9 @@
-"""eval.prompts: block-hash seeding, deterministic selection, cutting, local and FineWeb adapters."""
+"""eval.prompts: block-hash seeding, deterministic selection, cutting, the local corpus (FineWeb: test_fineweb)."""
 
 from __future__ import annotations
 
 import hashlib
 import inspect
-import io
 import json
 import re
 from pathlib import Path
@@ -15,7 +14,6 @@ import pytest
 
 from eval.errors import PromptError
 from eval.prompts import (
-    FineWebSource,
     LocalCorpus,
     cut_prompt,
     draw,
@@ -225,51 +223,6 @@ def test_shard_choice_uses_every_shard(tmp_path: Path) -> None:
         assert len(tags) == 1  # one shard per round
         chosen |= tags
     assert chosen == {"Shard0", "Shard1", "Shard2"}
-
-
-# --- FineWeb adapter with a stubbed file list -------------------------------------------------
-
-
-class _StubHub:
-    """In-memory parquet shards named like the Hub's data files; counts what is opened."""
-
-    def __init__(self, shards: dict[str, list[str]]) -> None:
-        self.blobs: dict[str, bytes] = {}
-        for name, docs in shards.items():
-            buf = io.BytesIO()
-            pq.write_table(pa.table({"text": docs}), buf, row_group_size=4)
-            self.blobs[name] = buf.getvalue()
-        self.opened: list[str] = []
-
-    def list_files(self) -> list[str]:
-        return list(reversed(self.blobs)) + ["hf://datasets/HuggingFaceFW/fineweb/README.md"]
-
-    def open(self, path: str) -> io.BytesIO:
-        self.opened.append(path)
-        return io.BytesIO(self.blobs[path])
-
-
-def _hub() -> _StubHub:
-    base = "hf://datasets/HuggingFaceFW/fineweb@0123/sample/10BT/"
-    return _StubHub({base + f"00{s}_00000.parquet": [d + f" From shard {s}." for d in _docs(16, 5)] for s in range(3)})
-
-
-def test_fineweb_adapter_reads_one_shard_deterministically() -> None:
-    hub = _hub()
-    src = FineWebSource(SMALL, list_files=hub.list_files, open_file=hub.open)
-    assert src.shards() == sorted(hub.blobs)  # sorted, non-parquet files dropped
-    a = sample_prompts(H, SMALL, src)
-    assert len(a) == 4 and not any(p.startswith("short") for p in a)
-    assert len(set(hub.opened)) == 1  # one shard streamed, nothing else
-    hub2 = _hub()
-    assert sample_prompts(H, SMALL, FineWebSource(SMALL, list_files=hub2.list_files, open_file=hub2.open)) == a
-    assert sample_prompts(_hash(9), SMALL, src) != a
-
-
-def test_fineweb_adapter_with_no_files_fails_clearly() -> None:
-    src = FineWebSource(SMALL, list_files=lambda: ["a/README.md"], open_file=lambda p: io.BytesIO())
-    with pytest.raises(PromptError, match="no parquet files"):
-        sample_prompts(H, SMALL, src)
 
 
 def test_parquet_without_text_column_fails_closed(tmp_path: Path) -> None:

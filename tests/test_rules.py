@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from pydantic import ValidationError
@@ -112,3 +113,27 @@ def test_direct_construction_validates_too() -> None:
         ContestRules(epsilon=-1.0)
     with pytest.raises(ValidationError):
         ContestRules(max_kl=float("nan"))
+
+
+@pytest.mark.parametrize(("doc", "field"), [
+    ({"dataset_revision": "main"}, "dataset_revision"),
+    ({"dataset_revision": "9bb295d"}, "dataset_revision"),
+    ({"dataset_revision": "9BB295DDAB0E05D785B879661AF7260FED5140FC"}, "dataset_revision"),
+    ({"dataset_path": "../secrets"}, "no '.' or '..'"),
+    ({"dataset_path": "sample/../../x"}, "no '.' or '..'"),
+    ({"dataset_path": "/sample/10BT"}, "dataset_path"),
+    ({"dataset_path": "sample/10BT/"}, "dataset_path"),
+    ({"dataset_path": ""}, "dataset_path"),
+])  # fmt: skip
+def test_the_dataset_is_pinned_to_a_commit_and_a_folder(doc: dict, field: str) -> None:
+    with pytest.raises(RulesError) as info:
+        ContestRules.from_json(json.dumps(doc))
+    assert field in str(info.value)
+
+
+def test_the_dataset_revision_is_a_rule_with_a_pinned_default() -> None:
+    r = ContestRules()
+    assert r.version == 2 and re.fullmatch(r"[0-9a-f]{40}", r.dataset_revision) and r.dataset_path == "sample/10BT"
+    moved = r.model_copy(update={"dataset_revision": "0" * 40})
+    assert moved.digest() != r.digest()  # and so the prompt seed (sha256 of block hash + digest) moves too
+    assert json.loads(r.to_json())["dataset_revision"] == r.dataset_revision  # published with every round

@@ -111,6 +111,39 @@ def test_v1_database_migrates_to_a_later_version_and_a_failed_step_rolls_back(tm
     s2.close()
 
 
+def test_a_migration_is_sql_not_text_split_on_semicolons(tmp_path, monkeypatch):
+    """A trigger body and a string literal hold ';': SQLite's parser, not str.split, decides what a statement is."""
+    import validator.store_schema as schema
+
+    v2 = """
+    CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL DEFAULT 'a; b');
+    CREATE TRIGGER notes_stamp AFTER INSERT ON notes BEGIN
+        UPDATE notes SET text = text || '; stamped' WHERE id = NEW.id;
+    END;
+    INSERT INTO notes(id) VALUES (1);
+    """
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, v2))
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", len(schema.MIGRATIONS))
+    s = Store.open(tmp_path / "v.db")
+    assert s._db.execute("PRAGMA user_version").fetchone()[0] == len(schema.MIGRATIONS)
+    assert s._db.execute("SELECT text FROM notes").fetchone()[0] == "a; b; stamped"
+    s.close()
+
+
+def test_a_failing_migration_script_leaves_nothing_behind(tmp_path, monkeypatch):
+    import validator.store_schema as schema
+
+    bad = "CREATE TABLE half (x TEXT DEFAULT ';'); CREATE INDEX half_x ON half(x); SELECT * FROM no_such_table;"
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, bad))
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", len(schema.MIGRATIONS))
+    with pytest.raises(SchemaError, match="no_such_table"):
+        Store.open(tmp_path / "v.db")
+    raw = sqlite3.connect(tmp_path / "v.db")
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(schema.MIGRATIONS) - 1
+    assert raw.execute("SELECT name FROM sqlite_master WHERE name LIKE 'half%'").fetchall() == []
+    raw.close()
+
+
 def test_readonly_connection_refuses_writes(store, tmp_path):
     admitted(store, ("alice", 5))
     ro = Store.open_readonly(tmp_path / "state" / "validator.db")

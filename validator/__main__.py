@@ -79,10 +79,11 @@ def _model_store(s: Settings) -> Any:
 
 
 def _prompt_source(s: Settings, rules: Any) -> Any:
-    from eval.prompts import FineWebSource, LocalCorpus
+    from eval.fineweb import FineWebSource
+    from eval.prompts import LocalCorpus
 
-    if s.corpus is None:
-        return FineWebSource(rules)
+    if s.corpus is None:  # listings are kept per dataset revision next to the state database
+        return FineWebSource(rules, cache_dir=s.db.parent / "dataset-listings")
     return LocalCorpus(None if s.corpus == "builtin" else s.corpus)
 
 

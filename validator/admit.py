@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eval.admission import Admitted, Rejected, TeacherSpec, check_model
-from eval.errors import TransientError
+from eval.errors import HubAuthError, TransientError
 from eval.rules import ContestRules
 from eval.stores import DefiniteStoreError, ModelStore
+from validator import hub_health
 from validator.contest import Key, order_key, strike_missing_repo
 from validator.store import Store
 
@@ -34,6 +35,7 @@ class AdmitReport:
     copies: list[Key] = field(default_factory=list)
     transient: list[Key] = field(default_factory=list)
     checks: int = 0
+    hub_auth_error: str | None = None
 
 
 def backoff_blocks(attempts: int, base: int, cap: int) -> int:
@@ -61,6 +63,9 @@ def admit_pending(
     ``teacher`` is called lazily (only when something is pending) so a teacher
     lookup never costs anything on a quiet epoch. A ``TransientError`` (from the
     store or the teacher lookup) schedules a retry with backoff and never rejects.
+    A ``HubAuthError`` (the hub refused our token) touches no submission: it is
+    reported (ERROR log, ``/api/health``) and the rest of the queue waits for the
+    next epoch, since every other call would be refused the same way.
     """
     report = AdmitReport()
     pending = store.pending_admissions(head_block)
@@ -73,6 +78,10 @@ def admit_pending(
             spec = spec or teacher()
             report.checks += 1
             verdict = check(model_store, row["repo"], row["revision"], rules, spec)
+        except HubAuthError as exc:
+            hub_health.report_rejected(store, str(exc), head_block, "admission")
+            report.hub_auth_error = str(exc)
+            break
         except TransientError as exc:
             wait = backoff_blocks(row["attempts"] or 0, backoff_base, backoff_cap)
             store.record_admission(key, "transient", detail=f"transient: {exc}"[:2000],
@@ -80,6 +89,7 @@ def admit_pending(
             report.transient.append(key)
             log.warning("admission of %s deferred %d blocks: %s", _fmt(key), wait, exc)
             continue
+        hub_health.report_ok(store, head_block)
         if isinstance(verdict, Rejected):
             with store.transaction():
                 store.record_admission(key, "rejected", check=verdict.check, detail=verdict.detail)
@@ -124,7 +134,8 @@ def _disqualify_copy(store: Store, key: Key, owner: Key, metadata_hash: str, blo
 def check_king_repo(store: Store, model_store: ModelStore, head_block: int, max_strikes: int) -> bool:
     """Is the king's pinned revision still there? Bounded strikes, then REMOVED (LESSONS 19, 20).
 
-    Returns False when the king was removed now. Transient errors never count.
+    Returns False when the king was removed now. Transient errors never count, nor
+    does a refused token (``HubAuthError``: reported, not held against the king).
     """
     king = store.current_king()
     if king is None:
@@ -136,12 +147,16 @@ def check_king_repo(store: Store, model_store: ModelStore, head_block: int, max_
         model_store.files(king["repo"], king["revision"])
         outcome = "ok"
         detail = ""
+    except HubAuthError as exc:
+        hub_health.report_rejected(store, str(exc), head_block, "the king's repo check")
+        return True
     except TransientError as exc:
         log.warning("king repo check deferred (transient): %s", exc)
         return True
     except DefiniteStoreError as exc:
         outcome = "missing"
         detail = f"{type(exc).__name__}: {exc}"
+    hub_health.report_ok(store, head_block)
     result = strike_missing_repo(strikes, max_strikes, outcome)  # type: ignore[arg-type]
     if result.strikes != strikes:
         store.set_strikes(key, result.strikes)

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eval.admission import TeacherSpec, check_model
-from eval.errors import KlhillError
-from eval.prompts import PromptSource, prompt_sha256, sample_prompts
+from eval.errors import KlhillError, TransientError
+from eval.prompts import PromptSource, prompt_sha256
 from eval.rules import ContestRules
 from eval.stores import ModelStore
 from validator import admit
@@ -41,6 +41,7 @@ from validator.contest import (
 )
 from validator.pods import Pod
 from validator.rounds import ProgressBox, RoundRunner, build_job, make_job_id
+from validator.sampling import PromptSampler
 from validator.settings import LoopConfig
 from validator.store import Store
 from validator.weights import WeightsKeeper
@@ -57,6 +58,7 @@ class EpochReport:
     round_kind: str = "none"
     round_id: int | None = None
     round_state: str | None = None
+    prompts_error: str | None = None  # why this epoch has no prompts (typed: "ErrorClass: detail")
     weights: str = "not_due"
     withdrawn: int = 0
 
@@ -86,6 +88,7 @@ class Validator:
         self.stop = stop or threading.Event()
         self._teacher_fn = teacher
         self._teacher: TeacherSpec | None = None
+        self.sampler = PromptSampler(prompts, store, config.epoch_blocks, config.prompts_backoff_cap)
         self.rounds = RoundRunner(store, pod, deadline_s=config.pod_deadline_s, stop=self.stop, progress=progress)
         self.weights = WeightsKeeper(store, config, self.hotkey)
 
@@ -157,7 +160,11 @@ class Validator:
                 log.warning("king %s:%d vanished and nobody is left to crown", *plan.vanished_king)
             return
         head = BlockRef(number, self.chain.block_hash(number))  # the hash only now: a round needs it
-        prompts = sample_prompts(head.hash, self.rules, self.prompts)
+        try:
+            prompts = self.sampler.sample(head.hash, self.rules, head.number)
+        except KlhillError as exc:
+            report.round_state, report.prompts_error = "no_prompts", f"{type(exc).__name__}: {exc}"[:1000]
+            return
         keys = [c.key for c in plan.models]
         attempt = int(self.store.rounds(1, 1)["total"]) + 1
         job_id = make_job_id(attempt, head.number, head.hash, keys, self.rules)
@@ -187,7 +194,9 @@ class Validator:
         prompts: list[str] = []
         if not problem:
             try:
-                prompts = sample_prompts(row["block_hash"], rules, self.prompts)
+                prompts = self.sampler.sample(row["block_hash"], rules, number)
+            except TransientError:  # the source is down, not the round: it stays open and resumes later
+                return "deferred"
             except KlhillError as exc:
                 problem = f"cannot re-sample the round's prompts: {exc}"
             if prompts and [prompt_sha256(p) for p in prompts] != row["prompt_sha256s"]:

@@ -62,6 +62,7 @@ class LoopConfig:
     backoff_cap: int = 600
     chain_backoff_cap_s: float = 600.0
     pod_name: str = "pod"
+    prompts_backoff_cap: int = 100  # blocks between tries of a failing prompt source, at most (~20 min)
 
 
 @dataclass(frozen=True)

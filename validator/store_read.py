@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from validator.contest import Candidate, Key
@@ -229,3 +229,19 @@ class StoreReads:
         last_round = self._one("SELECT id, state, started, finished FROM rounds ORDER BY id DESC LIMIT 1")
         return {"submissions": by_status, "rounds": by_state, "durations": durations, "model_errors": model_errors,
                 "last_round": last_round, "last_weights": self.last_weights()}  # fmt: skip
+
+    def round_durations(self, bounds: Sequence[float]) -> tuple[list[int], float, int]:
+        """Finished rounds' wall times as cumulative histogram counts: (count <= each bound, sum, count).
+
+        Over every finished round ever (rounds are never deleted), so a histogram built
+        from it never goes down, as Prometheus requires of one.
+        """
+        cases = ", ".join("COALESCE(SUM(CASE WHEN finished - started <= ? THEN 1 ELSE 0 END), 0)" for _ in bounds)
+        row = self._db.execute(f"SELECT COUNT(*), COALESCE(SUM(finished - started), 0.0){', ' if cases else ''}{cases}"
+                               " FROM rounds WHERE state = 'done' AND finished IS NOT NULL",
+                               [float(b) for b in bounds]).fetchone()  # fmt: skip
+        return [int(x) for x in row[2:]], float(row[1]), int(row[0])
+
+    def disqualification_counts(self) -> dict[str, int]:
+        """Disqualifications by reason, ever (rows are never deleted)."""
+        return {r[0]: r[1] for r in self._db.execute("SELECT reason, COUNT(*) FROM disqualifications GROUP BY reason")}

@@ -156,19 +156,22 @@ class SchemaError(RuntimeError):
 
 
 def migrate(conn: sqlite3.Connection) -> int:
-    """Apply pending migrations, each in its own transaction; returns the final version."""
+    """Apply pending migrations, each in its own transaction; returns the final version.
+
+    Each migration runs as one script through SQLite's own parser (``executescript``),
+    wrapped in ``BEGIN IMMEDIATE`` ... ``COMMIT`` together with its ``user_version``
+    bump: a ``;`` inside a string literal or a trigger body is SQL, not a statement
+    break, and a migration that fails half-way leaves nothing behind.
+    """
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise SchemaError(f"database schema v{version} is newer than this code (v{SCHEMA_VERSION})")
     for target in range(version + 1, SCHEMA_VERSION + 1):
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in MIGRATIONS[target - 1].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {target}")
-            conn.execute("COMMIT")
+            script = MIGRATIONS[target - 1]
+            conn.executescript(f"BEGIN IMMEDIATE;\n{script}\n;\nPRAGMA user_version = {target};\nCOMMIT;")
         except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise SchemaError(f"migration to v{target} failed: {exc}") from exc
     return SCHEMA_VERSION
