@@ -40,7 +40,7 @@ class ContestRules(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    version: int = Field(2, ge=1, description="Bumped whenever a scoring rule changes.")
+    version: int = Field(3, ge=1, description="Bumped whenever a scoring rule changes.")
 
     # Teacher and vocabulary.
     teacher_repo: str = Field("Qwen/Qwen3.5-35B-A3B", min_length=3, max_length=96)
@@ -92,12 +92,33 @@ class ContestRules(BaseModel):
     max_queued_per_coldkey: int = Field(2, ge=1)
     coronation_candidates: int = Field(3, ge=1, le=64)
 
+    # On-policy guard: a challenger that wins on KL must also hold up on its own greedy text
+    # (docs/decisions.md, "On-policy guard"). It runs on the first ``onpolicy_prompts`` prompts
+    # of the round (all of them when the round has fewer); 0 turns it off.
+    onpolicy_prompts: int = Field(
+        8, ge=0, le=64, description="Prompts (the round's first) each model continues itself; 0 = no guard."
+    )
+    onpolicy_new_tokens: int = Field(128, ge=1, le=1024, description="Greedy tokens a model writes per prompt.")
+    onpolicy_ngram: int = Field(4, ge=1, le=32, description="n of the repeated-n-gram share.")
+    onpolicy_nll_margin: float = Field(
+        0.5, gt=0.0, le=100.0,
+        description="Stopped when the teacher's NLL of its tokens exceeds the king's x (1 + margin) ...",
+    )  # fmt: skip
+    onpolicy_repetition_margin: float = Field(
+        0.25, gt=0.0, lt=1.0, description="... or its repeated-n-gram share exceeds the king's + margin ..."
+    )
+    onpolicy_alpha: float = Field(
+        0.01, gt=0.0, lt=0.5, description="... by a one-sided paired test at this level, on the same prompts."
+    )
+
     @model_validator(mode="after")
     def _coherent(self) -> ContestRules:
         if self.prompt_min_chars >= self.prompt_max_chars:
             raise ValueError("prompt_min_chars must be smaller than prompt_max_chars")
         if self.early_stop_min_prompts > self.prompts_per_round:
             raise ValueError("early_stop_min_prompts cannot exceed prompts_per_round")
+        if self.onpolicy_prompts == 1:
+            raise ValueError("onpolicy_prompts must be 0 (no guard) or at least 2 (a paired test needs two)")
         if len(set(self.allowed_dtypes)) != len(self.allowed_dtypes):
             raise ValueError("allowed_dtypes has duplicates")
         return self
