@@ -38,18 +38,12 @@ from eval.forward import forced_batches, greedy, logprobs_from_hidden
 from eval.kl import kl_per_position
 from eval.rules import ContestRules
 from eval.schemas import MAX_ONPOLICY_TEXT_CHARS, OnPolicyPrompt
-from eval.scoring import _student_hidden  # a failing forward is the model's fault, worded as scoring words it
-from eval.scoring import free_model
+from eval.scoring import _student_hidden, free_model  # _student_hidden: a failing forward is the model's fault
 from eval.teacher import encode_prompt, eos_ids, pad_id
 
 Residency = Literal["auto", "resident", "deferred"]
 STUDENT_RESERVE_BYTES = 12 * 1024**3
 """GPU memory a resident teacher must leave beside the largest student: its forwards, KL blocks and generation."""
-
-
-def guarded_count(rules: ContestRules, n_prompts: int) -> int:
-    """How many of a round's prompts are guarded: the first ``onpolicy_prompts`` (all, if the round is shorter)."""
-    return min(rules.onpolicy_prompts, n_prompts)
 
 
 def repetition_share(tokens: Sequence[int], n: int) -> float:
@@ -164,7 +158,7 @@ def judge(
                 tokens = own.continuations[i]
                 s = own.logprobs[i].to(t.device)
                 if s.shape != t.shape:
-                    raise ModelError(f"its log-probs on prompt {i} have shape {tuple(s.shape)}, teacher {tuple(t.shape)}")
+                    raise ModelError(f"its log-probs on prompt {i}: shape {tuple(s.shape)}, teacher {tuple(t.shape)}")
                 ids = torch.tensor(tokens, dtype=torch.long, device=t.device)
                 nll = -t.gather(1, ids[:, None]).squeeze(1).double().mean()
                 out[i] = OnPolicyPrompt(
@@ -201,7 +195,7 @@ def measure_onpolicy(
     The pod does the same in two halves (``continue_own`` / ``judge``); this joins them
     for benchmarks and tests: the time it reports is the guard's extra work per model.
     """
-    k = guarded_count(rules, len(prompts))
+    k = rules.guarded_prompts(len(prompts))
     encoded = [encode_prompt(tokenizer, p, rules) for p in prompts[:k]]
     eos = eos_ids(teacher, tokenizer)
     pad = pad_id(tokenizer, eos)
@@ -225,7 +219,7 @@ class GuardPass:
     def __init__(self, rules: ContestRules, prompt_ids: Sequence[list[int]], tokenizer: PreTrainedTokenizerBase,
                  teacher: PreTrainedModel, *, mode: Residency = "auto") -> None:  # fmt: skip
         self.rules = rules
-        self.prompt_ids = [list(p) for p in prompt_ids[: guarded_count(rules, len(prompt_ids))]]
+        self.prompt_ids = [list(p) for p in prompt_ids[: rules.guarded_prompts(len(prompt_ids))]]
         self.tokenizer = tokenizer
         self.eos = eos_ids(teacher, tokenizer)
         self.pad = pad_id(tokenizer, self.eos)

@@ -123,6 +123,10 @@ class ContestRules(BaseModel):
             raise ValueError("allowed_dtypes has duplicates")
         return self
 
+    def guarded_prompts(self, n_prompts: int) -> int:
+        """How many of a round's ``n_prompts`` the on-policy guard covers: the first ``onpolicy_prompts``."""
+        return max(0, min(self.onpolicy_prompts, n_prompts))
+
     # --- serialisation -------------------------------------------------
     def to_json(self) -> str:
         """Canonical compact JSON (sorted keys): stable bytes for hashing and storage."""

@@ -218,17 +218,19 @@ def onpolicy_guard(
     )
     nll, rep = checks
     said = [
-        f"the teacher's NLL of its own continuations is {nll.challenger_mean:.3g} per token vs the king's "
-        f"{nll.king_mean:.3g} (more than {1 + rules.onpolicy_nll_margin:.3g}x, p={nll.p_value:.3g})",
-        f"they repeat {rep.challenger_mean:.0%} of their {n}-grams vs the king's {rep.king_mean:.0%} "
+        f"score {nll.challenger_mean:.3g} vs the king's {nll.king_mean:.3g} on policy (teacher NLL per token; "
+        f"more than {1 + rules.onpolicy_nll_margin:.3g}x, p={nll.p_value:.3g})",
+        f"repeat {rep.challenger_mean:.0%} of their {n}-grams vs the king's {rep.king_mean:.0%} "
         f"(more than +{rules.onpolicy_repetition_margin:.0%}, p={rep.p_value:.3g})",
     ]
     failed = [text for check, text in zip(checks, said, strict=True) if check.fails]
     if failed:
-        reason = "on policy, " + "; and ".join(failed)
+        reason = "its own continuations " + " and ".join(failed)
     else:
-        reason = (f"on policy within the guard's margins: teacher NLL {nll.challenger_mean:.3g} vs the king's "
-                  f"{nll.king_mean:.3g}, repeated {n}-grams {rep.challenger_mean:.0%} vs {rep.king_mean:.0%}")  # fmt: skip
+        reason = (
+            f"its own continuations hold up on policy: teacher NLL {nll.challenger_mean:.3g} vs the king's "
+            f"{nll.king_mean:.3g}, repeated {n}-grams {rep.challenger_mean:.0%} vs {rep.king_mean:.0%}"
+        )
     return GuardDecision(bool(failed), checks, reason)
 
 

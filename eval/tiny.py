@@ -156,7 +156,7 @@ def successor_map(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> list[int
     (special, whitespace-only, partial UTF-8) leads into the cycle.
     """
     vocab = len(tokenizer)
-    shown = [i for i in range(vocab) if i not in tokenizer.all_special_ids and _visible(tokenizer.decode([i]))]
+    shown = [i for i in range(vocab) if i not in tokenizer.all_special_ids and _visible(str(tokenizer.decode([i])))]
     gen = torch.Generator().manual_seed(seed)
     order = [shown[j] for j in torch.randperm(len(shown), generator=gen).tolist()]
     succ = [order[i % len(order)] for i in range(vocab)]

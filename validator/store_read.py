@@ -42,6 +42,7 @@ class StoreReads:
     def _eval_row(row: dict[str, Any]) -> dict[str, Any]:
         row["prompt_kl"] = json.loads(row["prompt_kl"])
         row["prompt_tokens"] = json.loads(row["prompt_tokens"])
+        row["onpolicy"] = json.loads(row.get("onpolicy") or "[]")
         row["suspicious"] = bool(row["suspicious"])
         return row
 

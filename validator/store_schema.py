@@ -128,7 +128,13 @@ CREATE TABLE metagraph (block INTEGER PRIMARY KEY, neurons TEXT NOT NULL, at REA
 CREATE TABLE progress (id INTEGER PRIMARY KEY CHECK (id = 1), data TEXT NOT NULL, updated REAL NOT NULL);
 """
 
-MIGRATIONS: tuple[str, ...] = (MIGRATION_1,)
+# The on-policy guard's audit record: per guarded prompt, the model's own continuation (text, token
+# count) and what the teacher made of it (JSON list of eval.schemas.OnPolicyPrompt).
+MIGRATION_2 = """
+ALTER TABLE evaluations ADD COLUMN onpolicy TEXT NOT NULL DEFAULT '[]'
+"""
+
+MIGRATIONS: tuple[str, ...] = (MIGRATION_1, MIGRATION_2)
 """MIGRATIONS[i] takes the schema from user_version i to i + 1."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
