@@ -125,6 +125,7 @@ class ScoreOut(Out):
     ci_lo: float | None = None
     ci_hi: float | None = None
     n_prompts: int = 0
+    reason: str | None = Field(None, description="why this evaluation ended as it did (the decision, in words)")
     disqualified: list[str] = []
     rank: int | None = Field(
         None, description="1 = lowest KL; null for rows that are not comparable (model error, no KL, disqualified)"
@@ -193,6 +194,16 @@ class RoundsPage(Out):
     items: list[RoundSummary]
 
 
+class OnPolicyOut(Out):
+    """One guarded prompt: the model's own greedy continuation and what the teacher made of it."""
+
+    tokens: int
+    teacher_nll: float | None = None
+    reverse_kl: float | None = None
+    repetition: float | None = None
+    text: str = ""
+
+
 class EvaluationOut(Out):
     hotkey: str
     commit_block: int
@@ -207,6 +218,9 @@ class EvaluationOut(Out):
     reason: str | None = None
     error: str | None = None
     suspicious: bool = False
+    onpolicy: list[OnPolicyOut] = Field(
+        [], description="the on-policy guard's values for the round's first prompts, with the model's own text"
+    )
 
 
 class RoundAudit(RoundSummary):
