@@ -35,8 +35,8 @@ def cand(name: str, block: int, status: str = "admitted") -> Candidate:
 def mres(c: Candidate, kls: list[float], content_hash: str | None = None) -> ModelResult:
     sid = SubmissionId(hotkey=c.hotkey, commit_block=c.commit_block)
     ref = ModelRef(repo=c.repo, revision=c.revision, submission=sid)
-    own = [OnPolicyPrompt(tokens=5, teacher_nll=0.5 + kls[0], reverse_kl=0.2, repetition=0.0, text=f"own text {i} \u2026")
-           for i in range(RULES.guarded_prompts(len(kls)))]  # fmt: skip
+    own = [OnPolicyPrompt(tokens=5, teacher_nll=0.5 + kls[0], reverse_kl=0.2, repetition=0.0,
+                          text=f"own text {i} \u2026") for i in range(RULES.guarded_prompts(len(kls)))]  # fmt: skip
     return ModelResult(ref=ref, status="ok", prompt_kl=kls, prompt_tokens=[7] * len(kls), content_hash=content_hash,
                        fingerprint=[kls[0], 0.25], onpolicy=own)  # fmt: skip
 

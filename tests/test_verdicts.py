@@ -225,8 +225,9 @@ def test_kl_winner_that_loops_on_its_own_text_does_not_take_the_crown():
     assert out.new_king == K.key and not out.king_changed
     assert states(out) == {"king": "king", "alic": "onpolicy_stopped"}
     v = next(v for v in out.verdicts if v.hotkey == A.hotkey)
-    assert v.reason.startswith("beats the king on KL (0.5 vs 1) but its own continuations score 1.6 vs the king's 0.809")
-    assert "and repeat 80% of their 4-grams vs the king's 0%" in v.reason and v.p_value is not None and v.p_value < RULES.alpha  # it did win on KL
+    assert v.reason.startswith("beats the king on KL (0.5 vs 1) but its own continuations score 1.6 vs the king's")
+    assert "and repeat 80% of their 4-grams vs the king's 0%" in v.reason
+    assert v.p_value is not None and v.p_value < RULES.alpha  # it did win on KL
     assert "on-policy guard stopped" in out.reason and out.dqs == ()  # final, but not a disqualification
 
 
@@ -252,8 +253,8 @@ def test_stopped_best_winner_lets_the_next_winner_take_the_crown():
 
 def test_guard_is_relative_to_this_rounds_king_and_only_judges_kl_winners():
     # the king itself loops (its teacher does too): a challenger that loops no more is not stopped
-    out = interpret_result(challenge(A), result(res(K, noisy(1.0), onpolicy=own(nll=1.5, rep=0.8)),
-                                                res(A, noisy(0.5), onpolicy=own(nll=1.6, rep=0.85))), RULES)  # fmt: skip
+    king, chal = res(K, noisy(1.0), onpolicy=own(nll=1.5, rep=0.8)), res(A, noisy(0.5), onpolicy=own(nll=1.6, rep=0.85))
+    out = interpret_result(challenge(A), result(king, chal), RULES)
     assert out.new_king == A.key
     # a loser is a loser: the guard adds nothing to its verdict
     out = interpret_result(challenge(A), result(res(K, noisy(1.0)), res(A, noisy(1.1), onpolicy=own(rep=0.9))), RULES)
