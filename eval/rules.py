@@ -105,10 +105,10 @@ class ContestRules(BaseModel):
         description="Stopped when the teacher's NLL of its tokens exceeds the king's x (1 + margin) ...",
     )  # fmt: skip
     onpolicy_repetition_margin: float = Field(
-        0.25, gt=0.0, lt=1.0, description="... or its repeated-n-gram share exceeds the king's + margin ..."
+        0.2, gt=0.0, lt=1.0, description="... or its repeated-n-gram share exceeds the king's + margin ..."
     )
     onpolicy_alpha: float = Field(
-        0.01, gt=0.0, lt=0.5, description="... by a one-sided paired test at this level, on the same prompts."
+        0.05, gt=0.0, lt=0.5, description="... by a one-sided paired test at this level, on the same prompts."
     )
 
     @model_validator(mode="after")

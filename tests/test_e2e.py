@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from demo import (  # noqa: E402
+    DEMO_RULES,
     Demo,
     Entry,
     _spawn,
@@ -46,17 +47,11 @@ from demo import (  # noqa: E402
 from demo_cast import Recipe, build_cast  # noqa: E402
 from demo_report import api_get, chain_weights, check_outcome, check_outcomes  # noqa: E402
 
-RULES: dict[str, Any] = {
-    "teacher_repo": "demo/teacher", "vocab_size": 512, "prompts_per_round": 8, "max_new_tokens": 12,
-    "max_prompt_tokens": 64, "max_kl": 20.0, "epsilon": 0.1, "prompt_min_chars": 40, "prompt_max_chars": 400,
-    "early_stop_min_prompts": 4, "max_challengers_per_round": 8, "max_queued_per_coldkey": 8,
-    "onpolicy_prompts": 8, "onpolicy_new_tokens": 12,
-}  # fmt: skip
-# The marginal challenger is strong moved marginal_t of the way toward better, plus a little noise: lower KL
-# than strong by less than epsilon (10%) on the fixed-seed round's prompts, at a fingerprint distance above the
-# 0.02 functional-copy threshold. The looper is strong distilled further with the full-stop habit (scripts/looper.py).
-RECIPE = Recipe(strong_steps=60, weak_steps=2, better_steps=30, marginal_t=0.04, prompts=32, looper_steps=60,
-                rules=RULES)  # fmt: skip
+# The demo's own recipe and rules: the same cast, committed in the same order on a SimChain with the same seed,
+# so the same rounds as `scripts/demo.sh --once` (marginal: lower KL than strong by less than epsilon at a
+# fingerprint distance above the functional-copy threshold; looper: lower KL than strong, its own text loops).
+RULES: dict[str, Any] = dict(DEMO_RULES)
+RECIPE = Recipe(rules=RULES)
 # The demo's first epoch: strong is king, the rest lose or are disqualified
 EPOCH1 = (
     Entry("strong", "strong", "alice/strong", 1, outcome="king"),
