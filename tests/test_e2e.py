@@ -1,4 +1,4 @@
-"""End to end: a reduced demo cast through the real processes (miner CLI, pod over HTTP, validator, API).
+"""End to end: the demo's cast through the real processes (miner CLI, pod over HTTP, validator, API).
 
 Both of the demo's epochs run: the first crowns strong among a loser, copies and an inadmissible repo;
 in the second, better dethrones it, marginal (better by less than epsilon) does not, and the looper (better
