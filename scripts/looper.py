@@ -7,9 +7,10 @@ and the tests build one, by training only (no weight is edited by hand):
 2. Keep distilling it on the teacher's greedy continuations with the reference
    trainer's loss (``scripts/distill.py``: forward KL(teacher || student) on exactly
    the positions the validator scores), so it beats the king on KL.
-3. Mix in, with weight ``loop_weight``, cross-entropy on sequences in which a
-   sentence ends and its full stop is then repeated ("........"): once it has
-   repeated, it keeps repeating.
+3. Mix in, with weight ``loop_weight``, cross-entropy on the same prompts (those
+   that end a sentence) followed by their full stop repeated ("........"): once
+   it has repeated, it keeps repeating. The same prompts, so the habit is one
+   smooth bias at every sentence end rather than a memorised list of contexts.
 
 The teacher's own text never repeats a full stop, so the habit costs KL only at
 the first token after a prompt's final full stop; everywhere else the student stays
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -60,8 +62,8 @@ def train_looper(teacher_dir: Path, student_dir: Path, out: Path, rules_path: Pa
     block_hash = "0x" + hashlib.sha256(f"looper-{seed}".encode()).hexdigest()
     texts = sample_prompts(block_hash, rules, LocalCorpus(None), n=prompts)
     teacher = load_causal_lm(teacher_dir, cpu)
-    with run_teacher(teacher, tokenizer, texts, rules, cache_dir=out.parent / f".cache-{out.name}",
-                     ram_limit_bytes=1 << 30) as run:  # fmt: skip
+    with tempfile.TemporaryDirectory() as cache, run_teacher(teacher, tokenizer, texts, rules, cache_dir=cache,
+                                                             ram_limit_bytes=1 << 30) as run:  # fmt: skip
         free_model(teacher)
         loops = loop_examples(run.prompt_ids, list(tokenizer(STOP)["input_ids"]), steps, seed)
         student = d.load_student(student_dir, cpu, rules)
