@@ -224,7 +224,8 @@ class EvaluationOut(Out):
 
 
 class RoundAudit(RoundSummary):
-    """Everything needed to re-run and check a round: prompts' hashes, rules, teacher, per-prompt KL."""
+    """Everything needed to re-run and check a round: prompts' hashes, rules, teacher, per-prompt KL and,
+    for the on-policy guard, each model's own continuations of the guarded prompts with the teacher's view."""
 
     prompt_sha256s: list[str]
     rules: dict[str, Any]

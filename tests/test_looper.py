@@ -122,3 +122,16 @@ def test_the_guard_stops_the_looper_and_no_honest_student_on_several_rounds(cast
         assert decide(kl["strong"], kl["looper"], RULES).dethrone, block_hash  # wins on KL ...
         assert _guard(own["strong"], own["looper"]).stop, (block_hash, own["looper"])  # ... and is stopped, every round
     assert stops == [], f"{len(stops)} false stops in {len(honest_pairs) * len(HASHES)} honest comparisons: {stops}"
+
+
+def test_loop_examples_repeat_the_full_stop_of_prompts_that_end_a_sentence():
+    from looper import loop_examples
+
+    stop = [15]
+    prompts = [[3, 4, 15], [5, 6], [7, 15]]
+    pairs = loop_examples(prompts, stop, 20, seed=0)
+    assert len(pairs) == 20 and {tuple(c) for c, _ in pairs} == {(3, 4, 15), (7, 15)}
+    assert all(set(r) == {15} and 2 <= len(r) <= 6 for _, r in pairs)
+    assert loop_examples(prompts, stop, 20, seed=0) == pairs
+    with pytest.raises(ValueError, match="full stop"):
+        loop_examples([[5, 6]], stop, 1, seed=0)
