@@ -129,6 +129,7 @@ class ScoreOut(Out):
     ci_lo: float | None = None
     ci_hi: float | None = None
     n_prompts: int = 0
+    reason: str | None = Field(None, description="why this evaluation ended as it did (the decision, in words)")
     disqualified: list[str] = []
     rank: int | None = Field(
         None, description="1 = lowest KL; null for rows that are not comparable (model error, no KL, disqualified)"
@@ -197,6 +198,16 @@ class RoundsPage(Out):
     items: list[RoundSummary]
 
 
+class OnPolicyOut(Out):
+    """One guarded prompt: the model's own greedy continuation and what the teacher made of it."""
+
+    tokens: int
+    teacher_nll: float | None = None
+    reverse_kl: float | None = None
+    repetition: float | None = None
+    text: str = ""
+
+
 class EvaluationOut(Out):
     hotkey: str
     commit_block: int
@@ -211,10 +222,14 @@ class EvaluationOut(Out):
     reason: str | None = None
     error: str | None = None
     suspicious: bool = False
+    onpolicy: list[OnPolicyOut] = Field(
+        [], description="the on-policy guard's values for the round's first prompts, with the model's own text"
+    )
 
 
 class RoundAudit(RoundSummary):
-    """Everything needed to re-run and check a round: prompts' hashes, rules, teacher, per-prompt KL."""
+    """Everything needed to re-run and check a round: prompts' hashes, rules, teacher, per-prompt KL and,
+    for the on-policy guard, each model's own continuations of the guarded prompts with the teacher's view."""
 
     prompt_sha256s: list[str]
     rules: dict[str, Any]

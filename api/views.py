@@ -21,8 +21,8 @@ PROGRESS_STALE_S = 900.0
 """Progress older than this (and no dispatched round) is shown as inactive."""
 SYNC_STALE_S = 1800.0
 """A last sync older than this (six default epochs) makes /api/health ``degraded`` unless a round is progressing."""
-NOT_RANKED = frozenset({"model_error", "kl_too_high", "copy", "functional_copy"})
-"""Evaluation states whose KL is not comparable on the leaderboard."""
+NOT_RANKED = frozenset({"model_error", "kl_too_high", "copy", "functional_copy", "onpolicy_stopped"})
+"""Evaluation states whose KL is not comparable on the leaderboard (a KL the on-policy guard refused included)."""
 PROGRESS_KEYS = frozenset({"round_id", "job_id", "kind", "block", "models", "phase", "progress"}) | frozenset(
     JobProgress.model_fields
 )

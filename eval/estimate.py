@@ -42,7 +42,7 @@ from eval.schemas import (
     ModelResult,
     SubmissionId,
 )
-from eval.stats import decide, mean_ci
+from eval.stats import decide, mean_ci, onpolicy_guard
 from eval.stores import ModelStore
 
 # Placeholder submission identities (valid ss58-shaped strings): a local run has no chain.
@@ -115,7 +115,30 @@ def model_summary(result: ModelResult) -> dict[str, Any]:
         mean, lo, hi = mean_ci(result.prompt_kl)
         out["mean_kl"] = mean
         out["ci95"] = [_finite(lo), _finite(hi)]
+    out["onpolicy"] = onpolicy_summary(result)
     return out
+
+
+def onpolicy_summary(result: ModelResult) -> dict[str, Any] | None:
+    """Means of the on-policy guard's values over the guarded prompts, and the values themselves (None if none)."""
+    values = result.onpolicy
+    if not values:
+        return None
+    n = len(values)
+    return {"prompts": n, "teacher_nll": sum(v.teacher_nll for v in values) / n,
+            "reverse_kl": sum(v.reverse_kl for v in values) / n, "repetition": sum(v.repetition for v in values) / n,
+            "per_prompt": [v.model_dump(mode="json") for v in values]}  # fmt: skip
+
+
+def guard_summary(king: ModelResult, mine: ModelResult, rules: ContestRules) -> dict[str, Any] | None:
+    """The validator's on-policy guard for ``mine`` against ``king`` (None when either has no values)."""
+    if not king.onpolicy or len(king.onpolicy) != len(mine.onpolicy):
+        return None
+    g = onpolicy_guard([v.teacher_nll for v in king.onpolicy], [v.teacher_nll for v in mine.onpolicy],
+                       [v.repetition for v in king.onpolicy], [v.repetition for v in mine.onpolicy], rules)  # fmt: skip
+    return {"stop": g.stop, "reason": g.reason,
+            "checks": [{"figure": c.figure, "king_mean": c.king_mean, "model_mean": c.challenger_mean,
+                        "limit": c.limit, "p_value": c.p_value, "fails": c.fails} for c in g.checks]}  # fmt: skip
 
 
 def summarize(result: EvalResult, rules: ContestRules) -> dict[str, Any]:
@@ -145,9 +168,13 @@ def summarize(result: EvalResult, rules: ContestRules) -> dict[str, Any]:
         doc["decision"] = {"dethrone": False, "reason": f"the model could not be scored: {mine.error}"}
     else:
         d = decide(king.prompt_kl, mine.prompt_kl, rules)
-        doc["decision"] = {"dethrone": d.dethrone, "p_value": d.p_value, "threshold": d.threshold,
-                           "king_mean": d.king_mean, "challenger_mean": d.challenger_mean,
-                           "epsilon": rules.epsilon, "alpha": rules.alpha, "reason": d.reason}  # fmt: skip
+        guard = guard_summary(king, mine, rules) if rules.onpolicy_prompts > 0 else None
+        stopped = bool(guard and guard["stop"])
+        reason = f"beats the king on KL but {guard['reason']}" if d.dethrone and stopped and guard else d.reason
+        doc["decision"] = {"dethrone": d.dethrone and not stopped, "beats_on_kl": d.dethrone, "p_value": d.p_value,
+                           "threshold": d.threshold, "king_mean": d.king_mean, "challenger_mean": d.challenger_mean,
+                           "epsilon": rules.epsilon, "alpha": rules.alpha, "reason": reason,
+                           "onpolicy_guard": guard}  # fmt: skip
     return doc
 
 
@@ -168,11 +195,20 @@ def render(doc: dict[str, Any]) -> list[str]:
                      f"n={len(m['prompt_kl'])} ({m['status']})")  # fmt: skip
         if m.get("over_max_kl"):
             lines.append("  above the rules' max_kl: the validator would disqualify it (KL_TOO_HIGH)")
+        own = m.get("onpolicy")
+        if own:
+            lines.append(f"  on policy (its own greedy text on the first {own['prompts']} prompts): teacher NLL "
+                         f"{own['teacher_nll']:.4f}/token, reverse KL {own['reverse_kl']:.4f}, "
+                         f"repeated n-grams {own['repetition']:.0%}")  # fmt: skip
     d = doc["decision"]
     if d is not None:
         verdict = {True: "DETHRONE: yes", False: "DETHRONE: no", None: "DETHRONE: undecided"}[d["dethrone"]]
         extra = f" (p={d['p_value']:.4g}, threshold {d['threshold']:.6f})" if "p_value" in d else ""
         lines.append(f"{verdict}{extra}: {d['reason']}")
+        guard = d.get("onpolicy_guard")
+        if guard is not None:
+            lines.append(("ON-POLICY GUARD: would stop it: " if guard["stop"] else "ON-POLICY GUARD: passes: ")
+                         + guard["reason"])  # fmt: skip
     return lines
 
 

@@ -48,7 +48,7 @@ class ContestRules(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    version: int = Field(2, ge=1, description="Bumped whenever a scoring rule changes.")
+    version: int = Field(3, ge=1, description="Bumped whenever a scoring rule changes.")
 
     # Teacher and vocabulary.
     teacher_repo: str = Field("Qwen/Qwen3.5-35B-A3B", min_length=3, max_length=96)
@@ -111,17 +111,42 @@ class ContestRules(BaseModel):
         description="Folder of the dataset repo whose parquet files are the prompt corpus (the config's files).",
     )  # fmt: skip
 
+    # On-policy guard: a challenger that wins on KL must also hold up on its own greedy text
+    # (docs/decisions.md, "On-policy guard"). It runs on the first ``onpolicy_prompts`` prompts
+    # of the round (all of them when the round has fewer); 0 turns it off.
+    onpolicy_prompts: int = Field(
+        8, ge=0, le=64, description="Prompts (the round's first) each model continues itself; 0 = no guard."
+    )
+    onpolicy_new_tokens: int = Field(128, ge=1, le=1024, description="Greedy tokens a model writes per prompt.")
+    onpolicy_ngram: int = Field(4, ge=1, le=32, description="n of the repeated-n-gram share.")
+    onpolicy_nll_margin: float = Field(
+        0.5, gt=0.0, le=100.0,
+        description="Stopped when the teacher's NLL of its tokens exceeds the king's x (1 + margin) ...",
+    )  # fmt: skip
+    onpolicy_repetition_margin: float = Field(
+        0.2, gt=0.0, lt=1.0, description="... or its repeated-n-gram share exceeds the king's + margin ..."
+    )
+    onpolicy_alpha: float = Field(
+        0.05, gt=0.0, lt=0.5, description="... by a one-sided paired test at this level, on the same prompts."
+    )
+
     @model_validator(mode="after")
     def _coherent(self) -> ContestRules:
         if self.prompt_min_chars >= self.prompt_max_chars:
             raise ValueError("prompt_min_chars must be smaller than prompt_max_chars")
         if self.early_stop_min_prompts > self.prompts_per_round:
             raise ValueError("early_stop_min_prompts cannot exceed prompts_per_round")
+        if self.onpolicy_prompts == 1:
+            raise ValueError("onpolicy_prompts must be 0 (no guard) or at least 2 (a paired test needs two)")
         if len(set(self.allowed_dtypes)) != len(self.allowed_dtypes):
             raise ValueError("allowed_dtypes has duplicates")
         if any(part in (".", "..") for part in self.dataset_path.split("/")):
             raise ValueError("dataset_path must stay inside the dataset repository (no '.' or '..')")
         return self
+
+    def guarded_prompts(self, n_prompts: int) -> int:
+        """How many of a round's ``n_prompts`` the on-policy guard covers: the first ``onpolicy_prompts``."""
+        return max(0, min(self.onpolicy_prompts, n_prompts))
 
     # --- serialisation -------------------------------------------------
     def to_json(self) -> str:

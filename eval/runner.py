@@ -5,8 +5,10 @@ The pod service, the in-process pod and ``miner.py eval`` all call
 Order of work: the teacher is downloaded and run once per job; then every
 model, king first, is downloaded at its pinned revision only, hashed, loaded,
 scored (challengers may stop early against *this round's* king, never the king
-itself - LESSONS 14/15), fingerprinted on the fixed canary prompts, freed and
-deleted from disk (LESSONS 24).
+itself - LESSONS 14/15), made to continue the round's first prompts itself for
+the on-policy guard (``eval.onpolicy``; the teacher judges that text either at
+once, if it stays loaded, or after the last model), fingerprinted on the fixed
+canary prompts, freed and deleted from disk (LESSONS 24).
 
 Failure split: a model's own fault becomes ``model_error`` with a reason and
 the job goes on; a fault of the machine (disk full, out of memory, the teacher
@@ -28,11 +30,20 @@ from typing import Any
 
 import torch
 
-from eval import scoring, stores
+from eval import onpolicy, scoring, stores
 from eval.errors import InfraError, KlhillError, ModelError, TransientError
 from eval.hashing import HashingError, content_hash
 from eval.safetensors_header import HeaderError
-from eval.schemas import EvalJob, EvalResult, JobProgress, ModelRef, ModelResult, ModelTimings, TeacherInfo
+from eval.schemas import (
+    EvalJob,
+    EvalResult,
+    JobProgress,
+    ModelRef,
+    ModelResult,
+    ModelTimings,
+    OnPolicyPrompt,
+    TeacherInfo,
+)
 from eval.teacher import run_teacher
 
 log = logging.getLogger(__name__)
@@ -240,11 +251,17 @@ def _score_one(
         if score.status not in ("ok", "early_stopped") or ctx.should_cancel():
             raise JobCancelled(f"job {ctx.job.job_id} cancelled")
         timings["score_s"] = time.monotonic() - t2
+        values: list[OnPolicyPrompt] = []
+        if score.status == "ok" and ctx.guard.enabled:  # an early-stopped challenger cannot win: no guard needed
+            ctx.progress.phase("onpolicy", ref.spec, ctx.index)
+            t3 = time.monotonic()
+            values = ctx.guard.measure(ref.key, model)
+            timings["onpolicy_s"] = time.monotonic() - t3
         ctx.progress.phase("fingerprint", ref.spec, ctx.index)
         fp = scoring.fingerprint(model, ctx.tokenizer, ctx.job.rules)
         return ModelResult(
             ref=ref, status=score.status, prompt_kl=list(score.prompt_kl), prompt_tokens=list(score.prompt_tokens),
-            content_hash=digest, fingerprint=list(fp),
+            content_hash=digest, fingerprint=list(fp), onpolicy=values,
             timings=ModelTimings(**timings, total_s=time.monotonic() - t0),
         )
     except ModelError as exc:
@@ -281,7 +298,22 @@ class _JobContext:
     should_cancel: CancelFn
     run: Any = None
     tokenizer: Any = None
+    guard: Any = None
     index: int = 0
+
+
+def _with_onpolicy(result: ModelResult, values: list[OnPolicyPrompt] | None) -> ModelResult:
+    """``result`` with the values the teacher judged after the last model (validated again)."""
+    if not values:
+        return result
+    return ModelResult.model_validate({**result.model_dump(), "onpolicy": [v.model_dump() for v in values]})
+
+
+def _reload_teacher(path: Path, device: str) -> Any:
+    try:
+        return scoring.load_causal_lm(path, device)
+    except KlhillError as exc:  # it loaded once this job: now failing is ours, never a model's
+        raise InfraError(f"teacher reload for the on-policy guard failed: {exc}") from exc
 
 
 def run_job(
@@ -295,11 +327,14 @@ def run_job(
     teacher_store: stores.ModelStore | None = None,
     limits: DiskLimits | None = None,
     teacher_ram_bytes: int = DEFAULT_TEACHER_RAM_BYTES,
+    onpolicy_mode: onpolicy.Residency = "auto",
 ) -> EvalResult:
     """Evaluate every model of ``job`` on the job's prompts; see the module docstring.
 
-    Raises InfraError (job failed, nobody penalised) or JobCancelled; otherwise
-    every model of the job appears exactly once in the result, in job order.
+    ``onpolicy_mode`` says whether the teacher stays loaded for the on-policy guard
+    ("auto": when memory allows, ``eval.onpolicy.teacher_stays_resident``); the result
+    is the same either way. Raises InfraError (job failed, nobody penalised) or
+    JobCancelled; otherwise every model of the job appears exactly once, in job order.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -313,7 +348,9 @@ def run_job(
     teacher_model = None
     try:
         ctx.progress.phase("teacher", job.rules.teacher_repo)
-        revision, _, ctx.tokenizer, teacher_model = _teacher(job, teacher_store or store, workdir, device, limits)
+        revision, teacher_dir, ctx.tokenizer, teacher_model = _teacher(
+            job, teacher_store or store, workdir, device, limits
+        )
         cache_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         try:
@@ -324,17 +361,17 @@ def run_job(
             )
         except (ModelError, OSError, MemoryError) as exc:
             raise InfraError(f"teacher run failed: {type(exc).__name__}: {exc}") from exc
-        teacher = TeacherInfo(
-            repo=job.rules.teacher_repo, revision=revision,
-            continuation_tokens=[len(c) for c in ctx.run.continuation_ids], seconds=time.monotonic() - t0,
-        )
-        scoring.free_model(teacher_model)
-        teacher_model = None
-        if torch.device(device).type == "cuda":  # the teacher's memory is free now: bring the cache over
-            reserve = 2 * job.rules.max_params + STUDENT_ACTIVATION_RESERVE_BYTES
-            moved = ctx.run.promote(torch.device(device), ctx.run.device_bytes + _device_cache_bytes(device, reserve))
-            log.info("teacher cache: %d prompts on the GPU (%d moved from host RAM), %d on disk",
-                     ctx.run.on_device, moved, ctx.run.spilled)
+        seconds = time.monotonic() - t0
+        ctx.guard = onpolicy.GuardPass(job.rules, ctx.run.prompt_ids, ctx.tokenizer, teacher_model, mode=onpolicy_mode)
+        if not ctx.guard.keeps_teacher:
+            scoring.free_model(teacher_model)
+            teacher_model = None
+            if torch.device(device).type == "cuda":  # the teacher's memory is free now: bring the cache over
+                reserve = 2 * job.rules.max_params + STUDENT_ACTIVATION_RESERVE_BYTES
+                free = _device_cache_bytes(device, reserve)
+                moved = ctx.run.promote(torch.device(device), ctx.run.device_bytes + free)
+                log.info("teacher cache: %d prompts on the GPU (%d moved from host RAM), %d on disk",
+                         ctx.run.on_device, moved, ctx.run.spilled)
         results: list[ModelResult] = []
         king_kl: list[float] | None = None
         for index, ref in enumerate(models):
@@ -347,12 +384,24 @@ def run_job(
                 king_kl = list(result.prompt_kl)
             log.info("job %s model %d/%d %s: %s", job.job_id, index + 1, len(models), ref.spec, result.status)
             results.append(result)
+        if cancel():
+            raise JobCancelled(f"job {job.job_id} cancelled")
+        ctx.progress.phase("onpolicy", job.rules.teacher_repo)
+        late = ctx.guard.finish(lambda: _reload_teacher(teacher_dir, device))
+        results = [_with_onpolicy(r, late.get(r.ref.key)) for r in results]
+        teacher = TeacherInfo(
+            repo=job.rules.teacher_repo, revision=revision,
+            continuation_tokens=[len(c) for c in ctx.run.continuation_ids], seconds=seconds,
+            onpolicy_s=ctx.guard.teacher_s,
+        )
         ctx.progress.phase("done")
         return EvalResult(
             job_id=job.job_id, block_hash=job.block_hash, teacher=teacher, models=results, device=device[:200],
             total_s=time.monotonic() - started,
         )
     finally:
+        if ctx.guard is not None:
+            ctx.guard.close()
         if teacher_model is not None:
             scoring.free_model(teacher_model)
         if ctx.run is not None:

@@ -101,6 +101,10 @@ class EvalJob(Strict):
         return self
 
 
+MAX_ONPOLICY_PROMPTS = 64
+MAX_ONPOLICY_TEXT_CHARS = 1000
+"""A guarded continuation's text is kept up to this many characters (128 tokens are ~500-700)."""
+
 ModelStatus = Literal["ok", "model_error", "early_stopped"]
 
 
@@ -108,7 +112,24 @@ class ModelTimings(Strict):
     download_s: Seconds = 0.0
     load_s: Seconds = 0.0
     score_s: Seconds = 0.0
+    onpolicy_s: Seconds = 0.0
     total_s: Seconds = 0.0
+
+
+class OnPolicyPrompt(Strict):
+    """One guarded prompt as the model continued it itself (greedy) and the teacher then read it.
+
+    Means over the model's own continuation tokens: ``teacher_nll`` is the teacher's
+    negative log-likelihood of each token, ``reverse_kl`` is KL(model || teacher) at
+    each position (full vocabulary), ``repetition`` the share of the continuation's
+    n-grams that already occurred earlier in it (``eval.onpolicy.repetition_share``).
+    """
+
+    tokens: int = Field(ge=1, le=1024)
+    teacher_nll: float = Field(ge=0.0)
+    reverse_kl: float = Field(ge=0.0)
+    repetition: float = Field(ge=0.0, le=1.0)
+    text: str = Field("", max_length=MAX_ONPOLICY_TEXT_CHARS)
 
 
 class ModelResult(Strict):
@@ -121,12 +142,18 @@ class ModelResult(Strict):
     prompt_tokens: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=MAX_PROMPTS_PER_JOB)
     content_hash: Sha256 | None = None
     fingerprint: list[float] | None = Field(None, max_length=MAX_FINGERPRINT_LEN)
+    onpolicy: list[OnPolicyPrompt] = Field(
+        default_factory=list, max_length=MAX_ONPOLICY_PROMPTS,
+        description="the on-policy guard's values for the round's first prompts (ok models only)",
+    )  # fmt: skip
     timings: ModelTimings = ModelTimings()
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelResult:
         if len(self.prompt_kl) != len(self.prompt_tokens):
             raise ValueError("prompt_kl and prompt_tokens differ in length")
+        if self.onpolicy and self.status != "ok":
+            raise ValueError("only an ok result carries on-policy values")
         if self.status == "model_error" and not self.error:
             raise ValueError("model_error needs an error message")
         if self.status == "ok" and not self.prompt_kl:
@@ -143,6 +170,7 @@ class TeacherInfo(Strict):
     revision: Revision | None = None
     continuation_tokens: list[Annotated[int, Field(ge=0)]] = Field(max_length=MAX_PROMPTS_PER_JOB)
     seconds: Seconds = 0.0
+    onpolicy_s: Seconds = Field(0.0, description="the teacher reading the models' own continuations (with a reload)")
 
 
 class EvalResult(Strict):
@@ -171,7 +199,7 @@ JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrup
 class JobProgress(Strict):
     """Live progress of a running job, readable while it runs."""
 
-    phase: Literal["queued", "teacher", "download", "student", "fingerprint", "done"] = "queued"
+    phase: Literal["queued", "teacher", "download", "student", "onpolicy", "fingerprint", "done"] = "queued"
     model: str | None = Field(None, max_length=300)
     model_index: int = Field(0, ge=0)
     model_count: int = Field(0, ge=0)

@@ -160,6 +160,80 @@ def should_stop_early(king_kl: Sequence[float] | None, partial: Sequence[float],
     return _one_sided_p_positive(d) < rules.early_stop_alpha
 
 
+@dataclass(frozen=True)
+class GuardCheck:
+    """One of the on-policy guard's two comparisons with this round's king, on the same guarded prompts."""
+
+    figure: str
+    king_mean: float
+    challenger_mean: float
+    limit: float  # the challenger's mean above which the margin is exceeded
+    p_value: float  # one-sided paired: the challenger exceeds the king by more than the margin
+    fails: bool
+
+
+@dataclass(frozen=True)
+class GuardDecision:
+    """Whether the on-policy guard stops a challenger that beat the king on KL, and why, in words."""
+
+    stop: bool
+    checks: tuple[GuardCheck, ...]
+    reason: str
+
+
+def _guard_check(figure: str, king: np.ndarray, chal: np.ndarray, limit: np.ndarray, alpha: float) -> GuardCheck:
+    p = _one_sided_p_positive(chal - limit)
+    return GuardCheck(figure, float(king.mean()), float(chal.mean()), float(limit.mean()), p, p < alpha)
+
+
+def onpolicy_guard(
+    king_nll: Sequence[float],
+    challenger_nll: Sequence[float],
+    king_repetition: Sequence[float],
+    challenger_repetition: Sequence[float],
+    rules: ContestRules,
+) -> GuardDecision:
+    """Stop a KL winner whose own greedy text is clearly worse than the king's on the same prompts.
+
+    Two comparisons, each a one-sided paired t-test at ``rules.onpolicy_alpha`` on per-prompt
+    differences against a shifted null (like early stopping: the guard must show the
+    challenger is worse by *more* than the margin, so noise never stops an honest one):
+
+    - the teacher's mean NLL of the challenger's own tokens above the king's x (1 + ``onpolicy_nll_margin``);
+    - the challenger's repeated-n-gram share above the king's + ``onpolicy_repetition_margin``.
+
+    Either one stops it. Lists are per guarded prompt, index-aligned; fewer than two prompts
+    never stop (no evidence). Why these two figures: docs/decisions.md, "On-policy guard".
+    """
+    kn, cn = _aligned(king_nll, challenger_nll)
+    kr, cr = _aligned(king_repetition, challenger_repetition)
+    if kn.shape != kr.shape:
+        raise ValueError(f"NLL and repetition cover different prompts: {kn.size} vs {kr.size} values")
+    if np.any(kr > 1.0) or np.any(cr > 1.0):
+        raise ValueError("a repetition share is above 1")
+    n = rules.onpolicy_ngram
+    checks = (
+        _guard_check("teacher NLL per token", kn, cn, kn * (1.0 + rules.onpolicy_nll_margin), rules.onpolicy_alpha),
+        _guard_check(f"repeated {n}-grams", kr, cr, kr + rules.onpolicy_repetition_margin, rules.onpolicy_alpha),
+    )
+    nll, rep = checks
+    said = [
+        f"score {nll.challenger_mean:.3g} vs the king's {nll.king_mean:.3g} on policy (teacher NLL per token; "
+        f"more than {1 + rules.onpolicy_nll_margin:.3g}x, p={nll.p_value:.3g})",
+        f"repeat {rep.challenger_mean:.0%} of their {n}-grams vs the king's {rep.king_mean:.0%} "
+        f"(more than +{rules.onpolicy_repetition_margin:.0%}, p={rep.p_value:.3g})",
+    ]
+    failed = [text for check, text in zip(checks, said, strict=True) if check.fails]
+    if failed:
+        reason = "its own continuations " + " and ".join(failed)
+    else:
+        reason = (
+            f"its own continuations hold up on policy: teacher NLL {nll.challenger_mean:.3g} vs the king's "
+            f"{nll.king_mean:.3g}, repeated {n}-grams {rep.challenger_mean:.0%} vs {rep.king_mean:.0%}"
+        )
+    return GuardDecision(bool(failed), checks, reason)
+
+
 def kl_summary(xs: Sequence[float], level: float = 0.95) -> dict[str, float | int | None]:
     """JSON-safe summary for the API: mean, CI bounds (None when undefined) and n."""
     if len(xs) == 0:

@@ -9,7 +9,7 @@ The tokenizer is a byte-level BPE trained on text every Python install carries
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +171,70 @@ def realistic_lm_head(
     noise = 0.25 * torch.randn(rows, vocab, generator=gen).to(device, torch.float64)
     teacher = torch.log_softmax(exact + noise, dim=-1).float()
     return h16, w16, teacher, exact
+
+
+def successor_map(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> list[int]:
+    """A successor for every token id: one cycle through the tokens that print as visible text.
+
+    The demo teacher's language follows this map, so its greedy text walks the cycle and
+    never repeats itself within a few hundred tokens, as a good large model's does and a
+    tiny language model's (which loops within a few tokens) does not. Every other id
+    (special, whitespace-only, partial UTF-8) leads into the cycle.
+    """
+    vocab = len(tokenizer)
+    shown = [i for i in range(vocab) if i not in tokenizer.all_special_ids and _visible(str(tokenizer.decode([i])))]
+    gen = torch.Generator().manual_seed(seed)
+    order = [shown[j] for j in torch.randperm(len(shown), generator=gen).tolist()]
+    succ = [order[i % len(order)] for i in range(vocab)]
+    for i, tok in enumerate(order):
+        succ[tok] = order[(i + 1) % len(order)]
+    return succ
+
+
+def _visible(text: str) -> bool:
+    return bool(text.strip()) and text.isprintable() and "\ufffd" not in text
+
+
+def train_successor(
+    model: PreTrainedModel,
+    successor: Sequence[int],
+    *,
+    follow: float = 0.6,
+    stay: Mapping[int, float] | None = None,
+    steps: int = 300,
+    lr: float = 3e-3,
+    seq_len: int = 64,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """Train on chains in which a token is followed by its successor with probability ``follow``,
+    by itself again with probability ``stay[token]`` (0 for tokens not listed), else by a random id.
+
+    The model learns a sharp but not certain next-token distribution, so a student's imitation
+    of it is measurable, and its greedy text is the successor cycle. A listed repeat is plausible
+    to it but never its first choice (``stay < follow``).
+    """
+    vocab = len(successor)
+    succ = torch.tensor(list(successor), dtype=torch.long)
+    stay_p = torch.zeros(vocab)
+    for tok, p in (stay or {}).items():
+        if not 0.0 <= p < follow or follow + p > 1.0:
+            raise ValueError(f"stay[{tok}] = {p} must be below follow = {follow} and leave follow + stay <= 1")
+        stay_p[tok] = p
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        tokens = [succ[torch.randint(0, vocab, (batch_size,), generator=gen)]]
+        for _ in range(seq_len - 1):
+            cur = tokens[-1]
+            u = torch.rand(batch_size, generator=gen)
+            rnd = torch.randint(0, vocab, (batch_size,), generator=gen)
+            nxt = torch.where(u < follow, succ[cur], torch.where(u < follow + stay_p[cur], cur, rnd))
+            tokens.append(nxt)
+        batch = torch.stack(tokens, 1)
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()

@@ -30,7 +30,7 @@ import httpx  # noqa: E402
 from api_fixtures import build_store  # noqa: E402
 
 from eval.rules import ContestRules  # noqa: E402
-from eval.schemas import EvalResult, ModelRef, ModelResult, SubmissionId, TeacherInfo  # noqa: E402
+from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo  # noqa: E402
 from validator.contest import RoundPlan  # noqa: E402
 from validator.store import Store  # noqa: E402
 from validator.verdicts import interpret_result  # noqa: E402
@@ -69,7 +69,10 @@ def writer(db: Path, stop: threading.Event, stats: dict[str, int]) -> None:
                 job_id=f"bench-{rid}",
                 block_hash=bh,
                 teacher=TeacherInfo(repo=rules.teacher_repo, continuation_tokens=[64] * n),
-                models=[ModelResult(ref=ref, status="ok", prompt_kl=kls, prompt_tokens=[64] * n)],
+                models=[ModelResult(ref=ref, status="ok", prompt_kl=kls, prompt_tokens=[64] * n,
+                                    onpolicy=[OnPolicyPrompt(tokens=64, teacher_nll=0.7, reverse_kl=0.1,
+                                                             repetition=0.0, text="its own text")]
+                                    * rules.guarded_prompts(n))],
             )
             plan = RoundPlan("challenge", cand, ())
             store.record_round_result(rid, interpret_result(plan, res, rules), res, block)

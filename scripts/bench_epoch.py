@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.admission import TeacherSpec, check_model  # noqa: E402
 from eval.prompts import LocalCorpus  # noqa: E402
 from eval.rules import ContestRules  # noqa: E402
-from eval.schemas import EvalJob, EvalResult, ModelResult, TeacherInfo  # noqa: E402
+from eval.schemas import EvalJob, EvalResult, ModelResult, OnPolicyPrompt, TeacherInfo  # noqa: E402
 from eval.stores import LocalHub  # noqa: E402
 from validator.commitments import format_commitment  # noqa: E402
 from validator.contest import NewSubmission  # noqa: E402
@@ -58,9 +58,11 @@ class CountingPod:
         self.teacher_passes += 1
         self.student_evals += len(job.models)
         n = len(job.prompts)
+        own = [OnPolicyPrompt(tokens=8, teacher_nll=0.7, reverse_kl=0.1, repetition=0.0, text="its own text")
+               for _ in range(job.rules.guarded_prompts(n))]  # fmt: skip
         models = [ModelResult(ref=m, status="ok", prompt_kl=[0.5 + 0.01 * i + 0.001 * (p % 3) for p in range(n)],
                               prompt_tokens=[8] * n, content_hash=hashlib.sha256(m.revision.encode()).hexdigest(),
-                              fingerprint=[0.1 * i, 0.2])
+                              fingerprint=[0.1 * i, 0.2], onpolicy=own)
                   for i, m in enumerate(job.models)]  # fmt: skip
         teacher = TeacherInfo(repo=job.rules.teacher_repo, continuation_tokens=[8] * n)
         result = EvalResult(job_id=job.job_id, block_hash=job.block_hash, teacher=teacher, models=models)

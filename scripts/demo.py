@@ -35,8 +35,9 @@ DEMO_SEED = b"klhill-demo"  # fixed hash-chain seed: the block hashes (round see
 TEACHER = "demo/teacher"
 DEMO_RULES: dict[str, Any] = {
     "teacher_repo": TEACHER, "vocab_size": 512, "prompts_per_round": 12, "max_new_tokens": 16,
-    "max_prompt_tokens": 64, "max_kl": 20.0, "epsilon": 0.2, "prompt_min_chars": 40, "prompt_max_chars": 400,
+    "max_prompt_tokens": 64, "max_kl": 20.0, "epsilon": 0.1, "prompt_min_chars": 40, "prompt_max_chars": 400,
     "early_stop_min_prompts": 6, "max_challengers_per_round": 8, "max_queued_per_coldkey": 8,
+    "onpolicy_prompts": 8, "onpolicy_new_tokens": 16,
 }  # fmt: skip
 
 
@@ -50,7 +51,8 @@ class Entry:
     epoch: int
     via_chain: bool = False  # inadmissible: written straight to the chain, since miner.py refuses it
     expect: str = ""
-    outcome: str = ""  # what check_outcomes verifies: king | dethroned | loses | marginal | COPY:<check> | <DQ reason>
+    # what check_outcomes verifies: king | dethroned | loses | marginal | guarded | COPY:<check> | <DQ reason>
+    outcome: str = ""
     of: str = "strong"  # the cast member a copy copies, a loser loses to, a marginal challenger nearly beats
 
 
@@ -69,6 +71,8 @@ CAST: tuple[Entry, ...] = (
     Entry("better", "better", "grace/better", 2, expect="dethrones strong", outcome="king"),
     Entry("marginal", "marginal", "heidi/marginal", 2, expect="better by less than epsilon: no dethrone",
           outcome="marginal"),
+    Entry("looper", "looper", "ivan/looper", 2, expect="beats strong on KL, stopped by the on-policy guard (loops)",
+          outcome="guarded"),
 )
 
 

@@ -1,10 +1,16 @@
 """The demo's cast of models, built once and cached under a hash of the recipe.
 
-A tiny teacher is trained briefly on the local corpus so its distributions are
-not uniform; students are distilled from it with the reference trainer
-(``scripts/distill.py``); copies, re-shards, perturbations and an inadmissible
-repo are derived from the strong student. Everything is deterministic for a
-given recipe, so the contest's outcome is too.
+The tiny teacher speaks a small synthetic language (``eval.tiny.train_successor``):
+after each token comes a fixed successor most of the time, so its greedy text walks
+a long cycle and never repeats itself, like a good large model's and unlike a tiny
+language model's (trained on prose, a 2-layer model loops within a few tokens, and
+then so would every honest student, which would leave the on-policy guard nothing
+to tell apart). After a full stop, another full stop is plausible to it (an
+ellipsis) but never its first choice. Students are distilled from it with the
+reference trainer (``scripts/distill.py``); copies, re-shards, perturbations and an
+inadmissible repo are derived from the strong student, and the looper
+(``scripts/looper.py``) is trained from it to win on KL yet loop on its own text.
+Everything is deterministic for a given recipe, so the contest's outcome is too.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 NETUID = 1  # the subnet the demo and the end-to-end tests run on
-CAST_VERSION = 1  # bump when the build code below changes meaning
+CAST_VERSION = 2  # bump when the build code below changes meaning
 
 
 @dataclass(frozen=True)
@@ -34,16 +40,21 @@ class Recipe:
     vocab: int = 512
     teacher_layers: int = 2
     teacher_hidden: int = 64
-    teacher_steps: int = 40
+    teacher_steps: int = 300
+    teacher_follow: float = 0.6  # P(successor) in the teacher's language
+    teacher_stay: float = 0.3  # P(another full stop after a full stop): plausible, never the greedy choice
     student_layers: int = 2
     student_hidden: int = 32
     strong_steps: int = 60
     weak_steps: int = 4
     better_steps: int = 120  # continued from the strong student
-    # strong + t * (better - strong): its KL falls by ~2.5 t (~15% at 0.06; the demo's epsilon is 20%) while
-    # its fingerprint distance to strong, 0.43 t to 0.75 t depending on how training went, stays above the
-    # 0.02 functional-copy threshold; a smaller t fell below it once the prompts changed
-    marginal_t: float = 0.06
+    # strong + t * (better - strong), plus a little noise: about 7% lower KL than strong (epsilon is 10%) while
+    # its fingerprint distance to strong (about 0.03) stays above the 0.02 functional-copy threshold. Moving
+    # toward better alone leaves a narrow window (distance 0.02 needs t > 0.05, a gain under 10% t < 0.058).
+    marginal_t: float = 0.04
+    marginal_noise: float = 3e-3
+    looper_steps: int = 120  # continued from the strong student, like better
+    looper_weight: float = 0.3  # weight of the "keep repeating the full stop" examples
     prompts: int = 48
     lr: float = 3e-3
     perturb_scale: float = 2e-4
@@ -68,13 +79,22 @@ def load_distill() -> ModuleType:
 
 
 def _build_teacher(r: Recipe, out: Path) -> None:
-    from eval.tiny import corpus_texts, quick_train, save_model_dir, tiny_config, tiny_model, train_tokenizer
+    from eval.tiny import save_model_dir, successor_map, tiny_config, tiny_model, train_successor, train_tokenizer
 
     tok = train_tokenizer(r.vocab)
     cfg = tiny_config(r.vocab, hidden_size=r.teacher_hidden, layers=r.teacher_layers,
                       intermediate_size=2 * r.teacher_hidden)  # fmt: skip
-    model = quick_train(tiny_model(cfg, 0), tok, corpus_texts(), steps=r.teacher_steps, seed=0)
+    stop = tok(".")["input_ids"][0]
+    model = train_successor(tiny_model(cfg, 0), successor_map(tok), follow=r.teacher_follow,
+                            stay={stop: r.teacher_stay}, steps=r.teacher_steps, seed=0)  # fmt: skip
     save_model_dir(model, tok, out)
+
+
+def _looper(r: Recipe, teacher: Path, student: Path, out: Path, rules: Path, log: Callable[[str], None]) -> None:
+    from looper import train_looper
+
+    train_looper(teacher, student, out, rules, steps=r.looper_steps, loop_weight=r.looper_weight, prompts=r.prompts,
+                 lr=r.lr, log=lambda line: log(f"    {line}"))  # fmt: skip
 
 
 def _init_student(r: Recipe, seed: int, teacher: Path, out: Path) -> None:
@@ -145,6 +165,14 @@ def _toward(other: Path, t: float) -> Callable[[Any], None]:
     return edit
 
 
+def _both(*edits: Callable[[Any], None]) -> Callable[[Any], None]:
+    def edit(model: Any) -> None:
+        for one in edits:
+            one(model)
+
+    return edit
+
+
 def _invalid(src: Path, out: Path) -> None:
     """The strong student plus a Python file: admission refuses repos that carry code."""
     shutil.copytree(src, out)
@@ -152,7 +180,7 @@ def _invalid(src: Path, out: Path) -> None:
 
 
 DEPS = {"strong": ("init-a",), "weak": ("init-a",), "better": ("strong",), "marginal": ("strong", "better"),
-        "resharded": ("strong",), "perturbed": ("strong",), "invalid": ("strong",)}
+        "resharded": ("strong",), "perturbed": ("strong",), "invalid": ("strong",), "looper": ("strong",)}
 
 
 def _closure(names: Sequence[str]) -> set[str]:
@@ -186,13 +214,16 @@ def build_cast(r: Recipe, cache_root: Path, log: Callable[[str], None] = print,
          lambda out: _distill(r, t, base / "init-a", out, r.weak_steps, 1, rules_path, log)),
         ("better", f"distilling the better student (strong + {r.better_steps} steps)",
          lambda out: _distill(r, t, base / "strong", out, r.better_steps, 2, rules_path, log)),
-        ("marginal", f"interpolating strong {r.marginal_t:g} of the way toward better",
-         lambda out: _rewrite(base / "strong", out, _toward(base / "better", r.marginal_t))),
+        ("marginal", f"interpolating strong {r.marginal_t:g} of the way toward better (+ noise {r.marginal_noise:g})",
+         lambda out: _rewrite(base / "strong", out, _both(_toward(base / "better", r.marginal_t),
+                                                          _perturb(r.marginal_noise)))),
         ("resharded", "re-sharding the strong student",
          lambda out: _rewrite(base / "strong", out, lambda m: None, max_shard_size="200KB")),
         ("perturbed", "perturbing the strong student slightly",
          lambda out: _rewrite(base / "strong", out, _perturb(r.perturb_scale))),
         ("invalid", "packaging an inadmissible repo (ships a .py file)", lambda out: _invalid(base / "strong", out)),
+        ("looper", f"training the looper (strong + {r.looper_steps} steps; full stops repeat once they repeat)",
+         lambda out: _looper(r, t, base / "strong", out, rules_path, log)),
     ]  # fmt: skip
     dirs: dict[str, Path] = {}
     base.mkdir(parents=True, exist_ok=True)

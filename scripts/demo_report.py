@@ -49,6 +49,11 @@ def leaderboard(d: Demo, scores: dict[str, Any], dqs: dict[str, Any]) -> str:
         ci = f"[{s['ci_lo']:.4f}, {s['ci_hi']:.4f}]" if s.get("ci_lo") is not None else "-"
         lines.append(f"{names.get(s['hotkey'], s['hotkey'][:10]):<10} {str(s.get('repo'))[:20]:<20} "
                      f"{s['state']:<15} {kl:>9}  {ci:<19} {s['n_prompts']}")  # fmt: skip
+    stopped = [s for s in rows if s["state"] == "onpolicy_stopped"]
+    if stopped:
+        lines.append("stopped by the on-policy guard (beat the king on KL, but not on their own text):")
+        for s in stopped:
+            lines.append(f"  {names.get(s['hotkey'], s['hotkey'][:10]):<10} {str(s.get('reason'))[:200]}")
     lines.append("disqualified:")
     for q in dqs.get("items", []):
         of = (q.get("evidence") or {}).get("copy_of")
@@ -105,6 +110,17 @@ def check_outcome(d: Demo, e: Entry, scores: dict[str, Any], dqs: dict[str, dict
     if kind == "loses":
         ok = mine and theirs and king != hk and mine["mean_kl"] is not None and mine["mean_kl"] > theirs["mean_kl"]
         return None if ok else got
+    if kind == "guarded":  # beat the king on KL (by more than epsilon) and the on-policy guard stopped it
+        why = str((mine or {}).get("reason"))
+        if mine is None or mine["state"] != "onpolicy_stopped" or "its own continuations" not in why:
+            return got
+        pair = _paired_gain(d, mine["round_id"], hk, of)
+        if pair is None:
+            return f"{got}; not paired with {e.of} in round {mine['round_id']}"
+        gain = 1 - pair[0] / pair[1]
+        eps = float(scores.get("epsilon", d.recipe.rules.get("epsilon", 0.0)))
+        ok = gain > eps and king != hk
+        return None if ok else f"{got}; paired KL gain over {e.of} {gain:+.1%} (wanted > {eps:.0%})"
     if kind == "marginal":
         if mine is None or king == hk or mine["state"] == "won":
             return got

@@ -26,7 +26,7 @@ import httpx
 from pod_helpers import free_port
 
 from eval.rules import ContestRules
-from eval.schemas import EvalResult, ModelRef, ModelResult, SubmissionId, TeacherInfo
+from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo
 from validator.contest import Candidate, Key, new_submissions, plan_round
 from validator.simchain import SimChain
 from validator.store import Store
@@ -85,8 +85,19 @@ def _model_result(
     if kind[c.key] != "copy":
         fp = [x + 0.5 * (hash(c.hotkey) % 97) for x in fp]
     return ModelResult(
-        ref=ref, status="ok", prompt_kl=kls, prompt_tokens=[64] * len(kls), content_hash=hashes[c.key], fingerprint=fp
+        ref=ref, status="ok", prompt_kl=kls, prompt_tokens=[64] * len(kls), content_hash=hashes[c.key], fingerprint=fp,
+        onpolicy=_own_text(base, kind[c.key] == "loops", rules.guarded_prompts(len(kls))),
     )
+
+
+def _own_text(base: float, loops: bool, n: int) -> list[OnPolicyPrompt]:
+    """The on-policy guard's values (no draws from the store's RNG, so the contest itself is unchanged)."""
+    if loops:
+        return [OnPolicyPrompt(tokens=128, teacher_nll=1.9 + 0.05 * (i % 3), reverse_kl=0.4, repetition=0.9,
+                               text="the same sentence again. " * 20) for i in range(n)]  # fmt: skip
+    return [OnPolicyPrompt(tokens=128, teacher_nll=0.6 + 0.5 * base + 0.02 * (i % 4), reverse_kl=0.5 * base,
+                           repetition=0.02 * (i % 3), text=f"a continuation of prompt {i} in its own words")
+            for i in range(n)]  # fmt: skip
 
 
 def build_store(
@@ -149,7 +160,7 @@ def build_store(
             s.key, "admitted", params=4_000_000_000, metadata_hash=hashlib.sha256(s.hotkey.encode()).hexdigest()
         )
         quality[s.key] = 1.2 * math.exp(-idx / max(8.0, n_miners / 3)) * rng.uniform(0.85, 1.25) + 0.05
-        kind[s.key] = "error" if r < 0.05 else "high" if r < 0.1 else "ok"
+        kind[s.key] = "error" if r < 0.05 else "high" if r < 0.1 else "loops" if idx % 11 == 9 else "ok"
         hashes[s.key] = hashlib.sha256(s.key[0].encode()).hexdigest()
         if kind[s.key] == "high":
             quality[s.key] = rules.max_kl * 1.5

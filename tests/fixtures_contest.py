@@ -141,6 +141,7 @@ class FakePod:
 
     def __init__(self, kl: dict[str, float] | None = None) -> None:
         self.kl = dict(kl or {})
+        self.loops: set[str] = set()  # repos whose own continuations loop (the on-policy guard stops them)
         self.fail: BaseException | None = None
         self.calls: list[Any] = []
         self.mutate: Any = None
@@ -151,7 +152,7 @@ class FakePod:
     def run(self, job: Any, deadline_s: float) -> Any:
         import hashlib
 
-        from eval.schemas import EvalResult, ModelResult, TeacherInfo
+        from eval.schemas import EvalResult, ModelResult, OnPolicyPrompt, TeacherInfo
 
         self.calls.append(job)
         if self.fail is not None:
@@ -163,8 +164,12 @@ class FakePod:
             digest = hashlib.sha256(m.revision.encode()).hexdigest()
             fp = [int(digest[j:j + 2], 16) / 255.0 for j in range(0, 8, 2)]
             kl = [base + 0.001 * ((p * 7 + i) % 5) for p in range(n)]
+            loops = m.repo in self.loops  # its own greedy text collapses into repetition
+            own = [OnPolicyPrompt(tokens=4, teacher_nll=(2.0 if loops else 0.7) + 0.01 * (p % 3), reverse_kl=0.1,
+                                  repetition=0.9 if loops else 0.0, text="again " * 4 if loops else f"own text {p}")
+                   for p in range(job.rules.guarded_prompts(n))]  # fmt: skip
             models.append(ModelResult(ref=m, status="ok", prompt_kl=kl, prompt_tokens=[4] * n,
-                                      content_hash=digest, fingerprint=fp))  # fmt: skip
+                                      content_hash=digest, fingerprint=fp, onpolicy=own))  # fmt: skip
         teacher = TeacherInfo(repo=job.rules.teacher_repo, revision="f" * 40, continuation_tokens=[4] * n)
         result = EvalResult(job_id=job.job_id, block_hash=job.block_hash, teacher=teacher, models=models)
         return self.mutate(result) if self.mutate else result

@@ -14,7 +14,16 @@ import bittensor as bt
 import uvicorn
 
 from eval.rules import ContestRules
-from eval.schemas import EvalJob, EvalResult, JobProgress, ModelRef, ModelResult, SubmissionId, TeacherInfo
+from eval.schemas import (
+    EvalJob,
+    EvalResult,
+    JobProgress,
+    ModelRef,
+    ModelResult,
+    OnPolicyPrompt,
+    SubmissionId,
+    TeacherInfo,
+)
 
 BLOCK_HASH = "0x" + "ab" * 32
 RULES = ContestRules(
@@ -51,9 +60,11 @@ def make_job(job_id: str = "job-1", *, n_challengers: int = 1, prompts: list[str
 def fake_result(job: EvalJob) -> EvalResult:
     """A well-formed result for ``job`` (what a correct pod would return for constant KL)."""
     n = len(job.prompts)
+    own = [OnPolicyPrompt(tokens=4, teacher_nll=0.7, reverse_kl=0.1, repetition=0.0, text=f"own text {p}")
+           for p in range(job.rules.guarded_prompts(n))]  # fmt: skip
     models = [
         ModelResult(ref=m, status="ok", prompt_kl=[0.5 + i] * n, prompt_tokens=[4] * n, content_hash="c" * 64,
-                    fingerprint=[0.1, 0.2])
+                    fingerprint=[0.1, 0.2], onpolicy=own)
         for i, m in enumerate(job.models)
     ]
     teacher = TeacherInfo(repo=job.rules.teacher_repo, revision="f" * 40, continuation_tokens=[4] * n)

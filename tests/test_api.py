@@ -93,6 +93,29 @@ def test_round_audit_record_is_complete(built):
     assert all(len(e["prompt_kl"]) in (0, 6) for e in a["evaluations"]) and a["decision"]
     won = [e for e in a["evaluations"] if e["state"] in ("won", "king")]
     assert len(won) == 1 and won[0]["hotkey"] == a["new_king_hotkey"]
+    # the on-policy guard's record: the first guarded prompts of every ok model, with its own text
+    ok = [e for e in a["evaluations"] if e["status"] == "ok"]
+    assert ok and all(len(e["onpolicy"]) == built.rules.guarded_prompts(6) for e in ok)
+    assert all(o["text"] and 0.0 <= o["repetition"] <= 1.0 and o["teacher_nll"] > 0 for e in ok for o in e["onpolicy"])
+
+
+def test_the_guard_in_rules_scores_and_rounds(built):
+    """/api/rules publishes the guard; a stopped challenger says why and is not ranked on its KL."""
+    c = client(built)
+    r = c.get("/api/rules").json()
+    assert r["rules"]["version"] == 3 and r["rules"]["onpolicy_prompts"] == built.rules.onpolicy_prompts
+    assert {"onpolicy_new_tokens", "onpolicy_nll_margin", "onpolicy_repetition_margin", "onpolicy_alpha"} <= set(
+        r["rules"])
+    rounds = [c.get(f"/api/rounds/{rid}").json() for rid in built.done_rounds]
+    stopped = [(a, e) for a in rounds for e in a["evaluations"] if e["state"] == "onpolicy_stopped"]
+    assert stopped, "the fixture store has a looping challenger that beat the king on KL"
+    a, e = stopped[0]
+    assert e["reason"].startswith("beats the king on KL") and "its own continuations" in e["reason"]
+    assert "on-policy guard stopped" in a["decision"] and e["hotkey"] != a["new_king_hotkey"]
+    rows = {(s["hotkey"], s["commit_block"]): s for s in c.get("/api/scores").json()["evaluations"]}
+    row = rows[(e["hotkey"], e["commit_block"])]
+    if row["state"] == "onpolicy_stopped":  # its latest evaluation
+        assert row["rank"] is None and row["reason"] == e["reason"]
 
 
 def test_miner_history_progress_metagraph_commitments(built):

@@ -1,7 +1,8 @@
-"""End to end: a reduced demo cast through the real processes (miner CLI, pod over HTTP, validator, API).
+"""End to end: the demo's cast through the real processes (miner CLI, pod over HTTP, validator, API).
 
 Both of the demo's epochs run: the first crowns strong among a loser, copies and an inadmissible repo;
-in the second, better dethrones it and marginal (better by less than epsilon) does not.
+in the second, better dethrones it, marginal (better by less than epsilon) does not, and the looper (better
+than strong on KL, but its own greedy text loops) is stopped by the on-policy guard.
 
 The models are built once and cached (keyed by the recipe hash) under
 ``state/test-cast``; each test gets a fresh chain, hub, store and wallets.
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from demo import (  # noqa: E402
+    DEMO_RULES,
     Demo,
     Entry,
     _spawn,
@@ -45,19 +47,11 @@ from demo import (  # noqa: E402
 from demo_cast import Recipe, build_cast  # noqa: E402
 from demo_report import api_get, chain_weights, check_outcome, check_outcomes  # noqa: E402
 
-RULES: dict[str, Any] = {
-    "teacher_repo": "demo/teacher", "vocab_size": 512, "prompts_per_round": 20, "max_new_tokens": 12,
-    "max_prompt_tokens": 64, "max_kl": 20.0, "epsilon": 0.15, "prompt_min_chars": 40, "prompt_max_chars": 400,
-    "early_stop_min_prompts": 4, "max_challengers_per_round": 8, "max_queued_per_coldkey": 8,
-}  # fmt: skip
-# The marginal challenger is strong moved marginal_t of the way toward better. Measured over 16 seeded
-# rounds of these rules (20 prompts each): marginal is 6.5-8.5% below strong's KL (epsilon is 15%) and
-# better 61-79% below with p <= 0.023 in every round, so the outcome does not hinge on one round's prompts
-# (any rules change, e.g. a new field, moves every prompt). Its fingerprint stays above the 0.02
-# functional-copy threshold (checked here). A strong trained for only 30 steps leaves no such window:
-# better is so far ahead that any step toward it is either a functional copy or a gain above epsilon.
-RECIPE = Recipe(teacher_steps=30, strong_steps=60, weak_steps=2, better_steps=30, marginal_t=0.07, prompts=32,
-                rules=RULES)  # fmt: skip
+# The demo's own recipe and rules: the same cast, committed in the same order on a SimChain with the same seed,
+# so the same rounds as `scripts/demo.sh --once` (marginal: lower KL than strong by less than epsilon at a
+# fingerprint distance above the functional-copy threshold; looper: lower KL than strong, its own text loops).
+RULES: dict[str, Any] = dict(DEMO_RULES)
+RECIPE = Recipe(rules=RULES)
 # The demo's first epoch: strong is king, the rest lose or are disqualified
 EPOCH1 = (
     Entry("strong", "strong", "alice/strong", 1, outcome="king"),
@@ -73,6 +67,7 @@ CAST = (
     *EPOCH1[1:],
     Entry("better", "better", "grace/better", 2, outcome="king"),
     Entry("marginal", "marginal", "heidi/marginal", 2, outcome="marginal"),
+    Entry("looper", "looper", "ivan/looper", 2, outcome="guarded"),
 )
 DQS = {"copy": "COPY", "resharded": "COPY", "perturbed": "FUNCTIONAL_COPY", "invalid": "INVALID"}
 
@@ -229,6 +224,12 @@ def test_check_outcome_reports_what_differs(tmp_path):
     assert "the king is hk-weak" in (check_outcome(d, entry["strong"], flipped, dqs, {}) or "")
     assert check_outcome(d, entry["weak"], {**scores, "evaluations": ev[::-1][:1]}, dqs, {}) is not None
     assert check_outcome(d, entry["invalid"], scores, dqs, {}) == "state not evaluated"
+    # a looper the on-policy guard let through, or stopped without saying why, is reported
+    looper = Entry("looper", "looper", "ivan/looper", 2, outcome="guarded")
+    d.hotkeys["looper"] = "hk-looper"
+    for state, reason in (("won", "challenger KL 0.02 beats king KL 0.04"), ("onpolicy_stopped", None)):
+        row = {"hotkey": "hk-looper", "round_id": 2, "state": state, "mean_kl": 0.02, "reason": reason}
+        assert check_outcome(d, looper, {**scores, "evaluations": [*ev, row]}, dqs, {}) == f"state {state}"
 
 
 def test_wait_http_reports_a_dead_process(tmp_path):

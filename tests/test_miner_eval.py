@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 import miner
-from eval.estimate import AGAINST_HOTKEY, MODEL_HOTKEY, Pinned, build_job, summarize
+from eval.estimate import AGAINST_HOTKEY, MODEL_HOTKEY, Pinned, build_job, render, summarize
 from eval.linked_store import LinkedDirs
 from eval.prompts import LocalCorpus, sample_prompts
 from eval.rules import ContestRules
-from eval.schemas import EvalJob, EvalResult, ModelRef, ModelResult, SubmissionId, TeacherInfo
+from eval.schemas import EvalJob, EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo
 from eval.stores import LocalHub
 from eval.tiny import save_model_dir, tiny_config, tiny_model, train_tokenizer
 from validator.pods import LocalPod
@@ -123,6 +123,7 @@ def test_human_output_and_usage_errors(setup, capsys):
                        *common]) == 0
     out = capsys.readouterr().out
     assert "block hash: 0x" in out and "95% CI" in out and "DETHRONE: no" in out
+    assert out.count("on policy (its own greedy text on the first 2 prompts)") == 2 and "ON-POLICY GUARD: passes" in out
     assert miner.main(["eval", "--model", f"miner/king@{r['king']}", "--block-hash", "0x12", *common]) == 2
     assert "--block-hash" in capsys.readouterr().err
     for n in ("0", "-3", "100000"):
@@ -130,13 +131,37 @@ def test_human_output_and_usage_errors(setup, capsys):
         assert "--prompts must be in 1.." in capsys.readouterr().err
 
 
-def _result(kl_king: list[float], kl_mine: list[float], status: str = "ok") -> EvalResult:
-    def res(hotkey: str, kl: list[float], st: str) -> ModelResult:
-        ref = ModelRef(repo="a/b", revision="c" * 40, submission=SubmissionId(hotkey=hotkey, commit_block=0))
-        return ModelResult(ref=ref, status=st, prompt_kl=kl, prompt_tokens=[4] * len(kl))
+def _own(rep: float, nll: float = 0.7, n: int = 4) -> list[OnPolicyPrompt]:
+    return [OnPolicyPrompt(tokens=4, teacher_nll=nll + 0.01 * i, reverse_kl=0.2, repetition=rep, text="t")
+            for i in range(n)]  # fmt: skip
 
+
+def _result(kl_king: list[float], kl_mine: list[float], status: str = "ok", own_king: list[OnPolicyPrompt] = (),
+            own_mine: list[OnPolicyPrompt] = ()) -> EvalResult:  # fmt: skip
+    def res(hotkey: str, kl: list[float], st: str, own: list[OnPolicyPrompt]) -> ModelResult:
+        ref = ModelRef(repo="a/b", revision="c" * 40, submission=SubmissionId(hotkey=hotkey, commit_block=0))
+        return ModelResult(ref=ref, status=st, prompt_kl=kl, prompt_tokens=[4] * len(kl), onpolicy=list(own))
+
+    models = [res(AGAINST_HOTKEY, kl_king, "ok", own_king), res(MODEL_HOTKEY, kl_mine, status, own_mine)]
     return EvalResult(job_id="j", block_hash=BLOCK_HASH, teacher=TeacherInfo(repo="t/t", continuation_tokens=[4] * 4),
-                      models=[res(AGAINST_HOTKEY, kl_king, "ok"), res(MODEL_HOTKEY, kl_mine, status)])
+                      models=models)  # fmt: skip
+
+
+def test_summary_shows_the_on_policy_figures_and_whether_the_guard_would_stop_the_model():
+    """A miner sees, before committing, that winning on KL is not enough when its own text loops."""
+    rules = ContestRules(vocab_size=512, prompts_per_round=4, early_stop_min_prompts=2)
+    doc = summarize(_result([1.0, 1.1, 0.9, 1.0], [0.5, 0.52, 0.49, 0.5], own_king=_own(0.0), own_mine=_own(0.9)),
+                    rules)  # fmt: skip
+    d = doc["decision"]
+    assert d["beats_on_kl"] is True and d["dethrone"] is False and d["onpolicy_guard"]["stop"] is True
+    assert d["reason"].startswith("beats the king on KL but its own continuations repeat 90% of their 4-grams")
+    own = doc["model"]["onpolicy"]
+    assert own["repetition"] == pytest.approx(0.9) and len(own["per_prompt"]) == 4
+    text = "\n".join(render(doc))
+    assert "DETHRONE: no" in text and "ON-POLICY GUARD: would stop it" in text and "repeated n-grams 90%" in text
+    ok = summarize(_result([1.0, 1.1, 0.9, 1.0], [0.5, 0.52, 0.49, 0.5], own_king=_own(0.0), own_mine=_own(0.05)),
+                   rules)  # fmt: skip
+    assert ok["decision"]["dethrone"] is True and "ON-POLICY GUARD: passes" in "\n".join(render(ok))
 
 
 def test_summary_uses_the_validator_dethrone_rule():

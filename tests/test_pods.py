@@ -61,7 +61,9 @@ def test_validate_result_accepts_a_matching_result():
 
 
 @pytest.mark.parametrize(
-    "mutation", ["job_id", "missing", "extra", "swapped_ref", "short", "king_early", "tokens", "negative"]
+    "mutation",
+    ["job_id", "missing", "extra", "swapped_ref", "short", "king_early", "tokens", "negative", "no_onpolicy",
+     "long_onpolicy"],
 )
 def test_validate_result_refuses_mismatches(mutation):
     job = make_job("v-2", n_challengers=2)
@@ -90,6 +92,13 @@ def test_validate_result_refuses_mismatches(mutation):
     elif mutation == "negative":
         negative = models[1].model_copy(update={"prompt_kl": [-0.5, 0.1]})
         result = result.model_copy(update={"models": [models[0], negative, models[2]]})
+    elif mutation == "no_onpolicy":  # an ok model the on-policy guard cannot see would slip past it
+        unguarded = models[1].model_copy(update={"onpolicy": []})
+        result = result.model_copy(update={"models": [models[0], unguarded, models[2]]})
+    elif mutation == "long_onpolicy":
+        own = [o.model_copy(update={"tokens": job.rules.onpolicy_new_tokens + 1}) for o in models[1].onpolicy]
+        result = result.model_copy(update={"models": [models[0], models[1].model_copy(update={"onpolicy": own}),
+                                                      models[2]]})  # fmt: skip
     with pytest.raises(InvalidResult):
         validate_result(job, result)
 

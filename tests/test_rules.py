@@ -32,6 +32,16 @@ def test_defaults_match_the_live_subnet() -> None:
     assert r == DEFAULT_RULES
 
 
+def test_on_policy_guard_rules_and_version() -> None:
+    r = ContestRules()
+    assert r.version == 3  # 3: the on-policy guard
+    assert (r.onpolicy_prompts, r.onpolicy_new_tokens, r.onpolicy_ngram) == (8, 128, 4)
+    assert (r.onpolicy_nll_margin, r.onpolicy_repetition_margin, r.onpolicy_alpha) == (0.5, 0.2, 0.05)
+    assert [r.guarded_prompts(n) for n in (0, 1, 8, 40)] == [0, 1, 8, 8]  # the round's first prompts
+    assert ContestRules(onpolicy_prompts=0).guarded_prompts(40) == 0  # guard off
+    assert ContestRules(onpolicy_prompts=2).digest() != r.digest()
+
+
 def test_json_round_trip_is_exact_and_canonical() -> None:
     r = ContestRules(epsilon=0.0125, prompts_per_round=64, teacher_revision="ab" * 20)
     text = r.to_json()
@@ -84,6 +94,12 @@ def test_rules_are_frozen() -> None:
         ({"allowed_architectures": []}, "allowed_architectures"),
         ({"unknown_key": 1}, "unknown_key"),
         ({"block": 123}, "block"),
+        ({"onpolicy_prompts": 1}, "onpolicy_prompts must be 0"),
+        ({"onpolicy_prompts": 65}, "onpolicy_prompts"),
+        ({"onpolicy_new_tokens": 0}, "onpolicy_new_tokens"),
+        ({"onpolicy_repetition_margin": 1.0}, "onpolicy_repetition_margin"),
+        ({"onpolicy_nll_margin": 0.0}, "onpolicy_nll_margin"),
+        ({"onpolicy_alpha": 0.5}, "onpolicy_alpha"),
     ],
 )
 def test_nonsense_is_rejected_with_the_field_named(doc: dict, field: str) -> None:

@@ -190,3 +190,57 @@ def test_teacher_snapshots_are_bounded_and_counted(hub, tmp_path):
     assert [p.name for p in (tmp_path / "teacher").iterdir()] == [f"test--teacher@{new_rev}"]
     with pytest.raises(InfraError, match="workdir bound"):
         check_disk(tmp_path, DiskLimits(min_free_bytes=0, max_workdir_bytes=1000))
+
+
+# --- the on-policy guard in the pod's round ---------------------------------------------------------------------
+
+
+def test_onpolicy_values_are_the_same_whether_the_teacher_stays_or_is_reloaded(hub, tmp_path, monkeypatch):
+    """Both orders of work, on real models through the pod routine: same values; the deferred one reloads once."""
+    from eval import scoring
+
+    store, revs = hub
+    loads: list[str] = []
+    real = scoring.load_causal_lm
+    monkeypatch.setattr(scoring, "load_causal_lm", lambda path, device: loads.append(str(path)) or real(path, device))
+    phases: list[JobProgress] = []
+    names = ["miner/king", "miner/c0", "miner/badvocab"]
+    resident = run_job(job_for(revs, names, "rj-res"), store, tmp_path / "a", "cpu", limits=NO_DISK_RESERVE,
+                       onpolicy_mode="resident", on_progress=phases.append)  # fmt: skip
+    teacher_loads = sum("teacher" in p for p in loads)
+    deferred = run_job(job_for(revs, names, "rj-def"), store, tmp_path / "b", "cpu", limits=NO_DISK_RESERVE,
+                       onpolicy_mode="deferred")  # fmt: skip
+    assert teacher_loads == 1 and sum("teacher" in p for p in loads) == 3  # deferred: loaded, freed, reloaded once
+    rules = job_for(revs, names).rules
+    for a, b in zip(resident.models, deferred.models, strict=True):
+        assert a.onpolicy == b.onpolicy and a.prompt_kl == b.prompt_kl
+    king, c0, bad = resident.models
+    assert len(king.onpolicy) == len(c0.onpolicy) == rules.guarded_prompts(len(job_for(revs, names).prompts)) > 0
+    assert all(1 <= o.tokens <= rules.onpolicy_new_tokens and o.text for o in king.onpolicy)
+    assert bad.status == "model_error" and bad.onpolicy == []
+    assert king.timings.onpolicy_s > 0 and resident.teacher.onpolicy_s > 0 and deferred.teacher.onpolicy_s > 0
+    assert "onpolicy" in {p.phase for p in phases}
+    assert not any((tmp_path / "b" / "models").rglob("*.safetensors"))
+
+
+def test_a_model_that_fails_to_write_its_own_text_is_a_model_error(hub, tmp_path, monkeypatch):
+    """The guard's generation is part of the model's evaluation: its failure costs that model, not the job."""
+    from eval import onpolicy
+    from eval.errors import ModelError
+
+    store, revs = hub
+    real = onpolicy.continue_own
+    calls: list[int] = []
+
+    def second_model_fails(model, *args, **kwargs):  # the king writes first, then the challenger
+        calls.append(1)
+        if len(calls) == 2:
+            raise ModelError("generation failed: RuntimeError: shape mismatch")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(onpolicy, "continue_own", second_model_fails)
+    result = run_job(job_for(revs, ["miner/king", "miner/c0"], "rj-genfail"), store, tmp_path, "cpu",
+                     limits=NO_DISK_RESERVE)  # fmt: skip
+    king, c0 = result.models
+    assert king.status == "ok" and king.onpolicy and len(calls) == 2
+    assert c0.status == "model_error" and "generation failed" in (c0.error or "") and c0.onpolicy == []

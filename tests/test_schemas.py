@@ -10,6 +10,8 @@ from pydantic import BaseModel, ValidationError
 
 from eval.rules import ContestRules
 from eval.schemas import (
+    MAX_ONPOLICY_PROMPTS,
+    MAX_ONPOLICY_TEXT_CHARS,
     MAX_PROMPT_CHARS,
     MAX_PROMPTS_PER_JOB,
     EvalJob,
@@ -19,6 +21,7 @@ from eval.schemas import (
     ModelRef,
     ModelResult,
     ModelTimings,
+    OnPolicyPrompt,
     SubmissionId,
     TeacherInfo,
 )
@@ -49,6 +52,9 @@ def job(**kw: Any) -> dict[str, Any]:
     }
     d.update(kw)
     return d
+
+
+OWN = {"tokens": 128, "teacher_nll": 0.71, "reverse_kl": 0.2, "repetition": 0.05, "text": "its own words \u2026"}
 
 
 def model_result(**kw: Any) -> dict[str, Any]:
@@ -125,6 +131,7 @@ def _valid_documents() -> dict[type[BaseModel], dict[str, Any]]:
         EvalJob: job(),
         ModelTimings: {"download_s": 1.5},
         ModelResult: model_result(),
+        OnPolicyPrompt: {"tokens": 3, "teacher_nll": 0.5, "reverse_kl": 0.1, "repetition": 0.0, "text": "abc"},
         TeacherInfo: teacher,
         EvalResult: result,
         JobProgress: {"phase": "student", "prompt": 3, "prompt_count": 40},
@@ -242,11 +249,23 @@ def test_job_json_round_trip() -> None:
         (model_result(prompt_tokens=[-1, 5]), "greater than or equal"),
         (model_result(status="great"), "status"),
         (model_result(error="x" * 2001, status="model_error"), "error"),
+        (model_result(status="early_stopped", onpolicy=[OWN]), "only an ok result carries on-policy values"),
+        (model_result(onpolicy=[{**OWN, "repetition": 1.5}]), "repetition"),
+        (model_result(onpolicy=[{**OWN, "teacher_nll": -0.1}]), "teacher_nll"),
+        (model_result(onpolicy=[{**OWN, "tokens": 0}]), "tokens"),
+        (model_result(onpolicy=[{**OWN, "text": "x" * (MAX_ONPOLICY_TEXT_CHARS + 1)}]), "text"),
+        (model_result(onpolicy=[{**OWN, "seed": 1}]), "seed"),
+        (model_result(onpolicy=[OWN] * (MAX_ONPOLICY_PROMPTS + 1)), "onpolicy"),
     ],
 )
 def test_model_result_consistency(doc: dict[str, Any], match: str) -> None:
     with pytest.raises(ValidationError, match=match):
         ModelResult.model_validate(doc)
+
+
+def test_on_policy_values_round_trip_exactly() -> None:
+    m = ModelResult.model_validate(model_result(onpolicy=[OWN, {**OWN, "text": "\u00e9\n\t\u0000"}]))
+    assert ModelResult.model_validate_json(m.model_dump_json()) == m and m.onpolicy[1].text == "\u00e9\n\t\u0000"
 
 
 def test_model_result_states() -> None:

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as st
 
 from eval.rules import ContestRules
-from eval.stats import Decision, decide, kl_summary, mean_ci, paired_p_value, should_stop_early
+from eval.stats import Decision, decide, kl_summary, mean_ci, onpolicy_guard, paired_p_value, should_stop_early
 
 RULES = ContestRules()  # epsilon 0.01, alpha 0.05, early stop after 8 prompts at 0.001
 
@@ -211,6 +211,70 @@ def test_false_stop_rate_is_bounded_by_simulation() -> None:
         wins += decide(king, challenger, RULES).dethrone
     assert false_stops / trials < 0.01
     assert wins > 0  # the setting is not trivially hopeless for the challenger
+
+
+# --- the on-policy guard ----------------------------------------------------------------------------------------
+
+G = 8  # guarded prompts (the default)
+KING_NLL = [0.7, 0.65, 0.8, 0.72, 0.6, 0.75, 0.7, 0.68]
+GUARD_CASES = {
+    # name: (challenger NLL, challenger repetition, king repetition, expected stop, figure named in the reason)
+    "identical": (KING_NLL, [0.0] * G, [0.0] * G, False, None),
+    "loops on every prompt": (KING_NLL, [0.9] * G, [0.0] * G, True, "4-grams"),
+    "loops on 6 of 8": (KING_NLL, [0.9] * 6 + [0.0] * 2, [0.0] * G, True, "4-grams"),
+    "loops on 2 of 8": (KING_NLL, [0.9] * 2 + [0.0] * 6, [0.0] * G, False, None),
+    "loops no more than a looping king": (KING_NLL, [0.85] * G, [0.8] * G, False, None),
+    "text the teacher would not write": ([2 * x + 0.3 for x in KING_NLL], [0.0] * G, [0.0] * G, True, "teacher NLL"),
+    "a little worse, within the margin": ([1.3 * x for x in KING_NLL], [0.05] * G, [0.0] * G, False, None),
+    "better than the king": ([0.8 * x for x in KING_NLL], [0.0] * G, [0.1] * G, False, None),
+}
+
+
+@pytest.mark.parametrize("name", list(GUARD_CASES))
+def test_onpolicy_guard_table(name: str) -> None:
+    nll, rep, king_rep, stop, figure = GUARD_CASES[name]
+    g = onpolicy_guard(KING_NLL, nll, king_rep, rep, RULES)
+    assert g.stop is stop, g.reason
+    assert [c.fails for c in g.checks] == [figure == "teacher NLL", figure == "4-grams"]
+    assert g.reason.startswith("its own continuations ") and (figure is None or figure in g.reason)
+    nll_check, rep_check = g.checks
+    assert nll_check.limit == pytest.approx(np.mean(KING_NLL) * (1 + RULES.onpolicy_nll_margin))
+    assert rep_check.limit == pytest.approx(np.mean(king_rep) + RULES.onpolicy_repetition_margin)
+
+
+def test_onpolicy_guard_degenerate_and_bad_input() -> None:
+    assert not onpolicy_guard([0.7], [5.0], [0.0], [1.0], RULES).stop  # one prompt is no evidence
+    assert onpolicy_guard([0.7] * 3, [0.7] * 3, [0.0] * 3, [0.9] * 3, RULES).stop  # worse by the same on each: certain
+    for args in (([0.7] * 3, [0.7] * 2, [0.0] * 3, [0.0] * 3), ([0.7] * 3, [0.7] * 3, [0.0] * 2, [0.0] * 2),
+                 ([0.7] * 2, [0.7] * 2, [0.0] * 2, [1.5, 0.0]), ([0.7] * 2, [float("nan"), 0.7], [0.0] * 2, [0.0] * 2),
+                 ([0.7] * 2, [-0.1, 0.7], [0.0] * 2, [0.0] * 2)):  # fmt: skip
+        with pytest.raises(ValueError):
+            onpolicy_guard(*args, RULES)
+
+
+def test_onpolicy_guard_false_stop_rate_and_power_by_simulation() -> None:
+    """Honest challengers are (almost) never stopped; one that loops on most prompts (almost) always is.
+
+    2,000 seeded rounds of 8 guarded prompts. The king's per-prompt NLL ~ U(0.4, 1.2); an honest
+    challenger's is the king's x (1 + N(0, 0.2)) per prompt (its greedy text differs from the
+    king's), and each of the two loops on a prompt with probability 0.1 (repetition 0.9, else
+    U(0, 0.1)): greedy decoding sometimes loops even for good models. A looper loops with
+    probability 0.8 on each prompt.
+    """
+    rng = np.random.default_rng(4321)
+    trials = 2000
+
+    def repetition(p_loop: float) -> np.ndarray:
+        return np.where(rng.random(G) < p_loop, 0.9, rng.uniform(0.0, 0.1, G))
+
+    false_stops = stopped_loopers = 0
+    for _ in range(trials):
+        king = rng.uniform(0.4, 1.2, G)
+        honest = np.clip(king * (1 + rng.normal(0.0, 0.2, G)), 0.0, None)
+        false_stops += onpolicy_guard(king, honest, repetition(0.1), repetition(0.1), RULES).stop
+        stopped_loopers += onpolicy_guard(king, king, repetition(0.1), repetition(0.8), RULES).stop
+    assert false_stops / trials < 0.01
+    assert stopped_loopers / trials > 0.7  # 75%; 89% at 9 loops in 10 (docs/decisions.md)
 
 
 def test_fingerprint_distance_is_mean_abs_difference_and_inf_when_incomparable() -> None:

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from eval.rules import ContestRules
-from eval.schemas import EvalResult, ModelRef, ModelResult, SubmissionId, TeacherInfo
+from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo
 from validator.contest import Candidate, NewSubmission, RoundPlan
 from validator.store import Store, StoreError
 from validator.store_schema import SCHEMA_VERSION, SchemaError
@@ -35,8 +35,10 @@ def cand(name: str, block: int, status: str = "admitted") -> Candidate:
 def mres(c: Candidate, kls: list[float], content_hash: str | None = None) -> ModelResult:
     sid = SubmissionId(hotkey=c.hotkey, commit_block=c.commit_block)
     ref = ModelRef(repo=c.repo, revision=c.revision, submission=sid)
+    own = [OnPolicyPrompt(tokens=5, teacher_nll=0.5 + kls[0], reverse_kl=0.2, repetition=0.0,
+                          text=f"own text {i} \u2026") for i in range(RULES.guarded_prompts(len(kls)))]  # fmt: skip
     return ModelResult(ref=ref, status="ok", prompt_kl=kls, prompt_tokens=[7] * len(kls), content_hash=content_hash,
-                       fingerprint=[kls[0], 0.25])  # fmt: skip
+                       fingerprint=[kls[0], 0.25], onpolicy=own)  # fmt: skip
 
 
 def eres(*models: ModelResult) -> EvalResult:
@@ -84,18 +86,18 @@ def test_migrates_from_empty_wal_and_idempotent_reopen(tmp_path):
         Store.open(path)
 
 
-def test_v1_database_migrates_to_a_later_version_and_a_failed_step_rolls_back(tmp_path, monkeypatch):
-    """The upgrade path an operator takes: a v1 file with data, opened by code with a v2 migration."""
+def test_database_migrates_to_a_later_version_and_a_failed_step_rolls_back(tmp_path, monkeypatch):
+    """The upgrade path an operator takes: a file with data, opened by code with one more migration."""
     import validator.store_schema as schema
 
     path = tmp_path / "v.db"
     s = Store.open(path)
     admitted(s, ("alice", 5))
     s.close()
-    v1 = schema.MIGRATIONS
+    current = schema.MIGRATIONS
+    n = len(current)
     broken = "ALTER TABLE submissions ADD COLUMN note TEXT; INSERT INTO no_such_table VALUES (1)"
-    n = len(v1)  # the version the file is at now
-    monkeypatch.setattr(schema, "MIGRATIONS", (*v1, broken))
+    monkeypatch.setattr(schema, "MIGRATIONS", (*current, broken))
     monkeypatch.setattr(schema, "SCHEMA_VERSION", n + 1)
     with pytest.raises(SchemaError, match=f"v{n + 1}"):
         Store.open(path)
@@ -103,7 +105,7 @@ def test_v1_database_migrates_to_a_later_version_and_a_failed_step_rolls_back(tm
     assert raw.execute("PRAGMA user_version").fetchone()[0] == n  # nothing half-applied
     assert "note" not in [r[1] for r in raw.execute("PRAGMA table_info(submissions)")]
     raw.close()
-    monkeypatch.setattr(schema, "MIGRATIONS", (*v1, "ALTER TABLE submissions ADD COLUMN note TEXT"))
+    monkeypatch.setattr(schema, "MIGRATIONS", (*current, "ALTER TABLE submissions ADD COLUMN note TEXT"))
     s2 = Store.open(path)
     assert s2._db.execute("PRAGMA user_version").fetchone()[0] == n + 1
     assert [tuple(r) for r in s2._db.execute("SELECT note FROM submissions")] == [(None,)]
@@ -144,6 +146,27 @@ def test_a_failing_migration_script_leaves_nothing_behind(tmp_path, monkeypatch)
     raw.close()
 
 
+def test_v1_rounds_gain_an_empty_onpolicy_record(tmp_path, monkeypatch):
+    """A store written before the on-policy guard keeps its rounds; their evaluations read back with no values."""
+    import validator.store_schema as schema
+
+    path = tmp_path / "v1.db"
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 1)
+    old = Store.open(path, clock=lambda: 1000.0)
+    a, b = admitted(old, ("alice", 5), ("bob", 6))
+    rid = old.create_round("first", 10, BH, ["e" * 64] * 4, RULES, [a.key, b.key], job_id="job-1")
+    old._db.execute("INSERT INTO evaluations(round_id, hotkey, commit_block, status, state, prompt_kl, prompt_tokens)"
+                    " VALUES (?, ?, 5, 'ok', 'won', '[0.5]', '[7]')", (rid, a.hotkey))  # fmt: skip
+    old.close()
+    monkeypatch.undo()
+    new = Store.open(path)
+    assert new._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 2
+    (ev,) = new.round(rid)["evaluations"]
+    assert ev["onpolicy"] == [] and ev["prompt_kl"] == [0.5]
+    new.close()
+
+
 def test_readonly_connection_refuses_writes(store, tmp_path):
     admitted(store, ("alice", 5))
     ro = Store.open_readonly(tmp_path / "state" / "validator.db")
@@ -167,6 +190,10 @@ def test_full_round_recorded_and_readable(store):
     ev = {e["hotkey"]: e for e in rnd["evaluations"]}
     assert ev[a.hotkey]["state"] == "won" and ev[a.hotkey]["prompt_kl"] == [0.5, 0.6, 0.5, 0.4]
     assert ev[a.hotkey]["ci_lo"] <= ev[a.hotkey]["mean_kl"] <= ev[a.hotkey]["ci_hi"]
+    # the on-policy guard's audit record: per guarded prompt, the model's own text and the teacher's view of it
+    assert [o["text"] for o in ev[a.hotkey]["onpolicy"]] == [f"own text {i} \u2026" for i in range(4)]
+    assert ev[b.hotkey]["onpolicy"][0] == {"tokens": 5, "teacher_nll": 1.4, "reverse_kl": 0.2, "repetition": 0.0,
+                                           "text": "own text 0 \u2026"}  # fmt: skip
     scores = store.scores()
     assert [e["hotkey"] for e in scores["evaluations"]] == [a.hotkey, b.hotkey]
     assert scores["evaluations"][0]["n_prompts"] == 4 and scores["last_round"]["id"] == rid

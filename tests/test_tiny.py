@@ -65,3 +65,32 @@ def test_save_model_dir_writes_only_safe_files(tmp_path) -> None:
     loaded = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True, trust_remote_code=False)
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
     assert AutoTokenizer.from_pretrained(out).get_vocab() == tok.get_vocab()
+
+
+def test_successor_language_teacher_writes_the_cycle_and_never_repeats() -> None:
+    """The demo teacher: greedy text follows one long cycle through visible tokens; a full stop may repeat, rarely."""
+    import pytest
+
+    from eval.forward import greedy
+    from eval.onpolicy import repetition_share
+    from eval.tiny import successor_map, train_successor
+
+    tok = train_tokenizer(300)
+    succ = successor_map(tok)
+    assert successor_map(tok) == succ and len(succ) == len(tok)
+    shown = {t for t in range(len(tok)) if succ[t] != t and t not in tok.all_special_ids}
+    cycle, t = [], succ[5]
+    while t not in cycle:
+        cycle.append(t)
+        t = succ[t]
+    assert set(cycle) == set(succ) - set(tok.all_special_ids) and len(cycle) > 100  # one cycle, everyone leads into it
+    assert all(tok.decode([c]).strip() for c in cycle) and shown
+    stop = tok(".")["input_ids"][0]
+    model = train_successor(tiny_model(tiny_config(len(tok)), 0), succ, stay={stop: 0.3}, steps=300)
+    (out,) = greedy(model, [tok("The river.")["input_ids"]], max_new_tokens=24, eos={0}, pad_id=1, batch_prompts=1)
+    assert repetition_share(out, 4) == 0.0 and sum(out[i + 1] == succ[out[i]] for i in range(23)) >= 20
+    with torch.no_grad():
+        p = torch.softmax(model(input_ids=torch.tensor([tok("The river.")["input_ids"]])).logits[0, -1], -1)
+    assert p[succ[stop]] > p[stop] > 0.1  # another full stop is plausible, never the first choice
+    with pytest.raises(ValueError, match="below follow"):
+        train_successor(model, succ, follow=0.3, stay={stop: 0.4}, steps=1)

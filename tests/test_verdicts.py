@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eval.rules import ContestRules
-from eval.schemas import EvalResult, ModelRef, ModelResult, SubmissionId, TeacherInfo
+from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo
 from validator.contest import Candidate, RoundPlan
 from validator.verdicts import ResultMismatch, interpret_result
 
@@ -23,12 +23,25 @@ def cand(name: str, block: int, status: str = "admitted") -> Candidate:
     return Candidate(hk(name), block, f"org/{name}", REV, f"ck-{name}", status, None)
 
 
-def res(c: Candidate, kl=None, status="ok", content_hash=None, fingerprint=None, n=N, error=None) -> ModelResult:
+GUARDED = RULES.guarded_prompts(N)
+
+
+def own(nll=0.8, rep=0.0, n=GUARDED) -> list[OnPolicyPrompt]:
+    """On-policy values as the pod reports them: per guarded prompt, a little prompt-to-prompt spread."""
+    nlls = [nll] * n if isinstance(nll, float) else list(nll)
+    reps = [rep] * n if isinstance(rep, float) else list(rep)
+    return [OnPolicyPrompt(tokens=20, teacher_nll=x + 0.01 * (i % 3), reverse_kl=0.1, repetition=r, text=f"text {i}")
+            for i, (x, r) in enumerate(zip(nlls, reps, strict=True))]  # fmt: skip
+
+
+def res(c: Candidate, kl=None, status="ok", content_hash=None, fingerprint=None, n=N, error=None,
+        onpolicy=None) -> ModelResult:  # fmt: skip
     kls = [] if status == "model_error" else [kl] * n if isinstance(kl, float) else list(kl or [])
     sub = SubmissionId(hotkey=c.hotkey, commit_block=c.commit_block)
     ref = ModelRef(repo=c.repo, revision=c.revision, submission=sub)
+    values = (own() if onpolicy is None else onpolicy) if status == "ok" else []
     return ModelResult(ref=ref, status=status, prompt_kl=kls, prompt_tokens=[5] * len(kls), error=error,
-                       content_hash=content_hash, fingerprint=fingerprint)  # fmt: skip
+                       content_hash=content_hash, fingerprint=fingerprint, onpolicy=values)  # fmt: skip
 
 
 def result(*models: ModelResult) -> EvalResult:
@@ -200,3 +213,66 @@ def test_none_round_has_nothing_to_interpret():
         interpret_result(RoundPlan("none", K, ()), result(res(K, noisy(1.0))), RULES)
 
 
+
+
+# --- the on-policy guard (LESSONS 27) ---------------------------------------------------------------------------
+
+
+def test_kl_winner_that_loops_on_its_own_text_does_not_take_the_crown():
+    """LESSONS 27: beating the king on KL is not enough when the challenger's own greedy text collapses."""
+    looper = own(nll=[1.7] * 7 + [0.8], rep=[0.92] * 7 + [0.0])
+    out = interpret_result(challenge(A), result(res(K, noisy(1.0)), res(A, noisy(0.5), onpolicy=looper)), RULES)
+    assert out.new_king == K.key and not out.king_changed
+    assert states(out) == {"king": "king", "alic": "onpolicy_stopped"}
+    v = next(v for v in out.verdicts if v.hotkey == A.hotkey)
+    assert v.reason.startswith("beats the king on KL (0.5 vs 1) but its own continuations score 1.6 vs the king's")
+    assert "and repeat 80% of their 4-grams vs the king's 0%" in v.reason
+    assert v.p_value is not None and v.p_value < RULES.alpha  # it did win on KL
+    assert "on-policy guard stopped" in out.reason and out.dqs == ()  # final, but not a disqualification
+
+
+def test_guard_stops_on_teacher_nll_alone_and_on_repetition_alone():
+    garbage = own(nll=2.4)  # writes text the teacher finds unlikely, without repeating itself
+    out = interpret_result(challenge(A), result(res(K, noisy(1.0)), res(A, noisy(0.5), onpolicy=garbage)), RULES)
+    assert states(out)["alic"] == "onpolicy_stopped" and "teacher NLL" in out.verdicts[1].reason
+    assert "repeat" not in out.verdicts[1].reason
+    loop = own(rep=0.9)  # the teacher endorses its loop (in-context copying), the repetition share does not
+    out = interpret_result(challenge(A), result(res(K, noisy(1.0)), res(A, noisy(0.5), onpolicy=loop)), RULES)
+    assert states(out)["alic"] == "onpolicy_stopped" and "4-grams" in out.verdicts[1].reason
+
+
+def test_stopped_best_winner_lets_the_next_winner_take_the_crown():
+    looper = own(rep=0.95)
+    out = interpret_result(challenge(A, B), result(res(K, noisy(1.0)), res(A, noisy(0.3), onpolicy=looper),
+                                                   res(B, noisy(0.6))), RULES)  # fmt: skip
+    assert out.new_king == B.key
+    assert states(out) == {"king": "dethroned", "alic": "onpolicy_stopped", "bob5": "won"}
+    assert "on-policy guard stopped " + A.hotkey in out.reason
+    assert "hold up on policy" in out.verdicts[2].reason  # the winner's verdict shows the guard passed
+
+
+def test_guard_is_relative_to_this_rounds_king_and_only_judges_kl_winners():
+    # the king itself loops (its teacher does too): a challenger that loops no more is not stopped
+    king, chal = res(K, noisy(1.0), onpolicy=own(nll=1.5, rep=0.8)), res(A, noisy(0.5), onpolicy=own(nll=1.6, rep=0.85))
+    out = interpret_result(challenge(A), result(king, chal), RULES)
+    assert out.new_king == A.key
+    # a loser is a loser: the guard adds nothing to its verdict
+    out = interpret_result(challenge(A), result(res(K, noisy(1.0)), res(A, noisy(1.1), onpolicy=own(rep=0.9))), RULES)
+    assert states(out)["alic"] == "lost" and "on policy" not in out.verdicts[1].reason
+
+
+def test_guard_off_in_the_rules_measures_nothing_and_stops_nobody():
+    rules = RULES.model_copy(update={"onpolicy_prompts": 0})
+    out = interpret_result(challenge(A), result(res(K, noisy(1.0), onpolicy=[]), res(A, noisy(0.5), onpolicy=[])),
+                           rules)  # fmt: skip
+    assert out.new_king == A.key
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], own(n=GUARDED - 1)],
+)
+def test_ok_result_without_the_guards_values_is_refused(values):
+    """Fail closed: a pod that leaves the guard's values out (or short) cannot let a challenger past it."""
+    with pytest.raises(ResultMismatch, match="on-policy values"):
+        interpret_result(challenge(A), result(res(K, noisy(1.0)), res(A, noisy(0.5), onpolicy=values)), RULES)

@@ -93,6 +93,12 @@ def validate_result(job: EvalJob, result: EvalResult) -> EvalResult:
         if list(m.prompt_tokens) != list(result.teacher.continuation_tokens[: len(m.prompt_tokens)]):
             # every continuation position is scored; fewer tokens means silent truncation (LESSONS 12)
             raise InvalidResult(f"{m.ref.key}: scored tokens differ from the teacher's continuation tokens")
+        if m.status == "ok" and len(m.onpolicy) != job.rules.guarded_prompts(n):
+            # the on-policy guard must see every ok model on the same prompts; missing values never pass it
+            raise InvalidResult(f"{m.ref.key}: {len(m.onpolicy)} on-policy values, the rules guard "
+                                f"{job.rules.guarded_prompts(n)} prompts")  # fmt: skip
+        if any(o.tokens > job.rules.onpolicy_new_tokens for o in m.onpolicy):
+            raise InvalidResult(f"{m.ref.key}: more on-policy tokens than onpolicy_new_tokens")
         values = list(m.prompt_kl) + list(m.fingerprint or [])
         if not all(math.isfinite(v) for v in values):
             raise InvalidResult(f"{m.ref.key}: non-finite values")

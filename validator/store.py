@@ -263,10 +263,12 @@ class Store(StoreReads):
                 mean, lo, hi = mean_ci(m.prompt_kl) if m.prompt_kl else (None, None, None)
                 db.execute(
                     "INSERT INTO evaluations(round_id, hotkey, commit_block, status, state, prompt_kl, prompt_tokens,"
-                    " mean_kl, ci_lo, ci_hi, p_value, reason, error, suspicious) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " mean_kl, ci_lo, ci_hi, p_value, reason, error, suspicious, onpolicy)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (round_id, *v.key, m.status, v.state, dumps([real(x, "kl") for x in m.prompt_kl]),
                      dumps([int(t) for t in m.prompt_tokens]), real(mean, "mean_kl"), real(lo, "ci_lo"),
-                     real(hi, "ci_hi"), real(v.p_value, "p_value"), v.reason, m.error, int(v.suspicious)),
+                     real(hi, "ci_hi"), real(v.p_value, "p_value"), v.reason, m.error, int(v.suspicious),
+                     dumps([o.model_dump(mode="json") for o in m.onpolicy])),
                 )  # fmt: skip
                 if m.content_hash:
                     self.add_hash(v.key, "content", m.content_hash)

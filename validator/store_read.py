@@ -45,6 +45,7 @@ class StoreReads:
     def _eval_row(row: dict[str, Any]) -> dict[str, Any]:
         row["prompt_kl"] = json.loads(row["prompt_kl"])
         row["prompt_tokens"] = json.loads(row["prompt_tokens"])
+        row["onpolicy"] = json.loads(row.get("onpolicy") or "[]")
         row["suspicious"] = bool(row["suspicious"])
         return row
 
@@ -137,7 +138,7 @@ class StoreReads:
     def scores(self) -> dict[str, Any]:
         """The king, each evaluated submission's latest evaluation (KL + 95% CI), DQ reasons, last round."""
         evals = self._all(
-            "SELECT e.hotkey, e.commit_block, e.round_id, e.state, e.status, e.mean_kl, e.ci_lo, e.ci_hi,"
+            "SELECT e.hotkey, e.commit_block, e.round_id, e.state, e.status, e.mean_kl, e.ci_lo, e.ci_hi, e.reason,"
             " json_array_length(e.prompt_kl) AS n_prompts, s.repo, s.revision, s.uid_at_sight AS uid"
             " FROM evaluations e JOIN submissions s USING (hotkey, commit_block)"
             " WHERE e.id = (SELECT MAX(id) FROM evaluations x WHERE x.hotkey = e.hotkey"

@@ -145,7 +145,13 @@ DELETE FROM submissions WHERE status = 'ignored' AND repo IS NULL;
 under the old "first commitment counts" rule, never parsed and owning nothing; under the current
 rule (docs/decisions.md) the next sync records them again as the hotkey's live submission."""
 
-MIGRATIONS: tuple[str, ...] = (MIGRATION_1, MIGRATION_2)
+# The on-policy guard's audit record: per guarded prompt, the model's own continuation (text, token
+# count) and what the teacher made of it (JSON list of eval.schemas.OnPolicyPrompt).
+MIGRATION_3 = """
+ALTER TABLE evaluations ADD COLUMN onpolicy TEXT NOT NULL DEFAULT '[]';
+"""
+
+MIGRATIONS: tuple[str, ...] = (MIGRATION_1, MIGRATION_2, MIGRATION_3)
 """MIGRATIONS[i] takes the schema from user_version i to i + 1."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -14,15 +14,16 @@ from typing import Any, Literal, Protocol
 
 from eval.rules import ContestRules
 from eval.schemas import EvalResult, ModelResult
+from eval.stats import GuardDecision, fingerprint_distance, onpolicy_guard
 from eval.stats import decide as stats_decide
-from eval.stats import fingerprint_distance
 from validator.contest import Candidate, Key, RoundPlan, order_key
 
 SUSPICIOUS_KL = 1e-6
 """A mean KL below this is flagged: a student that matches the teacher exactly is likely the teacher (LESSONS 8)."""
 
 ModelState = Literal[
-    "king", "dethroned", "won", "lost", "early_stopped", "model_error", "kl_too_high", "copy", "functional_copy"
+    "king", "dethroned", "won", "lost", "early_stopped", "onpolicy_stopped", "model_error", "kl_too_high", "copy",
+    "functional_copy",
 ]
 DQ_STATES: dict[str, str] = {"copy": "COPY", "functional_copy": "FUNCTIONAL_COPY", "kl_too_high": "KL_TOO_HIGH"}
 
@@ -93,7 +94,7 @@ class RoundOutcome:
         return tuple(v.key for v in self.verdicts if v.suspicious)
 
 
-def _match_results(plan: RoundPlan, result: EvalResult) -> dict[Key, ModelResult]:
+def _match_results(plan: RoundPlan, result: EvalResult, rules: ContestRules) -> dict[Key, ModelResult]:
     planned = {c.key: c for c in plan.models}
     got: dict[Key, ModelResult] = {}
     for m in result.models:
@@ -108,9 +109,12 @@ def _match_results(plan: RoundPlan, result: EvalResult) -> dict[Key, ModelResult
     if missing:
         raise ResultMismatch(f"no result for {len(missing)} planned model(s)")
     n_prompts = len(result.teacher.continuation_tokens)
+    guarded = rules.guarded_prompts(n_prompts)
     for key, m in got.items():
         if m.status == "ok" and len(m.prompt_kl) != n_prompts:
             raise ResultMismatch(f"{key[0]}:{key[1]} scored {len(m.prompt_kl)} prompts, the round has {n_prompts}")
+        if m.status == "ok" and len(m.onpolicy) != guarded:
+            raise ResultMismatch(f"{key[0]}:{key[1]} has {len(m.onpolicy)} on-policy values, the rules guard {guarded}")
     return got
 
 
@@ -165,7 +169,7 @@ def interpret_result(
     if plan.kind == "none":
         raise ValueError("a 'none' round has no result to interpret")
     decide = decide or stats_decide
-    got = _match_results(plan, result)
+    got = _match_results(plan, result, rules)
     hashes = list(known_content_hashes) + [(k, m.content_hash) for k, m in got.items() if m.content_hash]
     prints = list(known_fingerprints) + [(k, m.fingerprint) for k, m in got.items() if m.fingerprint]
 
@@ -219,8 +223,14 @@ def _challenge(
     decide: DecideFn,
     verdicts: dict[Key, Verdict],
 ) -> tuple[Key, float | None, str, float | None]:
-    """Paired decision against this round's king scores; the best winner (lowest mean) takes the crown."""
+    """Paired decision against this round's king scores; the best winner (lowest mean) takes the crown.
+
+    A challenger that beats the king on KL must also pass the on-policy guard against the king's
+    own continuations on the same prompts (``eval.stats.onpolicy_guard``); if it does not, its
+    state is ``onpolicy_stopped``, final for that submission like an early stop.
+    """
     winners: list[tuple[float, tuple[int, str], Key]] = []
+    stopped: list[Key] = []
     best_p: float | None = None
     for key, m in eligible:
         if key == king.key:
@@ -230,20 +240,39 @@ def _challenge(
         verdicts[key] = Verdict(v.hotkey, v.commit_block, "lost", v.mean_kl, d.p_value, d.reason, v.suspicious)
         if best_p is None or (d.p_value is not None and d.p_value < best_p):
             best_p = d.p_value
+        if d.dethrone and rules.onpolicy_prompts > 0:
+            g = _guard(king_result, m, rules)
+            if g.stop:
+                why = f"beats the king on KL ({m.mean_kl:.6g} vs {king_result.mean_kl:.6g}) but {g.reason}"
+                verdicts[key] = Verdict(v.hotkey, v.commit_block, "onpolicy_stopped", v.mean_kl, d.p_value, why,
+                                        v.suspicious)  # fmt: skip
+                stopped.append(key)
+                continue
+            verdicts[key] = Verdict(v.hotkey, v.commit_block, "lost", v.mean_kl, d.p_value, f"{d.reason}; {g.reason}",
+                                    v.suspicious)  # fmt: skip
         if d.dethrone:
             winners.append((m.mean_kl or 0.0, order_key(key), key))
+    note = f"; on-policy guard stopped {', '.join(f'{k[0]}:{k[1]}' for k in stopped)}" if stopped else ""
     kv = verdicts[king.key]
     if not winners:
-        verdicts[king.key] = Verdict(kv.hotkey, kv.commit_block, "king", kv.mean_kl, reason="defended",
+        verdicts[king.key] = Verdict(kv.hotkey, kv.commit_block, "king", kv.mean_kl, reason="defended" + note,
                                      suspicious=kv.suspicious)  # fmt: skip
-        return king.key, king_result.mean_kl, "king defended", best_p
+        return king.key, king_result.mean_kl, "king defended" + note, best_p
     winners.sort()
     win = winners[0][2]
     wv = verdicts[win]
     verdicts[win] = Verdict(wv.hotkey, wv.commit_block, "won", wv.mean_kl, wv.p_value, wv.reason, wv.suspicious)
     verdicts[king.key] = Verdict(kv.hotkey, kv.commit_block, "dethroned", kv.mean_kl,
                                  reason=f"dethroned by {win[0]}:{win[1]}", suspicious=kv.suspicious)  # fmt: skip
-    return win, wv.mean_kl, f"dethroned by {win[0]}:{win[1]}", wv.p_value
+    return win, wv.mean_kl, f"dethroned by {win[0]}:{win[1]}{note}", wv.p_value
+
+
+def _guard(king: ModelResult, challenger: ModelResult, rules: ContestRules) -> GuardDecision:
+    """The on-policy guard on the guarded prompts both were measured on (the same ones: checked at matching)."""
+    return onpolicy_guard(
+        [o.teacher_nll for o in king.onpolicy], [o.teacher_nll for o in challenger.onpolicy],
+        [o.repetition for o in king.onpolicy], [o.repetition for o in challenger.onpolicy], rules,
+    )  # fmt: skip
 
 
 def _crown_best(
