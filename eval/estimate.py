@@ -283,7 +283,7 @@ def run_eval(args: argparse.Namespace, hub_factory: Callable[[], ModelStore], ou
     job = build_job(block_hash, run_rules, prompts, model, against=against, teacher_revision=teacher.revision)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="klhill-eval-"))
     try:
-        result = run_job(job, linked, workdir, args.device or default_device())
+        result = run_job(job, linked, workdir, args.device or default_device(), onpolicy_all=True)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

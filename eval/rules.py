@@ -114,10 +114,12 @@ class ContestRules(BaseModel):
     # On-policy guard: a challenger that wins on KL must also hold up on its own greedy text
     # (docs/decisions.md, "On-policy guard"). It runs on the first ``onpolicy_prompts`` prompts
     # of the round (all of them when the round has fewer); 0 turns it off.
+    # Decode is launch-bound (a 4B student's step costs the same for 8 prompts or 16): more prompts buy
+    # statistical power for free, while each token costs ~40 ms on an H200 (docs/benchmarks.md).
     onpolicy_prompts: int = Field(
-        8, ge=0, le=64, description="Prompts (the round's first) each model continues itself; 0 = no guard."
+        16, ge=0, le=64, description="Prompts (the round's first) each model continues itself; 0 = no guard."
     )
-    onpolicy_new_tokens: int = Field(128, ge=1, le=1024, description="Greedy tokens a model writes per prompt.")
+    onpolicy_new_tokens: int = Field(32, ge=1, le=1024, description="Greedy tokens a model writes per prompt.")
     onpolicy_ngram: int = Field(4, ge=1, le=32, description="n of the repeated-n-gram share.")
     onpolicy_nll_margin: float = Field(
         0.5, gt=0.0, le=100.0,

@@ -44,6 +44,7 @@ from eval.schemas import (
     OnPolicyPrompt,
     TeacherInfo,
 )
+from eval.stats import needs_onpolicy
 from eval.teacher import run_teacher
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,7 @@ def _score_one(
     ref: ModelRef,
     ctx: _JobContext,
     king_kl: list[float] | None,
+    is_king: bool = False,
 ) -> ModelResult:
     """Download, hash, load, score and fingerprint one model; its own faults become model_error."""
     t0 = time.monotonic()
@@ -252,7 +254,10 @@ def _score_one(
             raise JobCancelled(f"job {ctx.job.job_id} cancelled")
         timings["score_s"] = time.monotonic() - t2
         values: list[OnPolicyPrompt] = []
-        if score.status == "ok" and ctx.guard.enabled:  # an early-stopped challenger cannot win: no guard needed
+        # The guard judges only a challenger that beats the king's KL margin, against the king's own figures:
+        # measure those two (miner.py eval measures every model, so a miner always sees its figures).
+        guarded = ctx.guard_all or needs_onpolicy(is_king, king_kl, score.prompt_kl, ctx.job.rules)
+        if score.status == "ok" and ctx.guard.enabled and guarded:
             ctx.progress.phase("onpolicy", ref.spec, ctx.index)
             t3 = time.monotonic()
             values = ctx.guard.measure(ref.key, model)
@@ -299,6 +304,7 @@ class _JobContext:
     run: Any = None
     tokenizer: Any = None
     guard: Any = None
+    guard_all: bool = False
     index: int = 0
 
 
@@ -328,9 +334,12 @@ def run_job(
     limits: DiskLimits | None = None,
     teacher_ram_bytes: int = DEFAULT_TEACHER_RAM_BYTES,
     onpolicy_mode: onpolicy.Residency = "auto",
+    onpolicy_all: bool = False,
 ) -> EvalResult:
     """Evaluate every model of ``job`` on the job's prompts; see the module docstring.
 
+    ``onpolicy_all`` measures every fully scored model's own text, not only the king's and those that beat
+    its KL margin (``eval.stats.needs_onpolicy``): for ``miner.py eval``, where a miner wants the figures.
     ``onpolicy_mode`` says whether the teacher stays loaded for the on-policy guard
     ("auto": when memory allows, ``eval.onpolicy.teacher_stays_resident``); the result
     is the same either way. Raises InfraError (job failed, nobody penalised) or
@@ -342,7 +351,7 @@ def run_job(
     cancel = should_cancel or (lambda: False)
     models = job.models
     progress = _Progress(on_progress, len(models), len(job.prompts))
-    ctx = _JobContext(job, store, workdir, device, limits, progress, cancel)
+    ctx = _JobContext(job, store, workdir, device, limits, progress, cancel, guard_all=onpolicy_all)
     started = time.monotonic()
     cache_dir = workdir / "teacher-cache" / job_dir_name(job.job_id)
     teacher_model = None
@@ -379,7 +388,7 @@ def run_job(
                 raise JobCancelled(f"job {job.job_id} cancelled")
             ctx.index = index
             is_king = job.king is not None and index == 0
-            result = _score_one(ref, ctx, None if is_king else king_kl)
+            result = _score_one(ref, ctx, None if is_king else king_kl, is_king)
             if is_king and result.status == "ok":
                 king_kl = list(result.prompt_kl)
             log.info("job %s model %d/%d %s: %s", job.job_id, index + 1, len(models), ref.spec, result.status)

@@ -114,10 +114,8 @@ def decide(king_kl: Sequence[float], challenger_kl: Sequence[float], rules: Cont
     k, c = _aligned(king_kl, challenger_kl)
     if k.size == 0:
         raise ValueError("cannot decide on zero prompts")
-    king_mean, chal_mean = float(k.mean()), float(c.mean())
-    threshold = king_mean * (1.0 - rules.epsilon)
+    king_mean, chal_mean, threshold, beats_margin = _margin(k, c, rules)
     p = _one_sided_p_positive(k - c)
-    beats_margin = chal_mean < threshold
     significant = p < rules.alpha
     if beats_margin and significant:
         reason = (
@@ -134,6 +132,42 @@ def decide(king_kl: Sequence[float], challenger_kl: Sequence[float], rules: Cont
             f"(p={p:.3g} >= {rules.alpha}, n={k.size})"
         )
     return Decision(beats_margin and significant, king_mean, chal_mean, p, threshold, reason)
+
+
+def _margin(k: np.ndarray, c: np.ndarray, rules: ContestRules) -> tuple[float, float, float, bool]:
+    king_mean, chal_mean = float(k.mean()), float(c.mean())
+    threshold = king_mean * (1.0 - rules.epsilon)
+    return king_mean, chal_mean, threshold, chal_mean < threshold
+
+
+def needs_onpolicy(
+    is_king: bool, king_kl: Sequence[float] | None, challenger_kl: Sequence[float], rules: ContestRules
+) -> bool:
+    """Whether a fully scored model's own text must be measured for the on-policy guard.
+
+    The guard only ever judges a challenger that beats the king's mean KL by the dethrone margin
+    (``decide``'s first condition, computed by the same code), against the king's own figures. So
+    the king is measured, such challengers are, and nobody else: in most rounds that is the king
+    alone, which keeps the guard's generation (launch-bound decode steps) a small share of a round.
+    Without an ok king (first round, coronation) nobody is.
+    """
+    if rules.onpolicy_prompts == 0:
+        return False
+    if is_king:
+        return True
+    if king_kl is None or len(king_kl) != len(challenger_kl) or not challenger_kl:
+        return False
+    try:
+        return _margin(*_aligned(king_kl, challenger_kl), rules)[3]
+    except ValueError:  # non-finite or negative values: refused elsewhere, never a reason to measure
+        return False
+
+
+def expected_onpolicy(
+    is_king: bool, king_kl: Sequence[float] | None, challenger_kl: Sequence[float], rules: ContestRules, prompts: int
+) -> int:
+    """How many on-policy values an ok result must carry: the guarded prompts when measured, else none."""
+    return rules.guarded_prompts(prompts) if needs_onpolicy(is_king, king_kl, challenger_kl, rules) else 0
 
 
 def should_stop_early(king_kl: Sequence[float] | None, partial: Sequence[float], rules: ContestRules) -> bool:

@@ -28,6 +28,7 @@ from eval.admission import TeacherSpec, check_model  # noqa: E402
 from eval.prompts import LocalCorpus  # noqa: E402
 from eval.rules import ContestRules  # noqa: E402
 from eval.schemas import EvalJob, EvalResult, ModelResult, OnPolicyPrompt, TeacherInfo  # noqa: E402
+from eval.stats import expected_onpolicy  # noqa: E402
 from eval.stores import LocalHub  # noqa: E402
 from validator.commitments import format_commitment  # noqa: E402
 from validator.contest import NewSubmission  # noqa: E402
@@ -64,6 +65,9 @@ class CountingPod:
                               prompt_tokens=[8] * n, content_hash=hashlib.sha256(m.revision.encode()).hexdigest(),
                               fingerprint=[0.1 * i, 0.2], onpolicy=own)
                   for i, m in enumerate(job.models)]  # fmt: skip
+        king_kl = models[0].prompt_kl if job.king is not None else None  # a pod measures the king and KL winners only
+        models = [m if expected_onpolicy(job.king is not None and i == 0, king_kl, m.prompt_kl, job.rules, n)
+                  else m.model_copy(update={"onpolicy": []}) for i, m in enumerate(models)]  # fmt: skip
         teacher = TeacherInfo(repo=job.rules.teacher_repo, continuation_tokens=[8] * n)
         result = EvalResult(job_id=job.job_id, block_hash=job.block_hash, teacher=teacher, models=models)
         self.cpu_s += time.thread_time() - t0

@@ -255,17 +255,27 @@ def onpolicy_cost(
     model: PreTrainedModel, round_prompts: list[list[int]], shapes: Shapes, device: torch.device, report: Report,
     role: str,
 ) -> None:
-    """The guard's extra work on one model: 8 greedy continuations of 128 tokens, then a forced pass over them."""
-    count, new = min(8, len(round_prompts)), max(4, shapes.new_tokens // 4)
+    """The guard's extra work on one model, at the rules' defaults: its greedy text, then forced passes over it.
+
+    The student writes ``onpolicy_prompts`` continuations of ``onpolicy_new_tokens`` tokens in one batch and
+    reads them back; the teacher only reads them (role "teacher": random tokens of the same size).
+    """
+    defaults = ContestRules()
+    count = min(defaults.onpolicy_prompts, len(round_prompts))
+    new = defaults.onpolicy_new_tokens if shapes is REAL else 4
     prompts = round_prompts[:count]
     head = model.get_output_embeddings()
+    gen_s = 0.0
+    if role == "student":
 
-    def generate() -> list[list[int]]:
-        with torch.no_grad():
-            return greedy(model, prompts, max_new_tokens=new, eos=set(), pad_id=0, batch_prompts=count)
+        def generate() -> list[list[int]]:
+            with torch.no_grad():
+                return greedy(model, prompts, max_new_tokens=new, eos=set(), pad_id=0, batch_prompts=count)
 
-    generate()  # warm: the linear-attention kernels compile for each new batch shape
-    gen_s, conts = timed(generate, device)
+        generate()  # warm: the linear-attention kernels compile for each new batch shape
+        gen_s, conts = timed(generate, device)
+    else:
+        conts = [[(7 * i + j) % shapes.vocab for j in range(new)] for i in range(count)]
 
     def forced() -> None:
         with torch.no_grad():
@@ -274,7 +284,7 @@ def onpolicy_cost(
 
     times = alternate({"forced": forced}, shapes.reps, device)
     report.add(f"onpolicy.{role}", prompts=count, new_tokens=new, generate_s=gen_s,
-               forced_pass_s=statistics.median(times["forced"]))
+               decode_step_ms=1e3 * gen_s / new, forced_pass_s=statistics.median(times["forced"]))
 
 
 def bench_teacher(shapes: Shapes, device: torch.device, report: Report) -> None:

@@ -37,7 +37,7 @@ DEMO_RULES: dict[str, Any] = {
     "teacher_repo": TEACHER, "vocab_size": 512, "prompts_per_round": 12, "max_new_tokens": 16,
     "max_prompt_tokens": 64, "max_kl": 20.0, "epsilon": 0.1, "prompt_min_chars": 40, "prompt_max_chars": 400,
     "early_stop_min_prompts": 6, "max_challengers_per_round": 8, "max_queued_per_coldkey": 8,
-    "onpolicy_prompts": 8, "onpolicy_new_tokens": 16,
+    "onpolicy_prompts": 12, "onpolicy_new_tokens": 16,
 }  # fmt: skip
 
 

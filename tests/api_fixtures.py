@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from pod_helpers import free_port
+from pod_helpers import free_port, trim_onpolicy
 
 from eval.rules import ContestRules
 from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo
@@ -199,9 +199,10 @@ def build_store(
             store.fail_round(rid, "pod timed out after 3600s")
             failed.append(rid)
             continue
-        result = _result(
-            f"job-{rid}", head.hash, rules, [_model_result(c, quality, kind, rules, rng, hashes) for c in plan.models]
-        )
+        models = [_model_result(c, quality, kind, rules, rng, hashes) for c in plan.models]
+        king_ref = f"{plan.king.hotkey}:{plan.king.commit_block}" if plan.king is not None else None
+        models = trim_onpolicy(models, king_ref, rules, rules.prompts_per_round)
+        result = _result(f"job-{rid}", head.hash, rules, models)
         out = interpret_result(plan, result, rules, store.known_fingerprints(), store.known_content_hashes())
         clock.now += 600.0
         store.record_round_result(rid, out, result, head.number + 1)

@@ -170,6 +170,9 @@ class FakePod:
                    for p in range(job.rules.guarded_prompts(n))]  # fmt: skip
             models.append(ModelResult(ref=m, status="ok", prompt_kl=kl, prompt_tokens=[4] * n,
                                       content_hash=digest, fingerprint=fp, onpolicy=own))  # fmt: skip
+        from pod_helpers import trim_onpolicy
+
+        models = trim_onpolicy(models, job.king.key if job.king else None, job.rules, n)
         teacher = TeacherInfo(repo=job.rules.teacher_repo, revision="f" * 40, continuation_tokens=[4] * n)
         result = EvalResult(job_id=job.job_id, block_hash=job.block_hash, teacher=teacher, models=models)
         return self.mutate(result) if self.mutate else result

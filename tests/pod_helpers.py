@@ -24,6 +24,7 @@ from eval.schemas import (
     SubmissionId,
     TeacherInfo,
 )
+from eval.stats import expected_onpolicy
 
 BLOCK_HASH = "0x" + "ab" * 32
 RULES = ContestRules(
@@ -57,6 +58,17 @@ def make_job(job_id: str = "job-1", *, n_challengers: int = 1, prompts: list[str
     )
 
 
+def trim_onpolicy(models: list[ModelResult], king_key: str | None, rules: ContestRules, n: int) -> list[ModelResult]:
+    """Keep the guard's values only where a pod measures them: the king and challengers past its KL margin."""
+    king = next((m for m in models if m.ref.key == king_key and m.status == "ok"), None)
+    king_kl = list(king.prompt_kl) if king is not None else None
+    return [
+        m if expected_onpolicy(m.ref.key == king_key, king_kl, m.prompt_kl, rules, n) else m.model_copy(
+            update={"onpolicy": []})
+        for m in models
+    ]  # fmt: skip
+
+
 def fake_result(job: EvalJob) -> EvalResult:
     """A well-formed result for ``job`` (what a correct pod would return for constant KL)."""
     n = len(job.prompts)
@@ -67,6 +79,7 @@ def fake_result(job: EvalJob) -> EvalResult:
                     fingerprint=[0.1, 0.2], onpolicy=own)
         for i, m in enumerate(job.models)
     ]
+    models = trim_onpolicy(models, job.king.key if job.king else None, job.rules, n)
     teacher = TeacherInfo(repo=job.rules.teacher_repo, revision="f" * 40, continuation_tokens=[4] * n)
     return EvalResult(job_id=job.job_id, block_hash=job.block_hash, teacher=teacher, models=models, device="cpu")
 

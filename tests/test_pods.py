@@ -63,7 +63,7 @@ def test_validate_result_accepts_a_matching_result():
 @pytest.mark.parametrize(
     "mutation",
     ["job_id", "missing", "extra", "swapped_ref", "short", "king_early", "tokens", "negative", "no_onpolicy",
-     "long_onpolicy"],
+     "long_onpolicy", "winner_unguarded", "loser_guarded"],
 )
 def test_validate_result_refuses_mismatches(mutation):
     job = make_job("v-2", n_challengers=2)
@@ -92,13 +92,18 @@ def test_validate_result_refuses_mismatches(mutation):
     elif mutation == "negative":
         negative = models[1].model_copy(update={"prompt_kl": [-0.5, 0.1]})
         result = result.model_copy(update={"models": [models[0], negative, models[2]]})
-    elif mutation == "no_onpolicy":  # an ok model the on-policy guard cannot see would slip past it
-        unguarded = models[1].model_copy(update={"onpolicy": []})
-        result = result.model_copy(update={"models": [models[0], unguarded, models[2]]})
+    elif mutation == "no_onpolicy":  # the king is always measured: without its values no winner can be judged
+        unguarded = models[0].model_copy(update={"onpolicy": []})
+        result = result.model_copy(update={"models": [unguarded, models[1], models[2]]})
     elif mutation == "long_onpolicy":
-        own = [o.model_copy(update={"tokens": job.rules.onpolicy_new_tokens + 1}) for o in models[1].onpolicy]
-        result = result.model_copy(update={"models": [models[0], models[1].model_copy(update={"onpolicy": own}),
-                                                      models[2]]})  # fmt: skip
+        own = [o.model_copy(update={"tokens": job.rules.onpolicy_new_tokens + 1}) for o in models[0].onpolicy]
+        result = result.model_copy(update={"models": [models[0].model_copy(update={"onpolicy": own}), *models[1:]]})
+    elif mutation == "winner_unguarded":  # a challenger past the king's KL margin must carry the guard's values
+        winner = models[1].model_copy(update={"prompt_kl": [0.01] * len(models[1].prompt_kl), "onpolicy": []})
+        result = result.model_copy(update={"models": [models[0], winner, models[2]]})
+    elif mutation == "loser_guarded":  # values where no pod measures them: not what the job asked for
+        loser = models[1].model_copy(update={"onpolicy": models[0].onpolicy})
+        result = result.model_copy(update={"models": [models[0], loser, models[2]]})
     with pytest.raises(InvalidResult):
         validate_result(job, result)
 

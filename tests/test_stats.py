@@ -284,3 +284,26 @@ def test_fingerprint_distance_is_mean_abs_difference_and_inf_when_incomparable()
     assert fingerprint_distance([0.0, 1.0], [0.0, 1.0]) == 0.0
     assert fingerprint_distance([0.0], [0.0, 1.0]) == float("inf")
     assert fingerprint_distance([], []) == float("inf")
+
+
+@pytest.mark.parametrize(
+    ("is_king", "king", "challenger", "onpolicy_prompts", "expected"),
+    [
+        (True, None, [0.5, 0.5], 8, True),  # the king is always measured
+        (False, [0.5, 0.5], [0.4, 0.4], 8, True),  # beats the margin: the guard may judge it
+        (False, [0.5, 0.5], [0.497, 0.497], 8, False),  # lower, but within epsilon: can never dethrone
+        (False, [0.5, 0.5], [0.6, 0.6], 8, False),
+        (False, None, [0.1, 0.1], 8, False),  # no ok king this round: no guard (like early stopping)
+        (True, None, [0.5, 0.5], 0, False),  # the guard is off
+        (False, [0.5, float("nan")], [0.1, 0.1], 8, False),  # malformed values never ask for a measurement
+    ],
+)
+def test_needs_onpolicy_measures_the_king_and_kl_winners_only(is_king, king, challenger, onpolicy_prompts, expected):
+    from eval.stats import expected_onpolicy, needs_onpolicy
+
+    rules = ContestRules(epsilon=0.01, onpolicy_prompts=onpolicy_prompts, prompts_per_round=2, early_stop_min_prompts=2)
+    assert needs_onpolicy(is_king, king, challenger, rules) is expected
+    assert expected_onpolicy(is_king, king, challenger, rules, 2) == (2 if expected else 0)
+    if king is not None and all(math.isfinite(x) for x in king):
+        assert needs_onpolicy(False, king, challenger, rules) == (decide(king, challenger, rules).challenger_mean
+                                                                   < decide(king, challenger, rules).threshold)

@@ -6,6 +6,7 @@ import sqlite3
 import threading
 
 import pytest
+from pod_helpers import trim_onpolicy
 
 from eval.rules import ContestRules
 from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo
@@ -41,9 +42,11 @@ def mres(c: Candidate, kls: list[float], content_hash: str | None = None) -> Mod
                        fingerprint=[kls[0], 0.25], onpolicy=own)  # fmt: skip
 
 
-def eres(*models: ModelResult) -> EvalResult:
+def eres(*models: ModelResult, king: Candidate | None = None) -> EvalResult:
+    """A result as a pod returns it: the guard's values only for the king and its KL winners."""
     teacher = TeacherInfo(repo="org/teacher", continuation_tokens=[7] * 4)
-    return EvalResult(job_id="job-1", block_hash=BH, teacher=teacher, models=list(models))
+    kept = trim_onpolicy(list(models), f"{king.hotkey}:{king.commit_block}" if king is not None else None, RULES, 4)
+    return EvalResult(job_id="job-1", block_hash=BH, teacher=teacher, models=kept)
 
 
 @pytest.fixture
@@ -68,6 +71,20 @@ def first_round(store: Store) -> tuple[int, list[Candidate]]:
     out = interpret_result(plan, result, RULES)
     store.record_round_result(rid, out, result, 12)
     return rid, [a, b]
+
+
+def test_a_challenge_round_keeps_the_guards_audit_record(store):
+    """Per guarded prompt, the king's and a KL winner's own text and the teacher's view of it."""
+    _, (a, b) = first_round(store)
+    (c,) = admitted(store, ("carl", 7))
+    king = Candidate(a.hotkey, a.commit_block, a.repo, a.revision, a.coldkey, "evaluated")
+    rid = store.create_round("challenge", 20, BH, ["e" * 64] * 4, RULES, [a.key, c.key], job_id="job-2")
+    result = eres(mres(a, [0.5, 0.6, 0.5, 0.4]), mres(c, [0.1, 0.12, 0.11, 0.1]), king=king)
+    store.record_round_result(rid, interpret_result(RoundPlan("challenge", king, (c,)), result, RULES), result, 21)
+    ev = {e["hotkey"]: e for e in store.round(rid)["evaluations"]}
+    assert [o["text"] for o in ev[a.hotkey]["onpolicy"]] == [f"own text {i} \u2026" for i in range(4)]
+    assert ev[c.hotkey]["onpolicy"][0] == {"tokens": 5, "teacher_nll": 0.6, "reverse_kl": 0.2, "repetition": 0.0,
+                                           "text": "own text 0 \u2026"}  # fmt: skip
 
 
 def test_migrates_from_empty_wal_and_idempotent_reopen(tmp_path):
@@ -190,10 +207,7 @@ def test_full_round_recorded_and_readable(store):
     ev = {e["hotkey"]: e for e in rnd["evaluations"]}
     assert ev[a.hotkey]["state"] == "won" and ev[a.hotkey]["prompt_kl"] == [0.5, 0.6, 0.5, 0.4]
     assert ev[a.hotkey]["ci_lo"] <= ev[a.hotkey]["mean_kl"] <= ev[a.hotkey]["ci_hi"]
-    # the on-policy guard's audit record: per guarded prompt, the model's own text and the teacher's view of it
-    assert [o["text"] for o in ev[a.hotkey]["onpolicy"]] == [f"own text {i} \u2026" for i in range(4)]
-    assert ev[b.hotkey]["onpolicy"][0] == {"tokens": 5, "teacher_nll": 1.4, "reverse_kl": 0.2, "repetition": 0.0,
-                                           "text": "own text 0 \u2026"}  # fmt: skip
+    assert ev[a.hotkey]["onpolicy"] == [] == ev[b.hotkey]["onpolicy"]  # a first round has no king: no guard
     scores = store.scores()
     assert [e["hotkey"] for e in scores["evaluations"]] == [a.hotkey, b.hotkey]
     assert scores["evaluations"][0]["n_prompts"] == 4 and scores["last_round"]["id"] == rid

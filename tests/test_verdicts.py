@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pod_helpers import trim_onpolicy
 
 from eval.rules import ContestRules
 from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo
@@ -11,7 +12,8 @@ from validator.verdicts import ResultMismatch, interpret_result
 
 REV = "c" * 40
 BH = "0x" + "1" * 64
-RULES = ContestRules(prompts_per_round=10, early_stop_min_prompts=2, max_kl=2.0, fingerprint_threshold=0.02)
+RULES = ContestRules(prompts_per_round=10, early_stop_min_prompts=2, max_kl=2.0, fingerprint_threshold=0.02,
+                     onpolicy_prompts=8)  # fmt: skip
 N = 10
 
 
@@ -45,8 +47,10 @@ def res(c: Candidate, kl=None, status="ok", content_hash=None, fingerprint=None,
 
 
 def result(*models: ModelResult) -> EvalResult:
+    """A result as a pod returns it: the guard's values only for the king (K) and its KL winners."""
     teacher = TeacherInfo(repo="org/teacher", continuation_tokens=[5] * N)
-    return EvalResult(job_id="j1", block_hash=BH, teacher=teacher, models=list(models))
+    kept = trim_onpolicy(list(models), f"{K.hotkey}:{K.commit_block}", RULES, N)
+    return EvalResult(job_id="j1", block_hash=BH, teacher=teacher, models=kept)
 
 
 def noisy(base: float, amp: float = 0.01) -> list[float]:

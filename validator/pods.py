@@ -33,6 +33,7 @@ from bittensor import http_auth
 
 from eval.errors import KlhillError
 from eval.schemas import EvalJob, EvalResult, JobStatus
+from eval.stats import expected_onpolicy
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ def validate_result(job: EvalJob, result: EvalResult) -> EvalResult:
     got = [m.ref.key for m in result.models]
     if len(got) != len(set(got)) or set(got) != set(expected):
         raise InvalidResult(f"model set differs: sent {sorted(expected)}, got {sorted(got)}")
+    king = next((m for m in result.models if job.king is not None and m.ref.key == job.king.key), None)
+    king_kl = list(king.prompt_kl) if king is not None and king.status == "ok" else None
     for m in result.models:
         if m.ref != expected[m.ref.key]:
             raise InvalidResult(f"{m.ref.key}: result names {m.ref.spec}, job sent {expected[m.ref.key].spec}")
@@ -93,10 +96,10 @@ def validate_result(job: EvalJob, result: EvalResult) -> EvalResult:
         if list(m.prompt_tokens) != list(result.teacher.continuation_tokens[: len(m.prompt_tokens)]):
             # every continuation position is scored; fewer tokens means silent truncation (LESSONS 12)
             raise InvalidResult(f"{m.ref.key}: scored tokens differ from the teacher's continuation tokens")
-        if m.status == "ok" and len(m.onpolicy) != job.rules.guarded_prompts(n):
-            # the on-policy guard must see every ok model on the same prompts; missing values never pass it
-            raise InvalidResult(f"{m.ref.key}: {len(m.onpolicy)} on-policy values, the rules guard "
-                                f"{job.rules.guarded_prompts(n)} prompts")  # fmt: skip
+        want = expected_onpolicy(m is king, king_kl, m.prompt_kl, job.rules, n) if m.status == "ok" else 0
+        if m.status == "ok" and len(m.onpolicy) != want:
+            # the king and every KL winner carry the guard's values on the same prompts; missing never passes
+            raise InvalidResult(f"{m.ref.key}: {len(m.onpolicy)} on-policy values, the rules want {want}")
         if any(o.tokens > job.rules.onpolicy_new_tokens for o in m.onpolicy):
             raise InvalidResult(f"{m.ref.key}: more on-policy tokens than onpolicy_new_tokens")
         values = list(m.prompt_kl) + list(m.fingerprint or [])

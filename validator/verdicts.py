@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 
 from eval.rules import ContestRules
 from eval.schemas import EvalResult, ModelResult
-from eval.stats import GuardDecision, fingerprint_distance, onpolicy_guard
+from eval.stats import GuardDecision, expected_onpolicy, fingerprint_distance, onpolicy_guard
 from eval.stats import decide as stats_decide
 from validator.contest import Candidate, Key, RoundPlan, order_key
 
@@ -109,12 +109,15 @@ def _match_results(plan: RoundPlan, result: EvalResult, rules: ContestRules) -> 
     if missing:
         raise ResultMismatch(f"no result for {len(missing)} planned model(s)")
     n_prompts = len(result.teacher.continuation_tokens)
-    guarded = rules.guarded_prompts(n_prompts)
+    king_key = plan.king.key if plan.king is not None else None
+    king = got.get(king_key) if king_key is not None else None
+    king_kl = list(king.prompt_kl) if king is not None and king.status == "ok" else None
     for key, m in got.items():
         if m.status == "ok" and len(m.prompt_kl) != n_prompts:
             raise ResultMismatch(f"{key[0]}:{key[1]} scored {len(m.prompt_kl)} prompts, the round has {n_prompts}")
-        if m.status == "ok" and len(m.onpolicy) != guarded:
-            raise ResultMismatch(f"{key[0]}:{key[1]} has {len(m.onpolicy)} on-policy values, the rules guard {guarded}")
+        want = expected_onpolicy(key == king_key, king_kl, m.prompt_kl, rules, n_prompts) if m.status == "ok" else 0
+        if m.status == "ok" and len(m.onpolicy) != want:
+            raise ResultMismatch(f"{key[0]}:{key[1]} has {len(m.onpolicy)} on-policy values, the rules want {want}")
     return got
 
 
