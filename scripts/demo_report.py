@@ -114,23 +114,30 @@ def check_outcome(d: Demo, e: Entry, scores: dict[str, Any], dqs: dict[str, dict
         why = str((mine or {}).get("reason"))
         if mine is None or mine["state"] != "onpolicy_stopped" or "its own continuations" not in why:
             return got
-        pair = _paired_gain(d, mine["round_id"], hk, of)
-        if pair is None:
-            return f"{got}; not paired with {e.of} in round {mine['round_id']}"
-        gain = 1 - pair[0] / pair[1]
-        eps = float(scores.get("epsilon", d.recipe.rules.get("epsilon", 0.0)))
+        gain, eps, problem = _gain_over(d, scores, mine, hk, of, e.of, got)
+        if problem:
+            return problem
         ok = gain > eps and king != hk
         return None if ok else f"{got}; paired KL gain over {e.of} {gain:+.1%} (wanted > {eps:.0%})"
     if kind == "marginal":
         if mine is None or king == hk or mine["state"] == "won":
             return got
-        pair = _paired_gain(d, mine["round_id"], hk, of)
-        if pair is None:
-            return f"{got}; not paired with {e.of} in round {mine['round_id']}"
-        gain = 1 - pair[0] / pair[1]
-        eps = float(scores.get("epsilon", d.recipe.rules.get("epsilon", 0.0)))
+        gain, eps, problem = _gain_over(d, scores, mine, hk, of, e.of, got)
+        if problem:
+            return problem
         return None if 0 < gain < eps else f"{got}; paired KL gain over {e.of} {gain:+.1%} (wanted 0..{eps:.0%})"
     raise ValueError(f"unknown expected outcome {e.outcome!r} for {e.name}")
+
+
+def _gain_over(
+    d: Demo, scores: dict[str, Any], mine: dict[str, Any], hk: str, of: str, of_name: str, got: str
+) -> tuple[float, float, str | None]:
+    """(relative KL gain over ``of`` in the same round, the rules' epsilon, a problem or None)."""
+    pair = _paired_gain(d, mine["round_id"], hk, of)
+    eps = float(scores.get("epsilon", d.recipe.rules.get("epsilon", 0.0)))
+    if pair is None:
+        return 0.0, eps, f"{got}; not paired with {of_name} in round {mine['round_id']}"
+    return 1 - pair[0] / pair[1], eps, None
 
 
 def check_outcomes(d: Demo, scores: dict[str, Any], dqs_page: dict[str, Any]) -> tuple[int, list[str]]:
