@@ -33,11 +33,11 @@ import torch
 from eval import onpolicy, scoring, stores
 from eval.errors import InfraError, KlhillError, ModelError, TransientError
 from eval.hashing import HashingError, content_hash
+from eval.progress import JobProgressTracker, ProgressFn
 from eval.safetensors_header import HeaderError
 from eval.schemas import (
     EvalJob,
     EvalResult,
-    JobProgress,
     ModelRef,
     ModelResult,
     ModelTimings,
@@ -70,7 +70,6 @@ TEACHER_PHASE_RESERVE_BYTES = 16 * 1024**3
 STUDENT_ACTIVATION_RESERVE_BYTES = 12 * 1024**3
 DOWNLOAD_ATTEMPTS = 3
 
-ProgressFn = Callable[[JobProgress], None]
 CancelFn = Callable[[], bool]
 
 
@@ -107,41 +106,6 @@ def check_disk(workdir: Path, limits: DiskLimits, need_bytes: int = 0) -> None:
         used = sum(dir_bytes(workdir / d) for d in ("models", "teacher-cache", "teacher"))
         if used + need_bytes > limits.max_workdir_bytes:
             raise InfraError(f"workdir bound reached: {used} bytes used, {need_bytes} needed")
-
-
-class _Progress:
-    """Turns scorer callbacks into JobProgress snapshots (tokens/s, ETA)."""
-
-    def __init__(self, sink: ProgressFn | None, model_count: int, prompt_count: int) -> None:
-        self.sink = sink
-        self.state = JobProgress(phase="queued", model_count=model_count, prompt_count=prompt_count)
-        self._t0 = time.monotonic()
-        self._tokens = 0
-
-    def phase(self, phase: str, model: str | None = None, index: int = 0) -> None:
-        self._t0, self._tokens = time.monotonic(), 0
-        self._emit(phase=phase, model=model, model_index=index, prompt=0, tokens_per_s=0.0, eta_s=None)
-
-    def prompt_done(self, done: int, total: int | None = None, tokens: int = 0) -> None:
-        total = total or self.state.prompt_count
-        self._tokens += max(0, int(tokens))
-        elapsed = max(time.monotonic() - self._t0, 1e-9)
-        eta = elapsed / done * (total - done) if done > 0 else None
-        self._emit(prompt=min(done, total), prompt_count=total, tokens_per_s=self._tokens / elapsed, eta_s=eta)
-
-    def callback(self) -> Callable[..., None]:
-        def cb(done: int, total: int | None = None, tokens: int = 0, *_: Any, **__: Any) -> None:
-            self.prompt_done(done, total, tokens)
-
-        return cb
-
-    def _emit(self, **changes: Any) -> None:
-        self.state = self.state.model_copy(update=changes)
-        if self.sink is not None:
-            try:
-                self.sink(self.state)
-            except Exception:  # a broken progress sink must never break an evaluation
-                log.exception("progress sink failed")
 
 
 def _is_disk_full(exc: BaseException) -> bool:
@@ -299,7 +263,7 @@ class _JobContext:
     workdir: Path
     device: str
     limits: DiskLimits
-    progress: _Progress
+    progress: JobProgressTracker
     should_cancel: CancelFn
     run: Any = None
     tokenizer: Any = None
@@ -350,7 +314,7 @@ def run_job(
     limits = limits or DiskLimits()
     cancel = should_cancel or (lambda: False)
     models = job.models
-    progress = _Progress(on_progress, len(models), len(job.prompts))
+    progress = JobProgressTracker(on_progress, len(models), len(job.prompts))
     ctx = _JobContext(job, store, workdir, device, limits, progress, cancel, guard_all=onpolicy_all)
     started = time.monotonic()
     cache_dir = workdir / "teacher-cache" / job_dir_name(job.job_id)
