@@ -19,7 +19,7 @@ rare as the arithmetic allows (LESSONS 29).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence, Set
+from collections.abc import Callable, Iterator, Sequence, Set
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -115,7 +115,7 @@ def forced_batches(
     *,
     token_budget: int | None = None,
     pad_id: int = 0,
-    hidden_fn: Any = None,
+    hidden_fn: Callable[[PreTrainedModel, Tensor, int], Tensor] | None = None,
 ) -> Iterator[ForcedBatch]:
     """Teacher-forced passes over prompt + continuation, batch by batch, in prompt order.
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from transformers import PreTrainedModel, Qwen3_5ForCausalLM, Qwen3_5MoeForCausa
 from transformers import Qwen3_5TextConfig as TextConfig
 
 from eval.forward import batch_token_budget, final_hidden, forced_batches, greedy, logprobs_from_hidden
+from eval.kernels import environment_report
 from eval.kl import exact_logits, kl_from_hidden, kl_per_position
 from eval.rules import ContestRules
 from eval.scoring import score_student
@@ -323,16 +323,6 @@ def bench_teacher(shapes: Shapes, device: torch.device, report: Report) -> None:
     onpolicy_cost(model, prompts, shapes, device, report, role="teacher")
 
 
-def kernel_names() -> dict[str, str]:
-    """Which linear-attention implementation transformers will pick (best effort, for the record)."""
-    try:
-        import fla  # noqa: F401
-
-        return {"fla": getattr(sys.modules["fla"], "__version__", "present")}
-    except ImportError:
-        return {"fla": "absent"}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (the same code paths)")
@@ -347,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     info = {"device": name, "torch": torch.__version__}
     rate = matmul_rate(device, args.tiny)
-    report.add("setup", **info, **kernel_names(), matmul_tflops=rate / 1e12)
+    kernels = environment_report(device.type)  # what transformers will call, read back from its own choice
+    report.add("setup", **info, linear_attention=kernels.linear_attention, fla_core=kernels.fla_core,
+               matmul_tflops=rate / 1e12)
     benches: dict[str, Callable[[], None]] = {
         "kl": lambda: bench_kl(shapes, device, report),
         "student": lambda: bench_student(shapes, device, report, rate),
