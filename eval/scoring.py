@@ -30,10 +30,7 @@ from eval.kernels import cpu_blocker, model_report
 from eval.kl import kl_from_hidden
 from eval.rules import ContestRules
 from eval.stats import fingerprint_distance  # noqa: F401 - re-exported: the pod and tests use it from here
-from eval.teacher import TeacherRun
-
-ProgressFn = Callable[[int, int, int], None]
-"""progress(done, total, tokens_in_this_step)."""
+from eval.teacher import ProgressFn, TeacherRun
 
 _FINGERPRINT_SEED = 0x6B6C68  # fixed forever: fingerprints must compare across rounds
 
