@@ -7,7 +7,7 @@
 Exit status: 0 success, 1 refused (not admissible, not registered, already
 committed, model error), 2 usage error or a transient failure (try again later),
 3 (commit) submitted but not yet readable. Subcommands are one function each;
-the commit flow lives in ``validator/commit_flow.py``, the eval flow in ``eval/estimate.py``.
+the commit flow lives in ``validator/chain/submit.py``, the eval flow in ``eval/estimate.py``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 from eval.admission import Admitted, Rejected, TeacherSpec, check_model
 from eval.errors import KlhillError, TransientError
 from eval.hashing import HashingError, content_hash
+from eval.model_store.port import DefiniteStoreError, LocalHub, ModelStore
 from eval.rules import DEFAULT_RULES, ContestRules
-from eval.stores import DefiniteStoreError, LocalHub, ModelStore
 
 EXIT_OK, EXIT_NOT_ADMISSIBLE, EXIT_USAGE = 0, 1, 2
 
@@ -59,7 +59,7 @@ class UsageError(KlhillError):
 def _store_for(args: argparse.Namespace) -> ModelStore:
     if args.hub_dir:
         return LocalHub(args.hub_dir)
-    from eval.hf_store import HuggingFaceStore  # imported lazily: only the hub path needs it
+    from eval.model_store.huggingface import HuggingFaceStore  # imported lazily: only the hub path needs it
 
     return HuggingFaceStore(endpoint=args.hf_endpoint)
 
@@ -171,12 +171,12 @@ def _default_teacher(rules: ContestRules = DEFAULT_RULES) -> str:
 
 
 def cmd_commit(args: argparse.Namespace) -> int:
-    """Resolve, check, confirm and write this hotkey's one commitment (see ``validator.commit_flow``)."""
+    """Resolve, check, confirm and write this hotkey's one commitment (see ``validator.chain.submit``)."""
     from bittensor.keyfiles import KeyfileError
 
-    from validator import commit_flow as mc
-    from validator.chain import ChainError
-    from validator.wallets import load_wallet, resolve_network
+    from validator.chain import submit as mc
+    from validator.chain.port import ChainError
+    from validator.chain.wallets import load_wallet, resolve_network
 
     args.network = resolve_network(args.network)
     chain = None

@@ -36,8 +36,8 @@ from api.cache import TTLCache
 from api.metrics import render_metrics
 from api.price import PriceReader, PriceService, reader_for
 from api.ratelimit import RateLimitMiddleware
-from validator.store import Store, StoreError
-from validator.store_read import MAX_PER_PAGE
+from validator.store.database import Store, StoreError
+from validator.store.reads import MAX_PER_PAGE
 
 T = TypeVar("T")
 NOT_FOUND = b""

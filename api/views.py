@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from api import models as m
 from eval.rules import DEFAULT_RULES, ContestRules
 from eval.schemas import JobProgress
-from validator.store import Store
+from validator.store.database import Store
 
 PROGRESS_STALE_S = 900.0
 """Progress older than this (and no dispatched round) is shown as inactive."""

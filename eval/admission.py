@@ -18,9 +18,7 @@ from typing import Any, Literal
 
 from eval.errors import KlhillError
 from eval.hashing import metadata_hash
-from eval.rules import ContestRules
-from eval.safetensors_header import HeaderError, SafetensorsHeader
-from eval.stores import (
+from eval.model_store.port import (
     DefiniteStoreError,
     FileInfo,
     ModelStore,
@@ -28,6 +26,8 @@ from eval.stores import (
     validate_repo,
     validate_revision,
 )
+from eval.model_store.safetensors_header import HeaderError, SafetensorsHeader
+from eval.rules import ContestRules
 
 TOKENIZER_FILES = frozenset({
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",

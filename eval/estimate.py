@@ -9,7 +9,7 @@ gets the answer the validator would give on the same prompts.
 Prompts depend on the rules digest: they are sampled with the rules as given, before any
 local override (a shorter ``max_new_tokens`` for a quick run changes the job's rules only).
 
-Wiring: local directories are served by ``eval.linked_store.LinkedDirs`` (symlinks, no copy),
+Wiring: local directories are served by ``eval.model_store.linked.LinkedDirs`` (symlinks, no copy),
 hub references by the usual store; the job is run by ``eval.runner.run_job`` (the pod's own
 routine). To reproduce a past round, pass its block hash and the rules it was judged by.
 """
@@ -30,7 +30,8 @@ from typing import Any
 
 from eval.errors import KlhillError
 from eval.fineweb import FineWebSource
-from eval.linked_store import LinkedDirs
+from eval.model_store.linked import LinkedDirs
+from eval.model_store.port import ModelStore
 from eval.prompts import LocalCorpus, sample_prompts
 from eval.rules import DEFAULT_RULES, ContestRules
 from eval.schemas import (
@@ -43,7 +44,6 @@ from eval.schemas import (
     SubmissionId,
 )
 from eval.stats import decide, mean_ci, onpolicy_guard
-from eval.stores import ModelStore
 
 # Placeholder submission identities (valid ss58-shaped strings): a local run has no chain.
 MODEL_HOTKEY = "5" + "M" * 47

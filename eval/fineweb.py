@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from eval.errors import HubAuthError, KlhillError, PromptError, PromptSourceUnavailable
-from eval.hub_errors import classify_hub_error
+from eval.model_store.errors import classify_hub_error
 from eval.prompts import parquet_texts
 from eval.rules import ContestRules
 

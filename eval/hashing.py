@@ -14,8 +14,8 @@ import struct
 from pathlib import Path
 
 from eval.errors import KlhillError
-from eval.safetensors_header import read_header_from_file
-from eval.stores import FileInfo
+from eval.model_store.port import FileInfo
+from eval.model_store.safetensors_header import read_header_from_file
 
 CHUNK = 1 << 20
 

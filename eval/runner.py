@@ -30,11 +30,12 @@ from typing import Any
 
 import torch
 
-from eval import onpolicy, scoring, stores
+from eval import onpolicy, scoring
 from eval.errors import InfraError, KlhillError, ModelError, TransientError
 from eval.hashing import HashingError, content_hash
+from eval.model_store import port as stores
+from eval.model_store.safetensors_header import HeaderError
 from eval.progress import JobProgressTracker, ProgressFn
-from eval.safetensors_header import HeaderError
 from eval.schemas import (
     EvalJob,
     EvalResult,

@@ -32,7 +32,7 @@ from api_fixtures import build_store  # noqa: E402
 from eval.rules import ContestRules  # noqa: E402
 from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo  # noqa: E402
 from validator.contest import RoundPlan  # noqa: E402
-from validator.store import Store  # noqa: E402
+from validator.store.database import Store  # noqa: E402
 from validator.verdicts import interpret_result  # noqa: E402
 
 

@@ -25,16 +25,16 @@ from bittensor.keyfiles import Keypair
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.admission import TeacherSpec, check_model  # noqa: E402
+from eval.model_store.port import LocalHub  # noqa: E402
 from eval.prompts import LocalCorpus  # noqa: E402
 from eval.rules import ContestRules  # noqa: E402
 from eval.schemas import EvalJob, EvalResult, ModelResult, OnPolicyPrompt, TeacherInfo  # noqa: E402
 from eval.stats import expected_onpolicy  # noqa: E402
-from eval.stores import LocalHub  # noqa: E402
-from validator.commitments import format_commitment  # noqa: E402
+from validator.chain.commitments import format_commitment  # noqa: E402
+from validator.chain.sim import SimChain  # noqa: E402
 from validator.contest import NewSubmission  # noqa: E402
 from validator.loop import LoopConfig, Validator  # noqa: E402
-from validator.simchain import SimChain  # noqa: E402
-from validator.store import Store  # noqa: E402
+from validator.store.database import Store  # noqa: E402
 
 VOCAB = 512
 RULES = ContestRules(teacher_repo="demo/teacher", vocab_size=VOCAB, prompts_per_round=40, max_new_tokens=8,
@@ -91,7 +91,7 @@ class CountingStore:
 
 
 def main() -> int:
-    from eval.tiny import save_model_dir, tiny_config, tiny_model, train_tokenizer
+    from scripts.tiny_models import save_model_dir, tiny_config, tiny_model, train_tokenizer
 
     root = Path(tempfile.mkdtemp(prefix="bench-epoch-"))
     tok, cfg = train_tokenizer(VOCAB), tiny_config(VOCAB)

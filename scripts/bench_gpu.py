@@ -34,7 +34,7 @@ from eval.kl import exact_logits, kl_from_hidden, kl_per_position
 from eval.rules import ContestRules
 from eval.scoring import score_student
 from eval.teacher import TeacherRun
-from eval.tiny import realistic_lm_head
+from scripts.tiny_models import realistic_lm_head
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from demo import DEMO_RULES  # noqa: E402
 from demo_cast import Recipe, build_cast, publish_dir  # noqa: E402
 
+from eval.model_store.port import LocalHub  # noqa: E402
 from eval.prompts import LocalCorpus, sample_prompts  # noqa: E402
 from eval.rules import ContestRules  # noqa: E402
 from eval.runner import DiskLimits, run_job  # noqa: E402
 from eval.schemas import EvalJob, EvalResult  # noqa: E402
-from eval.stores import LocalHub  # noqa: E402
 from tests.pod_helpers import ref  # noqa: E402
 
 BLOCK_HASH = "0x" + "5a" * 32

@@ -6,7 +6,7 @@ LocalPod and HttpPod runs alternate ``--reps`` times after one warm-up each, so
 load from other processes hits both paths alike; medians are reported.
 
 Prints a Markdown table for docs/benchmarks.md. Everything is local: a LocalHub
-in a temp dir, a real ``python -m eval.worker`` subprocess on loopback and a
+in a temp dir, a real ``python -m validator.pod`` subprocess on loopback and a
 throwaway hotkey.
 """
 
@@ -30,7 +30,7 @@ from eval.rules import ContestRules  # noqa: E402
 from eval.runner import DiskLimits  # noqa: E402
 from eval.schemas import EvalResult, JobProgress, JobStatus  # noqa: E402
 from tests.pod_helpers import build_hub, free_port, hub_job, make_wallet  # noqa: E402
-from validator.pods import HttpPod, LocalPod  # noqa: E402
+from validator.pod_client import HttpPod, LocalPod  # noqa: E402
 
 PROMPTS = [f"Report {i}: the river valley held farms, mills and a market where traders" for i in range(8)]
 
@@ -80,7 +80,7 @@ def main() -> int:
 
     # HTTP path: a real pod subprocess, signed calls, polling.
     port = free_port()
-    cmd = [sys.executable, "-m", "eval.worker", "--port", str(port), "--allow-hotkey", wallet.hotkey.ss58_address,
+    cmd = [sys.executable, "-m", "validator.pod", "--port", str(port), "--allow-hotkey", wallet.hotkey.ss58_address,
            "--workdir", str(tmp / "pod"), "--hub", str(store.root), "--device", "cpu", "--min-free-gb", "0"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -133,8 +133,8 @@ def build(d: Demo, names: Sequence[str] | None = None) -> None:
 
 
 def publish(d: Demo) -> None:
+    from eval.model_store.port import LocalHub
     from eval.rules import ContestRules
-    from eval.stores import LocalHub
 
     hub = LocalHub(d.hub)
     d.revs[TEACHER] = publish_dir(hub, TEACHER, d.dirs["teacher"])
@@ -148,7 +148,7 @@ def wallets(d: Demo) -> None:
     """Real bittensor hotkeys (unencrypted, coldkey public only), reused across runs."""
     import bittensor as bt
 
-    from validator.wallets import create_test_wallet
+    from validator.chain.wallets import create_test_wallet
 
     for name in ["validator", *(e.name for e in d.cast)]:
         w = bt.Wallet(name=name, hotkey="default", path=str(d.wallet_path))
@@ -161,7 +161,7 @@ def wallets(d: Demo) -> None:
 
 def chain(d: Demo) -> None:
     """SimChain with blocks moved only by the demo (huge block time), so commit order is exact."""
-    from validator.simchain import SimChain
+    from validator.chain.sim import SimChain
 
     d.sim = SimChain(
         d.sim_db, NETUID, block_time=86400.0, hotkey=d.hotkeys["validator"], weights_rate_limit=1, seed=DEMO_SEED
@@ -196,7 +196,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: floa
 def start_pod(d: Demo, port: int = 0) -> None:
     port = port or free_port()
     d.procs["pod"] = _spawn(d, "pod", [
-        "-m", "eval.worker", "--host", "127.0.0.1", "--port", str(port), "--allow-hotkey", d.hotkeys["validator"],
+        "-m", "validator.pod", "--host", "127.0.0.1", "--port", str(port), "--allow-hotkey", d.hotkeys["validator"],
         "--hub", str(d.hub), "--device", "cpu", "--workdir", str(d.state / "pod"), "--min-free-gb", "0",
     ])  # fmt: skip
     d.pod_url = f"http://127.0.0.1:{port}"
@@ -227,8 +227,8 @@ def miner_commit(d: Demo, e: Entry) -> None:
     """Commit through ``miner.py commit`` (admission check first), or straight to the chain for the inadmissible."""
     rev = d.revs[e.repo]
     if e.via_chain:
-        from validator.commitments import format_commitment
-        from validator.simchain import SimChain
+        from validator.chain.commitments import format_commitment
+        from validator.chain.sim import SimChain
 
         c = SimChain(d.sim_db, NETUID, hotkey=d.hotkeys[e.name])
         try:

@@ -1,6 +1,6 @@
 """The demo's cast of models, built once and cached under a hash of the recipe.
 
-The tiny teacher speaks a small synthetic language (``eval.tiny.train_successor``):
+The tiny teacher speaks a small synthetic language (``scripts.tiny_models.train_successor``):
 after each token comes a fixed successor most of the time, so its greedy text walks
 a long cycle and never repeats itself, like a good large model's and unlike a tiny
 language model's (trained on prose, a 2-layer model loops within a few tokens, and
@@ -79,7 +79,14 @@ def load_distill() -> ModuleType:
 
 
 def _build_teacher(r: Recipe, out: Path) -> None:
-    from eval.tiny import save_model_dir, successor_map, tiny_config, tiny_model, train_successor, train_tokenizer
+    from scripts.tiny_models import (
+        save_model_dir,
+        successor_map,
+        tiny_config,
+        tiny_model,
+        train_successor,
+        train_tokenizer,
+    )
 
     tok = train_tokenizer(r.vocab)
     cfg = tiny_config(r.vocab, hidden_size=r.teacher_hidden, layers=r.teacher_layers,
@@ -98,7 +105,7 @@ def _looper(r: Recipe, teacher: Path, student: Path, out: Path, rules: Path, log
 
 
 def _init_student(r: Recipe, seed: int, teacher: Path, out: Path) -> None:
-    from eval.tiny import save_model_dir, tiny_config, tiny_model
+    from scripts.tiny_models import save_model_dir, tiny_config, tiny_model
 
     cfg = tiny_config(r.vocab, hidden_size=r.student_hidden, layers=r.student_layers,
                       intermediate_size=2 * r.student_hidden)  # fmt: skip

@@ -10,7 +10,7 @@
 //   BT_NETWORK        finney | test | local | ws://...   (default finney)
 //   BT_WALLET, BT_WALLET_HOTKEY, BT_WALLET_PATH        which wallet signs weights and pod jobs
 //   KLHILL_NETUID     subnet uid
-//   KLHILL_PODS       comma-separated pods (python -m eval.worker on the GPU machines), each
+//   KLHILL_PODS       comma-separated pods (python -m validator.pod on the GPU machines), each
 //                     URL or URL#POD_HOTKEY: the ss58 the pod runs with (--pod-hotkey); jobs
 //                     are then signed for that pod only, so none can be replayed to another
 //   KLHILL_DB         state database (default state/validator.db)

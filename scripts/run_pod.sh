@@ -17,4 +17,4 @@ cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 ensure_venv gpu
 export HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-exec .venv/bin/python -m eval.worker "$@"
+exec .venv/bin/python -m validator.pod "$@"

@@ -27,9 +27,9 @@ from pod_helpers import free_port, trim_onpolicy
 
 from eval.rules import ContestRules
 from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo
+from validator.chain.sim import SimChain
 from validator.contest import Candidate, Key, new_submissions, plan_round
-from validator.simchain import SimChain
-from validator.store import Store
+from validator.store.database import Store
 from validator.verdicts import interpret_result
 
 B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"

@@ -13,8 +13,8 @@ from typing import Any
 
 from bittensor.keyfiles import Keypair
 
+from eval.model_store.port import LocalHub
 from eval.rules import ContestRules
-from eval.stores import LocalHub
 
 VOCAB = 512
 TEACHER = "demo/teacher"
@@ -33,7 +33,7 @@ def hotkey(name: str) -> str:
 
 def build_model_hub(root: Path) -> tuple[Path, dict[str, str]]:
     """Publish the tiny teacher and students into a LocalHub at ``root/hub``; returns (hub_root, revisions)."""
-    from eval.tiny import save_model_dir, tiny_config, tiny_model, train_tokenizer
+    from scripts.tiny_models import save_model_dir, tiny_config, tiny_model, train_tokenizer
 
     tok = train_tokenizer(VOCAB)
     cfg = tiny_config(VOCAB)
@@ -74,8 +74,8 @@ class World:
 
     def commit(self, name: str, repo: str, revision: str | None = None, *, replace: bool = False) -> int:
         """Commit as miner ``name`` (``replace``: a re-commit, which the chain lets overwrite the first)."""
-        from validator.commitments import format_commitment
-        from validator.simchain import SimChain
+        from validator.chain.commitments import format_commitment
+        from validator.chain.sim import SimChain
 
         chain = SimChain(self.sim_db, 1, hotkey=self.miners[name])
         try:
@@ -99,8 +99,8 @@ class World:
 
 def make_world(tmp: Path, hub_src: Path, revs: dict[str, str], *, rate_limit: int = 5) -> World:
     """A fresh SimChain with the validator registered (with a permit) and a private copy of the hub."""
-    from validator.simchain import SimChain
-    from validator.wallets import create_test_wallet
+    from validator.chain.sim import SimChain
+    from validator.chain.wallets import create_test_wallet
 
     hub_root = tmp / "hub"
     shutil.copytree(hub_src, hub_root)
@@ -117,9 +117,9 @@ def make_validator(world: World, pod: Any = None, *, db: Path | None = None, cha
     from eval.admission import TeacherSpec
     from eval.prompts import LocalCorpus
     from validator.loop import LoopConfig, Validator
-    from validator.pods import LocalPod
+    from validator.pod_client import LocalPod
     from validator.rounds import ProgressBox
-    from validator.store import Store
+    from validator.store.database import Store
 
     hub = world.hub
     progress = ProgressBox()

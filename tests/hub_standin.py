@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
-from eval.hub_errors import DISABLED_MESSAGE, INVALID_CREDENTIALS
-from eval.stores import LocalHub, RepoNotFound, RevisionNotFound
+from eval.model_store.errors import DISABLED_MESSAGE, INVALID_CREDENTIALS
+from eval.model_store.port import LocalHub, RepoNotFound, RevisionNotFound
 
 _KIND = r"(models|datasets)"
 

@@ -7,7 +7,7 @@ import torch
 
 from eval.rules import ContestRules
 from eval.teacher import run_teacher
-from eval.tiny import corpus_texts, quick_train, tiny_config, tiny_model, train_tokenizer
+from scripts.tiny_models import corpus_texts, quick_train, tiny_config, tiny_model, train_tokenizer
 
 RULES = ContestRules(max_new_tokens=12, max_prompt_tokens=40, prompts_per_round=6, early_stop_min_prompts=3)
 PROMPTS = [t[:200] for t in corpus_texts()[10:16]]

@@ -1,6 +1,6 @@
 """A stand-in for bittensor v11's ``bt.Client`` that answers from a SimChain, with faults on demand.
 
-It implements exactly the calls ``validator.subtensor_chain`` makes, with the SDK's own return
+It implements exactly the calls ``validator.chain.subtensor`` makes, with the SDK's own return
 types (``BlockInfo``, ``Metagraph``/``MetagraphNeuron``, ``NeuronCommitment``, the identity read's
 ``Commitment``, ``ExtrinsicResult``, u16 weight rows as subtensor stores them) and the SDK's own
 exception classes injected per call, so the adapter and the loop above it meet what they would
@@ -25,7 +25,7 @@ from bittensor.intents.weights import normalize
 from bittensor.metagraph import Metagraph, MetagraphNeuron, NeuronCommitment
 from bittensor.reads.identity import Commitment as IdentityCommitment
 
-from validator.simchain import SimChain
+from validator.chain.sim import SimChain
 
 RAO = 10**9
 OWNER = "5OwnerHotkeyOfTheSubnet"

@@ -12,7 +12,7 @@ from eval.errors import TransientError
 from eval.rules import ContestRules
 from validator.admit import admit_pending, backoff_blocks, check_king_repo
 from validator.contest import NewSubmission
-from validator.store import Store
+from validator.store.database import Store
 
 RULES = ContestRules(teacher_repo=TEACHER, vocab_size=512)
 
@@ -117,7 +117,7 @@ def test_king_repo_strikes_ignore_outages_and_reset(setup):
             if self.mode == "transient":
                 raise TransientError("429")
             if self.mode == "missing":
-                from eval.stores import RepoNotFound
+                from eval.model_store.port import RepoNotFound
 
                 raise RepoNotFound(repo)
             return []
@@ -141,7 +141,7 @@ def test_rejected_hub_token_judges_nobody_and_is_reported(setup, monkeypatch, ca
     from huggingface_hub import constants
 
     from api import views
-    from eval.hf_store import HuggingFaceStore
+    from eval.model_store.huggingface import HuggingFaceStore
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     world, store, _, _ = setup

@@ -16,7 +16,7 @@ from api import models as m
 from api.app import Settings, create_app
 from api.price import BittensorPriceReader, PriceQuote
 from api.ratelimit import ClientIP
-from validator.store import Store
+from validator.store.database import Store
 
 ENDPOINTS = {
     "/": m.Overview, "/api/health": m.Health, "/api/metagraph": m.MetagraphOut, "/api/commitments": m.CommitmentsOut,

@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.metrics import DURATION_BUCKETS, render_metrics
 from eval.rules import ContestRules
-from validator.store import Store
+from validator.store.database import Store
 
 
 def _families(store: Store, counters: dict[str, float] | None = None) -> dict[str, object]:

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from api.app import Settings, create_app
 from eval.rules import ContestRules
-from validator.store import Store
+from validator.store.database import Store
 
 
 def _model_error(repo: str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from validator.chain import (
+from validator.chain.port import (
     BlockRef,
     ChainError,
     CommitmentTooLong,

@@ -6,7 +6,7 @@ weights, confirm) it meets each failure the SDK can really raise there: a node e
 ``bt.ChainError`` by the SDK's own translator, the 429 ``RpcPolicyError``, a lost connection
 (``bt.RpcConnectionError``, ``ConnectionResetError``) and a timeout (``asyncio.TimeoutError``, which
 is the built-in ``TimeoutError`` on the Python versions we support; the 3.10 class is tested in
-tests/test_subtensor_chain.py).
+tests/test_chain_subtensor.py).
 Each time the step must end with a logged, typed reason and the loop must go on; once the chain
 is back, the contest ends exactly where an undisturbed one does: nothing disqualified, nothing
 lost, nothing evaluated twice.
@@ -23,7 +23,7 @@ from bittensor.result import chain_error_from_substrate_request
 from fixtures_contest import FakePod, make_validator, seed
 from subtensor_fakes import SimClient
 
-from validator.subtensor_chain import SubtensorChain
+from validator.chain.subtensor import SubtensorChain
 
 STEPS = {  # step -> the SDK call it makes first in an epoch
     "block number": "block",

@@ -23,12 +23,12 @@ from safetensors.torch import load_file
 import miner
 from eval.admission import OTHER_ALLOWED, SHARD_RE, TOKENIZER_FILES, Admitted, TeacherSpec, check_model
 from eval.kl import kl_per_position
+from eval.model_store.port import LocalHub
 from eval.prompts import LocalCorpus, sample_prompts
 from eval.rules import DEFAULT_RULES, ContestRules
 from eval.scoring import free_model, load_causal_lm, load_tokenizer, score_student
-from eval.stores import LocalHub
 from eval.teacher import run_teacher
-from eval.tiny import corpus_texts, quick_train, save_model_dir, tiny_config, tiny_model, train_tokenizer
+from scripts.tiny_models import corpus_texts, quick_train, save_model_dir, tiny_config, tiny_model, train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 # Short prompts and continuations keep the CPU run to seconds; the code path is the contest's.

@@ -15,8 +15,8 @@ import pytest
 from fixtures_contest import FakePod, hotkey, make_validator, seed
 
 from eval.errors import TransientError
-from validator.chain import ChainError, WeightsReceipt
-from validator.pods import PodDown, PodTimeout
+from validator.chain.port import ChainError, WeightsReceipt
+from validator.pod_client import PodDown, PodTimeout
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -263,7 +263,7 @@ def test_king_recommit_withdraws_the_king_and_the_new_commitment_is_judged_on_it
 
 def test_a_validator_started_after_a_recommit_agrees_with_one_that_watched_it(world, tmp_path):
     """The submission set comes from the chain alone, so history changes nothing that counts now."""
-    from validator.simchain import SimChain
+    from validator.chain.sim import SimChain
 
     kl = {"alice/m1": 0.5, "bob/m2": 0.9, "carol/m3": 0.3}
     seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))

@@ -17,9 +17,9 @@ from hub_standin import FakeHub, hub_online
 
 from eval.errors import HubAuthError, PromptError, PromptSourceUnavailable, TransientError
 from eval.fineweb import FineWebSource
+from eval.model_store.port import LocalHub
 from eval.prompts import prompt_seed, sample_prompts
 from eval.rules import ContestRules
-from eval.stores import LocalHub
 
 REPO = "HuggingFaceFW/fineweb"
 PINNED, REPUBLISHED = "1" * 40, "2" * 40

@@ -18,7 +18,7 @@ from eval.forward import (
     right_padded,
 )
 from eval.scoring import score_student
-from eval.tiny import tiny_model
+from scripts.tiny_models import tiny_model
 
 
 def test_bucket_rounds_up_to_the_kernel_chunk() -> None:

@@ -10,7 +10,7 @@ from admission_fixtures import tensors, write_model
 
 from eval import hashing
 from eval.hashing import HashingError, content_hash, metadata_hash
-from eval.stores import FileInfo, LocalHub
+from eval.model_store.port import FileInfo, LocalHub
 
 
 def test_content_hash_is_shard_invariant(tmp_path):
@@ -114,7 +114,7 @@ def test_content_hash_ignores_shard_sizes_and_tensor_order_in_the_files(tmp_path
     for i, group in enumerate(groups):
         _write_raw(mixed / f"part-{i}.safetensors", [(n, ts[n]) for n in group], list(reversed(group)))
     assert content_hash(mixed) == base
-    from eval.safetensors_header import read_header_from_file
+    from eval.model_store.safetensors_header import read_header_from_file
 
     for i, group in enumerate(groups):  # the files really are laid out differently from the reference writer's
         h = read_header_from_file(str(mixed / f"part-{i}.safetensors"))
@@ -122,7 +122,7 @@ def test_content_hash_ignores_shard_sizes_and_tensor_order_in_the_files(tmp_path
 
 
 def test_content_hash_of_a_real_model_saved_with_three_shard_sizes(tmp_path):
-    from eval.tiny import save_model_dir, tiny_config, tiny_model
+    from scripts.tiny_models import save_model_dir, tiny_config, tiny_model
 
     model = tiny_model(tiny_config(256), seed=0)
     dirs = [save_model_dir(model, None, tmp_path / str(size), max_shard_size=size) for size in (None, "150KB", "60KB")]

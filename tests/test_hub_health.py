@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from validator import hub_health
-from validator.store import Store
+from validator.store.database import Store
 
 
 def test_rejection_is_logged_recorded_and_cleared_by_the_same_reader(tmp_path, caplog):

@@ -33,7 +33,7 @@ from eval.kernels import (
     kernel_warning,
     model_report,
 )
-from eval.tiny import tiny_config, tiny_model
+from scripts.tiny_models import tiny_config, tiny_model
 
 
 def _fla_importable() -> bool:

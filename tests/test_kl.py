@@ -9,7 +9,7 @@ import torch
 
 from eval.errors import InfraError, ModelError, VocabMismatchError
 from eval.kl import default_chunk_size, exact_logits, kl_from_hidden, kl_per_position
-from eval.tiny import realistic_lm_head
+from scripts.tiny_models import realistic_lm_head
 
 
 def reference_kl(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:

@@ -24,12 +24,12 @@ from eval import runner, scoring
 from eval.errors import InfraError, TransientError
 from eval.hashing import metadata_hash
 from eval.kl import kl_from_hidden, kl_per_position
+from eval.model_store.port import LocalHub
 from eval.schemas import ModelResult
-from eval.stores import LocalHub
 from tests.pod_helpers import fake_result, make_job, ref
 from validator.contest import NewSubmission
-from validator.pods import InvalidResult, validate_result
-from validator.store import Store, StoreError
+from validator.pod_client import InvalidResult, validate_result
+from validator.store.database import Store, StoreError
 
 REPO = Path(__file__).resolve().parents[1]
 NO_DISK_RESERVE = runner.DiskLimits(min_free_bytes=0)
@@ -253,8 +253,8 @@ def test_lesson_25_tracked_files_hold_no_secrets_and_state_is_ignored():
 
 def test_lesson_25_no_secret_ever_travels_in_argv(capsys):
     from api.__main__ import parse_args as api_args
-    from eval.worker import parse_args as pod_args
     from miner import build_parser as miner_parser
+    from validator.pod.server import parse_args as pod_args
     from validator.settings import Settings, build_parser
 
     helps = []
@@ -275,7 +275,7 @@ def test_lesson_25_no_secret_ever_travels_in_argv(capsys):
 
 
 def test_lesson_25_wallet_key_files_are_owner_only(tmp_path):
-    from validator.wallets import create_test_wallet
+    from validator.chain.wallets import create_test_wallet
 
     wallet = create_test_wallet(tmp_path)
     assert Path(wallet.hotkey_file.path).stat().st_mode & 0o077 == 0
@@ -290,10 +290,10 @@ def hub_online(monkeypatch):
 
 def test_lesson_25_hf_token_never_reaches_logs_store_or_api(world, hub_online, monkeypatch, caplog):
     from fastapi.testclient import TestClient
-    from test_hf_store import FakeHub
+    from test_model_store_huggingface import FakeHub
 
     from api.app import Settings, create_app
-    from eval.hf_store import HuggingFaceStore
+    from eval.model_store.huggingface import HuggingFaceStore
 
     token = "hf_" + secrets.token_hex(17)
     monkeypatch.setenv("HF_TOKEN", token)
@@ -328,9 +328,9 @@ def test_lesson_25_hf_token_never_reaches_logs_store_or_api(world, hub_online, m
 # --- LESSONS 24: bounded caches --------------------------------------------------------------------------
 def test_lesson_24_hub_adapter_cache_is_bounded_by_revisions(tmp_path, hub_online):
     from admission_fixtures import tensors, write_model
-    from test_hf_store import FakeHub
+    from test_model_store_huggingface import FakeHub
 
-    from eval.hf_store import HuggingFaceStore
+    from eval.model_store.huggingface import HuggingFaceStore
 
     hub = FakeHub(LocalHub(tmp_path / "hub"))
     try:

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from fixtures_contest import FakePod, make_validator, make_world
 
-from validator.chain import ChainThrottled, ChainUnavailable
+from validator.chain.port import ChainThrottled, ChainUnavailable
 from validator.loop import retry_delay
-from validator.store import Store
+from validator.store.database import Store
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,13 +24,13 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from demo import DEMO_RULES  # noqa: E402
 from demo_cast import Recipe, _distill, build_cast, publish_dir  # noqa: E402
 
+from eval.model_store.port import LocalHub  # noqa: E402
 from eval.onpolicy import measure_onpolicy  # noqa: E402
 from eval.prompts import LocalCorpus, sample_prompts  # noqa: E402
 from eval.rules import ContestRules  # noqa: E402
 from eval.runner import DiskLimits, run_job  # noqa: E402
 from eval.scoring import load_causal_lm, load_tokenizer, score_student  # noqa: E402
 from eval.stats import decide, onpolicy_guard  # noqa: E402
-from eval.stores import LocalHub  # noqa: E402
 from eval.teacher import run_teacher  # noqa: E402
 from tests.pod_helpers import ref  # noqa: E402
 from validator.contest import Candidate, RoundPlan  # noqa: E402

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import miner
-from eval.stores import LocalHub
-from eval.tiny import save_model_dir, tiny_config, tiny_model, train_tokenizer
+from eval.model_store.port import LocalHub
+from scripts.tiny_models import save_model_dir, tiny_config, tiny_model, train_tokenizer
 
 KEYS = {"ok", "reason", "check", "detail", "params", "content_hash"}
 

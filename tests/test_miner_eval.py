@@ -9,13 +9,13 @@ import pytest
 
 import miner
 from eval.estimate import AGAINST_HOTKEY, MODEL_HOTKEY, Pinned, build_job, render, summarize
-from eval.linked_store import LinkedDirs
+from eval.model_store.linked import LinkedDirs
+from eval.model_store.port import LocalHub
 from eval.prompts import LocalCorpus, sample_prompts
 from eval.rules import ContestRules
 from eval.schemas import EvalJob, EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo
-from eval.stores import LocalHub
-from eval.tiny import save_model_dir, tiny_config, tiny_model, train_tokenizer
-from validator.pods import LocalPod
+from scripts.tiny_models import save_model_dir, tiny_config, tiny_model, train_tokenizer
+from validator.pod_client import LocalPod
 
 BLOCK_HASH = "0x" + "5c" * 32
 KING_HOTKEY, CHALLENGER_HOTKEY = "5" + "A" * 47, "5" + "B" * 47

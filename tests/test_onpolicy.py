@@ -19,7 +19,7 @@ from eval.onpolicy import (
 from eval.rules import ContestRules
 from eval.schemas import MAX_ONPOLICY_TEXT_CHARS
 from eval.teacher import encode_prompt, eos_ids, pad_id
-from eval.tiny import corpus_texts, quick_train, tiny_model
+from scripts.tiny_models import corpus_texts, quick_train, tiny_model
 
 GUARD = RULES.model_copy(update={"onpolicy_prompts": 4, "onpolicy_new_tokens": 10})
 

@@ -23,11 +23,11 @@ from huggingface_hub.utils import hf_raise_for_status
 
 from eval.admission import TeacherSpec
 from eval.fineweb import FineWebSource
-from eval.hf_store import HuggingFaceStore
+from eval.model_store.huggingface import HuggingFaceStore
 from eval.prompts import LocalCorpus
 from validator.loop import LoopConfig, Validator
-from validator.pods import HttpPod
-from validator.store import Store
+from validator.pod_client import HttpPod
+from validator.store.database import Store
 
 
 def _http_error(status: int, headers: dict[str, str] | None = None) -> Exception:

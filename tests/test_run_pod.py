@@ -51,12 +51,12 @@ def test_gpu_extra_installs_once_and_restarts_run_no_pip(tmp_path: Path) -> None
     pips = _pip_calls(calls)
     assert len(pips) == 2 and "torch==2.13.0" in pips[0]
     assert "-c constraints.txt -e .[gpu]" in pips[1]  # the extra, with the exact pins
-    assert calls[-1] == "-m eval.worker --port 8091"
+    assert calls[-1] == "-m validator.pod --port 8091"
     assert (repo / ".venv" / ".klhill-installed-gpu").is_file()
 
     for _ in range(2):  # what PM2 does after a crash or a reboot
         rc, calls = _start(repo)
-        assert rc == 0 and calls == ["-m eval.worker --port 8091"]
+        assert rc == 0 and calls == ["-m validator.pod --port 8091"]
 
     with (repo / "constraints.txt").open("a") as fh:  # a new pin: install again, once
         fh.write("example-package==1.0\n")
@@ -69,11 +69,11 @@ def test_a_failed_install_is_retried_at_the_next_start_and_the_pod_does_not_star
     (repo / "pip-fails").touch()
     rc, calls = _start(repo)
     assert rc != 0
-    assert not any("eval.worker" in c for c in calls)
+    assert not any("validator.pod" in c for c in calls)
     assert not (repo / ".venv" / ".klhill-installed-gpu").exists()
     (repo / "pip-fails").unlink()
     rc, calls = _start(repo)
-    assert rc == 0 and len(_pip_calls(calls)) == 2 and calls[-1].endswith("eval.worker --port 8091")
+    assert rc == 0 and len(_pip_calls(calls)) == 2 and calls[-1].endswith("validator.pod --port 8091")
 
 
 def test_the_dev_install_of_test_sh_does_not_count_as_the_gpu_one(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from eval.errors import InfraError
+from eval.model_store.port import LocalHub
 from eval.runner import DiskLimits, JobCancelled, check_disk, job_dir_name, run_job
 from eval.schemas import JobProgress
-from eval.stores import LocalHub
 from tests.pod_helpers import build_hub, hub_job
 
 NO_DISK_RESERVE = DiskLimits(min_free_bytes=0)
@@ -178,7 +178,7 @@ def test_disk_full_during_a_student_download_fails_the_job(hub, tmp_path):
 
 def test_teacher_snapshots_are_bounded_and_counted(hub, tmp_path):
     """A new teacher revision replaces the cached one; the workdir bound counts the teacher snapshot."""
-    from eval.tiny import save_model_dir, tiny_config, tiny_model, train_tokenizer
+    from scripts.tiny_models import save_model_dir, tiny_config, tiny_model, train_tokenizer
 
     store, revs = hub
     run_job(job_for(revs, ["miner/king"], "rj-t1"), store, tmp_path, "cpu", limits=NO_DISK_RESERVE)

@@ -20,7 +20,7 @@ from eval.scoring import (
     score_student,
 )
 from eval.teacher import run_teacher
-from eval.tiny import corpus_texts, quick_train, save_model_dir, tiny_config, tiny_model, train_tokenizer
+from scripts.tiny_models import corpus_texts, quick_train, save_model_dir, tiny_config, tiny_model, train_tokenizer
 
 # --- students ------------------------------------------------------------------------------
 

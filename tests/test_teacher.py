@@ -8,7 +8,7 @@ from round_fixtures import PROMPTS, RULES, copy_model
 
 from eval.errors import InfraError, PromptError
 from eval.teacher import TeacherRun, run_teacher
-from eval.tiny import corpus_texts, tiny_model
+from scripts.tiny_models import corpus_texts, tiny_model
 
 ONE_AT_A_TIME = RULES.model_copy(update={"generation_batch_prompts": 1})
 

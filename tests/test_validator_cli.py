@@ -19,7 +19,7 @@ from fixtures_contest import make_world
 
 from validator.__main__ import JsonFormatter
 from validator.settings import parse_args
-from validator.store import Store
+from validator.store.database import Store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,14 +78,14 @@ def test_json_log_lines_are_json():
 
 
 def test_once_against_a_real_pod_service(tmp_path, contest_hub):
-    """The done-when check: a real epoch, signed jobs over HTTP to ``python -m eval.worker``."""
+    """The done-when check: a real epoch, signed jobs over HTTP to ``python -m validator.pod``."""
     world = make_world(tmp_path, *contest_hub)
     for name, repo in [("m1", "alice/m1"), ("m2", "bob/m2")]:
         world.register(name)
         world.commit(name, repo)
     port = _port()
     pod = subprocess.Popen(
-        [sys.executable, "-m", "eval.worker", "--port", str(port), "--allow-hotkey", world.validator_hotkey,
+        [sys.executable, "-m", "validator.pod", "--port", str(port), "--allow-hotkey", world.validator_hotkey,
          "--hub", str(world.hub_root), "--device", "cpu", "--workdir", str(tmp_path / "podwork"),
          "--min-free-gb", "0"],
         env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fixtures_contest import FakePod, make_validator, seed
 
-from validator.chain import Neuron
+from validator.chain.port import Neuron
 from validator.weights import standing_refusal
 
 

@@ -70,10 +70,10 @@ def _route_library_output() -> None:
 
 def _model_store(s: Settings) -> Any:
     if s.hub_dir is not None:
-        from eval.stores import LocalHub
+        from eval.model_store.port import LocalHub
 
         return LocalHub(s.hub_dir)
-    from eval.hf_store import HuggingFaceStore  # token from HF_TOKEN only, never argv
+    from eval.model_store.huggingface import HuggingFaceStore  # token from HF_TOKEN only, never argv
 
     return HuggingFaceStore()
 
@@ -102,17 +102,17 @@ def _teacher_fn(s: Settings, model_store: Any, rules: Any) -> Callable[[], Any]:
 
 def _chain(s: Settings, wallet: Any) -> Any:
     if s.is_sim:
-        from validator.simchain import SimChain
+        from validator.chain.sim import SimChain
 
         assert s.sim_db is not None  # parse_args guarantees it
         return SimChain(s.sim_db, s.netuid, block_time=s.sim_block_time, hotkey=wallet.hotkey.ss58_address)
-    from validator.subtensor_chain import SubtensorChain
+    from validator.chain.subtensor import SubtensorChain
 
     return SubtensorChain(s.network, s.netuid, wallet)
 
 
 def _pod(s: Settings, wallet: Any, model_store: Any, progress: Any) -> tuple[Any, str]:
-    from validator.pods import HttpPod, LocalPod, PodPool
+    from validator.pod_client import HttpPod, LocalPod, PodPool
 
     if s.local_pod:
         pod = LocalPod(model_store, s.workdir, s.device, on_progress=progress.set)
@@ -125,10 +125,10 @@ def _pod(s: Settings, wallet: Any, model_store: Any, progress: Any) -> tuple[Any
 
 def build(s: Settings) -> Any:
     """Construct the Validator for these settings (no network calls happen here)."""
+    from validator.chain.wallets import load_wallet
     from validator.loop import Validator
     from validator.rounds import ProgressBox
-    from validator.store import Store
-    from validator.wallets import load_wallet
+    from validator.store.database import Store
 
     rules = s.load_rules()
     wallet = load_wallet(s.wallet_name, s.hotkey_name, s.wallet_path)

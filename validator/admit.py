@@ -17,11 +17,11 @@ from typing import Any
 
 from eval.admission import Admitted, Rejected, TeacherSpec, check_model
 from eval.errors import HubAuthError, TransientError
+from eval.model_store.port import DefiniteStoreError, ModelStore
 from eval.rules import ContestRules
-from eval.stores import DefiniteStoreError, ModelStore
 from validator import hub_health
 from validator.contest import Key, order_key, strike_missing_repo
-from validator.store import Store
+from validator.store.database import Store
 
 log = logging.getLogger(__name__)
 

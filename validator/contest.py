@@ -15,7 +15,7 @@ from typing import Literal, Protocol
 
 from eval.ownership import seniority
 from eval.rules import ContestRules
-from validator.commitments import Invalid, parse_commitment
+from validator.chain.commitments import Invalid, parse_commitment
 
 Key = tuple[str, int]
 """A submission's identity: (hotkey, commit_block)."""
@@ -36,7 +36,7 @@ LIVE_STATUSES: frozenset[str] = frozenset({"pending", "admitted", "evaluated"})
 
 
 class CommitmentLike(Protocol):
-    """What ``validator.chain.Commitment`` provides (chain fields come only from here)."""
+    """What ``validator.chain.port.Commitment`` provides (chain fields come only from here)."""
 
     hotkey: str
     block: int

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 
-from validator.store import Store
+from validator.store.database import Store
 
 log = logging.getLogger(__name__)
 

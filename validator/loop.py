@@ -25,11 +25,11 @@ from typing import Any
 
 from eval.admission import TeacherSpec, check_model
 from eval.errors import KlhillError, TransientError
+from eval.model_store.port import ModelStore
 from eval.prompts import PromptSource, prompt_sha256
 from eval.rules import ContestRules
-from eval.stores import ModelStore
 from validator import admit
-from validator.chain import BlockRef, Chain, ChainThrottled
+from validator.chain.port import BlockRef, Chain, ChainThrottled
 from validator.contest import (
     VANISHED_STATUSES,
     Candidate,
@@ -39,11 +39,11 @@ from validator.contest import (
     plan_round,
     withdrawn_submissions,
 )
-from validator.pods import Pod
+from validator.pod_client import Pod
 from validator.rounds import ProgressBox, RoundRunner, build_job, make_job_id
 from validator.sampling import PromptSampler
 from validator.settings import LoopConfig
-from validator.store import Store
+from validator.store.database import Store
 from validator.weights import WeightsKeeper
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from typing import Any
 from eval.rules import ContestRules
 from eval.schemas import EvalJob, EvalResult, ModelRef, SubmissionId
 from validator.contest import Candidate, Key, RoundPlan
-from validator.pods import Pod, validate_result
-from validator.store import Store
+from validator.pod_client import Pod, validate_result
+from validator.store.database import Store
 from validator.verdicts import RoundOutcome, interpret_result
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from eval.prompts import PromptSource, sample_prompts
 from eval.rules import ContestRules
 from validator import hub_health
 from validator.admit import backoff_blocks
-from validator.store import Store
+from validator.store.database import Store
 
 log = logging.getLogger(__name__)
 

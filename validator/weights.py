@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from eval.errors import TransientError
-from validator.chain import Chain, ChainError, Neuron, weights_match, weights_standing
+from validator.chain.port import Chain, ChainError, Neuron, weights_match, weights_standing
 from validator.contest import Candidate, king_vanished, weights_due, weights_for
 from validator.settings import LoopConfig
-from validator.store import Store
+from validator.store.database import Store
 
 log = logging.getLogger(__name__)
 _CHAIN_ERRORS = (ChainError, TransientError)

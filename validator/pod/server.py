@@ -1,0 +1,297 @@
+"""The GPU pod service: signed evaluation jobs in, results out (``python -m validator.pod``).
+
+The pod holds no wallet key and never touches the chain; it obeys only the
+allow-listed validator hotkeys. Every job call is verified with
+``bittensor.http_auth`` (btauth/1) over the raw bytes *before* anything is
+parsed or done: unsigned, malformed, stale, replayed or tampered -> 401,
+a valid signature from a hotkey not on the list -> 403. Bodies are bounded
+(413 without reading the rest), JSON nesting is bounded, and the schema bounds
+the rest (422). ``GET /health`` is public and says nothing sensitive (version,
+state, GPU, free disk, and which attention kernels a model will run with).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import shutil
+import sys
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bittensor import http_auth
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from eval.kernels import KernelReport, environment_report, kernel_warning
+from eval.runner import DiskLimits, run_job
+from eval.schemas import EvalJob
+from validator.pod.jobs import JobConflict, JobManager, QueueFull, Runner
+from validator.pod.nonce_store import SqliteNonceStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024**2
+MAX_JSON_DEPTH = 32
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # same as eval.schemas.JobId
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    """Everything the service needs; built from flags/env by ``parse_args``."""
+
+    allow_hotkeys: frozenset[str]
+    workdir: Path
+    device: str = "cpu"
+    host: str = "127.0.0.1"
+    port: int = 8091
+    max_disk_gb: float | None = None
+    min_free_gb: float = 2.0
+    pod_hotkey: str | None = None  # when set, requests must be bound to it (X-Bittensor-Receiver)
+    hub: Path | None = None  # a LocalHub root instead of Hugging Face
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_queued: int = 4
+    max_age_s: float = http_auth.DEFAULT_MAX_AGE
+
+    def __post_init__(self) -> None:
+        if not self.allow_hotkeys:
+            raise ValueError("refusing to start: no --allow-hotkey given, the pod would obey nobody")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def json_too_deep(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> bool:
+    """True when brackets nest deeper than ``max_depth`` outside strings (checked before parsing)."""
+    depth, in_string, escaped = 0, False, False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > max_depth:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes; refuse early on a declared or streamed oversize body."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise _TooLarge()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _default_runner(settings: PodSettings) -> Runner:
+    from eval.model_store import port as stores
+
+    if settings.hub:
+        store: Any = stores.LocalHub(settings.hub)
+    else:
+        from eval.model_store.huggingface import HuggingFaceStore  # token from HF_TOKEN only, never argv
+
+        store = HuggingFaceStore()
+    limits = DiskLimits(
+        min_free_bytes=int(settings.min_free_gb * 1024**3),
+        max_workdir_bytes=int(settings.max_disk_gb * 1024**3) if settings.max_disk_gb else None,
+    )
+
+    def run(job: EvalJob, on_progress: Any, should_cancel: Any) -> Any:
+        return run_job(
+            job, store, settings.workdir, settings.device, on_progress=on_progress, should_cancel=should_cancel,
+            limits=limits,
+        )
+
+    return run
+
+
+def gpu_name() -> str:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    except Exception:  # health must answer even when the driver is broken
+        return "unknown"
+
+
+def log_kernels(report: KernelReport, warning: str | None) -> None:
+    """One line naming the kernels; a slow fallback on CUDA is a WARNING, not a silent default."""
+    log.info("kernels: %s", ", ".join(f"{k}={v}" for k, v in report.as_dict().items()))
+    if warning:
+        log.warning("kernel fallback: %s", warning)
+
+
+def create_app(settings: PodSettings, runner: Runner | None = None) -> FastAPI:
+    """Wire the job manager and the routes; ``runner`` is injectable for tests of the edge."""
+    run = runner or _default_runner(settings)
+    # decided once, when transformers imported its Qwen3.5 code: computed once, served by /health
+    kernels = environment_report(settings.device)
+    warning = kernel_warning(kernels)
+    manager = JobManager(settings.workdir / "jobs", run, max_queued=settings.max_queued)
+    # durable: a request captured before a restart must not be replayable after it
+    # an unusable file is moved aside and replaced by a store refusing everything signed before the reset
+    nonces = SqliteNonceStore(
+        settings.workdir / "nonces.sqlite3", retention=max(60.0, settings.max_age_s + 10.0),
+        future_skew=http_auth.DEFAULT_ALLOWED_SKEW,  # verify() below runs with the default skew
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+        log_kernels(kernels, warning)
+        manager.start()
+        try:
+            yield
+        finally:
+            manager.stop()
+
+    app = FastAPI(title="klhill pod", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.manager = manager
+    app.state.kernels, app.state.kernel_warning = kernels, warning
+
+    async def authenticate(request: Request) -> tuple[bytes, JSONResponse | None]:
+        try:
+            body = await _read_body(request, settings.max_body_bytes)
+        except _TooLarge:
+            return b"", _error(413, f"body larger than {settings.max_body_bytes} bytes")
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        try:
+            caller = http_auth.verify(
+                request.headers, body, method=request.method, path=target,
+                self_hotkey_ss58=settings.pod_hotkey or "", require_receiver=settings.pod_hotkey is not None,
+                max_age=settings.max_age_s, nonce_store=nonces,
+            )
+        except http_auth.AuthError as exc:
+            log.warning("refused %s %s: %s", request.method, target, type(exc).__name__)
+            return body, _error(401, f"{type(exc).__name__}: {exc}")
+        if caller.hotkey_ss58 not in settings.allow_hotkeys:
+            log.warning("refused %s %s: hotkey %s not allow-listed", request.method, target, caller.hotkey_ss58)
+            return body, _error(403, "hotkey not allowed")
+        return body, None
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            ver = version("klhill")
+        except PackageNotFoundError:
+            ver = "unknown"
+        return {
+            "version": ver, "state": "busy" if manager.busy else "idle", "queued": manager.queued(),
+            "gpu": gpu_name(), "free_disk_bytes": shutil.disk_usage(settings.workdir).free,
+            "kernels": app.state.kernels.as_dict(), "kernel_warning": app.state.kernel_warning,
+        }
+
+    @app.post("/jobs")
+    async def post_job(request: Request) -> JSONResponse:
+        body, refusal = await authenticate(request)
+        if refusal is not None:
+            return refusal
+        if json_too_deep(body):
+            return _error(422, f"JSON nested deeper than {MAX_JSON_DEPTH}")
+        try:
+            job = EvalJob.model_validate_json(body)
+        except ValidationError as exc:
+            return _error(422, f"invalid job: {exc.error_count()} errors; first: {exc.errors()[0]['msg']}"[:500])
+        try:
+            status, created = manager.submit(job)
+        except JobConflict as exc:
+            return _error(409, str(exc))
+        except QueueFull as exc:
+            return _error(429, str(exc))
+        return JSONResponse(status.model_dump(mode="json"), status_code=202 if created else 200)
+
+    async def _job_call(request: Request, job_id: str, cancel: bool) -> JSONResponse:
+        _, refusal = await authenticate(request)
+        if refusal is not None:
+            return refusal
+        if not JOB_ID_RE.match(job_id):
+            return _error(404, "no such job")
+        status = manager.cancel(job_id) if cancel else manager.status(job_id)
+        if status is None:
+            return _error(404, "no such job")
+        return JSONResponse(status.model_dump(mode="json"))
+
+    @app.get("/jobs/{job_id}")
+    async def get_job(request: Request, job_id: str) -> JSONResponse:
+        return await _job_call(request, job_id, cancel=False)
+
+    @app.delete("/jobs/{job_id}")
+    async def delete_job(request: Request, job_id: str) -> JSONResponse:
+        return await _job_call(request, job_id, cancel=True)
+
+    return app
+
+
+def parse_args(argv: Sequence[str] | None = None) -> PodSettings:
+    env = os.environ.get
+    # string defaults from the environment go through ``type`` too, so a bad env value is a usage error
+    p = argparse.ArgumentParser(
+        prog="python -m validator.pod", description="klhill GPU pod service",
+        epilog="Environment equivalents (a flag wins): KLHILL_POD_HOST, KLHILL_POD_PORT, KLHILL_POD_ALLOW_HOTKEYS, "
+        "KLHILL_POD_HOTKEY, KLHILL_POD_WORKDIR, KLHILL_POD_DEVICE, KLHILL_POD_MAX_DISK_GB, KLHILL_POD_MIN_FREE_GB, "
+        "KLHILL_POD_HUB, KLHILL_POD_MAX_QUEUED. The Hugging Face token comes from HF_TOKEN only.",
+    )
+    p.add_argument("--host", default=env("KLHILL_POD_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=env("KLHILL_POD_PORT", "8091"))
+    p.add_argument("--allow-hotkey", action="append", default=None, metavar="SS58",
+                   help="validator hotkey the pod obeys (repeatable; env KLHILL_POD_ALLOW_HOTKEYS, comma-separated)")
+    p.add_argument("--pod-hotkey", default=env("KLHILL_POD_HOTKEY"), help="public ss58 requests must be bound to")
+    p.add_argument("--workdir", type=Path, default=Path(env("KLHILL_POD_WORKDIR", "state/pod")))
+    p.add_argument("--device", default=env("KLHILL_POD_DEVICE"), help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--max-disk-gb", type=float, default=env("KLHILL_POD_MAX_DISK_GB", "0"),
+                   help="bound on models + teacher snapshot + cache under --workdir (0: none)")
+    p.add_argument("--min-free-gb", type=float, default=env("KLHILL_POD_MIN_FREE_GB", "2"))
+    p.add_argument("--hub", type=Path, default=env("KLHILL_POD_HUB"), help="serve models from a local hub directory")
+    p.add_argument("--max-queued", type=int, default=env("KLHILL_POD_MAX_QUEUED", "4"),
+                   help="jobs waiting behind the running one before POST answers 429")
+    a = p.parse_args(argv)
+    device = a.device or ("cuda" if gpu_name() not in ("none", "unknown") else "cpu")
+    hotkeys = a.allow_hotkey or [h for h in env("KLHILL_POD_ALLOW_HOTKEYS", "").split(",") if h.strip()]
+    if not hotkeys:
+        p.error("refusing to start without --allow-hotkey (the pod would obey nobody)")
+    return PodSettings(
+        allow_hotkeys=frozenset(h.strip() for h in hotkeys), workdir=a.workdir, device=device, host=a.host,
+        port=a.port, max_disk_gb=a.max_disk_gb or None, min_free_gb=a.min_free_gb, pod_hotkey=a.pod_hotkey,
+        hub=a.hub, max_queued=a.max_queued,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import uvicorn
+
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=fmt)
+    settings = parse_args(argv)
+    settings.workdir.mkdir(parents=True, exist_ok=True)
+    app = create_app(settings)
+    log.info("pod listening on %s:%d, %d allowed hotkeys", settings.host, settings.port, len(settings.allow_hotkeys))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", h11_max_incomplete_event_size=65536)
+    return 0
+
