@@ -140,8 +140,11 @@ def _check(args: argparse.Namespace, rules: ContestRules, scratch: Path) -> int:
         _report(args, _result(False, None, "usage", str(exc), None, None), args.model)
         return EXIT_USAGE
     except TransientError as exc:  # no verdict either way (LESSONS 21): exit 2, like a usage error, never 1
-        _report(args, _result(False, None, "transient", f"store unavailable, try again later: {exc}", None, None),
-                args.model)  # fmt: skip
+        _report(
+            args,
+            _result(False, None, "transient", f"store unavailable, try again later: {exc}", None, None),
+            args.model,
+        )
         return EXIT_USAGE
     except ValueError as exc:  # not a directory and not a valid repo id: the format check's verdict
         _report(args, _result(False, "INVALID", "format", str(exc), None, None), args.model)
@@ -270,9 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="miner.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser(
-        "check", help="run the admission checks on a model before committing it", epilog=CHECK_EPILOG,
+        "check",
+        help="run the admission checks on a model before committing it",
+        epilog=CHECK_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     check.add_argument("--model", required=True, help="org/name[@revision] or a local model directory")
     check.add_argument("--teacher", required=True, help="org/name[@revision] or a local directory")
     check.add_argument("--json", action="store_true", help="print one JSON object")

@@ -19,8 +19,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--network", default="sim", help="sim | finney | test | ws://... (for /api/price)")
     p.add_argument("--netuid", type=int, default=1)
-    p.add_argument("--trusted-proxy", action="append", default=[], metavar="IP",
-                   help="peer address (or CIDR) whose X-Forwarded-For is trusted; repeatable")  # fmt: skip
+    p.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="peer address (or CIDR) whose X-Forwarded-For is trusted; repeatable",
+    )
     p.add_argument("--rate", type=float, default=10.0, help="requests/s per client IP (0 disables the limit)")
     p.add_argument("--burst", type=float, default=60.0, help="burst size per client IP")
     p.add_argument("--cache-ttl", type=float, default=2.0, help="seconds a response is served from memory")
@@ -29,8 +34,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
-    s = Settings(db=a.db, network=a.network, netuid=a.netuid, trusted_proxies=a.trusted_proxy, rate_per_s=a.rate,
-                 rate_burst=a.burst, cache_ttl_s=a.cache_ttl)  # fmt: skip
+    s = Settings(
+        db=a.db,
+        network=a.network,
+        netuid=a.netuid,
+        trusted_proxies=a.trusted_proxy,
+        rate_per_s=a.rate,
+        rate_burst=a.burst,
+        cache_ttl_s=a.cache_ttl,
+    )
     # uvicorn's own proxy handling stays off: the rate limiter resolves client IPs itself.
     common = dict(host=a.host, port=a.port, proxy_headers=False, server_header=False, access_log=False)
     if a.workers > 1:

@@ -34,20 +34,26 @@ class StoreCollector(Collector):
         s = st.stats(recent=1)
         buckets, total, count = st.round_durations(DURATION_BUCKETS)
         yield HistogramMetricFamily(
-            "klhill_round_duration_seconds", "Wall time of every finished round (dispatch to result).",
+            "klhill_round_duration_seconds",
+            "Wall time of every finished round (dispatch to result).",
             buckets=[*((f"{b:g}", n) for b, n in zip(DURATION_BUCKETS, buckets, strict=True)), ("+Inf", count)],
             sum_value=total,
-        )  # fmt: skip
+        )
         rounds = CounterMetricFamily("klhill_rounds", "Rounds that ended, by outcome.", labels=["state"])
         for state in ("done", "failed"):
             rounds.add_metric([state], s["rounds"].get(state, 0))
         yield rounds
-        yield GaugeMetricFamily("klhill_rounds_open", "Rounds planned or dispatched and not ended yet.",
-                                value=s["rounds"].get("planned", 0) + s["rounds"].get("dispatched", 0))  # fmt: skip
-        yield CounterMetricFamily("klhill_pod_errors", "Failed rounds (pod down, timeout, bad result).",
-                                  value=s["rounds"].get("failed", 0))  # fmt: skip
-        yield CounterMetricFamily("klhill_model_errors", "Evaluations that ended in a model error.",
-                                  value=s["model_errors"])  # fmt: skip
+        yield GaugeMetricFamily(
+            "klhill_rounds_open",
+            "Rounds planned or dispatched and not ended yet.",
+            value=s["rounds"].get("planned", 0) + s["rounds"].get("dispatched", 0),
+        )
+        yield CounterMetricFamily(
+            "klhill_pod_errors", "Failed rounds (pod down, timeout, bad result).", value=s["rounds"].get("failed", 0)
+        )
+        yield CounterMetricFamily(
+            "klhill_model_errors", "Evaluations that ended in a model error.", value=s["model_errors"]
+        )
         dqs = CounterMetricFamily("klhill_disqualifications", "Disqualifications by reason.", labels=["reason"])
         by_reason = st.disqualification_counts()
         for reason in DQ_REASONS:
@@ -57,23 +63,35 @@ class StoreCollector(Collector):
         for status, n in sorted(s["submissions"].items()):
             subs.add_metric([status], n)
         yield subs
-        yield GaugeMetricFamily("klhill_queue_length", "Admitted submissions waiting for their first evaluation.",
-                                value=s["submissions"].get("admitted", 0))  # fmt: skip
+        yield GaugeMetricFamily(
+            "klhill_queue_length",
+            "Admitted submissions waiting for their first evaluation.",
+            value=s["submissions"].get("admitted", 0),
+        )
         king = st.current_king()
         if king is not None:  # no king: no sample (rather than a NaN that graphs as a value)
             if king["kl"] is not None:
-                yield GaugeMetricFamily("klhill_king_kl", "Mean KL of the current king when it was crowned or "
-                                        "defended.", value=king["kl"])  # fmt: skip
-            yield GaugeMetricFamily("klhill_king_since_block", "Block since which the king holds the crown.",
-                                    value=king["since_block"])  # fmt: skip
+                yield GaugeMetricFamily(
+                    "klhill_king_kl", "Mean KL of the current king when it was crowned or defended.", value=king["kl"]
+                )
+            yield GaugeMetricFamily(
+                "klhill_king_since_block", "Block since which the king holds the crown.", value=king["since_block"]
+            )
         if s["last_weights"]:
-            yield GaugeMetricFamily("klhill_last_weights_block", "Block of the last successful weight submission.",
-                                    value=s["last_weights"]["block"])  # fmt: skip
-        yield GaugeMetricFamily("klhill_hub_token_rejected", "1 while the hub rejects the validator's HF_TOKEN.",
-                                value=1 if st.meta().get("hub_auth") == "rejected" else 0)  # fmt: skip
+            yield GaugeMetricFamily(
+                "klhill_last_weights_block",
+                "Block of the last successful weight submission.",
+                value=s["last_weights"]["block"],
+            )
+        yield GaugeMetricFamily(
+            "klhill_hub_token_rejected",
+            "1 while the hub rejects the validator's HF_TOKEN.",
+            value=1 if st.meta().get("hub_auth") == "rejected" else 0,
+        )
         for name, value in sorted(self.api_counters.items()):
-            yield CounterMetricFamily(f"klhill_api_{name}", f"API {name.replace('_', ' ')} in this worker.",
-                                      value=value)  # fmt: skip
+            yield CounterMetricFamily(
+                f"klhill_api_{name}", f"API {name.replace('_', ' ')} in this worker.", value=value
+            )
 
 
 def render_metrics(store: Store, api_counters: Mapping[str, float] | None = None) -> bytes:

@@ -68,8 +68,10 @@ def health(store: Store, now: float | None = None, expect: tuple[str, int] | Non
     prog_age = _age(now, prog["updated"]) if prog else None
     reasons: list[str] = []
     if expect is not None and "network" in meta and "netuid" in meta and (meta["network"], meta["netuid"]) != expect:
-        reasons.append(f"the store is for network {str(meta['network'])[:40]} netuid {meta['netuid']}, "
-                       f"this API is configured for {expect[0][:40]} netuid {expect[1]}")  # fmt: skip
+        reasons.append(
+            f"the store is for network {str(meta['network'])[:40]} netuid {meta['netuid']}, "
+            f"this API is configured for {expect[0][:40]} netuid {expect[1]}"
+        )
     if block is None:
         reasons.append("the validator has not synced yet")
     elif (sync_age is None or sync_age > SYNC_STALE_S) and (prog_age is None or prog_age > PROGRESS_STALE_S):
@@ -77,8 +79,10 @@ def health(store: Store, now: float | None = None, expect: tuple[str, int] | Non
     hub_auth = meta.get("hub_auth") if meta.get("hub_auth") in ("ok", "rejected") else None
     hub_detail = str(meta.get("hub_auth_detail") or "")[:500] or None
     if hub_auth == "rejected":
-        reasons.append(f"the hub rejects the validator's token (HF_TOKEN) since block {meta.get('hub_auth_block')}: "
-                       "submissions wait unjudged until it is fixed")  # fmt: skip
+        reasons.append(
+            f"the hub rejects the validator's token (HF_TOKEN) since block {meta.get('hub_auth_block')}: "
+            "submissions wait unjudged until it is fixed"
+        )
     return m.Health(
         status="degraded" if reasons else "ok",
         db_ok=True,
@@ -109,9 +113,14 @@ def commitments(store: Store) -> m.CommitmentsOut:
 
 def _rank(evaluations: list[dict[str, Any]]) -> None:
     """Rank 1.. by mean KL, only among comparable rows; the rest get no rank (not the next number)."""
-    ok = [e for e in evaluations
-          if e.get("status") == "ok" and e.get("mean_kl") is not None and e.get("state") not in NOT_RANKED
-          and not e.get("disqualified")]  # fmt: skip
+    ok = [
+        e
+        for e in evaluations
+        if e.get("status") == "ok"
+        and e.get("mean_kl") is not None
+        and e.get("state") not in NOT_RANKED
+        and not e.get("disqualified")
+    ]
     for i, e in enumerate(sorted(ok, key=lambda e: (e["mean_kl"], e["commit_block"], e["hotkey"])), 1):
         e["rank"] = i
 

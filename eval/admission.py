@@ -29,25 +29,78 @@ from eval.model_store.port import (
 from eval.model_store.safetensors_header import HeaderError, SafetensorsHeader
 from eval.rules import ContestRules
 
-TOKENIZER_FILES = frozenset({
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
-})  # fmt: skip
+TOKENIZER_FILES = frozenset(
+    {
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.model",
+        "chat_template.jinja",
+        "chat_template.json",
+    }
+)
 CHAT_TEMPLATE_FILES = frozenset({"chat_template.jinja", "chat_template.json", "tokenizer_config.json"})
-OTHER_ALLOWED = frozenset({
-    "config.json", "generation_config.json", "model.safetensors.index.json", "README.md", ".gitattributes",
-    "LICENSE", "LICENSE.txt", "LICENSE.md", "preprocessor_config.json", "video_preprocessor_config.json",
-})  # fmt: skip
+OTHER_ALLOWED = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors.index.json",
+        "README.md",
+        ".gitattributes",
+        "LICENSE",
+        "LICENSE.txt",
+        "LICENSE.md",
+        "preprocessor_config.json",
+        "video_preprocessor_config.json",
+    }
+)
 SHARD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.safetensors$")
 FORBIDDEN_SUFFIXES = (
-    ".py", ".pyc", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".gguf", ".onnx", ".h5", ".msgpack",
-    ".so", ".npy", ".npz", ".joblib", ".tflite", ".keras",
-)  # fmt: skip
-QUANT_MARKERS = frozenset({
-    "qweight", "qzeros", "scales", "g_idx", "absmax", "quant_map", "nested_absmax", "nested_quant_map", "SCB",
-    "weight_scale", "weight_scale_inv", "weight_scale_2", "input_scale", "output_scale", "weight_zero_point",
-    "weight_global_scale", "weight_packed", "weight_format", "quant_state",
-})  # fmt: skip
+    ".py",
+    ".pyc",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".pkl",
+    ".pickle",
+    ".gguf",
+    ".onnx",
+    ".h5",
+    ".msgpack",
+    ".so",
+    ".npy",
+    ".npz",
+    ".joblib",
+    ".tflite",
+    ".keras",
+)
+QUANT_MARKERS = frozenset(
+    {
+        "qweight",
+        "qzeros",
+        "scales",
+        "g_idx",
+        "absmax",
+        "quant_map",
+        "nested_absmax",
+        "nested_quant_map",
+        "SCB",
+        "weight_scale",
+        "weight_scale_inv",
+        "weight_scale_2",
+        "input_scale",
+        "output_scale",
+        "weight_zero_point",
+        "weight_global_scale",
+        "weight_packed",
+        "weight_format",
+        "quant_state",
+    }
+)
 
 MAX_FILES = 256
 MAX_SHARDS = 128

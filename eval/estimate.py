@@ -108,9 +108,16 @@ def _finite(x: float) -> float | None:
 
 def model_summary(result: ModelResult) -> dict[str, Any]:
     """Status, mean KL with a 95% t-interval (None when undefined), and the per-prompt values."""
-    out: dict[str, Any] = {"spec": result.ref.spec, "status": result.status, "error": result.error,
-                           "prompt_kl": list(result.prompt_kl), "prompt_tokens": list(result.prompt_tokens),
-                           "mean_kl": None, "ci95": None, "content_hash": result.content_hash}  # fmt: skip
+    out: dict[str, Any] = {
+        "spec": result.ref.spec,
+        "status": result.status,
+        "error": result.error,
+        "prompt_kl": list(result.prompt_kl),
+        "prompt_tokens": list(result.prompt_tokens),
+        "mean_kl": None,
+        "ci95": None,
+        "content_hash": result.content_hash,
+    }
     if result.prompt_kl:
         mean, lo, hi = mean_ci(result.prompt_kl)
         out["mean_kl"] = mean
@@ -125,20 +132,41 @@ def onpolicy_summary(result: ModelResult) -> dict[str, Any] | None:
     if not values:
         return None
     n = len(values)
-    return {"prompts": n, "teacher_nll": sum(v.teacher_nll for v in values) / n,
-            "reverse_kl": sum(v.reverse_kl for v in values) / n, "repetition": sum(v.repetition for v in values) / n,
-            "per_prompt": [v.model_dump(mode="json") for v in values]}  # fmt: skip
+    return {
+        "prompts": n,
+        "teacher_nll": sum(v.teacher_nll for v in values) / n,
+        "reverse_kl": sum(v.reverse_kl for v in values) / n,
+        "repetition": sum(v.repetition for v in values) / n,
+        "per_prompt": [v.model_dump(mode="json") for v in values],
+    }
 
 
 def guard_summary(king: ModelResult, mine: ModelResult, rules: ContestRules) -> dict[str, Any] | None:
     """The validator's on-policy guard for ``mine`` against ``king`` (None when either has no values)."""
     if not king.onpolicy or len(king.onpolicy) != len(mine.onpolicy):
         return None
-    g = onpolicy_guard([v.teacher_nll for v in king.onpolicy], [v.teacher_nll for v in mine.onpolicy],
-                       [v.repetition for v in king.onpolicy], [v.repetition for v in mine.onpolicy], rules)  # fmt: skip
-    return {"stop": g.stop, "reason": g.reason,
-            "checks": [{"figure": c.figure, "king_mean": c.king_mean, "model_mean": c.challenger_mean,
-                        "limit": c.limit, "p_value": c.p_value, "fails": c.fails} for c in g.checks]}  # fmt: skip
+    g = onpolicy_guard(
+        [v.teacher_nll for v in king.onpolicy],
+        [v.teacher_nll for v in mine.onpolicy],
+        [v.repetition for v in king.onpolicy],
+        [v.repetition for v in mine.onpolicy],
+        rules,
+    )
+    return {
+        "stop": g.stop,
+        "reason": g.reason,
+        "checks": [
+            {
+                "figure": c.figure,
+                "king_mean": c.king_mean,
+                "model_mean": c.challenger_mean,
+                "limit": c.limit,
+                "p_value": c.p_value,
+                "fails": c.fails,
+            }
+            for c in g.checks
+        ],
+    }
 
 
 def summarize(result: EvalResult, rules: ContestRules) -> dict[str, Any]:
@@ -150,9 +178,14 @@ def summarize(result: EvalResult, rules: ContestRules) -> dict[str, Any]:
     """
     by_hotkey = {m.ref.submission.hotkey: m for m in result.models}
     mine = by_hotkey[MODEL_HOTKEY]
-    doc: dict[str, Any] = {"block_hash": result.block_hash, "teacher": result.teacher.model_dump(mode="json"),
-                           "prompts": len(result.teacher.continuation_tokens), "model": model_summary(mine),
-                           "against": None, "decision": None}  # fmt: skip
+    doc: dict[str, Any] = {
+        "block_hash": result.block_hash,
+        "teacher": result.teacher.model_dump(mode="json"),
+        "prompts": len(result.teacher.continuation_tokens),
+        "model": model_summary(mine),
+        "against": None,
+        "decision": None,
+    }
     mean = doc["model"]["mean_kl"]
     doc["model"]["over_max_kl"] = mean is not None and mine.status == "ok" and mean > rules.max_kl
     king = by_hotkey.get(AGAINST_HOTKEY)
@@ -171,17 +204,27 @@ def summarize(result: EvalResult, rules: ContestRules) -> dict[str, Any]:
         guard = guard_summary(king, mine, rules) if rules.onpolicy_prompts > 0 else None
         stopped = bool(guard and guard["stop"])
         reason = f"beats the king on KL but {guard['reason']}" if d.dethrone and stopped and guard else d.reason
-        doc["decision"] = {"dethrone": d.dethrone and not stopped, "beats_on_kl": d.dethrone, "p_value": d.p_value,
-                           "threshold": d.threshold, "king_mean": d.king_mean, "challenger_mean": d.challenger_mean,
-                           "epsilon": rules.epsilon, "alpha": rules.alpha, "reason": reason,
-                           "onpolicy_guard": guard}  # fmt: skip
+        doc["decision"] = {
+            "dethrone": d.dethrone and not stopped,
+            "beats_on_kl": d.dethrone,
+            "p_value": d.p_value,
+            "threshold": d.threshold,
+            "king_mean": d.king_mean,
+            "challenger_mean": d.challenger_mean,
+            "epsilon": rules.epsilon,
+            "alpha": rules.alpha,
+            "reason": reason,
+            "onpolicy_guard": guard,
+        }
     return doc
 
 
 def render(doc: dict[str, Any]) -> list[str]:
     """Human-readable lines for ``doc`` (what ``miner.py eval`` prints without --json)."""
-    lines = [f"block hash: {doc['block_hash']}", f"prompts: {doc['prompts']}; teacher {doc['teacher']['repo']}"
-             f"@{doc['teacher']['revision']}"]  # fmt: skip
+    lines = [
+        f"block hash: {doc['block_hash']}",
+        f"prompts: {doc['prompts']}; teacher {doc['teacher']['repo']}@{doc['teacher']['revision']}",
+    ]
     for label in ("model", "against"):
         m = doc[label]
         if m is None:
@@ -191,15 +234,18 @@ def render(doc: dict[str, Any]) -> list[str]:
             continue
         lo, hi = m["ci95"]
         ci = f"[{lo:.6f}, {hi:.6f}]" if lo is not None else "[undefined with one prompt]"
-        lines.append(f"{label}: {m['spec']}: mean KL {m['mean_kl']:.6f}, 95% CI {ci}, "
-                     f"n={len(m['prompt_kl'])} ({m['status']})")  # fmt: skip
+        lines.append(
+            f"{label}: {m['spec']}: mean KL {m['mean_kl']:.6f}, 95% CI {ci}, n={len(m['prompt_kl'])} ({m['status']})"
+        )
         if m.get("over_max_kl"):
             lines.append("  above the rules' max_kl: the validator would disqualify it (KL_TOO_HIGH)")
         own = m.get("onpolicy")
         if own:
-            lines.append(f"  on policy (its own greedy text on the first {own['prompts']} prompts): teacher NLL "
-                         f"{own['teacher_nll']:.4f}/token, reverse KL {own['reverse_kl']:.4f}, "
-                         f"repeated n-grams {own['repetition']:.0%}")  # fmt: skip
+            lines.append(
+                f"  on policy (its own greedy text on the first {own['prompts']} prompts): teacher NLL "
+                f"{own['teacher_nll']:.4f}/token, reverse KL {own['reverse_kl']:.4f}, "
+                f"repeated n-grams {own['repetition']:.0%}"
+            )
     d = doc["decision"]
     if d is not None:
         verdict = {True: "DETHRONE: yes", False: "DETHRONE: no", None: "DETHRONE: undecided"}[d["dethrone"]]
@@ -207,8 +253,9 @@ def render(doc: dict[str, Any]) -> list[str]:
         lines.append(f"{verdict}{extra}: {d['reason']}")
         guard = d.get("onpolicy_guard")
         if guard is not None:
-            lines.append(("ON-POLICY GUARD: would stop it: " if guard["stop"] else "ON-POLICY GUARD: passes: ")
-                         + guard["reason"])  # fmt: skip
+            lines.append(
+                ("ON-POLICY GUARD: would stop it: " if guard["stop"] else "ON-POLICY GUARD: passes: ") + guard["reason"]
+            )
     return lines
 
 
@@ -273,8 +320,9 @@ def run_eval(args: argparse.Namespace, hub_factory: Callable[[], ModelStore], ou
     linked = LinkedDirs()
     model = pin(args.model, "local/model", linked, hub)
     against = pin(args.against, "local/king", linked, hub) if args.against else None
-    teacher_spec = args.teacher or (f"{rules.teacher_repo}@{rules.teacher_revision}" if rules.teacher_revision
-                                    else rules.teacher_repo)  # fmt: skip
+    teacher_spec = args.teacher or (
+        f"{rules.teacher_repo}@{rules.teacher_revision}" if rules.teacher_revision else rules.teacher_repo
+    )
     teacher = pin(teacher_spec, rules.teacher_repo, linked, hub)
     if any(p is not None and not linked.has(p.repo, p.revision) for p in (model, against, teacher)):
         linked.fallback = hub()

@@ -106,8 +106,9 @@ class FineWebSource:
 
         r = self.rules
         api = HfApi(endpoint=self.endpoint, token=self._token or False)
-        entries = api.list_repo_tree(r.dataset, path_in_repo=r.dataset_path, revision=r.dataset_revision,
-                                     repo_type="dataset", recursive=True)  # fmt: skip
+        entries = api.list_repo_tree(
+            r.dataset, path_in_repo=r.dataset_path, revision=r.dataset_revision, repo_type="dataset", recursive=True
+        )
         return [(e.path, int(e.size)) for e in entries if isinstance(e, RepoFile)]
 
     def _cache_file(self) -> Path | None:
@@ -164,8 +165,12 @@ class FineWebSource:
         r = self.rules
         fs = HfFileSystem(endpoint=self.endpoint, token=self._token or False)
         # size from the listing: no info() call; cache_type "none": exact ranged reads, no read-ahead block
-        return fs.open(f"datasets/{r.dataset}@{r.dataset_revision}/{path}", "rb", size=size,  # type: ignore[no-any-return]
-                       cache_type="none")  # fmt: skip
+        return fs.open(
+            f"datasets/{r.dataset}@{r.dataset_revision}/{path}",
+            "rb",
+            size=size,  # type: ignore[no-any-return]
+            cache_type="none",
+        )
 
     @contextmanager
     def _translated(self, what: str) -> Iterator[None]:
@@ -182,8 +187,10 @@ class FineWebSource:
             r = self.rules
             where = f"{r.dataset}@{r.dataset_revision}"
             if answer == "auth":
-                raise HubAuthError(f"the hub rejected the token in HF_TOKEN (expired, revoked or without read access) "
-                                   f"while {what} of {where}: {reason}") from exc  # fmt: skip
+                raise HubAuthError(
+                    f"the hub rejected the token in HF_TOKEN (expired, revoked or without read access) "
+                    f"while {what} of {where}: {reason}"
+                ) from exc
             if answer in ("repo_not_found", "revision_not_found"):
                 reason = f"{reason}: the pinned dataset or revision is not on the hub (check the rules)"
             raise PromptSourceUnavailable(f"{what} of {where} failed: {reason}") from exc

@@ -125,8 +125,11 @@ def _linear_fields(modeling: ModuleType | None, layer: Any = None) -> dict[str, 
 
 def _report(device: str, full_attention: str, fields: dict[str, str]) -> KernelReport:
     return KernelReport(
-        device=device, full_attention=full_attention, **fields,
-        fla_core=_installed("fla-core"), triton=_installed("triton"),
+        device=device,
+        full_attention=full_attention,
+        **fields,
+        fla_core=_installed("fla-core"),
+        triton=_installed("triton"),
     )
 
 
@@ -187,8 +190,11 @@ def kernel_warning(report: KernelReport) -> str | None:
     problems = []
     if report.linear_attention in (TORCH_REFERENCE, UNKNOWN):
         cause = _fla_problem() if report.linear_attention == TORCH_REFERENCE else "transformers' choice is unreadable"
-        fix = (f"install the GPU extra ({_GPU_EXTRA})" if report.fla_core is None
-               else "fla-core needs a CUDA build of torch >= 2.7 with triton")
+        fix = (
+            f"install the GPU extra ({_GPU_EXTRA})"
+            if report.fla_core is None
+            else "fla-core needs a CUDA build of torch >= 2.7 with triton"
+        )
         problems.append(
             f"linear attention runs {report.linear_attention} instead of flash-linear-attention ({cause}); "
             f"scoring is several times slower: {fix}"

@@ -106,8 +106,14 @@ def continue_own(
     t0 = time.monotonic()
     with torch.no_grad():
         try:
-            continuations = greedy(model, prompt_ids, max_new_tokens=rules.onpolicy_new_tokens, eos=eos,
-                                   pad_id=pad_id, batch_prompts=rules.generation_batch_prompts)  # fmt: skip
+            continuations = greedy(
+                model,
+                prompt_ids,
+                max_new_tokens=rules.onpolicy_new_tokens,
+                eos=eos,
+                pad_id=pad_id,
+                batch_prompts=rules.generation_batch_prompts,
+            )
         except Exception as exc:
             if not _model_fault(exc):
                 raise
@@ -117,8 +123,9 @@ def continue_own(
         head = model.get_output_embeddings()
         bias = getattr(head, "bias", None)
         kept: list[Tensor] = []
-        for batch in forced_batches(model, prompt_ids, continuations, token_budget=token_budget, pad_id=pad_id,
-                                    hidden_fn=_student_hidden):  # fmt: skip
+        for batch in forced_batches(
+            model, prompt_ids, continuations, token_budget=token_budget, pad_id=pad_id, hidden_fn=_student_hidden
+        ):
             logprobs = logprobs_from_hidden(batch.hidden, head.weight, bias)
             if not bool(torch.isfinite(logprobs).all()):
                 raise ModelError("non-finite log-probs on its own continuation")
@@ -149,8 +156,9 @@ def judge(
     bias = getattr(head, "bias", None)
     out: dict[int, OnPolicyPrompt] = {}
     with torch.no_grad():
-        for batch in forced_batches(teacher, own.prompt_ids, own.continuations, token_budget=token_budget,
-                                    pad_id=pad_id):  # fmt: skip
+        for batch in forced_batches(
+            teacher, own.prompt_ids, own.continuations, token_budget=token_budget, pad_id=pad_id
+        ):
             logprobs = logprobs_from_hidden(batch.hidden, head.weight, bias)
             if not bool(torch.isfinite(logprobs).all()):  # the teacher is ours: never judge against NaN
                 raise InfraError("teacher log-probs contain NaN or infinity")
@@ -199,8 +207,15 @@ def measure_onpolicy(
     encoded = [encode_prompt(tokenizer, p, rules) for p in prompts[:k]]
     eos = eos_ids(teacher, tokenizer)
     pad = pad_id(tokenizer, eos)
-    own = continue_own(student, encoded, rules, eos=eos, pad_id=pad, keep_on=next(student.parameters()).device,
-                       token_budget=token_budget)  # fmt: skip
+    own = continue_own(
+        student,
+        encoded,
+        rules,
+        eos=eos,
+        pad_id=pad,
+        keep_on=next(student.parameters()).device,
+        token_budget=token_budget,
+    )
     t0 = time.monotonic()
     values = judge(teacher, own, rules, pad_id=pad, tokenizer=tokenizer, token_budget=token_budget)
     return OnPolicyMeasure(values, own.seconds, time.monotonic() - t0)
@@ -216,8 +231,15 @@ class GuardPass:
     judge them all. The values are the same either way.
     """
 
-    def __init__(self, rules: ContestRules, prompt_ids: Sequence[list[int]], tokenizer: PreTrainedTokenizerBase,
-                 teacher: PreTrainedModel, *, mode: Residency = "auto") -> None:  # fmt: skip
+    def __init__(
+        self,
+        rules: ContestRules,
+        prompt_ids: Sequence[list[int]],
+        tokenizer: PreTrainedTokenizerBase,
+        teacher: PreTrainedModel,
+        *,
+        mode: Residency = "auto",
+    ) -> None:
         self.rules = rules
         self.prompt_ids = [list(p) for p in prompt_ids[: rules.guarded_prompts(len(prompt_ids))]]
         self.tokenizer = tokenizer
@@ -262,8 +284,10 @@ class GuardPass:
         t0 = time.monotonic()
         teacher = load_teacher()
         try:
-            out = {key: judge(teacher, own, self.rules, pad_id=self.pad, tokenizer=self.tokenizer)
-                   for key, own in self._pending.items()}  # fmt: skip
+            out = {
+                key: judge(teacher, own, self.rules, pad_id=self.pad, tokenizer=self.tokenizer)
+                for key, own in self._pending.items()
+            }
         finally:
             free_model(teacher)
             self._pending.clear()

@@ -26,7 +26,7 @@ QWEN35_ARCHITECTURES: tuple[str, ...] = (
 CANARY_PROMPTS: tuple[str, ...] = (
     "The history of the river valley begins with the first farmers who",
     "In mathematics, a prime number is a natural number greater than one that",
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
     "Dear customer, thank you for your recent order. Unfortunately,",
 )
 
@@ -107,9 +107,12 @@ class ContestRules(BaseModel):
         FINEWEB_REVISION, pattern=r"^[0-9a-f]{40}$", description="Commit of the dataset repo the prompts are read at."
     )
     dataset_path: str = Field(
-        "sample/10BT", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*$",
+        "sample/10BT",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*$",
         description="Folder of the dataset repo whose parquet files are the prompt corpus (the config's files).",
-    )  # fmt: skip
+    )
 
     # On-policy guard: a challenger that wins on KL must also hold up on its own greedy text
     # (docs/decisions.md, "On-policy guard"). It runs on the first ``onpolicy_prompts`` prompts
@@ -122,9 +125,11 @@ class ContestRules(BaseModel):
     onpolicy_new_tokens: int = Field(32, ge=1, le=1024, description="Greedy tokens a model writes per prompt.")
     onpolicy_ngram: int = Field(4, ge=1, le=32, description="n of the repeated-n-gram share.")
     onpolicy_nll_margin: float = Field(
-        0.5, gt=0.0, le=100.0,
+        0.5,
+        gt=0.0,
+        le=100.0,
         description="Stopped when the teacher's NLL of its tokens exceeds the king's x (1 + margin) ...",
-    )  # fmt: skip
+    )
     onpolicy_repetition_margin: float = Field(
         0.2, gt=0.0, lt=1.0, description="... or its repeated-n-gram share exceeds the king's + margin ..."
     )

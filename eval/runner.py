@@ -212,7 +212,11 @@ def _score_one(
         ctx.progress.phase("student", ref.spec, ctx.index)
         t2 = time.monotonic()
         score = scoring.score_student(
-            model, ctx.run, ctx.job.rules, king_kl=king_kl, progress=ctx.progress.callback(),
+            model,
+            ctx.run,
+            ctx.job.rules,
+            king_kl=king_kl,
+            progress=ctx.progress.callback(),
             should_cancel=ctx.should_cancel,
         )
         if score.status not in ("ok", "early_stopped") or ctx.should_cancel():
@@ -230,8 +234,13 @@ def _score_one(
         ctx.progress.phase("fingerprint", ref.spec, ctx.index)
         fp = scoring.fingerprint(model, ctx.tokenizer, ctx.job.rules)
         return ModelResult(
-            ref=ref, status=score.status, prompt_kl=list(score.prompt_kl), prompt_tokens=list(score.prompt_tokens),
-            content_hash=digest, fingerprint=list(fp), onpolicy=values,
+            ref=ref,
+            status=score.status,
+            prompt_kl=list(score.prompt_kl),
+            prompt_tokens=list(score.prompt_tokens),
+            content_hash=digest,
+            fingerprint=list(fp),
+            onpolicy=values,
             timings=ModelTimings(**timings, total_s=time.monotonic() - t0),
         )
     except ModelError as exc:
@@ -329,8 +338,13 @@ def run_job(
         t0 = time.monotonic()
         try:
             ctx.run = run_teacher(
-                teacher_model, ctx.tokenizer, list(job.prompts), job.rules, cache_dir=cache_dir,
-                ram_limit_bytes=teacher_ram_bytes, device_limit_bytes=_device_cache_bytes(device),
+                teacher_model,
+                ctx.tokenizer,
+                list(job.prompts),
+                job.rules,
+                cache_dir=cache_dir,
+                ram_limit_bytes=teacher_ram_bytes,
+                device_limit_bytes=_device_cache_bytes(device),
                 progress=ctx.progress.callback(),
             )
         except (ModelError, OSError, MemoryError) as exc:
@@ -344,8 +358,12 @@ def run_job(
                 reserve = 2 * job.rules.max_params + STUDENT_ACTIVATION_RESERVE_BYTES
                 free = _device_cache_bytes(device, reserve)
                 moved = ctx.run.promote(torch.device(device), ctx.run.device_bytes + free)
-                log.info("teacher cache: %d prompts on the GPU (%d moved from host RAM), %d on disk",
-                         ctx.run.on_device, moved, ctx.run.spilled)
+                log.info(
+                    "teacher cache: %d prompts on the GPU (%d moved from host RAM), %d on disk",
+                    ctx.run.on_device,
+                    moved,
+                    ctx.run.spilled,
+                )
         results: list[ModelResult] = []
         king_kl: list[float] | None = None
         for index, ref in enumerate(models):
@@ -364,13 +382,19 @@ def run_job(
         late = ctx.guard.finish(lambda: _reload_teacher(teacher_dir, device))
         results = [_with_onpolicy(r, late.get(r.ref.key)) for r in results]
         teacher = TeacherInfo(
-            repo=job.rules.teacher_repo, revision=revision,
-            continuation_tokens=[len(c) for c in ctx.run.continuation_ids], seconds=seconds,
+            repo=job.rules.teacher_repo,
+            revision=revision,
+            continuation_tokens=[len(c) for c in ctx.run.continuation_ids],
+            seconds=seconds,
             onpolicy_s=ctx.guard.teacher_s,
         )
         ctx.progress.phase("done")
         return EvalResult(
-            job_id=job.job_id, block_hash=job.block_hash, teacher=teacher, models=results, device=device[:200],
+            job_id=job.job_id,
+            block_hash=job.block_hash,
+            teacher=teacher,
+            models=results,
+            device=device[:200],
             total_s=time.monotonic() - started,
         )
     finally:

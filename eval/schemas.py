@@ -143,9 +143,10 @@ class ModelResult(Strict):
     content_hash: Sha256 | None = None
     fingerprint: list[float] | None = Field(None, max_length=MAX_FINGERPRINT_LEN)
     onpolicy: list[OnPolicyPrompt] = Field(
-        default_factory=list, max_length=MAX_ONPOLICY_PROMPTS,
+        default_factory=list,
+        max_length=MAX_ONPOLICY_PROMPTS,
         description="the on-policy guard's values for the round's first prompts (ok models only)",
-    )  # fmt: skip
+    )
     timings: ModelTimings = ModelTimings()
 
     @model_validator(mode="after")

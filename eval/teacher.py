@@ -56,7 +56,11 @@ class TransformersEngine:
 
     def continue_greedy(self, prompts: Sequence[list[int]], max_new_tokens: int, eos: Set[int]) -> list[list[int]]:
         return greedy(
-            self.model, prompts, max_new_tokens=max_new_tokens, eos=eos, pad_id=self.pad_id,
+            self.model,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            eos=eos,
+            pad_id=self.pad_id,
             batch_prompts=self.batch_prompts,
         )
 

@@ -29,8 +29,10 @@ VOCAB, HIDDEN, LAYERS, SHARDS = 4096, 256, 8, 4
 
 
 def build(root: Path) -> tuple[Path, Path]:
-    tok = {"tokenizer.json": json.dumps({"model": {"vocab": {str(i): i for i in range(VOCAB)}}}),
-           "tokenizer_config.json": json.dumps({"chat_template": "{{ messages }}"})}  # fmt: skip
+    tok = {
+        "tokenizer.json": json.dumps({"model": {"vocab": {str(i): i for i in range(VOCAB)}}}),
+        "tokenizer_config.json": json.dumps({"chat_template": "{{ messages }}"}),
+    }
     tensors = {"model.embed_tokens.weight": torch.randn(VOCAB, HIDDEN), "lm_head.weight": torch.randn(VOCAB, HIDDEN)}
     for i in range(LAYERS):
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):

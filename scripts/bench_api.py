@@ -69,10 +69,20 @@ def writer(db: Path, stop: threading.Event, stats: dict[str, int]) -> None:
                 job_id=f"bench-{rid}",
                 block_hash=bh,
                 teacher=TeacherInfo(repo=rules.teacher_repo, continuation_tokens=[64] * n),
-                models=[ModelResult(ref=ref, status="ok", prompt_kl=kls, prompt_tokens=[64] * n,
-                                    onpolicy=[OnPolicyPrompt(tokens=64, teacher_nll=0.7, reverse_kl=0.1,
-                                                             repetition=0.0, text="its own text")]
-                                    * rules.guarded_prompts(n))],
+                models=[
+                    ModelResult(
+                        ref=ref,
+                        status="ok",
+                        prompt_kl=kls,
+                        prompt_tokens=[64] * n,
+                        onpolicy=[
+                            OnPolicyPrompt(
+                                tokens=64, teacher_nll=0.7, reverse_kl=0.1, repetition=0.0, text="its own text"
+                            )
+                        ]
+                        * rules.guarded_prompts(n),
+                    )
+                ],
             )
             plan = RoundPlan("challenge", cand, ())
             store.record_round_result(rid, interpret_result(plan, res, rules), res, block)

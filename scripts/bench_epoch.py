@@ -37,8 +37,14 @@ from validator.loop import LoopConfig, Validator  # noqa: E402
 from validator.store.database import Store  # noqa: E402
 
 VOCAB = 512
-RULES = ContestRules(teacher_repo="demo/teacher", vocab_size=VOCAB, prompts_per_round=40, max_new_tokens=8,
-                     prompt_min_chars=40, prompt_max_chars=400)  # fmt: skip
+RULES = ContestRules(
+    teacher_repo="demo/teacher",
+    vocab_size=VOCAB,
+    prompts_per_round=40,
+    max_new_tokens=8,
+    prompt_min_chars=40,
+    prompt_max_chars=400,
+)
 
 
 class CountingPod:
@@ -59,15 +65,29 @@ class CountingPod:
         self.teacher_passes += 1
         self.student_evals += len(job.models)
         n = len(job.prompts)
-        own = [OnPolicyPrompt(tokens=8, teacher_nll=0.7, reverse_kl=0.1, repetition=0.0, text="its own text")
-               for _ in range(job.rules.guarded_prompts(n))]  # fmt: skip
-        models = [ModelResult(ref=m, status="ok", prompt_kl=[0.5 + 0.01 * i + 0.001 * (p % 3) for p in range(n)],
-                              prompt_tokens=[8] * n, content_hash=hashlib.sha256(m.revision.encode()).hexdigest(),
-                              fingerprint=[0.1 * i, 0.2], onpolicy=own)
-                  for i, m in enumerate(job.models)]  # fmt: skip
+        own = [
+            OnPolicyPrompt(tokens=8, teacher_nll=0.7, reverse_kl=0.1, repetition=0.0, text="its own text")
+            for _ in range(job.rules.guarded_prompts(n))
+        ]
+        models = [
+            ModelResult(
+                ref=m,
+                status="ok",
+                prompt_kl=[0.5 + 0.01 * i + 0.001 * (p % 3) for p in range(n)],
+                prompt_tokens=[8] * n,
+                content_hash=hashlib.sha256(m.revision.encode()).hexdigest(),
+                fingerprint=[0.1 * i, 0.2],
+                onpolicy=own,
+            )
+            for i, m in enumerate(job.models)
+        ]
         king_kl = models[0].prompt_kl if job.king is not None else None  # a pod measures the king and KL winners only
-        models = [m if expected_onpolicy(job.king is not None and i == 0, king_kl, m.prompt_kl, job.rules, n)
-                  else m.model_copy(update={"onpolicy": []}) for i, m in enumerate(models)]  # fmt: skip
+        models = [
+            m
+            if expected_onpolicy(job.king is not None and i == 0, king_kl, m.prompt_kl, job.rules, n)
+            else m.model_copy(update={"onpolicy": []})
+            for i, m in enumerate(models)
+        ]
         teacher = TeacherInfo(repo=job.rules.teacher_repo, continuation_tokens=[8] * n)
         result = EvalResult(job_id=job.job_id, block_hash=job.block_hash, teacher=teacher, models=models)
         self.cpu_s += time.thread_time() - t0
@@ -96,8 +116,10 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="bench-epoch-"))
     tok, cfg = train_tokenizer(VOCAB), tiny_config(VOCAB)
     hub = LocalHub(root / "hub")
-    revs = {name: hub.publish(name, save_model_dir(tiny_model(cfg, seed), tok, root / "src" / str(seed)))
-            for name, seed in (("demo/teacher", 0), ("new/challenger", 1), ("miner0/model", 2))}  # fmt: skip
+    revs = {
+        name: hub.publish(name, save_model_dir(tiny_model(cfg, seed), tok, root / "src" / str(seed)))
+        for name, seed in (("demo/teacher", 0), ("new/challenger", 1), ("miner0/model", 2))
+    }
     validator_hk = str(Keypair.create_from_uri("//validator").ss58_address)
     chain = SimChain(root / "chain.db", 1, block_time=3600.0, hotkey=validator_hk, weights_rate_limit=5)
     chain.register(validator_hk, validator_hk, stake=1000.0, validator_permit=True)
@@ -131,9 +153,17 @@ def main() -> int:
         admissions.append(a[1])
         return check_model(*a, **kw)
 
-    v = Validator(chain, store, counted, pod, LocalCorpus(None), RULES,
-                  lambda: TeacherSpec.from_store(hub, "demo/teacher", revs["demo/teacher"]), LoopConfig(),
-                  check=check)  # fmt: skip
+    v = Validator(
+        chain,
+        store,
+        counted,
+        pod,
+        LocalCorpus(None),
+        RULES,
+        lambda: TeacherSpec.from_store(hub, "demo/teacher", revs["demo/teacher"]),
+        LoopConfig(),
+        check=check,
+    )
     t0, w0 = time.process_time(), time.perf_counter()
     report = v.epoch()
     cpu = time.process_time() - t0 - pod.cpu_s
@@ -147,11 +177,18 @@ def main() -> int:
     t0 = time.process_time()
     report = v.epoch()
     cpu2 = time.process_time() - t0
-    print(f"epoch 2 (0 new challengers): round={report.round_kind} pod calls={pod.jobs - jobs} "
-          f"admission calls={len(admissions) - admitted} model-store calls={counted.calls - calls} "
-          f"host CPU={cpu2:.3f}s")  # fmt: skip
+    print(
+        f"epoch 2 (0 new challengers): round={report.round_kind} pod calls={pod.jobs - jobs} "
+        f"admission calls={len(admissions) - admitted} model-store calls={counted.calls - calls} "
+        f"host CPU={cpu2:.3f}s"
+    )
     ok = (pod.teacher_passes, pod.student_evals, len(admissions), pod.jobs - jobs, len(admissions) - admitted) == (
-        1, 2, 1, 0, 0) and cpu < 1.0
+        1,
+        2,
+        1,
+        0,
+        0,
+    ) and cpu < 1.0
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

@@ -54,19 +54,39 @@ def write_shard(path: Path, rows: int, rows_per_group: int, seed: int = 0) -> No
                 sentences = [" ".join(words[i : i + 14]).capitalize() + "." for i in range(0, len(words), 14)]
                 texts.append(" ".join(sentences))
             ids = range(start, start + n)
-            writer.write_table(pa.table({
-                "text": texts, "id": [f"<urn:uuid:{hashlib.md5(str(i).encode()).hexdigest()}>" for i in ids],
-                "dump": ["CC-MAIN-2024-10"] * n, "url": [f"https://example.org/page/{i}" for i in ids],
-                "date": ["2024-03-01T12:00:00Z"] * n, "file_path": [f"s3://commoncrawl/crawl-data/{i}.warc.gz"
-                                                                     for i in ids],
-                "language": ["en"] * n, "language_score": [0.9] * n, "token_count": [len(t) // 4 for t in texts],
-            }, schema=_schema(pa)), row_group_size=rows_per_group)  # fmt: skip
+            writer.write_table(
+                pa.table(
+                    {
+                        "text": texts,
+                        "id": [f"<urn:uuid:{hashlib.md5(str(i).encode()).hexdigest()}>" for i in ids],
+                        "dump": ["CC-MAIN-2024-10"] * n,
+                        "url": [f"https://example.org/page/{i}" for i in ids],
+                        "date": ["2024-03-01T12:00:00Z"] * n,
+                        "file_path": [f"s3://commoncrawl/crawl-data/{i}.warc.gz" for i in ids],
+                        "language": ["en"] * n,
+                        "language_score": [0.9] * n,
+                        "token_count": [len(t) // 4 for t in texts],
+                    },
+                    schema=_schema(pa),
+                ),
+                row_group_size=rows_per_group,
+            )
 
 
 def _schema(pa: Any) -> Any:
-    return pa.schema([("text", pa.string()), ("id", pa.string()), ("dump", pa.string()), ("url", pa.string()),
-                      ("date", pa.string()), ("file_path", pa.string()), ("language", pa.string()),
-                      ("language_score", pa.float64()), ("token_count", pa.int64())])  # fmt: skip
+    return pa.schema(
+        [
+            ("text", pa.string()),
+            ("id", pa.string()),
+            ("dump", pa.string()),
+            ("url", pa.string()),
+            ("date", pa.string()),
+            ("file_path", pa.string()),
+            ("language", pa.string()),
+            ("language_score", pa.float64()),
+            ("token_count", pa.int64()),
+        ]
+    )
 
 
 class Hub:
@@ -86,8 +106,15 @@ class Hub:
                 if re.match(rf"^/api/datasets/{REPO}/revision/{REV}$", self.path):
                     return self._send(200, json.dumps({"id": REPO, "sha": REV}).encode())
                 if self.path.startswith(f"/api/datasets/{REPO}/tree/{REV}/"):
-                    body = [{"type": "file", "path": p.relative_to(hub.root).as_posix(), "size": p.stat().st_size,
-                             "oid": "0" * 40} for p in files]  # fmt: skip
+                    body = [
+                        {
+                            "type": "file",
+                            "path": p.relative_to(hub.root).as_posix(),
+                            "size": p.stat().st_size,
+                            "oid": "0" * 40,
+                        }
+                        for p in files
+                    ]
                     return self._send(200, json.dumps(body).encode())
                 m = re.match(rf"^/datasets/{REPO}/resolve/{REV}/(.+)$", self.path)
                 if not m:
@@ -116,8 +143,11 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=60000)
     ap.add_argument("--rows-per-group", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--fsspec-defaults", action="store_true",
-                    help="open shards with HfFileSystem's default buffering (5 MiB read-ahead), for comparison")
+    ap.add_argument(
+        "--fsspec-defaults",
+        action="store_true",
+        help="open shards with HfFileSystem's default buffering (5 MiB read-ahead), for comparison",
+    )
     args = ap.parse_args()
     from huggingface_hub import constants
 
@@ -137,8 +167,12 @@ def main() -> None:
             from huggingface_hub import HfFileSystem
 
             fs = HfFileSystem(endpoint=hub.url, token=False)
-            src = FineWebSource(rules, endpoint=hub.url, cache_dir=Path(tmp) / "listings",
-                                open_file=lambda p, n: fs.open(f"datasets/{REPO}@{REV}/{p}", "rb"))  # fmt: skip
+            src = FineWebSource(
+                rules,
+                endpoint=hub.url,
+                cache_dir=Path(tmp) / "listings",
+                open_file=lambda p, n: fs.open(f"datasets/{REPO}@{REV}/{p}", "rb"),
+            )
         per_round, reqs = [], []
         for i in range(args.rounds):
             before, n_before = hub.sent, len(hub.requests)
@@ -147,14 +181,25 @@ def main() -> None:
             reqs.append(len(hub.requests) - n_before)
             assert len(prompts) == rules.prompts_per_round
         mib = 1 << 20
-        print(json.dumps({
-            "shard_bytes": shard.stat().st_size, "rows": md.num_rows, "row_groups": md.num_row_groups,
-            "footer_bytes": md.serialized_size, "text_chunk_bytes_median": statistics.median(chunks),
-            "row_group_bytes_uncompressed_median": statistics.median(groups),
-            "bytes_first_round": per_round[0], "bytes_later_rounds_median": statistics.median(per_round[1:] or [0]),
-            "bytes_per_round": per_round, "requests_per_round": reqs,
-            "first_round_MiB": round(per_round[0] / mib, 2), "shard_MiB": round(shard.stat().st_size / mib, 1),
-        }, indent=1))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "shard_bytes": shard.stat().st_size,
+                    "rows": md.num_rows,
+                    "row_groups": md.num_row_groups,
+                    "footer_bytes": md.serialized_size,
+                    "text_chunk_bytes_median": statistics.median(chunks),
+                    "row_group_bytes_uncompressed_median": statistics.median(groups),
+                    "bytes_first_round": per_round[0],
+                    "bytes_later_rounds_median": statistics.median(per_round[1:] or [0]),
+                    "bytes_per_round": per_round,
+                    "requests_per_round": reqs,
+                    "first_round_MiB": round(per_round[0] / mib, 2),
+                    "shard_MiB": round(shard.stat().st_size / mib, 1),
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -55,23 +55,63 @@ class Shapes:
 
 REAL = Shapes(
     vocab=248_320,
-    student=dict(hidden_size=2560, intermediate_size=9216, num_hidden_layers=32, num_attention_heads=16,
-                 num_key_value_heads=4, head_dim=256, tie_word_embeddings=False),
+    student=dict(
+        hidden_size=2560,
+        intermediate_size=9216,
+        num_hidden_layers=32,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        head_dim=256,
+        tie_word_embeddings=False,
+    ),
     teacher={},  # Qwen3_5MoeTextConfig's defaults are the 35B-A3B text shape
-    prompts=40, new_tokens=512, prompt_len=(180, 650), kl_rows=512, kl_hidden=2560,
-    teacher_steps=(16, 48), reps=3,
+    prompts=40,
+    new_tokens=512,
+    prompt_len=(180, 650),
+    kl_rows=512,
+    kl_hidden=2560,
+    teacher_steps=(16, 48),
+    reps=3,
 )
 TINY = Shapes(
     vocab=512,
-    student=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=16, linear_key_head_dim=16, linear_value_head_dim=16,
-                 linear_num_key_heads=2, linear_num_value_heads=4, layer_types=["linear_attention", "full_attention"],
-                 tie_word_embeddings=False),
-    teacher=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                 linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
-                 moe_intermediate_size=32, shared_expert_intermediate_size=32, num_experts=8, num_experts_per_tok=2,
-                 layer_types=["linear_attention", "full_attention"]),
-    prompts=6, new_tokens=16, prompt_len=(8, 24), kl_rows=24, kl_hidden=32, teacher_steps=(4, 8), reps=2,
+    student=dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        layer_types=["linear_attention", "full_attention"],
+        tie_word_embeddings=False,
+    ),
+    teacher=dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=32,
+        num_experts=8,
+        num_experts_per_tok=2,
+        layer_types=["linear_attention", "full_attention"],
+    ),
+    prompts=6,
+    new_tokens=16,
+    prompt_len=(8, 24),
+    kl_rows=24,
+    kl_hidden=32,
+    teacher_steps=(4, 8),
+    reps=2,
 )
 
 
@@ -167,9 +207,15 @@ def bench_kl(shapes: Shapes, device: torch.device, report: Report) -> None:
         got = fn().double()
         rel = float(((got.mean() - reference.mean()) / reference.mean()).abs())
         report.add(
-            f"kl.{name}", rows=shapes.kl_rows, vocab=shapes.vocab, ms=1e3 * statistics.median(times[name]),
-            ms_min=1e3 * min(times[name]), peak_extra_mib=peak_extra(fn, device) / 2**20,
-            mean_kl=float(reference.mean()), mean_rel_err=rel, max_abs_err=float((got - reference).abs().max()),
+            f"kl.{name}",
+            rows=shapes.kl_rows,
+            vocab=shapes.vocab,
+            ms=1e3 * statistics.median(times[name]),
+            ms_min=1e3 * min(times[name]),
+            peak_extra_mib=peak_extra(fn, device) / 2**20,
+            mean_kl=float(reference.mean()),
+            mean_rel_err=rel,
+            max_abs_err=float((got - reference).abs().max()),
         )
 
 
@@ -235,8 +281,12 @@ def bench_student(shapes: Shapes, device: torch.device, report: Report, rate: fl
     for name, seconds in seconds_of.items():
         tokens = total_tokens
         report.add(
-            f"student.{name}", params=params, prompts=shapes.prompts, seconds_per_model=seconds,
-            tokens_per_s=tokens / seconds, scored_tokens_per_s=scored / seconds,
+            f"student.{name}",
+            params=params,
+            prompts=shapes.prompts,
+            seconds_per_model=seconds,
+            tokens_per_s=tokens / seconds,
+            scored_tokens_per_s=scored / seconds,
             mfu=(2 * body_params * tokens + 2 * head_params * scored) / seconds / rate,
             **({"extrapolated_from_prompts": few, "measured_tokens": few_tokens} if name == "shipped" else {}),
             **({"token_budget": batch_token_budget(model)} if name == "new" else {}),
@@ -252,7 +302,11 @@ def _cache_bytes(run: TeacherRun) -> int:
 
 
 def onpolicy_cost(
-    model: PreTrainedModel, round_prompts: list[list[int]], shapes: Shapes, device: torch.device, report: Report,
+    model: PreTrainedModel,
+    round_prompts: list[list[int]],
+    shapes: Shapes,
+    device: torch.device,
+    report: Report,
     role: str,
 ) -> None:
     """The guard's extra work on one model, at the rules' defaults: its greedy text, then forced passes over it.
@@ -283,8 +337,14 @@ def onpolicy_cost(
                 logprobs_from_hidden(batch.hidden, head.weight)
 
     times = alternate({"forced": forced}, shapes.reps, device)
-    report.add(f"onpolicy.{role}", prompts=count, new_tokens=new, generate_s=gen_s,
-               decode_step_ms=1e3 * gen_s / new, forced_pass_s=statistics.median(times["forced"]))
+    report.add(
+        f"onpolicy.{role}",
+        prompts=count,
+        new_tokens=new,
+        generate_s=gen_s,
+        decode_step_ms=1e3 * gen_s / new,
+        forced_pass_s=statistics.median(times["forced"]),
+    )
 
 
 def bench_teacher(shapes: Shapes, device: torch.device, report: Report) -> None:
@@ -315,9 +375,17 @@ def bench_teacher(shapes: Shapes, device: torch.device, report: Report) -> None:
 
     forced_s = statistics.median(alternate({"forced": forced}, 1, device)["forced"])
     report.add(
-        "teacher.phase", params=params, build_s=t_build, prompts=len(prompts), new_tokens=shapes.new_tokens,
-        decode_step_ms=1e3 * step, generate_short_s=t_short, generate_long_s=t_long,
-        generation_s_extrapolated=generation_s, forced_pass_s=forced_s, total_s=generation_s + forced_s,
+        "teacher.phase",
+        params=params,
+        build_s=t_build,
+        prompts=len(prompts),
+        new_tokens=shapes.new_tokens,
+        decode_step_ms=1e3 * step,
+        generate_short_s=t_short,
+        generate_long_s=t_long,
+        generation_s_extrapolated=generation_s,
+        forced_pass_s=forced_s,
+        total_s=generation_s + forced_s,
         extrapolation=f"t({short}) + (new_tokens - {short}) * (t({long}) - t({short})) / {long - short}",
     )
     onpolicy_cost(model, prompts, shapes, device, report, role="teacher")
@@ -338,8 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     info = {"device": name, "torch": torch.__version__}
     rate = matmul_rate(device, args.tiny)
     kernels = environment_report(device.type)  # what transformers will call, read back from its own choice
-    report.add("setup", **info, linear_attention=kernels.linear_attention, fla_core=kernels.fla_core,
-               matmul_tflops=rate / 1e12)
+    report.add(
+        "setup", **info, linear_attention=kernels.linear_attention, fla_core=kernels.fla_core, matmul_tflops=rate / 1e12
+    )
     benches: dict[str, Callable[[], None]] = {
         "kl": lambda: bench_kl(shapes, device, report),
         "student": lambda: bench_student(shapes, device, report, rate),

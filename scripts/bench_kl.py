@@ -212,22 +212,27 @@ def print_table(rep: dict[str, Any]) -> None:
     before, after = rep["load_average"]
     threads = next(rep[case]["threads"] for case in CASES if case in rep)
     print(f"V={rep['vocab']}, fp32, CPU threads={threads}, 1-min load average {before:.2f} -> {after:.2f}")
-    print(f"{'side':<36}{'median s':>10}{'min s':>9}{'max s':>9}{'extra peak MiB':>16}{'faults/run':>12}"
-          f"{'max |err|':>11}")
+    print(
+        f"{'side':<36}{'median s':>10}{'min s':>9}{'max s':>9}{'extra peak MiB':>16}{'faults/run':>12}{'max |err|':>11}"
+    )
     for case in (c for c in CASES if c in rep):
         res = rep[case]
         for name in CASES[case]:
             row = res["sides"][name]
             label = f"{name}, T={res['steps']}" + (f", H={res['hidden_size']}" if case == "hidden" else "")
             err = row.get("max_abs_err_vs_f64", row.get("max_abs_diff_vs_full_logits"))
-            print(f"{label:<36}{row['median_s']:>10.3f}{row['min_s']:>9.3f}{row['max_s']:>9.3f}"
-                  f"{_mib(row['extra_peak_mib']):>16}{row['median_page_faults']:>12}"
-                  f"{'-' if err is None else f'{err:.1e}':>11}")
+            print(
+                f"{label:<36}{row['median_s']:>10.3f}{row['min_s']:>9.3f}{row['max_s']:>9.3f}"
+                f"{_mib(row['extra_peak_mib']):>16}{row['median_page_faults']:>12}"
+                f"{'-' if err is None else f'{err:.1e}':>11}"
+            )
     for case in (c for c in CASES if c in rep):
         old, new = CASES[case]
         mem = rep[f"{new}_memory_ratio"]
-        print(f"{new}: {rep[f'{new}_speedup']:.2f}x the speed of {old}, "
-              f"{'n/a' if mem is None else f'{100 * mem:.1f}%'} of its extra peak memory")
+        print(
+            f"{new}: {rep[f'{new}_speedup']:.2f}x the speed of {old}, "
+            f"{'n/a' if mem is None else f'{100 * mem:.1f}%'} of its extra peak memory"
+        )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -59,11 +59,16 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    rules = ContestRules.model_validate({
-        **DEMO_RULES, "prompts_per_round": args.prompts, "max_new_tokens": args.new_tokens,
-        "onpolicy_prompts": args.guard_prompts, "onpolicy_new_tokens": args.guard_tokens,
-        "generation_batch_prompts": args.prompts,
-    })  # fmt: skip
+    rules = ContestRules.model_validate(
+        {
+            **DEMO_RULES,
+            "prompts_per_round": args.prompts,
+            "max_new_tokens": args.new_tokens,
+            "onpolicy_prompts": args.guard_prompts,
+            "onpolicy_new_tokens": args.guard_tokens,
+            "generation_batch_prompts": args.prompts,
+        }
+    )
     dirs = build_cast(Recipe(rules=dict(DEMO_RULES)), ROOT / "state" / "demo" / "cast", lambda _m: None, MODELS)
     prompts = sample_prompts(BLOCK_HASH, rules, LocalCorpus(None))
     variants = {
@@ -79,20 +84,30 @@ def main() -> int:
         guard: dict[str, list[float]] = {k: [] for k in variants}
         for rep in range(args.reps + 1):
             for name, (r, mode) in variants.items():
-                job = EvalJob(job_id=f"bench-{rep}-{len(walls[name])}-{mode}", block=1, block_hash=BLOCK_HASH,
-                              rules=r, teacher_revision=revs["teacher"], prompts=prompts, king=refs[0],
-                              challengers=refs[1:])  # fmt: skip
+                job = EvalJob(
+                    job_id=f"bench-{rep}-{len(walls[name])}-{mode}",
+                    block=1,
+                    block_hash=BLOCK_HASH,
+                    rules=r,
+                    teacher_revision=revs["teacher"],
+                    prompts=prompts,
+                    king=refs[0],
+                    challengers=refs[1:],
+                )
                 t0 = time.monotonic()
-                result = run_job(job, hub, Path(tmp) / "pod", "cpu", limits=DiskLimits(min_free_bytes=0),
-                                 onpolicy_mode=mode)  # type: ignore[arg-type]  # fmt: skip
+                result = run_job(
+                    job, hub, Path(tmp) / "pod", "cpu", limits=DiskLimits(min_free_bytes=0), onpolicy_mode=mode
+                )  # type: ignore[arg-type]
                 wall = time.monotonic() - t0
                 if rep > 0:  # the first pass warms every path up
                     walls[name].append(wall)
                     guard[name].append(guard_seconds(result))
     off = statistics.median(walls["guard off"])
-    print(f"| demo round: king + 3 challengers, {len(prompts)} prompts x {rules.max_new_tokens} tokens, guard "
-          f"{rules.onpolicy_prompts} prompts x {rules.onpolicy_new_tokens} tokens (CPU) | median wall | runs | "
-          "guard's own seconds (median) | extra wall vs off |")
+    print(
+        f"| demo round: king + 3 challengers, {len(prompts)} prompts x {rules.max_new_tokens} tokens, guard "
+        f"{rules.onpolicy_prompts} prompts x {rules.onpolicy_new_tokens} tokens (CPU) | median wall | runs | "
+        "guard's own seconds (median) | extra wall vs off |"
+    )
     print("|---|---|---|---|---|")
     for name in variants:
         med = statistics.median(walls[name])

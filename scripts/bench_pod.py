@@ -56,8 +56,14 @@ def main() -> int:
     ap.add_argument("--poll", type=float, default=0.05)
     ap.add_argument("--reps", type=int, default=3, help="alternating LocalPod/HttpPod runs (medians reported)")
     args = ap.parse_args()
-    rules = ContestRules(teacher_repo="test/teacher", vocab_size=512, prompts_per_round=8,
-                         max_new_tokens=args.new_tokens, early_stop_min_prompts=8, max_prompt_tokens=64)
+    rules = ContestRules(
+        teacher_repo="test/teacher",
+        vocab_size=512,
+        prompts_per_round=8,
+        max_new_tokens=args.new_tokens,
+        early_stop_min_prompts=8,
+        max_prompt_tokens=64,
+    )
     tmp = Path(tempfile.mkdtemp(prefix="bench-pod-"))
     store, revs = build_hub(tmp)
     wallet = make_wallet(tmp / "wallets", "validator")
@@ -73,17 +79,34 @@ def main() -> int:
     def run_local(rep: int) -> tuple[float, dict[str, float], EvalResult]:
         marks: list[tuple[float, str]] = []
         t0 = time.perf_counter()
-        res = LocalPod(store, tmp / "local", "cpu", limits=DiskLimits(min_free_bytes=0),
-                       on_progress=lambda p: _mark(marks, p)).run(job(f"local-{rep}"), 600)
+        res = LocalPod(
+            store, tmp / "local", "cpu", limits=DiskLimits(min_free_bytes=0), on_progress=lambda p: _mark(marks, p)
+        ).run(job(f"local-{rep}"), 600)
         secs = time.perf_counter() - t0
         return secs, _phase_totals(marks, t0 + secs), res
 
     # HTTP path: a real pod subprocess, signed calls, polling.
     port = free_port()
-    cmd = [sys.executable, "-m", "validator.pod", "--port", str(port), "--allow-hotkey", wallet.hotkey.ss58_address,
-           "--workdir", str(tmp / "pod"), "--hub", str(store.root), "--device", "cpu", "--min-free-gb", "0"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "validator.pod",
+        "--port",
+        str(port),
+        "--allow-hotkey",
+        wallet.hotkey.ss58_address,
+        "--workdir",
+        str(tmp / "pod"),
+        "--hub",
+        str(store.root),
+        "--device",
+        "cpu",
+        "--min-free-gb",
+        "0",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     local_runs: list[float] = []
     http_runs: list[float] = []
     http_gaps: list[float] = []  # client wall time minus the pod's own total_s: the cost of the HTTP path
@@ -130,17 +153,24 @@ def main() -> int:
         t = m.timings
         print(f"| {m.ref.repo}: download / load / score | {t.download_s:.2f} / {t.load_s:.2f} / {t.score_s:.2f} s |")
     print(f"| LocalPod total, median of {args.reps} (each run) | {local_s:.2f} s ({_runs(local_runs)}) |")
-    print(f"| HttpPod total, median ({pod.polls} polls at {args.poll * 1000:.0f} ms) | {http_s:.2f} s "
-          f"({_runs(http_runs)}) |")
+    print(
+        f"| HttpPod total, median ({pod.polls} polls at {args.poll * 1000:.0f} ms) | {http_s:.2f} s "
+        f"({_runs(http_runs)}) |"
+    )
     gap = statistics.median(http_gaps)
     print(f"| HttpPod wall minus the pod's own job time (median) | {gap:.2f} s ({_runs(http_gaps)}) |")
-    print(f"| one signed poll, pod idle (median / max of 20) | {statistics.median(poll_ms):.1f} / "
-          f"{max(poll_ms):.1f} ms |")
-    print(f"| HTTP overhead (median wall difference) | {overhead:+.2f} s ({overhead / local_s * 100:+.1f}%); "
-          "budget 5% + 50 ms/poll = "
-          f"{allowed:.2f} s: {'within' if overhead <= allowed else 'OVER'} |")
-    print(f"| worker RSS idle / peak after 1-student job / peak after 3-student job | "
-          f"{idle_rss / 1024:.0f} / {hwm_one / 1024:.0f} / {hwm_three / 1024:.0f} MiB |")
+    print(
+        f"| one signed poll, pod idle (median / max of 20) | {statistics.median(poll_ms):.1f} / {max(poll_ms):.1f} ms |"
+    )
+    print(
+        f"| HTTP overhead (median wall difference) | {overhead:+.2f} s ({overhead / local_s * 100:+.1f}%); "
+        "budget 5% + 50 ms/poll = "
+        f"{allowed:.2f} s: {'within' if overhead <= allowed else 'OVER'} |"
+    )
+    print(
+        f"| worker RSS idle / peak after 1-student job / peak after 3-student job | "
+        f"{idle_rss / 1024:.0f} / {hwm_one / 1024:.0f} / {hwm_three / 1024:.0f} MiB |"
+    )
     return 0
 
 

@@ -34,11 +34,21 @@ from demo_report import api_get, check_outcomes, leaderboard  # noqa: E402
 DEMO_SEED = b"klhill-demo"  # fixed hash-chain seed: the block hashes (round seeds) are the same on every run
 TEACHER = "demo/teacher"
 DEMO_RULES: dict[str, Any] = {
-    "teacher_repo": TEACHER, "vocab_size": 512, "prompts_per_round": 12, "max_new_tokens": 16,
-    "max_prompt_tokens": 64, "max_kl": 20.0, "epsilon": 0.1, "prompt_min_chars": 40, "prompt_max_chars": 400,
-    "early_stop_min_prompts": 6, "max_challengers_per_round": 8, "max_queued_per_coldkey": 8,
-    "onpolicy_prompts": 12, "onpolicy_new_tokens": 16,
-}  # fmt: skip
+    "teacher_repo": TEACHER,
+    "vocab_size": 512,
+    "prompts_per_round": 12,
+    "max_new_tokens": 16,
+    "max_prompt_tokens": 64,
+    "max_kl": 20.0,
+    "epsilon": 0.1,
+    "prompt_min_chars": 40,
+    "prompt_max_chars": 400,
+    "early_stop_min_prompts": 6,
+    "max_challengers_per_round": 8,
+    "max_queued_per_coldkey": 8,
+    "onpolicy_prompts": 12,
+    "onpolicy_new_tokens": 16,
+}
 
 
 @dataclass(frozen=True)
@@ -57,22 +67,48 @@ class Entry:
 
 
 CAST: tuple[Entry, ...] = (
-    Entry("strong", "strong", "alice/strong", 1, expect="king after epoch 1, dethroned in epoch 2",
-          outcome="dethroned"),
+    Entry(
+        "strong", "strong", "alice/strong", 1, expect="king after epoch 1, dethroned in epoch 2", outcome="dethroned"
+    ),
     Entry("weak", "weak", "bob/weak", 1, expect="evaluated, loses to strong", outcome="loses"),
-    Entry("copy", "strong", "carol/strong-copy", 1, expect="COPY (metadata hash) of strong",
-          outcome="COPY:metadata_hash"),
-    Entry("resharded", "resharded", "dave/resharded", 1, expect="COPY (content hash) of strong",
-          outcome="COPY:content_hash"),
-    Entry("perturbed", "perturbed", "erin/perturbed", 1, expect="FUNCTIONAL_COPY of strong",
-          outcome="FUNCTIONAL_COPY"),
-    Entry("invalid", "invalid", "frank/with-code", 1, via_chain=True, expect="INVALID (ships a .py file)",
-          outcome="INVALID"),
+    Entry(
+        "copy", "strong", "carol/strong-copy", 1, expect="COPY (metadata hash) of strong", outcome="COPY:metadata_hash"
+    ),
+    Entry(
+        "resharded",
+        "resharded",
+        "dave/resharded",
+        1,
+        expect="COPY (content hash) of strong",
+        outcome="COPY:content_hash",
+    ),
+    Entry("perturbed", "perturbed", "erin/perturbed", 1, expect="FUNCTIONAL_COPY of strong", outcome="FUNCTIONAL_COPY"),
+    Entry(
+        "invalid",
+        "invalid",
+        "frank/with-code",
+        1,
+        via_chain=True,
+        expect="INVALID (ships a .py file)",
+        outcome="INVALID",
+    ),
     Entry("better", "better", "grace/better", 2, expect="dethrones strong", outcome="king"),
-    Entry("marginal", "marginal", "heidi/marginal", 2, expect="better by less than epsilon: no dethrone",
-          outcome="marginal"),
-    Entry("looper", "looper", "ivan/looper", 2, expect="beats strong on KL, stopped by the on-policy guard (loops)",
-          outcome="guarded"),
+    Entry(
+        "marginal",
+        "marginal",
+        "heidi/marginal",
+        2,
+        expect="better by less than epsilon: no dethrone",
+        outcome="marginal",
+    ),
+    Entry(
+        "looper",
+        "looper",
+        "ivan/looper",
+        2,
+        expect="beats strong on KL, stopped by the on-policy guard (loops)",
+        outcome="guarded",
+    ),
 )
 
 
@@ -195,10 +231,28 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: floa
 
 def start_pod(d: Demo, port: int = 0) -> None:
     port = port or free_port()
-    d.procs["pod"] = _spawn(d, "pod", [
-        "-m", "validator.pod", "--host", "127.0.0.1", "--port", str(port), "--allow-hotkey", d.hotkeys["validator"],
-        "--hub", str(d.hub), "--device", "cpu", "--workdir", str(d.state / "pod"), "--min-free-gb", "0",
-    ])  # fmt: skip
+    d.procs["pod"] = _spawn(
+        d,
+        "pod",
+        [
+            "-m",
+            "validator.pod",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--allow-hotkey",
+            d.hotkeys["validator"],
+            "--hub",
+            str(d.hub),
+            "--device",
+            "cpu",
+            "--workdir",
+            str(d.state / "pod"),
+            "--min-free-gb",
+            "0",
+        ],
+    )
     d.pod_url = f"http://127.0.0.1:{port}"
     _wait_http(f"{d.pod_url}/health", d.procs["pod"], "the pod service")
     d.log(f"== pod service on {d.pod_url} (only the validator hotkey is obeyed; jobs are signed)")
@@ -237,12 +291,36 @@ def miner_commit(d: Demo, e: Entry) -> None:
             c.close()
         d.log(f"   {e.name:<10} {e.repo}@{rev[:8]} written to the chain at block {block} (miner.py refuses it)")
     else:
-        argv = ["miner.py", "commit", "--network", "sim", "--sim-db", str(d.sim_db), "--netuid", str(NETUID),
-                "--wallet-name", e.name, "--hotkey-name", "default", "--wallet-path", str(d.wallet_path),
-                "--model-repo", e.repo, "--revision", rev, "--hub-dir", str(d.hub),
-                "--teacher", f"{TEACHER}@{d.revs[TEACHER]}", "--yes", "--poll-interval", "0.2"]  # fmt: skip
-        out = subprocess.run([sys.executable, *argv], cwd=ROOT, env=child_env(), capture_output=True, text=True,
-                             timeout=300)  # fmt: skip
+        argv = [
+            "miner.py",
+            "commit",
+            "--network",
+            "sim",
+            "--sim-db",
+            str(d.sim_db),
+            "--netuid",
+            str(NETUID),
+            "--wallet-name",
+            e.name,
+            "--hotkey-name",
+            "default",
+            "--wallet-path",
+            str(d.wallet_path),
+            "--model-repo",
+            e.repo,
+            "--revision",
+            rev,
+            "--hub-dir",
+            str(d.hub),
+            "--teacher",
+            f"{TEACHER}@{d.revs[TEACHER]}",
+            "--yes",
+            "--poll-interval",
+            "0.2",
+        ]
+        out = subprocess.run(
+            [sys.executable, *argv], cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300
+        )
         if out.returncode != 0:
             raise RuntimeError(f"miner.py commit for {e.name} failed ({out.returncode}): {out.stdout}{out.stderr}")
         d.log(f"   {e.name:<10} {e.repo}@{rev[:8]} committed with miner.py commit")
@@ -250,17 +328,51 @@ def miner_commit(d: Demo, e: Entry) -> None:
 
 
 def validator_argv(d: Demo, *extra: str) -> list[str]:
-    return ["-m", "validator", "run", "--network", "sim", "--sim-db", str(d.sim_db), "--netuid", str(NETUID),
-            "--wallet-name", "validator", "--hotkey-name", "default", "--wallet-path", str(d.wallet_path),
-            "--db", str(d.db), "--pod", d.pod_url, "--hub-dir", str(d.hub), "--corpus", "builtin",
-            "--rules", str(d.rules_path), "--epoch-blocks", "1", "--poll-seconds", "0.5", *extra]  # fmt: skip
+    return [
+        "-m",
+        "validator",
+        "run",
+        "--network",
+        "sim",
+        "--sim-db",
+        str(d.sim_db),
+        "--netuid",
+        str(NETUID),
+        "--wallet-name",
+        "validator",
+        "--hotkey-name",
+        "default",
+        "--wallet-path",
+        str(d.wallet_path),
+        "--db",
+        str(d.db),
+        "--pod",
+        d.pod_url,
+        "--hub-dir",
+        str(d.hub),
+        "--corpus",
+        "builtin",
+        "--rules",
+        str(d.rules_path),
+        "--epoch-blocks",
+        "1",
+        "--poll-seconds",
+        "0.5",
+        *extra,
+    ]
 
 
 def run_epoch(d: Demo, timeout: float = 600.0) -> None:
     """One ``python -m validator run --once``; its log lines are echoed as progress."""
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, *validator_argv(d, "--once")], cwd=ROOT, env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, *validator_argv(d, "--once")],
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     d.procs["epoch"] = proc  # type: ignore[assignment]  # stopped by the caller's cleanup if interrupted
     assert proc.stdout is not None
     with open(d.state / "logs" / "validator.log", "a") as logf:

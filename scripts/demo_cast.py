@@ -89,38 +89,79 @@ def _build_teacher(r: Recipe, out: Path) -> None:
     )
 
     tok = train_tokenizer(r.vocab)
-    cfg = tiny_config(r.vocab, hidden_size=r.teacher_hidden, layers=r.teacher_layers,
-                      intermediate_size=2 * r.teacher_hidden)  # fmt: skip
+    cfg = tiny_config(
+        r.vocab, hidden_size=r.teacher_hidden, layers=r.teacher_layers, intermediate_size=2 * r.teacher_hidden
+    )
     stop = tok(".")["input_ids"][0]
-    model = train_successor(tiny_model(cfg, 0), successor_map(tok), follow=r.teacher_follow,
-                            stay={stop: r.teacher_stay}, steps=r.teacher_steps, seed=0)  # fmt: skip
+    model = train_successor(
+        tiny_model(cfg, 0),
+        successor_map(tok),
+        follow=r.teacher_follow,
+        stay={stop: r.teacher_stay},
+        steps=r.teacher_steps,
+        seed=0,
+    )
     save_model_dir(model, tok, out)
 
 
 def _looper(r: Recipe, teacher: Path, student: Path, out: Path, rules: Path, log: Callable[[str], None]) -> None:
     from looper import train_looper
 
-    train_looper(teacher, student, out, rules, steps=r.looper_steps, loop_weight=r.looper_weight, prompts=r.prompts,
-                 lr=r.lr, log=lambda line: log(f"    {line}"))  # fmt: skip
+    train_looper(
+        teacher,
+        student,
+        out,
+        rules,
+        steps=r.looper_steps,
+        loop_weight=r.looper_weight,
+        prompts=r.prompts,
+        lr=r.lr,
+        log=lambda line: log(f"    {line}"),
+    )
 
 
 def _init_student(r: Recipe, seed: int, teacher: Path, out: Path) -> None:
     from scripts.tiny_models import save_model_dir, tiny_config, tiny_model
 
-    cfg = tiny_config(r.vocab, hidden_size=r.student_hidden, layers=r.student_layers,
-                      intermediate_size=2 * r.student_hidden)  # fmt: skip
+    cfg = tiny_config(
+        r.vocab, hidden_size=r.student_hidden, layers=r.student_layers, intermediate_size=2 * r.student_hidden
+    )
     save_model_dir(tiny_model(cfg, seed), None, out)
     _copy_tokenizer_files(teacher, out)
 
 
-def _distill(r: Recipe, teacher: Path, student: Path, out: Path, steps: int, seed: int, rules: Path,
-             log: Callable[[str], None]) -> None:  # fmt: skip
+def _distill(
+    r: Recipe, teacher: Path, student: Path, out: Path, steps: int, seed: int, rules: Path, log: Callable[[str], None]
+) -> None:
     d = load_distill()
-    args = d.parse_args([
-        "--teacher", str(teacher), "--student", str(student), "--out", str(out), "--steps", str(steps),
-        "--prompts", str(r.prompts), "--heldout", "8", "--lr", str(r.lr), "--grad-accum", "4",
-        "--eval-every", str(max(steps, 1)), "--rules", str(rules), "--device", "cpu", "--seed", str(seed),
-    ])  # fmt: skip
+    args = d.parse_args(
+        [
+            "--teacher",
+            str(teacher),
+            "--student",
+            str(student),
+            "--out",
+            str(out),
+            "--steps",
+            str(steps),
+            "--prompts",
+            str(r.prompts),
+            "--heldout",
+            "8",
+            "--lr",
+            str(r.lr),
+            "--grad-accum",
+            "4",
+            "--eval-every",
+            str(max(steps, 1)),
+            "--rules",
+            str(rules),
+            "--device",
+            "cpu",
+            "--seed",
+            str(seed),
+        ]
+    )
     d.distill(args, log=lambda line: log(f"    {line}"))
 
 
@@ -186,8 +227,16 @@ def _invalid(src: Path, out: Path) -> None:
     (out / "modeling_custom.py").write_text("# custom code is never executed by a validator\n")
 
 
-DEPS = {"strong": ("init-a",), "weak": ("init-a",), "better": ("strong",), "marginal": ("strong", "better"),
-        "resharded": ("strong",), "perturbed": ("strong",), "invalid": ("strong",), "looper": ("strong",)}
+DEPS = {
+    "strong": ("init-a",),
+    "weak": ("init-a",),
+    "better": ("strong",),
+    "marginal": ("strong", "better"),
+    "resharded": ("strong",),
+    "perturbed": ("strong",),
+    "invalid": ("strong",),
+    "looper": ("strong",),
+}
 
 
 def _closure(names: Sequence[str]) -> set[str]:
@@ -200,8 +249,9 @@ def _closure(names: Sequence[str]) -> set[str]:
     return out
 
 
-def build_cast(r: Recipe, cache_root: Path, log: Callable[[str], None] = print,
-               names: Sequence[str] | None = None) -> dict[str, Path]:
+def build_cast(
+    r: Recipe, cache_root: Path, log: Callable[[str], None] = print, names: Sequence[str] | None = None
+) -> dict[str, Path]:
     """Build (or reuse) the cast's model directories (``names`` and what they need); returns name -> directory."""
     wanted = _closure(names) if names is not None else None
     base = cache_root / r.digest()
@@ -212,26 +262,51 @@ def build_cast(r: Recipe, cache_root: Path, log: Callable[[str], None] = print,
     rules_path.write_text(ContestRules.model_validate(r.rules).to_json())
     t = base / "teacher"
     steps: list[tuple[str, str, Callable[[Path], None]]] = [
-        ("teacher", f"training the teacher ({r.teacher_layers} layers, {r.teacher_steps} steps)",
-         lambda out: _build_teacher(r, out)),
+        (
+            "teacher",
+            f"training the teacher ({r.teacher_layers} layers, {r.teacher_steps} steps)",
+            lambda out: _build_teacher(r, out),
+        ),
         ("init-a", "initialising student A", lambda out: _init_student(r, 1, t, out)),
-        ("strong", f"distilling the strong student ({r.strong_steps} steps)",
-         lambda out: _distill(r, t, base / "init-a", out, r.strong_steps, 1, rules_path, log)),
-        ("weak", f"distilling the weak student ({r.weak_steps} steps)",
-         lambda out: _distill(r, t, base / "init-a", out, r.weak_steps, 1, rules_path, log)),
-        ("better", f"distilling the better student (strong + {r.better_steps} steps)",
-         lambda out: _distill(r, t, base / "strong", out, r.better_steps, 2, rules_path, log)),
-        ("marginal", f"interpolating strong {r.marginal_t:g} of the way toward better (+ noise {r.marginal_noise:g})",
-         lambda out: _rewrite(base / "strong", out, _both(_toward(base / "better", r.marginal_t),
-                                                          _perturb(r.marginal_noise)))),
-        ("resharded", "re-sharding the strong student",
-         lambda out: _rewrite(base / "strong", out, lambda m: None, max_shard_size="200KB")),
-        ("perturbed", "perturbing the strong student slightly",
-         lambda out: _rewrite(base / "strong", out, _perturb(r.perturb_scale))),
+        (
+            "strong",
+            f"distilling the strong student ({r.strong_steps} steps)",
+            lambda out: _distill(r, t, base / "init-a", out, r.strong_steps, 1, rules_path, log),
+        ),
+        (
+            "weak",
+            f"distilling the weak student ({r.weak_steps} steps)",
+            lambda out: _distill(r, t, base / "init-a", out, r.weak_steps, 1, rules_path, log),
+        ),
+        (
+            "better",
+            f"distilling the better student (strong + {r.better_steps} steps)",
+            lambda out: _distill(r, t, base / "strong", out, r.better_steps, 2, rules_path, log),
+        ),
+        (
+            "marginal",
+            f"interpolating strong {r.marginal_t:g} of the way toward better (+ noise {r.marginal_noise:g})",
+            lambda out: _rewrite(
+                base / "strong", out, _both(_toward(base / "better", r.marginal_t), _perturb(r.marginal_noise))
+            ),
+        ),
+        (
+            "resharded",
+            "re-sharding the strong student",
+            lambda out: _rewrite(base / "strong", out, lambda m: None, max_shard_size="200KB"),
+        ),
+        (
+            "perturbed",
+            "perturbing the strong student slightly",
+            lambda out: _rewrite(base / "strong", out, _perturb(r.perturb_scale)),
+        ),
         ("invalid", "packaging an inadmissible repo (ships a .py file)", lambda out: _invalid(base / "strong", out)),
-        ("looper", f"training the looper (strong + {r.looper_steps} steps; full stops repeat once they repeat)",
-         lambda out: _looper(r, t, base / "strong", out, rules_path, log)),
-    ]  # fmt: skip
+        (
+            "looper",
+            f"training the looper (strong + {r.looper_steps} steps; full stops repeat once they repeat)",
+            lambda out: _looper(r, t, base / "strong", out, rules_path, log),
+        ),
+    ]
     dirs: dict[str, Path] = {}
     base.mkdir(parents=True, exist_ok=True)
     with open(base / ".lock", "w") as lock:  # two runs sharing the cache build each model once, in turn

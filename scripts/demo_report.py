@@ -36,8 +36,10 @@ def leaderboard(d: Demo, scores: dict[str, Any], dqs: dict[str, Any]) -> str:
     king = scores.get("king")
     lines = ["", "=" * 78, "FINAL LEADERBOARD", "=" * 78]
     if king:
-        lines.append(f"king: {names.get(king['hotkey'], king['hotkey'])} ({king.get('repo')}) uid {king.get('uid')} "
-                     f"KL {king.get('kl') or float('nan'):.4f} since block {king['since_block']}")  # fmt: skip
+        lines.append(
+            f"king: {names.get(king['hotkey'], king['hotkey'])} ({king.get('repo')}) uid {king.get('uid')} "
+            f"KL {king.get('kl') or float('nan'):.4f} since block {king['since_block']}"
+        )
     lines.append(f"{'miner':<10} {'repo':<20} {'state':<15} {'mean KL':>9}  {'95% CI':<19} prompts")
     rows = sorted(scores.get("evaluations", []), key=lambda s: (s.get("mean_kl") is None, s.get("mean_kl") or 0))
     seen: set[str] = set()
@@ -47,8 +49,10 @@ def leaderboard(d: Demo, scores: dict[str, Any], dqs: dict[str, Any]) -> str:
         seen.add(s["hotkey"])
         kl = f"{s['mean_kl']:.4f}" if s.get("mean_kl") is not None else "-"
         ci = f"[{s['ci_lo']:.4f}, {s['ci_hi']:.4f}]" if s.get("ci_lo") is not None else "-"
-        lines.append(f"{names.get(s['hotkey'], s['hotkey'][:10]):<10} {str(s.get('repo'))[:20]:<20} "
-                     f"{s['state']:<15} {kl:>9}  {ci:<19} {s['n_prompts']}")  # fmt: skip
+        lines.append(
+            f"{names.get(s['hotkey'], s['hotkey'][:10]):<10} {str(s.get('repo'))[:20]:<20} "
+            f"{s['state']:<15} {kl:>9}  {ci:<19} {s['n_prompts']}"
+        )
     stopped = [s for s in rows if s["state"] == "onpolicy_stopped"]
     if stopped:
         lines.append("stopped by the on-policy guard (beat the king on KL, but not on their own text):")
@@ -58,8 +62,10 @@ def leaderboard(d: Demo, scores: dict[str, Any], dqs: dict[str, Any]) -> str:
     for q in dqs.get("items", []):
         of = (q.get("evidence") or {}).get("copy_of")
         extra = f" (copy of {names.get(of['hotkey'], of['hotkey'])})" if of else ""
-        lines.append(f"  {names.get(q['hotkey'], q['hotkey'][:10]):<10} {q['reason']:<16} [{q['check']}] "
-                     f"{q['detail'][:70]}{extra}")  # fmt: skip
+        lines.append(
+            f"  {names.get(q['hotkey'], q['hotkey'][:10]):<10} {q['reason']:<16} [{q['check']}] "
+            f"{q['detail'][:70]}{extra}"
+        )
     lines.append("=" * 78)
     return "\n".join(lines)
 
@@ -84,8 +90,9 @@ def _paired_gain(d: Demo, round_id: int, challenger: str, king: str) -> tuple[fl
     return sum(a for a, _ in pairs) / len(pairs), sum(b for _, b in pairs) / len(pairs)
 
 
-def check_outcome(d: Demo, e: Entry, scores: dict[str, Any], dqs: dict[str, dict[str, Any]],
-                  history: dict[str, Any]) -> str | None:  # fmt: skip
+def check_outcome(
+    d: Demo, e: Entry, scores: dict[str, Any], dqs: dict[str, dict[str, Any]], history: dict[str, Any]
+) -> str | None:
     """None when ``e`` ended as its ``outcome`` says, else what happened instead."""
     hk, of = d.hotkeys[e.name], d.hotkeys.get(e.of, "")
     king = (scores.get("king") or {}).get("hotkey")
@@ -153,16 +160,20 @@ def check_outcomes(d: Demo, scores: dict[str, Any], dqs_page: dict[str, Any]) ->
             continue
         why = check_outcome(d, e, scores, dqs, history)
         failed += why is not None
-        lines.append(f"  {'ok  ' if why is None else 'FAIL'} {e.name:<10} expected {e.expect or e.outcome}"
-                     + ("" if why is None else f" - got {why}"))  # fmt: skip
+        lines.append(
+            f"  {'ok  ' if why is None else 'FAIL'} {e.name:<10} expected {e.expect or e.outcome}"
+            + ("" if why is None else f" - got {why}")
+        )
     king = (scores.get("king") or {}).get("hotkey")
     weights = chain_weights(d)
     uid = next((n.uid for n in d.sim.neurons() if n.hotkey == king), None) if king else None
     w = dict(zip(*weights, strict=True)) if weights else {}
     ok_w = uid is not None and w.get(uid) == 1.0 and sum(w.values()) == 1.0
     failed += not ok_w
-    lines.append(f"  {'ok  ' if ok_w else 'FAIL'} {'weights':<10} expected all the weight on the king's uid {uid}"
-                 f" - got {({u: x for u, x in w.items() if x}) or 'no weights'} on the chain")  # fmt: skip
+    lines.append(
+        f"  {'ok  ' if ok_w else 'FAIL'} {'weights':<10} expected all the weight on the king's uid {uid}"
+        f" - got {({u: x for u, x in w.items() if x}) or 'no weights'} on the chain"
+    )
     head = "all outcomes as expected" if not failed else f"{failed} OUTCOME(S) DIFFER FROM THE EXPECTATIONS"
     return failed, [f"expectations: {head}", *lines, *([head] if failed else [])]
 
@@ -170,6 +181,7 @@ def check_outcomes(d: Demo, scores: dict[str, Any], dqs_page: dict[str, Any]) ->
 def chain_weights(d: Demo) -> tuple[list[int], list[float]] | None:
     """The validator's weight vector as the SimChain recorded it (read-only)."""
     with closing(sqlite3.connect(f"file:{d.sim_db}?mode=ro", uri=True)) as conn:
-        row = conn.execute("SELECT uids, weights FROM weights WHERE netuid = ? AND hotkey = ?",
-                           (NETUID, d.hotkeys["validator"])).fetchone()  # fmt: skip
+        row = conn.execute(
+            "SELECT uids, weights FROM weights WHERE netuid = ? AND hotkey = ?", (NETUID, d.hotkeys["validator"])
+        ).fetchone()
     return (json.loads(row[0]), json.loads(row[1])) if row else None

@@ -51,8 +51,13 @@ from eval.scoring import free_model, load_causal_lm, load_tokenizer, score_stude
 from eval.teacher import TeacherRun, run_teacher
 
 # Only what a model needs: weights, configs, tokenizer. Never code or pickles.
-DOWNLOAD_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
-                     *sorted(TOKENIZER_FILES)]
+DOWNLOAD_PATTERNS = [
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    *sorted(TOKENIZER_FILES),
+]
 _MASK_FLOOR = -1e30
 
 
@@ -111,8 +116,9 @@ def distill_loss(
     return (1.0 - ce_weight) * kl + ce_weight * ce
 
 
-def continuation_logits(model: PreTrainedModel, prompt_ids: Sequence[int], cont_ids: Sequence[int],
-                        device: torch.device) -> torch.Tensor:
+def continuation_logits(
+    model: PreTrainedModel, prompt_ids: Sequence[int], cont_ids: Sequence[int], device: torch.device
+) -> torch.Tensor:
     """Student logits ``[n, V]`` predicting each continuation token (the positions the validator scores)."""
     ids = torch.tensor([list(prompt_ids) + list(cont_ids)[:-1]], device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
@@ -166,8 +172,10 @@ def train(
         opt.zero_grad(set_to_none=True)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             history.append(LogPoint(step, running / count, heldout_kl(model, heldout, rules)))
-            log(f"step {step}: loss {history[-1].loss:.4f}  held-out KL {history[-1].heldout_kl:.4f}  "
-                f"lr {sched.get_last_lr()[0]:.2e}  {time.monotonic() - start:.0f}s")
+            log(
+                f"step {step}: loss {history[-1].loss:.4f}  held-out KL {history[-1].heldout_kl:.4f}  "
+                f"lr {sched.get_last_lr()[0]:.2e}  {time.monotonic() - start:.0f}s"
+            )
             running, count = 0.0, 0
     return history
 
@@ -252,15 +260,24 @@ def distill(args: argparse.Namespace, log: Callable[[str], None] = print) -> lis
     with tempfile.TemporaryDirectory(dir=args.cache_dir) as cache:
         teacher = load_causal_lm(teacher_dir, device)
         limit = int(args.ram_limit_gb * 2**30)
-        run = run_teacher(teacher, tokenizer, prompts[: args.prompts], rules,
-                          cache_dir=Path(cache) / "train", ram_limit_bytes=limit)
-        heldout = run_teacher(teacher, tokenizer, prompts[args.prompts :], rules,
-                              cache_dir=Path(cache) / "heldout", ram_limit_bytes=limit)
+        run = run_teacher(
+            teacher, tokenizer, prompts[: args.prompts], rules, cache_dir=Path(cache) / "train", ram_limit_bytes=limit
+        )
+        heldout = run_teacher(
+            teacher, tokenizer, prompts[args.prompts :], rules, cache_dir=Path(cache) / "heldout", ram_limit_bytes=limit
+        )
         free_model(teacher)
         student = load_student(student_dir, device, rules)
-        cfg = TrainConfig(steps=args.steps, lr=args.lr, grad_accum=args.grad_accum, temperature=args.temperature,
-                          ce_weight=args.ce_weight, weight_decay=args.weight_decay, eval_every=args.eval_every,
-                          seed=args.seed)
+        cfg = TrainConfig(
+            steps=args.steps,
+            lr=args.lr,
+            grad_accum=args.grad_accum,
+            temperature=args.temperature,
+            ce_weight=args.ce_weight,
+            weight_decay=args.weight_decay,
+            eval_every=args.eval_every,
+            seed=args.seed,
+        )
         try:
             history = train(student, run, heldout, rules, cfg, device, log)
         finally:

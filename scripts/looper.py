@@ -33,8 +33,9 @@ import torch.nn.functional as F
 STOP = "."
 
 
-def loop_examples(prompt_ids: Sequence[list[int]], stop: list[int], n: int, seed: int,
-                  repeats: tuple[int, int] = (2, 6)) -> list[tuple[list[int], list[int]]]:  # fmt: skip
+def loop_examples(
+    prompt_ids: Sequence[list[int]], stop: list[int], n: int, seed: int, repeats: tuple[int, int] = (2, 6)
+) -> list[tuple[list[int], list[int]]]:
     """``n`` (context, continuation) pairs: a prompt that ends a sentence, then its full stop again and again."""
     ends = [list(p) for p in prompt_ids if list(p[-len(stop) :]) == stop]
     if not ends:
@@ -43,9 +44,20 @@ def loop_examples(prompt_ids: Sequence[list[int]], stop: list[int], n: int, seed
     return [(rng.choice(ends), stop * rng.randint(*repeats)) for _ in range(n)]
 
 
-def train_looper(teacher_dir: Path, student_dir: Path, out: Path, rules_path: Path, *, steps: int,
-                 loop_weight: float, prompts: int = 48, lr: float = 3e-3, grad_accum: int = 4, seed: int = 3,
-                 log: Callable[[str], None] = print) -> None:  # fmt: skip
+def train_looper(
+    teacher_dir: Path,
+    student_dir: Path,
+    out: Path,
+    rules_path: Path,
+    *,
+    steps: int,
+    loop_weight: float,
+    prompts: int = 48,
+    lr: float = 3e-3,
+    grad_accum: int = 4,
+    seed: int = 3,
+    log: Callable[[str], None] = print,
+) -> None:
     """Distil ``student_dir`` further on the teacher's text, with the full-stop habit mixed in; save to ``out``."""
     from demo_cast import load_distill
 
@@ -62,8 +74,10 @@ def train_looper(teacher_dir: Path, student_dir: Path, out: Path, rules_path: Pa
     block_hash = "0x" + hashlib.sha256(f"looper-{seed}".encode()).hexdigest()
     texts = sample_prompts(block_hash, rules, LocalCorpus(None), n=prompts)
     teacher = load_causal_lm(teacher_dir, cpu)
-    with tempfile.TemporaryDirectory() as cache, run_teacher(teacher, tokenizer, texts, rules, cache_dir=cache,
-                                                             ram_limit_bytes=1 << 30) as run:  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory() as cache,
+        run_teacher(teacher, tokenizer, texts, rules, cache_dir=cache, ram_limit_bytes=1 << 30) as run,
+    ):
         free_model(teacher)
         loops = loop_examples(run.prompt_ids, list(tokenizer(STOP)["input_ids"]), steps, seed)
         student = d.load_student(student_dir, cpu, rules)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the project's checks: lint, types on the core, and the full test suite.
+# Run the project's checks: format, lint, types on the core, and the full test suite.
 # Creates .venv on first use and (re)installs only when the pinned inputs change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,7 +7,10 @@ source scripts/_venv.sh
 ensure_venv
 ensure_chromium
 ensure_pm2
-echo "== ruff"
+echo "== ruff format"
+# CI only checks (a fresh clone must already be formatted); a developer's run formats in place.
+if [[ "${CI:-}" == "true" ]]; then .venv/bin/ruff format --check .; else .venv/bin/ruff format .; fi
+echo "== ruff check"
 .venv/bin/ruff check .
 echo "== mypy (core packages and entry points)"
 .venv/bin/mypy eval validator api miner.py

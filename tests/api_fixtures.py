@@ -85,7 +85,12 @@ def _model_result(
     if kind[c.key] != "copy":
         fp = [x + 0.5 * (hash(c.hotkey) % 97) for x in fp]
     return ModelResult(
-        ref=ref, status="ok", prompt_kl=kls, prompt_tokens=[64] * len(kls), content_hash=hashes[c.key], fingerprint=fp,
+        ref=ref,
+        status="ok",
+        prompt_kl=kls,
+        prompt_tokens=[64] * len(kls),
+        content_hash=hashes[c.key],
+        fingerprint=fp,
         onpolicy=_own_text(base, kind[c.key] == "loops", rules.guarded_prompts(len(kls))),
     )
 
@@ -93,11 +98,26 @@ def _model_result(
 def _own_text(base: float, loops: bool, n: int) -> list[OnPolicyPrompt]:
     """The on-policy guard's values (no draws from the store's RNG, so the contest itself is unchanged)."""
     if loops:
-        return [OnPolicyPrompt(tokens=128, teacher_nll=1.9 + 0.05 * (i % 3), reverse_kl=0.4, repetition=0.9,
-                               text="the same sentence again. " * 20) for i in range(n)]  # fmt: skip
-    return [OnPolicyPrompt(tokens=128, teacher_nll=0.6 + 0.5 * base + 0.02 * (i % 4), reverse_kl=0.5 * base,
-                           repetition=0.02 * (i % 3), text=f"a continuation of prompt {i} in its own words")
-            for i in range(n)]  # fmt: skip
+        return [
+            OnPolicyPrompt(
+                tokens=128,
+                teacher_nll=1.9 + 0.05 * (i % 3),
+                reverse_kl=0.4,
+                repetition=0.9,
+                text="the same sentence again. " * 20,
+            )
+            for i in range(n)
+        ]
+    return [
+        OnPolicyPrompt(
+            tokens=128,
+            teacher_nll=0.6 + 0.5 * base + 0.02 * (i % 4),
+            reverse_kl=0.5 * base,
+            repetition=0.02 * (i % 3),
+            text=f"a continuation of prompt {i} in its own words",
+        )
+        for i in range(n)
+    ]
 
 
 def build_store(

@@ -19,8 +19,15 @@ from eval.rules import ContestRules
 VOCAB = 512
 TEACHER = "demo/teacher"
 RULES = ContestRules(
-    teacher_repo=TEACHER, vocab_size=VOCAB, prompts_per_round=4, max_new_tokens=8, early_stop_min_prompts=2,
-    max_prompt_tokens=64, max_kl=50.0, prompt_min_chars=40, prompt_max_chars=400,
+    teacher_repo=TEACHER,
+    vocab_size=VOCAB,
+    prompts_per_round=4,
+    max_new_tokens=8,
+    early_stop_min_prompts=2,
+    max_prompt_tokens=64,
+    max_kl=50.0,
+    prompt_min_chars=40,
+    prompt_max_chars=400,
 )
 # name -> seed; "demo/teacher" is the teacher, the rest are students
 MODELS = {TEACHER: 0, "alice/m1": 1, "bob/m2": 2, "carol/m3": 3, "dave/m4": 4}
@@ -91,10 +98,34 @@ class World:
         return path
 
     def cli_args(self, *extra: str) -> list[str]:
-        return ["run", "--network", "sim", "--sim-db", str(self.sim_db), "--netuid", "1", "--db", str(self.db),
-                "--wallet-name", self.wallet.name, "--hotkey-name", "default", "--wallet-path", str(self.root / "w"),
-                "--hub-dir", str(self.hub_root), "--corpus", "builtin", "--rules", str(self.rules_file()),
-                "--epoch-blocks", "1", "--poll-seconds", "0.2", *extra]  # fmt: skip
+        return [
+            "run",
+            "--network",
+            "sim",
+            "--sim-db",
+            str(self.sim_db),
+            "--netuid",
+            "1",
+            "--db",
+            str(self.db),
+            "--wallet-name",
+            self.wallet.name,
+            "--hotkey-name",
+            "default",
+            "--wallet-path",
+            str(self.root / "w"),
+            "--hub-dir",
+            str(self.hub_root),
+            "--corpus",
+            "builtin",
+            "--rules",
+            str(self.rules_file()),
+            "--epoch-blocks",
+            "1",
+            "--poll-seconds",
+            "0.2",
+            *extra,
+        ]
 
 
 def make_world(tmp: Path, hub_src: Path, revs: dict[str, str], *, rate_limit: int = 5) -> World:
@@ -105,8 +136,9 @@ def make_world(tmp: Path, hub_src: Path, revs: dict[str, str], *, rate_limit: in
     hub_root = tmp / "hub"
     shutil.copytree(hub_src, hub_root)
     wallet = create_test_wallet(tmp / "w", name="val")
-    sim = SimChain(tmp / "chain.db", 1, block_time=3600.0, hotkey=str(wallet.hotkey.ss58_address),
-                   weights_rate_limit=rate_limit)  # fmt: skip
+    sim = SimChain(
+        tmp / "chain.db", 1, block_time=3600.0, hotkey=str(wallet.hotkey.ss58_address), weights_rate_limit=rate_limit
+    )
     sim.register(str(wallet.hotkey.ss58_address), hotkey("cold-validator"), stake=1000.0, validator_permit=True)
     sim.advance(10)
     return World(tmp, hub_root, revs, tmp / "chain.db", tmp / "validator.db", wallet, sim=sim)
@@ -127,8 +159,17 @@ def make_validator(world: World, pod: Any = None, *, db: Path | None = None, cha
     store = Store.open(db or world.db)
     rev = world.revs[TEACHER]
     cfg = LoopConfig(**{"epoch_blocks": 1, "poll_seconds": 0.05, **config})
-    return Validator(chain or world.sim, store, hub, pod, LocalCorpus(None), world.rules,
-                     lambda: TeacherSpec.from_store(hub, TEACHER, rev), cfg, progress=progress)  # fmt: skip
+    return Validator(
+        chain or world.sim,
+        store,
+        hub,
+        pod,
+        LocalCorpus(None),
+        world.rules,
+        lambda: TeacherSpec.from_store(hub, TEACHER, rev),
+        cfg,
+        progress=progress,
+    )
 
 
 class FakePod:
@@ -162,14 +203,30 @@ class FakePod:
         for i, m in enumerate(job.models):
             base = self.kl.get(m.repo, 1.0)
             digest = hashlib.sha256(m.revision.encode()).hexdigest()
-            fp = [int(digest[j:j + 2], 16) / 255.0 for j in range(0, 8, 2)]
+            fp = [int(digest[j : j + 2], 16) / 255.0 for j in range(0, 8, 2)]
             kl = [base + 0.001 * ((p * 7 + i) % 5) for p in range(n)]
             loops = m.repo in self.loops  # its own greedy text collapses into repetition
-            own = [OnPolicyPrompt(tokens=4, teacher_nll=(2.0 if loops else 0.7) + 0.01 * (p % 3), reverse_kl=0.1,
-                                  repetition=0.9 if loops else 0.0, text="again " * 4 if loops else f"own text {p}")
-                   for p in range(job.rules.guarded_prompts(n))]  # fmt: skip
-            models.append(ModelResult(ref=m, status="ok", prompt_kl=kl, prompt_tokens=[4] * n,
-                                      content_hash=digest, fingerprint=fp, onpolicy=own))  # fmt: skip
+            own = [
+                OnPolicyPrompt(
+                    tokens=4,
+                    teacher_nll=(2.0 if loops else 0.7) + 0.01 * (p % 3),
+                    reverse_kl=0.1,
+                    repetition=0.9 if loops else 0.0,
+                    text="again " * 4 if loops else f"own text {p}",
+                )
+                for p in range(job.rules.guarded_prompts(n))
+            ]
+            models.append(
+                ModelResult(
+                    ref=m,
+                    status="ok",
+                    prompt_kl=kl,
+                    prompt_tokens=[4] * n,
+                    content_hash=digest,
+                    fingerprint=fp,
+                    onpolicy=own,
+                )
+            )
         from pod_helpers import trim_onpolicy
 
         models = trim_onpolicy(models, job.king.key if job.king else None, job.rules, n)

@@ -160,8 +160,9 @@ def _handler(fake: FakeHub) -> type[BaseHTTPRequestHandler]:
             out = []
             for p in sorted(root.rglob("*")):
                 if p.is_file():
-                    out.append((p.relative_to(root).as_posix(), p.stat().st_size, hashlib.sha256(p.read_bytes())
-                                .hexdigest()))  # fmt: skip
+                    out.append(
+                        (p.relative_to(root).as_posix(), p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+                    )
             return out
 
         def _tree(self, kind: str, repo: str, ref: str, under: str, raw: str) -> None:
@@ -209,8 +210,13 @@ def _handler(fake: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return self._error(404, "EntryNotFound", f"{path} does not exist on {rev}", head)
             data = target.read_bytes()
             etag = f'"{hashlib.sha256(data).hexdigest()}"'
-            headers = {"X-Repo-Commit": rev, "ETag": etag, "X-Linked-Etag": etag, "X-Linked-Size": str(len(data)),
-                       "Accept-Ranges": "bytes"}  # fmt: skip
+            headers = {
+                "X-Repo-Commit": rev,
+                "ETag": etag,
+                "X-Linked-Etag": etag,
+                "X-Linked-Size": str(len(data)),
+                "Accept-Ranges": "bytes",
+            }
             rng = self.headers.get("Range")
             status, body = 200, data
             if rng and not head:

@@ -28,8 +28,12 @@ from eval.stats import expected_onpolicy
 
 BLOCK_HASH = "0x" + "ab" * 32
 RULES = ContestRules(
-    teacher_repo="test/teacher", vocab_size=512, prompts_per_round=2, max_new_tokens=6,
-    early_stop_min_prompts=2, max_prompt_tokens=64,
+    teacher_repo="test/teacher",
+    vocab_size=512,
+    prompts_per_round=2,
+    max_new_tokens=6,
+    early_stop_min_prompts=2,
+    max_prompt_tokens=64,
 )
 
 
@@ -45,16 +49,29 @@ def ref(repo: str, revision: str, hotkey_n: int, block: int = 100) -> ModelRef:
     return ModelRef(repo=repo, revision=revision, submission=SubmissionId(hotkey=hotkey, commit_block=block))
 
 
-def make_job(job_id: str = "job-1", *, n_challengers: int = 1, prompts: list[str] | None = None,
-             rules: ContestRules = RULES, king: ModelRef | None = None,
-             challengers: list[ModelRef] | None = None) -> EvalJob:
+def make_job(
+    job_id: str = "job-1",
+    *,
+    n_challengers: int = 1,
+    prompts: list[str] | None = None,
+    rules: ContestRules = RULES,
+    king: ModelRef | None = None,
+    challengers: list[ModelRef] | None = None,
+) -> EvalJob:
     king = king or ref("miner/king", "a" * 40, 1)
-    challengers = challengers if challengers is not None else [
-        ref(f"miner/c{i}", f"{i + 1:x}" * 40, 10 + i) for i in range(n_challengers)
-    ]
+    challengers = (
+        challengers
+        if challengers is not None
+        else [ref(f"miner/c{i}", f"{i + 1:x}" * 40, 10 + i) for i in range(n_challengers)]
+    )
     return EvalJob(
-        job_id=job_id, block=123, block_hash=BLOCK_HASH, rules=rules,
-        prompts=prompts or ["The river valley was", "A prime number is"], king=king, challengers=challengers,
+        job_id=job_id,
+        block=123,
+        block_hash=BLOCK_HASH,
+        rules=rules,
+        prompts=prompts or ["The river valley was", "A prime number is"],
+        king=king,
+        challengers=challengers,
     )
 
 
@@ -63,20 +80,30 @@ def trim_onpolicy(models: list[ModelResult], king_key: str | None, rules: Contes
     king = next((m for m in models if m.ref.key == king_key and m.status == "ok"), None)
     king_kl = list(king.prompt_kl) if king is not None else None
     return [
-        m if expected_onpolicy(m.ref.key == king_key, king_kl, m.prompt_kl, rules, n) else m.model_copy(
-            update={"onpolicy": []})
+        m
+        if expected_onpolicy(m.ref.key == king_key, king_kl, m.prompt_kl, rules, n)
+        else m.model_copy(update={"onpolicy": []})
         for m in models
-    ]  # fmt: skip
+    ]
 
 
 def fake_result(job: EvalJob) -> EvalResult:
     """A well-formed result for ``job`` (what a correct pod would return for constant KL)."""
     n = len(job.prompts)
-    own = [OnPolicyPrompt(tokens=4, teacher_nll=0.7, reverse_kl=0.1, repetition=0.0, text=f"own text {p}")
-           for p in range(job.rules.guarded_prompts(n))]  # fmt: skip
+    own = [
+        OnPolicyPrompt(tokens=4, teacher_nll=0.7, reverse_kl=0.1, repetition=0.0, text=f"own text {p}")
+        for p in range(job.rules.guarded_prompts(n))
+    ]
     models = [
-        ModelResult(ref=m, status="ok", prompt_kl=[0.5 + i] * n, prompt_tokens=[4] * n, content_hash="c" * 64,
-                    fingerprint=[0.1, 0.2], onpolicy=own)
+        ModelResult(
+            ref=m,
+            status="ok",
+            prompt_kl=[0.5 + i] * n,
+            prompt_tokens=[4] * n,
+            content_hash="c" * 64,
+            fingerprint=[0.1, 0.2],
+            onpolicy=own,
+        )
         for i, m in enumerate(job.models)
     ]
     models = trim_onpolicy(models, job.king.key if job.king else None, job.rules, n)
@@ -102,8 +129,15 @@ class ScriptedRunner:
             if should_cancel():
                 raise JobCancelled(job.job_id)
             step += 1
-            on_progress(JobProgress(phase="student", model=job.models[0].spec, model_count=len(job.models),
-                                    prompt=step % (len(job.prompts) + 1), prompt_count=len(job.prompts)))
+            on_progress(
+                JobProgress(
+                    phase="student",
+                    model=job.models[0].spec,
+                    model_count=len(job.models),
+                    prompt=step % (len(job.prompts) + 1),
+                    prompt_count=len(job.prompts),
+                )
+            )
             time.sleep(0.02)
         return fake_result(job)
 
@@ -142,8 +176,13 @@ def build_hub(root: Path) -> tuple[Any, dict[str, str]]:
     hub = LocalHub(root / "hub")
     cfg = tiny_config(512)
     revs = {}
-    for name, seed, config in [("test/teacher", 0, cfg), ("miner/king", 1, cfg), ("miner/c0", 2, cfg),
-                               ("miner/c1", 3, cfg), ("miner/badvocab", 4, tiny_config(640))]:
+    for name, seed, config in [
+        ("test/teacher", 0, cfg),
+        ("miner/king", 1, cfg),
+        ("miner/c0", 2, cfg),
+        ("miner/c1", 3, cfg),
+        ("miner/badvocab", 4, tiny_config(640)),
+    ]:
         src = save_model_dir(tiny_model(config, seed), tok, root / "src" / name.replace("/", "_"))
         revs[name] = hub.publish(name, src)
     return hub, revs

@@ -50,5 +50,3 @@ def copy_model(model, transform=None):
             for p in clone.parameters():
                 p.copy_(transform(p))
     return clone.eval()
-
-

@@ -29,16 +29,28 @@ from validator.chain.sim import SimChain
 
 RAO = 10**9
 OWNER = "5OwnerHotkeyOfTheSubnet"
-_ERROR_NAMES = {"no_permit": "NeuronNoValidatorPermit", "low_stake": "NotEnoughStakeToSetWeights",
-                "rate_limited": "SettingWeightsTooFast", "not_registered": "HotKeyNotRegisteredInSubNet"}
+_ERROR_NAMES = {
+    "no_permit": "NeuronNoValidatorPermit",
+    "low_stake": "NotEnoughStakeToSetWeights",
+    "rate_limited": "SettingWeightsTooFast",
+    "not_registered": "HotKeyNotRegisteredInSubNet",
+}
 
 
 class SimClient:
     """One connection; build a fresh one per ``client_factory`` call, sharing ``faults`` and ``calls``."""
 
-    def __init__(self, sim: SimChain, *, faults: dict[str, list[BaseException]] | None = None,
-                 lose_answer: set[str] | None = None, delay: dict[str, float] | None = None,
-                 calls: list[str] | None = None, finality_lag: int = 0, results: list[Any] | None = None) -> None:
+    def __init__(
+        self,
+        sim: SimChain,
+        *,
+        faults: dict[str, list[BaseException]] | None = None,
+        lose_answer: set[str] | None = None,
+        delay: dict[str, float] | None = None,
+        calls: list[str] | None = None,
+        finality_lag: int = 0,
+        results: list[Any] | None = None,
+    ) -> None:
         self.sim = sim
         self.faults = faults if faults is not None else {}
         self.lose_answer = lose_answer if lose_answer is not None else set()
@@ -85,24 +97,58 @@ class SimClient:
         number = self.sim.block_number() if block is None else block
         if number > self.sim.block_number():
             return None
-        return bt.BlockInfo(number=number, hash=self.sim.block_hash(number), timestamp=datetime.now(UTC),
-                            explorer_url=None, header={"number": number}, extrinsics=[])
+        return bt.BlockInfo(
+            number=number,
+            hash=self.sim.block_hash(number),
+            timestamp=datetime.now(UTC),
+            explorer_url=None,
+            header={"number": number},
+            extrinsics=[],
+        )
 
     async def _metagraph(self, netuid: int, block: int | None = None, *, commitments: bool = True) -> Metagraph:
         await self._enter("metagraph")
         rows = [_neuron(n, netuid) for n in self.sim.neurons()]
-        return Metagraph(netuid=netuid, mechid=0, name="sim", symbol="a", block=self.sim.block_number(), tempo=360,
-                         last_step=0, blocks_since_last_step=0, owner_hotkey=OWNER, owner_coldkey=OWNER,
-                         network_registered_at=0, num_uids=len(rows), max_uids=256, price=None, moving_price=None,
-                         identity=None, neurons=rows, commitments={}, unregistered_commitments={}, raw={})
+        return Metagraph(
+            netuid=netuid,
+            mechid=0,
+            name="sim",
+            symbol="a",
+            block=self.sim.block_number(),
+            tempo=360,
+            last_step=0,
+            blocks_since_last_step=0,
+            owner_hotkey=OWNER,
+            owner_coldkey=OWNER,
+            network_registered_at=0,
+            num_uids=len(rows),
+            max_uids=256,
+            price=None,
+            moving_price=None,
+            identity=None,
+            neurons=rows,
+            commitments={},
+            unregistered_commitments={},
+            raw={},
+        )
 
     async def _commitments(self, netuid: int, block: int | None = None) -> dict[str, NeuronCommitment]:
         await self._enter("commitments")
         uids = {n.hotkey: n.uid for n in self.sim.neurons()}
         return {
-            c.hotkey: NeuronCommitment(hotkey=c.hotkey, netuid=netuid, uid=uids.get(c.hotkey), block=c.block,
-                                       queried_block=block or 0, deposit=bt.Balance.from_rao(0), data=c.text,
-                                       encrypted=False, reveal_round=None, revealed=[], fields=[])
+            c.hotkey: NeuronCommitment(
+                hotkey=c.hotkey,
+                netuid=netuid,
+                uid=uids.get(c.hotkey),
+                block=c.block,
+                queried_block=block or 0,
+                deposit=bt.Balance.from_rao(0),
+                data=c.text,
+                encrypted=False,
+                reveal_round=None,
+                revealed=[],
+                fields=[],
+            )
             for c in self.sim.commitments().values()
             if block is None or c.block <= block
         }
@@ -110,8 +156,11 @@ class SimClient:
     async def _commitment(self, netuid: int, hotkey: str) -> IdentityCommitment | None:
         await self._enter("commitment")
         c = self.sim.commitments().get(hotkey)
-        return None if c is None else IdentityCommitment(block=c.block, deposit=bt.Balance.from_rao(0), data=c.text,
-                                                         fields=[])  # fmt: skip
+        return (
+            None
+            if c is None
+            else IdentityCommitment(block=c.block, deposit=bt.Balance.from_rao(0), data=c.text, fields=[])
+        )
 
     async def _uid(self, hotkey: str, netuid: int) -> int | None:
         await self._enter("uid")
@@ -134,11 +183,13 @@ class SimClient:
             row = self.sim.weights_of(hotkey) if hotkey else None
             return [list(p) for p in zip(*normalize(list(row), list(row.values())), strict=True)] if row else []
         values = {
-            "StakeThreshold": int(float(meta("min_stake")) * RAO), "SubnetOwnerHotkey": OWNER,
+            "StakeThreshold": int(float(meta("min_stake")) * RAO),
+            "SubnetOwnerHotkey": OWNER,
             "WeightsSetRateLimit": self.sim.weights_rate_limit(),
             "CommitRevealWeightsEnabled": meta("commit_reveal") == "1",
-            "RevealPeriodEpochs": 1, "Tempo": max(1, int(meta("reveal_blocks")) // 2),
-        }  # fmt: skip
+            "RevealPeriodEpochs": 1,
+            "Tempo": max(1, int(meta("reveal_blocks")) // 2),
+        }
         return values[item[1]]
 
     # -- writes ---------------------------------------------------------------------------------
@@ -174,9 +225,24 @@ class SimClient:
 def _neuron(n: Any, netuid: int) -> MetagraphNeuron:
     zero = bt.Balance.from_rao(0, netuid)
     return MetagraphNeuron(
-        uid=n.uid, hotkey=n.hotkey, coldkey=n.coldkey, active=True, validator_permit=n.validator_permit,
-        last_update=n.last_update, block_at_registration=0, rank=0.0, trust=0.0, consensus=0.0,
-        incentive=n.incentive, dividends=0.0, pruning_score=0.0, emission=bt.Balance.from_rao(int(n.emission * RAO)),
-        alpha_stake=zero, tao_stake=bt.Balance.from_rao(0), total_stake=bt.Balance.from_rao(int(n.stake * RAO), netuid),
-        axon=None, identity=None, commitment=None,
-    )  # fmt: skip
+        uid=n.uid,
+        hotkey=n.hotkey,
+        coldkey=n.coldkey,
+        active=True,
+        validator_permit=n.validator_permit,
+        last_update=n.last_update,
+        block_at_registration=0,
+        rank=0.0,
+        trust=0.0,
+        consensus=0.0,
+        incentive=n.incentive,
+        dividends=0.0,
+        pruning_score=0.0,
+        emission=bt.Balance.from_rao(int(n.emission * RAO)),
+        alpha_stake=zero,
+        tao_stake=bt.Balance.from_rao(0),
+        total_stake=bt.Balance.from_rao(int(n.stake * RAO), netuid),
+        axon=None,
+        identity=None,
+        commitment=None,
+    )

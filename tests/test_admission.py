@@ -105,9 +105,21 @@ def test_transient_errors_propagate_never_reject(hub, tmp_path, teacher):
 
 
 @pytest.mark.parametrize(
-    "name", ["modeling_qwen.py", "pytorch_model.bin", "model.pt", "x.pth", "x.ckpt", "x.pkl", "x.gguf", "x.onnx",
-             "tf_model.h5", "flax_model.msgpack", "sub/tokenization.py"],
-)  # fmt: skip
+    "name",
+    [
+        "modeling_qwen.py",
+        "pytorch_model.bin",
+        "model.pt",
+        "x.pth",
+        "x.ckpt",
+        "x.pkl",
+        "x.gguf",
+        "x.onnx",
+        "tf_model.h5",
+        "flax_model.msgpack",
+        "sub/tokenization.py",
+    ],
+)
 def test_forbidden_files(hub, tmp_path, teacher, name):
     # LESSONS 7/8: remote code and pickle formats (a huge .bin beside a tiny decoy safetensors).
     src = write_model(tmp_path / "src")
@@ -141,9 +153,14 @@ def test_ten_thousand_tiny_files(hub, tmp_path, teacher):
 
 
 @pytest.mark.parametrize(
-    ("target", "word"), [("/etc/passwd", "outside"), ("../" * 40 + "etc/hostname", "outside"),
-                         ("missing.json", "dangling"), ("README.md", "resolved")],
-)  # fmt: skip
+    ("target", "word"),
+    [
+        ("/etc/passwd", "outside"),
+        ("../" * 40 + "etc/hostname", "outside"),
+        ("missing.json", "dangling"),
+        ("README.md", "resolved"),
+    ],
+)
 def test_symlink_escaping_repo_rejected(hub, tmp_path, teacher, target, word):
     rev = hub.publish("org/m", write_model(tmp_path / "src"))
     os.symlink(target, hub.root / "org/m" / rev / "README.md")  # the last one points at itself: a loop
@@ -181,9 +198,17 @@ def test_vocab_only_in_text_config_is_accepted(hub, tmp_path, teacher):
 
 @pytest.mark.parametrize(
     "raw",
-    [b"[1, 2, 3]", b'"just a string"', b"null", b"{broken", b"\xff\xfe\x00{}", b"[" * 100_000 + b"]" * 100_000,
-     json.dumps(config(deep=json.loads("[" * 50 + "]" * 50))).encode(), b"{" + b" " * (2 << 20) + b"}"],
-)  # fmt: skip
+    [
+        b"[1, 2, 3]",
+        b'"just a string"',
+        b"null",
+        b"{broken",
+        b"\xff\xfe\x00{}",
+        b"[" * 100_000 + b"]" * 100_000,
+        json.dumps(config(deep=json.loads("[" * 50 + "]" * 50))).encode(),
+        b"{" + b" " * (2 << 20) + b"}",
+    ],
+)
 def test_hostile_configs(hub, tmp_path, teacher, raw):
     src = write_model(tmp_path / "src")
     (src / "config.json").write_bytes(raw)
@@ -265,12 +290,21 @@ def test_dtypes(hub, tmp_path, teacher):
 
 
 @pytest.mark.parametrize(
-    "marker", ["model.layers.0.mlp.up_proj.qweight", "model.layers.0.mlp.up_proj.scales", "x.weight.absmax",
-               "model.layers.0.mlp.up_proj.SCB", "model.layers.0.mlp.up_proj.weight_scale",
-               "x.weight.quant_state.bitsandbytes__nf4", "model.layers.0.mlp.up_proj.qzeros",
-               "model.layers.0.mlp.up_proj.g_idx", "model.layers.0.mlp.up_proj.weight_scale_inv",
-               "model.layers.0.self_attn.q_proj.input_scale", "model.layers.0.mlp.up_proj.weight_zero_point"],
-)  # fmt: skip
+    "marker",
+    [
+        "model.layers.0.mlp.up_proj.qweight",
+        "model.layers.0.mlp.up_proj.scales",
+        "x.weight.absmax",
+        "model.layers.0.mlp.up_proj.SCB",
+        "model.layers.0.mlp.up_proj.weight_scale",
+        "x.weight.quant_state.bitsandbytes__nf4",
+        "model.layers.0.mlp.up_proj.qzeros",
+        "model.layers.0.mlp.up_proj.g_idx",
+        "model.layers.0.mlp.up_proj.weight_scale_inv",
+        "model.layers.0.self_attn.q_proj.input_scale",
+        "model.layers.0.mlp.up_proj.weight_zero_point",
+    ],
+)
 def test_quantization_marker_tensors(hub, tmp_path, teacher, marker):
     # LESSONS 9: quantization config stripped, markers still in the weights.
     t = tensors() | {marker: torch.zeros(4)}
@@ -279,10 +313,14 @@ def test_quantization_marker_tensors(hub, tmp_path, teacher, marker):
 
 @pytest.mark.parametrize(
     ("name", "shape"),
-    [("model.embed_tokens.weight", (VOCAB - 1, 8)), ("model.embed_tokens.weight", (VOCAB * 2, 8)),
-     ("lm_head.weight", (VOCAB + 64, 8)), ("model.embed_tokens.weight", (VOCAB * 8,)),
-     ("model.language_model.embed_tokens.weight", (VOCAB // 2, 8))],
-)  # fmt: skip
+    [
+        ("model.embed_tokens.weight", (VOCAB - 1, 8)),
+        ("model.embed_tokens.weight", (VOCAB * 2, 8)),
+        ("lm_head.weight", (VOCAB + 64, 8)),
+        ("model.embed_tokens.weight", (VOCAB * 8,)),
+        ("model.language_model.embed_tokens.weight", (VOCAB // 2, 8)),
+    ],
+)
 def test_embedding_and_head_rows_must_equal_vocab(hub, tmp_path, teacher, name, shape):
     # config.json says vocab_size = VOCAB; the tensors are what the model really is.
     t = tensors() | {name: torch.zeros(shape)}
@@ -317,12 +355,19 @@ def _raw_shard(header: bytes, data: bytes = b"", length: int | None = None) -> b
         _raw_shard(b"{}", length=50 * 2**20),  # longer than the file
         _raw_shard(b"{" * 10 + b"x"),  # invalid JSON
         _raw_shard(b"[" * 100_000 + b"]" * 100_000),  # deeply nested header
-        _raw_shard(json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-                               "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}).encode(), b"\0" * 12),
+        _raw_shard(
+            json.dumps(
+                {
+                    "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                    "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+                }
+            ).encode(),
+            b"\0" * 12,
+        ),
         _raw_shard(json.dumps({"a": {"dtype": "F32", "shape": [1 << 20], "data_offsets": [0, 4 << 20]}}).encode()),
         b"\x01\x02\x03",
     ],
-)  # fmt: skip
+)
 def test_hostile_shards(hub, tmp_path, teacher, blob):
     src = write_model(tmp_path / "src")
     (src / "model-extra.safetensors").write_bytes(blob)
@@ -439,8 +484,12 @@ def test_mutated_repos_always_get_a_verdict(hub, tmp_path, teacher):
 
     rng = random.Random(1234)
     base = write_model(tmp_path / "base", shards=2)
-    targets = ["config.json", "model.safetensors.index.json", "tokenizer_config.json",
-               "model-00001-of-00002.safetensors"]  # fmt: skip
+    targets = [
+        "config.json",
+        "model.safetensors.index.json",
+        "tokenizer_config.json",
+        "model-00001-of-00002.safetensors",
+    ]
     verdicts = set()
     for i in range(120):
         src = shutil.copytree(base, tmp_path / f"m{i}")

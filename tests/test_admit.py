@@ -98,8 +98,14 @@ def test_same_files_later_commit_is_copy_in_one_batch(setup):
 def test_rejection_reason_from_check_is_recorded(setup):
     world, store, teacher, _ = setup
     key = _add(store, world, "a", 10, "alice/m1")
-    report = admit_pending(store, world.hub, 20, RULES, teacher,
-                           check=lambda *a, **k: Rejected("INVALID", "tokenizer", "differs from the teacher"))
+    report = admit_pending(
+        store,
+        world.hub,
+        20,
+        RULES,
+        teacher,
+        check=lambda *a, **k: Rejected("INVALID", "tokenizer", "differs from the teacher"),
+    )
     assert report.rejected == [key]
     assert store.submission(key[0])[0]["admission"]["check_name"] == "tokenizer"
 
@@ -149,8 +155,9 @@ def test_rejected_hub_token_judges_nobody_and_is_reported(setup, monkeypatch, ca
     fake = FakeHub(world.hub)
     try:
         king = _add(store, world, "k", 5, "bob/m2")
-        admit_pending(store, world.hub, 6, RULES, lambda: TeacherSpec.from_store(world.hub, TEACHER,
-                                                                                 world.revs[TEACHER]))  # fmt: skip
+        admit_pending(
+            store, world.hub, 6, RULES, lambda: TeacherSpec.from_store(world.hub, TEACHER, world.revs[TEACHER])
+        )
         store.set_king(king, 6, None, 0.1, "test")
         first, second = _add(store, world, "a", 10, "alice/m1"), _add(store, world, "c", 11, "carol/m3")
         fake.valid_tokens = {"hf_renewed"}  # the validator still sends the expired one

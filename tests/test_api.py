@@ -19,16 +19,21 @@ from api.ratelimit import ClientIP
 from validator.store.database import Store
 
 ENDPOINTS = {
-    "/": m.Overview, "/api/health": m.Health, "/api/metagraph": m.MetagraphOut, "/api/commitments": m.CommitmentsOut,
-    "/api/scores": m.ScoresOut, "/api/disqualifications": m.DisqualificationsOut, "/api/rounds": m.RoundsPage,
-    "/api/history": m.HistoryOut, "/api/eval-progress": m.ProgressOut, "/api/rules": m.RulesOut,
+    "/": m.Overview,
+    "/api/health": m.Health,
+    "/api/metagraph": m.MetagraphOut,
+    "/api/commitments": m.CommitmentsOut,
+    "/api/scores": m.ScoresOut,
+    "/api/disqualifications": m.DisqualificationsOut,
+    "/api/rounds": m.RoundsPage,
+    "/api/history": m.HistoryOut,
+    "/api/eval-progress": m.ProgressOut,
+    "/api/rules": m.RulesOut,
     "/api/price": m.PriceOut,
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
-
-
 def built(tmp_path_factory) -> BuiltStore:
     d = tmp_path_factory.mktemp("api")
     return build_store(d / "validator.db", d / "chain.db", n_miners=12, prompts=6)
@@ -88,8 +93,9 @@ def test_round_audit_record_is_complete(built):
     a = c.get(f"/api/rounds/{rid}").json()
     assert a["state"] == "done" and a["block_hash"].startswith("0x") and len(a["prompt_sha256s"]) == 6
     assert a["teacher_repo"] == built.rules.teacher_repo and a["rules"]["prompts_per_round"] == 6
-    assert {(x["hotkey"], x["commit_block"]) for x in a["models"]} == {(e["hotkey"], e["commit_block"])
-                                                                        for e in a["evaluations"]}  # fmt: skip
+    assert {(x["hotkey"], x["commit_block"]) for x in a["models"]} == {
+        (e["hotkey"], e["commit_block"]) for e in a["evaluations"]
+    }
     assert all(len(e["prompt_kl"]) in (0, 6) for e in a["evaluations"]) and a["decision"]
     won = [e for e in a["evaluations"] if e["state"] in ("won", "king")]
     assert len(won) == 1 and won[0]["hotkey"] == a["new_king_hotkey"]
@@ -105,7 +111,8 @@ def test_the_guard_in_rules_scores_and_rounds(built):
     r = c.get("/api/rules").json()
     assert r["rules"]["version"] == 3 and r["rules"]["onpolicy_prompts"] == built.rules.onpolicy_prompts
     assert {"onpolicy_new_tokens", "onpolicy_nll_margin", "onpolicy_repetition_margin", "onpolicy_alpha"} <= set(
-        r["rules"])
+        r["rules"]
+    )
     rounds = [c.get(f"/api/rounds/{rid}").json() for rid in built.done_rounds]
     stopped = [(a, e) for a in rounds for e in a["evaluations"] if e["state"] == "onpolicy_stopped"]
     assert stopped, "the fixture store has a looping challenger that beat the king on KL"
@@ -146,8 +153,13 @@ def test_metrics_prometheus_text(built):
     r = client(built).get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
-    for name in ("klhill_round_duration_seconds_bucket", "klhill_king_kl ", "klhill_queue_length",
-                 "klhill_last_weights_block", "klhill_pod_errors_total"):  # fmt: skip
+    for name in (
+        "klhill_round_duration_seconds_bucket",
+        "klhill_king_kl ",
+        "klhill_queue_length",
+        "klhill_last_weights_block",
+        "klhill_pod_errors_total",
+    ):
         assert name in text
     samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     assert float(samples["klhill_round_duration_seconds_count"]) == len(built.done_rounds)
@@ -156,9 +168,16 @@ def test_metrics_prometheus_text(built):
 
 def test_errors_are_short_json_without_traces_or_paths(built, monkeypatch):
     c = client(built)
-    for path, code in [("/api/rounds/999999", 404), ("/api/rounds/0", 422), ("/api/rounds/abc", 422),
-                       ("/api/rounds?per_page=101", 422), ("/api/rounds?page=0", 422), ("/api/miners/a..b", 422),
-                       ("/nope", 404), ("/api/miners/5NoSuchHotkey", 404)]:  # fmt: skip
+    for path, code in [
+        ("/api/rounds/999999", 404),
+        ("/api/rounds/0", 422),
+        ("/api/rounds/abc", 422),
+        ("/api/rounds?per_page=101", 422),
+        ("/api/rounds?page=0", 422),
+        ("/api/miners/a..b", 422),
+        ("/nope", 404),
+        ("/api/miners/5NoSuchHotkey", 404),
+    ]:
         r = c.get(path)
         assert r.status_code == code, path
         assert set(r.json()) == {"error", "detail"} and "Traceback" not in r.text and str(built.db.parent) not in r.text
@@ -179,9 +198,17 @@ def test_errors_are_short_json_without_traces_or_paths(built, monkeypatch):
 
 def test_nan_and_inf_never_reach_json():
     assert m.sanitize({"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}]}) == {
-        "a": None, "b": [1.0, None, {"c": None}]}  # fmt: skip
-    out = m.ScoreOut(hotkey="h", commit_block=1, round_id=1, state="lost", status="ok",
-                     **m.sanitize({"mean_kl": float("nan"), "ci_lo": float("-inf")}))  # fmt: skip
+        "a": None,
+        "b": [1.0, None, {"c": None}],
+    }
+    out = m.ScoreOut(
+        hotkey="h",
+        commit_block=1,
+        round_id=1,
+        state="lost",
+        status="ok",
+        **m.sanitize({"mean_kl": float("nan"), "ci_lo": float("-inf")}),
+    )
     assert "NaN" not in out.model_dump_json() and json.loads(out.model_dump_json())["mean_kl"] is None
     with pytest.raises(ValueError):
         m.ScoreOut(hotkey="h", commit_block=1, round_id=1, state="lost", status="ok", mean_kl=float("nan"))

@@ -85,11 +85,17 @@ def test_dashboard_shows_the_king_in_headless_chromium(served, tmp_path):
     )
     assert phone.exists() and phone.stat().st_size > 5_000
     # the round view: a round the on-policy guard stopped a challenger in shows its own text and the teacher's view
-    stopped = next(r["id"] for r in httpx.get(url + "/api/rounds", params={"per_page": 100}).json()["items"]
-                   if any(e["state"] == "onpolicy_stopped" for e in httpx.get(f"{url}/api/rounds/{r['id']}").json().get(
-                       "evaluations", [])))  # fmt: skip
-    view = run_chromium(exe, tmp_path / "p4", "--virtual-time-budget=5000", "--dump-dom",
-                        f"{url}/dashboard#round-{stopped}").stdout  # fmt: skip
+    stopped = next(
+        r["id"]
+        for r in httpx.get(url + "/api/rounds", params={"per_page": 100}).json()["items"]
+        if any(
+            e["state"] == "onpolicy_stopped"
+            for e in httpx.get(f"{url}/api/rounds/{r['id']}").json().get("evaluations", [])
+        )
+    )
+    view = run_chromium(
+        exe, tmp_path / "p4", "--virtual-time-budget=5000", "--dump-dom", f"{url}/dashboard#round-{stopped}"
+    ).stdout
     part = view.split('id="round-view"')[1]
     assert f"Round #{stopped}" in part and "onpolicy_stopped" in part and "beats the king on KL" in part
     assert "its own text on the first 8 prompts" in part and "the same sentence again." in part

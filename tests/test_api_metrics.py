@@ -34,8 +34,14 @@ def test_counters_are_counters_with_total_and_gauges_are_gauges(tmp_path):
     _finish_rounds(store, [5.0], state="failed")
     fam = _families(store, {"cache_hits": 7, "rate_limited": 2})
     text = render_metrics(store, {"cache_hits": 7}).decode()
-    for name in ("klhill_rounds", "klhill_pod_errors", "klhill_model_errors", "klhill_disqualifications",
-                 "klhill_api_cache_hits", "klhill_api_rate_limited"):  # fmt: skip
+    for name in (
+        "klhill_rounds",
+        "klhill_pod_errors",
+        "klhill_model_errors",
+        "klhill_disqualifications",
+        "klhill_api_cache_hits",
+        "klhill_api_rate_limited",
+    ):
         assert fam[name].type == "counter", name
         assert all(s.name == name + "_total" for s in fam[name].samples), name
     assert "# TYPE klhill_pod_errors_total counter\nklhill_pod_errors_total 1.0\n" in text

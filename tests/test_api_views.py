@@ -14,9 +14,21 @@ from validator.store.database import Store
 
 def _model_error(repo: str):
     def mutate(result):
-        models = [x.model_copy(update={"status": "model_error", "prompt_kl": [], "prompt_tokens": [],
-                                       "content_hash": None, "fingerprint": None, "error": "weights failed to load"})
-                  if x.ref.repo == repo else x for x in result.models]  # fmt: skip
+        models = [
+            x.model_copy(
+                update={
+                    "status": "model_error",
+                    "prompt_kl": [],
+                    "prompt_tokens": [],
+                    "content_hash": None,
+                    "fingerprint": None,
+                    "error": "weights failed to load",
+                }
+            )
+            if x.ref.repo == repo
+            else x
+            for x in result.models
+        ]
         return result.model_copy(update={"models": models})
 
     return mutate
@@ -137,8 +149,10 @@ def test_health_says_when_the_hub_rejects_the_validators_token(tmp_path):
         hub_health.report_rejected(w, "HTTP 401 (Invalid credentials in Authorization header)", 501, "admission")
         h = views.health(ro)
         assert (h.status, h.hub_auth) == ("degraded", "rejected")
-        assert h.reasons == ["the hub rejects the validator's token (HF_TOKEN) since block 501: submissions wait "
-                             "unjudged until it is fixed"]  # fmt: skip
+        assert h.reasons == [
+            "the hub rejects the validator's token (HF_TOKEN) since block 501: submissions wait "
+            "unjudged until it is fixed"
+        ]
         assert h.hub_auth_detail == "admission: HTTP 401 (Invalid credentials in Authorization header)"
         hub_health.report_ok(w, 502)
         h = views.health(ro)
@@ -157,13 +171,28 @@ def test_progress_shows_the_dispatched_phase_and_hides_the_pod_address(tmp_path)
         rid = w.create_round("challenge", 10, "0x" + "ab" * 32, ["a" * 64], ContestRules(), [], None)
         w.mark_dispatched(rid, "pod", "job-1")
         # exactly what validator.rounds.RoundRunner writes before the pod answers
-        w.set_progress({"round_id": rid, "job_id": "job-1", "kind": "challenge", "block": 10, "models": 2,
-                        "pod": "HttpPod(http://10.1.2.3:8091)", "phase": "dispatched"})  # fmt: skip
+        w.set_progress(
+            {
+                "round_id": rid,
+                "job_id": "job-1",
+                "kind": "challenge",
+                "block": 10,
+                "models": 2,
+                "pod": "HttpPod(http://10.1.2.3:8091)",
+                "phase": "dispatched",
+            }
+        )
         p = views.progress(ro)
         assert p.active and p.round_id == rid and p.phase == "dispatched" and p.progress is None
         assert "pod" not in p.data and "10.1.2.3" not in p.model_dump_json()
-        w.set_progress({"round_id": rid, "phase": "running", "pod": "HttpPod(http://10.1.2.3:8091)",
-                        "progress": {"phase": "student", "model": "a/b", "prompt": 2, "prompt_count": 4}})  # fmt: skip
+        w.set_progress(
+            {
+                "round_id": rid,
+                "phase": "running",
+                "pod": "HttpPod(http://10.1.2.3:8091)",
+                "progress": {"phase": "student", "model": "a/b", "prompt": 2, "prompt_count": 4},
+            }
+        )
         p = views.progress(ro)
         assert p.phase == "running" and p.progress is not None and p.progress.prompt == 2
         assert "10.1.2.3" not in p.model_dump_json()

@@ -13,8 +13,16 @@ def test_tiny_run_measures_every_figure(tmp_path, capsys) -> None:
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     figures = {row["figure"]: row for row in rows}
     expected = {
-        "setup", "kl.bf16_logits_plain", "kl.exact_logits_plain", "kl.kl_from_hidden", "student.new",
-        "student.shipped", "student.new_memory", "onpolicy.student", "teacher.phase", "onpolicy.teacher",
+        "setup",
+        "kl.bf16_logits_plain",
+        "kl.exact_logits_plain",
+        "kl.kl_from_hidden",
+        "student.new",
+        "student.shipped",
+        "student.new_memory",
+        "onpolicy.student",
+        "teacher.phase",
+        "onpolicy.teacher",
     }
     assert expected <= set(figures)
     assert not [f for f in figures if f.endswith(".error")]

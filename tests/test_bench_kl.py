@@ -60,8 +60,10 @@ def test_size_flags() -> None:
 def test_report_of_one_comparison_gives_its_ratios_only() -> None:
     args = parse_args(["--only", "logits"])
     args.load_before = [1.0]
-    sides = {"plain": {"median_s": 2.0, "extra_peak_mib": 2400.0},
-             "kl_per_position": {"median_s": 0.5, "extra_peak_mib": 24.0}}
+    sides = {
+        "plain": {"median_s": 2.0, "extra_peak_mib": 2400.0},
+        "kl_per_position": {"median_s": 0.5, "extra_peak_mib": 24.0},
+    }
     rep = report(args, {"logits": {"steps": 512, "threads": 1, "sides": sides}})
     assert rep["kl_per_position_speedup"] == 4.0 and rep["kl_per_position_memory_ratio"] == 0.01
     assert "hidden" not in rep and "kl_from_hidden_speedup" not in rep

@@ -42,10 +42,16 @@ def _node_error() -> Exception:
 
 FAILURES = {  # name -> (exception factory, raises in a row (reads retry a lost connection once), typed reason)
     "node error": (_node_error, 1, "ChainError"),
-    "rate limited": (lambda: bt.RpcPolicyError("RPC endpoint rate limited this source (HTTP 429)", status_code=429,
-                                               retry_after="1"), 1, "ChainThrottled"),  # fmt: skip
-    "connection lost": (lambda: bt.RpcConnectionError("RPC request failed after exhausting endpoint retries"), 2,
-                        "ChainUnavailable"),  # fmt: skip
+    "rate limited": (
+        lambda: bt.RpcPolicyError("RPC endpoint rate limited this source (HTTP 429)", status_code=429, retry_after="1"),
+        1,
+        "ChainThrottled",
+    ),
+    "connection lost": (
+        lambda: bt.RpcConnectionError("RPC request failed after exhausting endpoint retries"),
+        2,
+        "ChainUnavailable",
+    ),
     "socket reset": (lambda: ConnectionResetError(104, "Connection reset by peer"), 2, "ChainUnavailable"),
     "timeout": (lambda: TimeoutError("asyncio.wait_for gave up"), 1, "ChainUnavailable"),  # asyncio's, on 3.11+
 }
@@ -55,8 +61,13 @@ def _state(store) -> tuple:
     king = store.current_king()
     evals = store._db.execute("SELECT hotkey, commit_block, COUNT(*) FROM evaluations GROUP BY 1, 2").fetchall()
     statuses = store._db.execute("SELECT status FROM submissions").fetchall()
-    return (king["hotkey"] if king else None, sorted(tuple(e) for e in evals), sorted(s[0] for s in statuses),
-            store.last_weights(confirmed=True) is not None, store.disqualifications())  # fmt: skip
+    return (
+        king["hotkey"] if king else None,
+        sorted(tuple(e) for e in evals),
+        sorted(s[0] for s in statuses),
+        store.last_weights(confirmed=True) is not None,
+        store.disqualifications(),
+    )
 
 
 @pytest.mark.parametrize("failure", list(FAILURES))
@@ -65,8 +76,9 @@ def test_an_outage_at_any_step_ends_that_step_and_the_loop_goes_on(world, caplog
     seed(world, ("m1", "alice/m1"))
     faults: dict[str, list[BaseException]] = {}
     calls: list[str] = []
-    chain = SubtensorChain("local", 1, world.wallet, timeout=2.0,
-                           client_factory=lambda n: SimClient(world.sim, faults=faults, calls=calls))  # fmt: skip
+    chain = SubtensorChain(
+        "local", 1, world.wallet, timeout=2.0, client_factory=lambda n: SimClient(world.sim, faults=faults, calls=calls)
+    )
     v = make_validator(world, FakePod({"alice/m1": 0.5}), chain=chain, weights_retry_blocks=2)
     make, times, typed = FAILURES[failure]
     faults[STEPS[step]] = [make() for _ in range(1 if step == "set weights" else times)]  # writes are never resent
@@ -84,8 +96,13 @@ def test_an_outage_at_any_step_ends_that_step_and_the_loop_goes_on(world, caplog
         for _ in range(6):  # the chain is back: the contest settles as if nothing happened
             world.sim.advance(3)
             assert v.run(once=True) == 0
-        assert _state(v.store) == (world.miners["m1"], [(world.miners["m1"], world.sim.commitments()[
-            world.miners["m1"]].block, 1)], ["evaluated"], True, [])  # fmt: skip
+        assert _state(v.store) == (
+            world.miners["m1"],
+            [(world.miners["m1"], world.sim.commitments()[world.miners["m1"]].block, 1)],
+            ["evaluated"],
+            True,
+            [],
+        )
     finally:
         chain.close()
         v.store.close()
@@ -96,8 +113,13 @@ def test_a_lost_answer_to_a_write_that_landed_is_not_a_failure(world):
     seed(world, ("m1", "alice/m1"))
     calls: list[str] = []
     lose = {"execute"}
-    chain = SubtensorChain("local", 1, world.wallet, timeout=2.0,
-                           client_factory=lambda n: SimClient(world.sim, lose_answer=lose, calls=calls))  # fmt: skip
+    chain = SubtensorChain(
+        "local",
+        1,
+        world.wallet,
+        timeout=2.0,
+        client_factory=lambda n: SimClient(world.sim, lose_answer=lose, calls=calls),
+    )
     v = make_validator(world, FakePod({"alice/m1": 0.5}), chain=chain)
     try:
         assert v.epoch().weights == "set" and calls.count("execute") == 1
@@ -105,4 +127,3 @@ def test_a_lost_answer_to_a_write_that_landed_is_not_a_failure(world):
     finally:
         chain.close()
         v.store.close()
-

@@ -68,6 +68,7 @@ def test_admin_operations_still_on_simchain(tmp_path: Path) -> None:
     for name in ("advance", "register", "deregister", "set_stake", "set_validator_permit", "set_weights_rate_limit"):
         assert callable(getattr(chain, name))
 
+
 def test_blocks_advance_with_time(tmp_path: Path) -> None:
     chain = _chain(tmp_path)
     assert chain.head().number == 0

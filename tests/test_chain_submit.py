@@ -51,15 +51,43 @@ def env(models, tmp_path):
     reg = create_test_wallet(wallets, name="reg")
     unreg = create_test_wallet(wallets, name="unreg")
     admin.register(reg.hotkey.ss58_address, reg.coldkeypub.ss58_address)
-    yield {"hub": hub, "rev": rev, "bad_rev": bad_rev, "chain": admin, "teacher": teacher, "tmp": tmp_path,
-           "reg": reg.hotkey.ss58_address, "unreg": unreg.hotkey.ss58_address, "wallets": wallets}
+    yield {
+        "hub": hub,
+        "rev": rev,
+        "bad_rev": bad_rev,
+        "chain": admin,
+        "teacher": teacher,
+        "tmp": tmp_path,
+        "reg": reg.hotkey.ss58_address,
+        "unreg": unreg.hotkey.ss58_address,
+        "wallets": wallets,
+    }
     admin.close()
 
 
 def commit(env, *extra: str, wallet: str = "reg", repo: str = "miner/student") -> list[str]:
-    return ["commit", "--network", "sim", "--sim-db", str(env["tmp"] / "sim.db"), "--netuid", str(NETUID),
-            "--wallet-name", wallet, "--hotkey-name", "default", "--wallet-path", str(env["wallets"]),
-            "--model-repo", repo, "--teacher", str(env["teacher"]), "--hub-dir", str(env["hub"].root), *extra]
+    return [
+        "commit",
+        "--network",
+        "sim",
+        "--sim-db",
+        str(env["tmp"] / "sim.db"),
+        "--netuid",
+        str(NETUID),
+        "--wallet-name",
+        wallet,
+        "--hotkey-name",
+        "default",
+        "--wallet-path",
+        str(env["wallets"]),
+        "--model-repo",
+        repo,
+        "--teacher",
+        str(env["teacher"]),
+        "--hub-dir",
+        str(env["hub"].root),
+        *extra,
+    ]
 
 
 def test_commit_reads_back_same_commit_is_done_another_is_refused(env, capsys, models):
@@ -122,9 +150,15 @@ def _args(env, **over) -> argparse.Namespace:
 
 def _flow(env, store, **kw) -> int:
     chain = SimChain(env["tmp"] / "sim.db", NETUID, hotkey=env["reg"])
-    return commit_flow.run_commit(_args(env, **kw.pop("args", {})), store=store,
-                                   teacher=TeacherSpec.from_dir(env["teacher"]), chain=chain, hotkey=env["reg"],
-                                   revision=env["rev"], **kw)
+    return commit_flow.run_commit(
+        _args(env, **kw.pop("args", {})),
+        store=store,
+        teacher=TeacherSpec.from_dir(env["teacher"]),
+        chain=chain,
+        hotkey=env["reg"],
+        revision=env["rev"],
+        **kw,
+    )
 
 
 def test_interactive_answer_decides(env):
@@ -168,8 +202,11 @@ def _secret_wallet(env, password: str | None) -> tuple[str, list[str]]:
     wallet.regenerate_hotkey(mnemonic=mnemonic, hotkey_password=password, overwrite=True, suppress=True)
     cold = create_test_wallet(env["tmp"] / "cold", name="cold")
     env["chain"].register(Keypair.create_from_mnemonic(mnemonic).ss58_address, cold.coldkeypub.ss58_address)
-    plain = json.loads(bt.Wallet(name="plain", path=str(env["wallets"])).regenerate_hotkey(
-        mnemonic=mnemonic, overwrite=True, suppress=True).hotkey_file._read_data())  # fmt: skip
+    plain = json.loads(
+        bt.Wallet(name="plain", path=str(env["wallets"]))
+        .regenerate_hotkey(mnemonic=mnemonic, overwrite=True, suppress=True)
+        .hotkey_file._read_data()
+    )
     words = mnemonic.split()
     secrets = [mnemonic, plain["secretSeed"], plain["secretSeed"][2:], plain["privateKey"], plain["privateKey"][2:]]
     secrets += [" ".join(words[i : i + 3]) for i in range(len(words) - 2)]  # any run of three words
@@ -245,8 +282,15 @@ def test_chain_write_errors_are_one_sentence_and_never_retried(env, error, code,
     chain = RefusingChain(env["tmp"] / "sim.db", NETUID, hotkey=env["reg"], error=error)
     lines: list[str] = []
     teacher = TeacherSpec.from_dir(env["teacher"])
-    status = commit_flow.run_commit(_args(env, yes=True, wait=0.2), store=env["hub"], teacher=teacher, chain=chain,
-                                     hotkey=env["reg"], revision=env["rev"], out=lines.append)  # fmt: skip
+    status = commit_flow.run_commit(
+        _args(env, yes=True, wait=0.2),
+        store=env["hub"],
+        teacher=teacher,
+        chain=chain,
+        hotkey=env["reg"],
+        revision=env["rev"],
+        out=lines.append,
+    )
     assert status == code and chain.attempts == 1
     assert words in lines[-1] and "\n" not in lines[-1]
     assert lines[-1].startswith(("REFUSED:", "TRY AGAIN LATER:")) or "Do not commit anything else" in lines[-1]
@@ -266,8 +310,15 @@ def test_lost_answer_to_a_commit_that_landed_is_reported_committed_and_a_rerun_a
     chain = LostAnswerChain(env["tmp"] / "sim.db", NETUID, hotkey=env["reg"])
     lines: list[str] = []
     teacher = TeacherSpec.from_dir(env["teacher"])
-    status = commit_flow.run_commit(_args(env, yes=True), store=env["hub"], teacher=teacher, chain=chain,
-                                     hotkey=env["reg"], revision=env["rev"], out=lines.append)  # fmt: skip
+    status = commit_flow.run_commit(
+        _args(env, yes=True),
+        store=env["hub"],
+        teacher=teacher,
+        chain=chain,
+        hotkey=env["reg"],
+        revision=env["rev"],
+        out=lines.append,
+    )
     chain.close()
     block = env["chain"].commitments()[env["reg"]].block
     assert status == 0 and lines[-1].startswith(f"COMMITTED miner/student@{env['rev']} at block {block}")
@@ -288,9 +339,15 @@ def test_commit_through_the_subtensor_adapter_settles_a_lost_answer(env):
     chain = SubtensorChain("finney", NETUID, wallet, client_factory=lambda n: client)
     lines: list[str] = []
     try:
-        status = commit_flow.run_commit(_args(env, yes=True), store=env["hub"],
-                                         teacher=TeacherSpec.from_dir(env["teacher"]), chain=chain, hotkey=env["reg"],
-                                         revision=env["rev"], out=lines.append)  # fmt: skip
+        status = commit_flow.run_commit(
+            _args(env, yes=True),
+            store=env["hub"],
+            teacher=TeacherSpec.from_dir(env["teacher"]),
+            chain=chain,
+            hotkey=env["reg"],
+            revision=env["rev"],
+            out=lines.append,
+        )
     finally:
         chain.close()
     assert status == 0 and lines[-1].startswith("COMMITTED") and calls.count("submit_call") == 1

@@ -52,8 +52,15 @@ class World:
         self.lag = 0
 
     def client(self, network: str) -> SimClient:
-        c = SimClient(self.sim, faults=self.faults, lose_answer=self.lose, delay=self.delay, calls=self.calls,
-                      finality_lag=self.lag, results=self.results)  # fmt: skip
+        c = SimClient(
+            self.sim,
+            faults=self.faults,
+            lose_answer=self.lose,
+            delay=self.delay,
+            calls=self.calls,
+            finality_lag=self.lag,
+            results=self.results,
+        )
         self.clients.append(c)
         return c
 
@@ -111,8 +118,9 @@ def test_commitments_are_read_at_the_finalized_block_and_sealed_ones_skipped(w: 
     class Sealed(SimClient):
         async def _commitments(self, netuid: int, block: int | None = None) -> dict[str, NeuronCommitment]:
             found = await super()._commitments(netuid, block)
-            found["5Sealed"] = NeuronCommitment("5Sealed", netuid, 3, 990, 1000, bt.Balance.from_rao(0), "", True,
-                                                 123, [], [])  # fmt: skip
+            found["5Sealed"] = NeuronCommitment(
+                "5Sealed", netuid, 3, 990, 1000, bt.Balance.from_rao(0), "", True, 123, [], []
+            )
             return found
 
     sealed = SubtensorChain("local", 7, FakeWallet(), client_factory=lambda n: Sealed(w.sim))  # type: ignore[arg-type,return-value]
@@ -163,8 +171,10 @@ def test_failed_reveal_never_shows(chain: SubtensorChain, w: World) -> None:
 
 
 @pytest.mark.parametrize("commit_reveal", [False, True])
-@pytest.mark.parametrize(("setup", "reason"), [("permit", "no_permit"), ("stake", "low_stake"),
-                                               ("rate", "rate_limited"), ("unregistered", "not_registered")])
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [("permit", "no_permit"), ("stake", "low_stake"), ("rate", "rate_limited"), ("unregistered", "not_registered")],
+)
 def test_standing_is_checked_before_anything_is_signed(
     chain: SubtensorChain, w: World, commit_reveal: bool, setup: str, reason: str
 ) -> None:
@@ -216,8 +226,9 @@ def test_dropped_connection_reconnects_once_for_reads(chain: SubtensorChain, w: 
 
 def test_rate_limited_endpoint_is_not_retried_at_once(chain: SubtensorChain, w: World) -> None:
     """The SDK already rotated endpoints and backed off; a retry now would amplify the 429."""
-    w.faults["metagraph"] = [bt.RpcPolicyError("RPC endpoint rate limited this source (HTTP 429)", status_code=429,
-                                               retry_after="7")]  # fmt: skip
+    w.faults["metagraph"] = [
+        bt.RpcPolicyError("RPC endpoint rate limited this source (HTTP 429)", status_code=429, retry_after="7")
+    ]
     with pytest.raises(ChainThrottled) as info:
         chain.neurons()
     assert info.value.retry_after_s == 7.0 and w.calls.count("metagraph") == 1
@@ -312,8 +323,9 @@ def test_commit_encoding_and_checks(w: World) -> None:
             chain.commit("y")
         w.sim.advance(5)
         assert chain.commit("y", replace=True) == 1005 and w.sim.commitments()[MINER].text == "y"
-        w.results.append(bt.ExtrinsicResult(success=False, message="no",
-                                            error=bt.ChainError("quota", name="SpaceLimitExceeded")))  # fmt: skip
+        w.results.append(
+            bt.ExtrinsicResult(success=False, message="no", error=bt.ChainError("quota", name="SpaceLimitExceeded"))
+        )
         with pytest.raises(RateLimited):
             chain.commit("z", replace=True)
         w.sim.deregister(MINER)
@@ -343,9 +355,15 @@ def test_set_weights_intent(chain: SubtensorChain, w: World) -> None:
 
 def test_mypy_passes_on_the_adapters() -> None:
     root = Path(__file__).resolve().parents[1]
-    files = ["validator/chain/port.py", "validator/chain/subtensor.py", "validator/chain/subtensor_rpc.py",
-             "validator/chain/subtensor_weights.py", "validator/chain/sim.py", "validator/chain/sim_weights.py",
-             "validator/chain/wallets.py"]  # fmt: skip
+    files = [
+        "validator/chain/port.py",
+        "validator/chain/subtensor.py",
+        "validator/chain/subtensor_rpc.py",
+        "validator/chain/subtensor_weights.py",
+        "validator/chain/sim.py",
+        "validator/chain/sim_weights.py",
+        "validator/chain/wallets.py",
+    ]
     proc = subprocess.run([sys.executable, "-m", "mypy", *files], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

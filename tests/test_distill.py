@@ -150,11 +150,34 @@ def test_distill_trains_the_student_and_the_output_is_admissible(
     rules_file = tmp_path / "rules.json"
     rules_file.write_text(TEST_RULES.to_json())
     logs: list[str] = []
-    args = distill.parse_args([
-        "--teacher", str(teacher_dir), "--student", str(student_dir), "--out", str(out),
-        "--prompts", "24", "--heldout", "6", "--steps", "200", "--grad-accum", "1", "--lr", "3e-3",
-        "--rules", str(rules_file), "--eval-every", "100", "--device", "cpu", "--seed", "0",
-    ])  # fmt: skip
+    args = distill.parse_args(
+        [
+            "--teacher",
+            str(teacher_dir),
+            "--student",
+            str(student_dir),
+            "--out",
+            str(out),
+            "--prompts",
+            "24",
+            "--heldout",
+            "6",
+            "--steps",
+            "200",
+            "--grad-accum",
+            "1",
+            "--lr",
+            "3e-3",
+            "--rules",
+            str(rules_file),
+            "--eval-every",
+            "100",
+            "--device",
+            "cpu",
+            "--seed",
+            "0",
+        ]
+    )
     history = distill.distill(args, log=logs.append)
 
     # The trainer's own log: loss and held-out KL at step 0, 100, 200, and the KL fell.
@@ -216,11 +239,34 @@ def test_cuda_trains_in_bf16_autocast_and_saves_bf16(models: tuple[Path, Path], 
     assert all(p.dtype == torch.float32 for p in student.parameters())
     out, rules_file = tmp_path / "out", tmp_path / "rules.json"
     rules_file.write_text(TEST_RULES.to_json())
-    args = distill.parse_args([
-        "--teacher", str(teacher_dir), "--student", str(student_dir), "--out", str(out), "--prompts", "24",
-        "--heldout", "6", "--steps", "150", "--grad-accum", "1", "--lr", "3e-3", "--rules", str(rules_file),
-        "--eval-every", "150", "--device", "cuda", "--seed", "0",
-    ])  # fmt: skip
+    args = distill.parse_args(
+        [
+            "--teacher",
+            str(teacher_dir),
+            "--student",
+            str(student_dir),
+            "--out",
+            str(out),
+            "--prompts",
+            "24",
+            "--heldout",
+            "6",
+            "--steps",
+            "150",
+            "--grad-accum",
+            "1",
+            "--lr",
+            "3e-3",
+            "--rules",
+            str(rules_file),
+            "--eval-every",
+            "150",
+            "--device",
+            "cuda",
+            "--seed",
+            "0",
+        ]
+    )
     history = distill.distill(args, log=lambda _: None)
     assert history[-1].heldout_kl < 0.5 * history[0].heldout_kl, history
     assert {t.dtype for t in load_file(str(out / "model.safetensors")).values()} == {torch.bfloat16}

@@ -207,8 +207,10 @@ def test_kill_and_settle(tmp_path, cast_dirs):
 def test_check_outcome_reports_what_differs(tmp_path):
     """The demo's expectation check names the difference (a check that passes everything proves nothing)."""
     d = Demo(tmp_path, RECIPE, cast=EPOCH1, hotkeys={e.name: f"hk-{e.name}" for e in EPOCH1})
-    ev = [{"hotkey": "hk-strong", "round_id": 1, "state": "won", "mean_kl": 0.04},
-          {"hotkey": "hk-weak", "round_id": 1, "state": "lost", "mean_kl": 0.9}]  # fmt: skip
+    ev = [
+        {"hotkey": "hk-strong", "round_id": 1, "state": "won", "mean_kl": 0.04},
+        {"hotkey": "hk-weak", "round_id": 1, "state": "lost", "mean_kl": 0.9},
+    ]
     scores = {"king": {"hotkey": "hk-strong"}, "evaluations": ev}
     copy_dq = {"reason": "COPY", "check": "metadata_hash", "evidence": {"copy_of": {"hotkey": "hk-strong"}}}
     dqs = {"hk-copy": copy_dq, "hk-resharded": {**copy_dq, "check": "content_hash"}}

@@ -22,8 +22,14 @@ pytestmark = pytest.mark.skipif(not shutil.which("node"), reason="node is not in
 
 def _apps(env: dict[str, str]) -> dict[str, dict]:
     script = "console.log(JSON.stringify(require(process.argv[1]).apps))"
-    out = subprocess.run(["node", "-e", script, str(FILE)], env={"PATH": os.environ.get("PATH", ""), **env},
-                         capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    out = subprocess.run(
+        ["node", "-e", script, str(FILE)],
+        env={"PATH": os.environ.get("PATH", ""), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     return {a["name"]: a for a in json.loads(out.stdout)}
 
 
@@ -84,11 +90,21 @@ def test_the_validator_under_pm2_logs_json_lines_and_stops_cleanly_on_sigint(wor
 
     seed(world, ("m1", "alice/m1"))
     home = tempfile.mkdtemp(prefix="pm2-", dir="/tmp")  # a short path: PM2's unix sockets live here
-    extra = (f"--sim-db {world.sim_db} --hub-dir {world.hub_root} --corpus builtin --local-pod "
-             f"--rules {world.rules_file()} --epoch-blocks 1 --poll-seconds 0.2 --workdir {world.root / 'pod'}")
-    env = {"BT_NETWORK": "sim", "KLHILL_NETUID": "1", "KLHILL_DB": str(world.db), "BT_WALLET": world.wallet.name,
-           "BT_WALLET_HOTKEY": "default", "BT_WALLET_PATH": str(world.root / "w"), "KLHILL_EXTRA_ARGS": extra,
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    extra = (
+        f"--sim-db {world.sim_db} --hub-dir {world.hub_root} --corpus builtin --local-pod "
+        f"--rules {world.rules_file()} --epoch-blocks 1 --poll-seconds 0.2 --workdir {world.root / 'pod'}"
+    )
+    env = {
+        "BT_NETWORK": "sim",
+        "KLHILL_NETUID": "1",
+        "KLHILL_DB": str(world.db),
+        "BT_WALLET": world.wallet.name,
+        "BT_WALLET_HOTKEY": "default",
+        "BT_WALLET_PATH": str(world.root / "w"),
+        "KLHILL_EXTRA_ARGS": extra,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     try:
         _pm2(home, "start", str(FILE), env=env)
         proc = _proc(home, "klhill-validator")

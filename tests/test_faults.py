@@ -42,8 +42,13 @@ def test_pod_fault_fails_the_round_and_judges_nobody(world, fault):
     elif fault == "wrong_job":
         pod.mutate = lambda r: r.model_copy(update={"job_id": "someone-else"})
     elif fault == "wrong_revision":
-        pod.mutate = lambda r: r.model_copy(update={"models": [
-            m.model_copy(update={"ref": m.ref.model_copy(update={"revision": "0" * 40})}) for m in r.models]})
+        pod.mutate = lambda r: r.model_copy(
+            update={
+                "models": [
+                    m.model_copy(update={"ref": m.ref.model_copy(update={"revision": "0" * 40})}) for m in r.models
+                ]
+            }
+        )
     else:
         pod.mutate = lambda r: r.model_copy(update={"models": r.models[:1]})
     report = v.epoch()
@@ -115,12 +120,15 @@ class RefusingChain:
         return getattr(self.inner, name)
 
 
-@pytest.mark.parametrize("failure", [
-    WeightsReceipt(False, "rate limited", None, "rate_limited"),
-    WeightsReceipt(False, "extrinsic failed", None, "not_confirmed"),
-    TransientError("websocket dropped"),
-    ChainError("bad weights"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "failure",
+    [
+        WeightsReceipt(False, "rate limited", None, "rate_limited"),
+        WeightsReceipt(False, "extrinsic failed", None, "not_confirmed"),
+        TransientError("websocket dropped"),
+        ChainError("bad weights"),
+    ],
+)
 def test_failed_weights_are_recorded_and_retried_later_not_in_a_tight_loop(world, failure):
     seed(world, ("m1", "alice/m1"))
     v = make_validator(world, FakePod(), weights_retry_blocks=10)
@@ -283,8 +291,10 @@ def test_a_validator_started_after_a_recommit_agrees_with_one_that_watched_it(wo
     assert watcher.store.disqualifications() == late.store.disqualifications() == []
     kings = [(s.current_king()["hotkey"], s.current_king()["commit_block"]) for s in (watcher.store, late.store)]
     assert kings[0] == kings[1] == (world.miners["m1"], world.sim.commitments()[world.miners["m1"]].block)
-    rewarded = [{u: x for u, x in zip(w["uids"], w["weights"], strict=True) if x} for w in
-                (watcher.store.last_weights(), late.store.last_weights())]  # fmt: skip
+    rewarded = [
+        {u: x for u, x in zip(w["uids"], w["weights"], strict=True) if x}
+        for w in (watcher.store.last_weights(), late.store.last_weights())
+    ]
     assert rewarded[0] == rewarded[1] and len(rewarded[0]) == 1
 
 
@@ -310,8 +320,12 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path, world):
     seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BT_", "KLHILL_"))}
     env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "validator", *world.cli_args("--local-pod", "--workdir", str(tmp_path / "lp"),
-                                                              "--once")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "validator",
+        *world.cli_args("--local-pod", "--workdir", str(tmp_path / "lp"), "--once"),
+    ]
     rng = random.Random(int(os.environ.get("KLHILL_FAULT_SEED", "7")))
     for _ in range(4):
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -322,8 +336,9 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path, world):
     assert done.returncode == 0, done.stderr[-3000:]
     db = sqlite3.connect(world.db)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    dup = db.execute("SELECT hotkey, commit_block, COUNT(*) FROM evaluations GROUP BY hotkey, commit_block"
-                     " HAVING COUNT(*) > 1").fetchall()  # fmt: skip
+    dup = db.execute(
+        "SELECT hotkey, commit_block, COUNT(*) FROM evaluations GROUP BY hotkey, commit_block HAVING COUNT(*) > 1"
+    ).fetchall()
     assert dup == []
     assert db.execute("SELECT COUNT(*) FROM rounds WHERE state = 'done'").fetchone()[0] == 1
     assert db.execute("SELECT COUNT(*) FROM rounds WHERE state IN ('planned', 'dispatched')").fetchone()[0] == 0

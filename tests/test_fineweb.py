@@ -23,23 +23,40 @@ from eval.rules import ContestRules
 
 REPO = "HuggingFaceFW/fineweb"
 PINNED, REPUBLISHED = "1" * 40, "2" * 40
-SMALL = ContestRules(prompts_per_round=4, early_stop_min_prompts=2, prompt_min_chars=40, prompt_max_chars=160,
-                     dataset=REPO, dataset_revision=PINNED, dataset_path="sample/10BT")  # fmt: skip
+SMALL = ContestRules(
+    prompts_per_round=4,
+    early_stop_min_prompts=2,
+    prompt_min_chars=40,
+    prompt_max_chars=160,
+    dataset=REPO,
+    dataset_revision=PINNED,
+    dataset_path="sample/10BT",
+)
 H = "0x" + hashlib.sha256(b"block-0").hexdigest()
 
 
 def _docs(tag: str, count: int) -> list[str]:
-    return [f"Document {i} of {tag} opens here. " + " ".join(f"Sentence {j} of {tag} says a thing." for j in range(5))
-            for i in range(count)]  # fmt: skip
+    return [
+        f"Document {i} of {tag} opens here. " + " ".join(f"Sentence {j} of {tag} says a thing." for j in range(5))
+        for i in range(count)
+    ]
 
 
 def _shard(path: Path, docs: list[str], rows_per_group: int = 8) -> None:
     """A parquet file in FineWeb's column layout (text first, then the metadata columns)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     n = len(docs)
-    table = pa.table({"text": docs, "id": [f"<urn:uuid:{i}>" for i in range(n)], "dump": ["CC-MAIN-2024-10"] * n,
-                      "url": [f"https://example.org/{i}" for i in range(n)], "language": ["en"] * n,
-                      "language_score": [0.9] * n, "token_count": [60] * n})  # fmt: skip
+    table = pa.table(
+        {
+            "text": docs,
+            "id": [f"<urn:uuid:{i}>" for i in range(n)],
+            "dump": ["CC-MAIN-2024-10"] * n,
+            "url": [f"https://example.org/{i}" for i in range(n)],
+            "language": ["en"] * n,
+            "language_score": [0.9] * n,
+            "token_count": [60] * n,
+        }
+    )
     pq.write_table(table, path, row_group_size=rows_per_group)
 
 
@@ -83,8 +100,10 @@ def test_the_listing_is_kept_on_disk_per_revision(hub, tmp_path):
     assert sample_prompts(H, SMALL, FineWebSource(SMALL, endpoint=hub.url, cache_dir=cache)) == first
     assert len(trees()) == 1  # a restart lists nothing
     other = SMALL.model_copy(update={"dataset_revision": REPUBLISHED})
-    assert FineWebSource(other, endpoint=hub.url, cache_dir=cache).shards() == FineWebSource(SMALL, cache_dir=cache,
-                                                                                         endpoint=hub.url).shards()
+    assert (
+        FineWebSource(other, endpoint=hub.url, cache_dir=cache).shards()
+        == FineWebSource(SMALL, cache_dir=cache, endpoint=hub.url).shards()
+    )
     assert len(trees()) == 2  # another revision is listed once too
     (files := sorted(cache.iterdir()))[0].write_text("{not json")  # a damaged cache file is listed again
     assert len(files) == 2 and FineWebSource(SMALL, endpoint=hub.url, cache_dir=cache).shards()
@@ -167,12 +186,20 @@ def test_no_parquet_files_fails_clearly(tmp_path):
 
 
 def test_a_cached_listing_of_another_dataset_is_not_trusted(tmp_path):
-    src = FineWebSource(SMALL, cache_dir=tmp_path, list_files=lambda: [("sample/10BT/a.parquet", 5)],
-                        open_file=lambda p, n: io.BytesIO())  # fmt: skip
+    src = FineWebSource(
+        SMALL,
+        cache_dir=tmp_path,
+        list_files=lambda: [("sample/10BT/a.parquet", 5)],
+        open_file=lambda p, n: io.BytesIO(),
+    )
     assert src.shards() == ["sample/10BT/a.parquet"]
     cached = next(tmp_path.iterdir())
     doc = json.loads(cached.read_text())
     cached.write_text(json.dumps({**doc, "revision": REPUBLISHED, "files": [["evil.parquet", 1]]}))
-    again = FineWebSource(SMALL, cache_dir=tmp_path, list_files=lambda: [("sample/10BT/a.parquet", 5)],
-                          open_file=lambda p, n: io.BytesIO())  # fmt: skip
+    again = FineWebSource(
+        SMALL,
+        cache_dir=tmp_path,
+        list_files=lambda: [("sample/10BT/a.parquet", 5)],
+        open_file=lambda p, n: io.BytesIO(),
+    )
     assert again.shards() == ["sample/10BT/a.parquet"]

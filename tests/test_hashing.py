@@ -89,8 +89,14 @@ def _write_raw(path, items: list[tuple[str, torch.Tensor]], header_order: list[s
         blobs.append(raw)
         pos += len(raw)
     dt = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
-    header = {n: {"dtype": dt[offsets[n][0].dtype], "shape": list(offsets[n][0].shape),
-                  "data_offsets": [offsets[n][1], offsets[n][2]]} for n in header_order}  # fmt: skip
+    header = {
+        n: {
+            "dtype": dt[offsets[n][0].dtype],
+            "shape": list(offsets[n][0].shape),
+            "data_offsets": [offsets[n][1], offsets[n][2]],
+        }
+        for n in header_order
+    }
     body = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(body)) + body + b"".join(blobs))
 

@@ -9,8 +9,9 @@ from validator.store.database import Store
 def test_rejection_is_logged_recorded_and_cleared_by_the_same_reader(tmp_path, caplog):
     store = Store.open(tmp_path / "v.db")
     with caplog.at_level("ERROR"):
-        hub_health.report_rejected(store, "HTTP 401 (Invalid credentials in Authorization header)", 7,
-                                   "prompt sampling", hub_health.DATASET)  # fmt: skip
+        hub_health.report_rejected(
+            store, "HTTP 401 (Invalid credentials in Authorization header)", 7, "prompt sampling", hub_health.DATASET
+        )
     assert any(r.levelname == "ERROR" and "HF_TOKEN" in r.getMessage() for r in caplog.records)
     meta = store.meta()
     assert (meta["hub_auth"], meta["hub_auth_block"], meta["hub_auth_source"]) == ("rejected", 7, "dataset")

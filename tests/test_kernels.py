@@ -61,12 +61,28 @@ def fake_fla(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     calls: list[tuple[int, ...]] = []
 
     def chunk_gated_delta_rule(
-        q: Any, k: Any, v: Any, g: Any, beta: Any, scale: Any = None, initial_state: Any = None,
-        output_final_state: bool = False, use_qk_l2norm_in_kernel: bool = False, cu_seqlens: Any = None,
+        q: Any,
+        k: Any,
+        v: Any,
+        g: Any,
+        beta: Any,
+        scale: Any = None,
+        initial_state: Any = None,
+        output_final_state: bool = False,
+        use_qk_l2norm_in_kernel: bool = False,
+        cu_seqlens: Any = None,
     ) -> Any:
         calls.append(tuple(q.shape))
-        return reference(q, k, v, g=g, beta=beta, initial_state=initial_state,
-                         output_final_state=output_final_state, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel)
+        return reference(
+            q,
+            k,
+            v,
+            g=g,
+            beta=beta,
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+        )
 
     chunk_gated_delta_rule.__module__ = "fla.ops.gated_delta_rule.chunk"
     fla, ops, gdr = ModuleType("fla"), ModuleType("fla.ops"), ModuleType("fla.ops.gated_delta_rule")

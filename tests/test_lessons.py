@@ -50,9 +50,12 @@ def one_thread():
 
 def _contest_job(revs: dict[str, str], king: str, challengers: list[str], job_id: str) -> Any:
     return make_job(
-        job_id, rules=CONTEST_RULES, prompts=PROMPTS, king=ref(king, revs[king], 1),
+        job_id,
+        rules=CONTEST_RULES,
+        prompts=PROMPTS,
+        king=ref(king, revs[king], 1),
         challengers=[ref(name, revs[name], 10 + i) for i, name in enumerate(challengers)],
-    )  # fmt: skip
+    )
 
 
 # --- LESSONS 5: hash store clobbering ----------------------------------------------------------------
@@ -60,8 +63,10 @@ def test_lesson_05_integrity_shas_and_weight_hashes_never_clobber(tmp_path):
     store = Store.open(tmp_path / "v.db")
     hk_a, hk_b = "5" + "A" * 47, "5" + "B" * 47
     same = "a" * 64  # one string used as a file SHA, a metadata hash and a content hash at once
-    subs = [NewSubmission(hk, block, uid, "ck", "{}", "pending", f"org/{uid}", "d" * 40)  # type: ignore[arg-type]
-            for hk, block, uid in ((hk_a, 5, 0), (hk_b, 9, 1))]  # fmt: skip
+    subs = [
+        NewSubmission(hk, block, uid, "ck", "{}", "pending", f"org/{uid}", "d" * 40)  # type: ignore[arg-type]
+        for hk, block, uid in ((hk_a, 5, 0), (hk_b, 9, 1))
+    ]
     store.add_submissions(subs)
     store.record_admission((hk_a, 5), "admitted", params=10, metadata_hash=same)
     store.add_integrity((hk_a, 5), {"model.safetensors": same, "config.json": "b" * 64})
@@ -71,8 +76,11 @@ def test_lesson_05_integrity_shas_and_weight_hashes_never_clobber(tmp_path):
     assert store.metadata_hash_owner(same) == (hk_a, 5) and store.metadata_hash_holders("e" * 64) == [(hk_b, 9)]
     assert store.known_content_hashes() == [((hk_a, 5), "c" * 64)]
     rows = store._db.execute("SELECT hotkey, path, sha256 FROM integrity ORDER BY hotkey, path").fetchall()
-    assert [tuple(r) for r in rows] == [(hk_a, "config.json", "b" * 64), (hk_a, "model.safetensors", same),
-                                        (hk_b, "model.safetensors", same)]  # fmt: skip
+    assert [tuple(r) for r in rows] == [
+        (hk_a, "config.json", "b" * 64),
+        (hk_a, "model.safetensors", same),
+        (hk_b, "model.safetensors", same),
+    ]
     kinds = store._db.execute("SELECT kind, value FROM hashes WHERE hotkey = ? ORDER BY kind", (hk_a,)).fetchall()
     assert [tuple(r) for r in kinds] == [("content", "c" * 64), ("metadata", same)]
     with pytest.raises((sqlite3.IntegrityError, StoreError)):  # the hash table is typed: no third kind
@@ -127,8 +135,9 @@ def test_lesson_12_result_scoring_fewer_tokens_than_the_teacher_is_refused():
     bad = good.model_copy(update={"models": [good.models[0], truncated, good.models[2]]})
     with pytest.raises(InvalidResult, match="tokens"):
         validate_result(job, bad)
-    stopped = good.models[2].model_copy(update={"status": "early_stopped", "prompt_kl": [0.5],
-                                                "prompt_tokens": [good.teacher.continuation_tokens[0]]})  # fmt: skip
+    stopped = good.models[2].model_copy(
+        update={"status": "early_stopped", "prompt_kl": [0.5], "prompt_tokens": [good.teacher.continuation_tokens[0]]}
+    )
     assert validate_result(job, good.model_copy(update={"models": [*good.models[:2], stopped]}))
 
 
@@ -176,8 +185,10 @@ def test_lesson_18_a_model_error_is_final_and_never_dispatched_again(world):
     pod = FakePod({"alice/m1": 0.5})
 
     def break_bob(result: Any) -> Any:
-        models = [m if m.ref.repo != "bob/m2" else ModelResult(ref=m.ref, status="model_error", error="cannot load")
-                  for m in result.models]  # fmt: skip
+        models = [
+            m if m.ref.repo != "bob/m2" else ModelResult(ref=m.ref, status="model_error", error="cannot load")
+            for m in result.models
+        ]
         return result.model_copy(update={"models": models})
 
     pod.mutate = break_bob
@@ -258,8 +269,12 @@ def test_lesson_25_no_secret_ever_travels_in_argv(capsys):
     from validator.settings import Settings, build_parser
 
     helps = []
-    for show in (lambda: build_parser({}).parse_args(["run", "--help"]), lambda: pod_args(["--help"]),
-                 lambda: api_args(["--help"]), lambda: miner_parser().parse_args(["commit", "--help"])):  # fmt: skip
+    for show in (
+        lambda: build_parser({}).parse_args(["run", "--help"]),
+        lambda: pod_args(["--help"]),
+        lambda: api_args(["--help"]),
+        lambda: miner_parser().parse_args(["commit", "--help"]),
+    ):
         with pytest.raises(SystemExit):
             show()
         helps.append(capsys.readouterr().out)
@@ -334,8 +349,9 @@ def test_lesson_24_hub_adapter_cache_is_bounded_by_revisions(tmp_path, hub_onlin
 
     hub = FakeHub(LocalHub(tmp_path / "hub"))
     try:
-        revs = [hub.hub.publish("org/m", write_model(tmp_path / f"src{i}", tensor_dict=tensors(seed=i)))
-                for i in range(3)]  # fmt: skip
+        revs = [
+            hub.hub.publish("org/m", write_model(tmp_path / f"src{i}", tensor_dict=tensors(seed=i))) for i in range(3)
+        ]
         store = HuggingFaceStore(endpoint=hub.url, timeout=5, max_cached_revisions=2)
         for rev in revs:
             store.files("org/m", rev)

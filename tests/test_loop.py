@@ -125,8 +125,12 @@ def test_live_progress_is_written_while_the_pod_runs_and_cleared_after(world):
 def test_sigterm_stops_the_running_loop_cleanly(world, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BT_", "KLHILL_"))}
     env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "validator",
-           *world.cli_args("--local-pod", "--workdir", str(tmp_path / "lp"), "--log-format", "json")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "validator",
+        *world.cli_args("--local-pod", "--workdir", str(tmp_path / "lp"), "--log-format", "json"),
+    ]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait for the first round to be recorded, then ask it to stop
@@ -217,9 +221,17 @@ def test_a_throttled_chain_aborts_the_epoch_and_the_loop_backs_off_as_asked(worl
     assert "epoch aborted (ChainThrottled" in caplog.text
 
 
-@pytest.mark.parametrize(("failures", "hint", "expected"), [
-    (1, None, 12.0), (2, None, 24.0), (3, None, 48.0), (10, None, 600.0), (1, 90.0, 90.0), (4, 30.0, 96.0),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("failures", "hint", "expected"),
+    [
+        (1, None, 12.0),
+        (2, None, 24.0),
+        (3, None, 48.0),
+        (10, None, 600.0),
+        (1, 90.0, 90.0),
+        (4, 30.0, 96.0),
+    ],
+)
 def test_retry_delay_doubles_up_to_a_cap_and_respects_retry_after(failures, hint, expected):
     exc = ChainThrottled("429", retry_after_s=hint) if hint is not None else ChainUnavailable("timed out")
     assert retry_delay(exc, failures, 12.0, 600.0) == expected

@@ -52,8 +52,16 @@ def cast() -> dict[str, Path]:
         if not (out / ".done").is_file():
             tmp = base / f".tmp-honest-{seed}"
             shutil.rmtree(tmp, ignore_errors=True)
-            _distill(RECIPE, dirs["teacher"], dirs["strong"], tmp, RECIPE.better_steps, seed, base / "rules.json",
-                     lambda _m: None)  # fmt: skip
+            _distill(
+                RECIPE,
+                dirs["teacher"],
+                dirs["strong"],
+                tmp,
+                RECIPE.better_steps,
+                seed,
+                base / "rules.json",
+                lambda _m: None,
+            )
             (tmp / ".done").write_text("ok\n")
             shutil.rmtree(out, ignore_errors=True)
             tmp.rename(out)
@@ -73,8 +81,16 @@ def _round(cast: dict[str, Path], tmp_path: Path, rules: ContestRules, block_has
 
     king, looper = ref("demo/strong", revs["strong"], 1, 10), ref("demo/looper", revs["looper"], 2, 20)
     prompts = sample_prompts(block_hash, rules, LocalCorpus(None))
-    job = EvalJob(job_id=f"looper-{rules.onpolicy_prompts}", block=30, block_hash=block_hash, rules=rules,
-                  teacher_revision=revs["teacher"], prompts=prompts, king=king, challengers=[looper])  # fmt: skip
+    job = EvalJob(
+        job_id=f"looper-{rules.onpolicy_prompts}",
+        block=30,
+        block_hash=block_hash,
+        rules=rules,
+        teacher_revision=revs["teacher"],
+        prompts=prompts,
+        king=king,
+        challengers=[looper],
+    )
     result = run_job(job, hub, tmp_path / "pod", "cpu", limits=DiskLimits(min_free_bytes=0))
     plan = RoundPlan("challenge", _candidate(king), (_candidate(looper),))
     return result, interpret_result(plan, result, rules)
@@ -97,8 +113,13 @@ def test_looper_beats_the_king_on_kl_and_the_guard_stops_it(cast, tmp_path):
 
 
 def _guard(king, challenger):
-    return onpolicy_guard([o.teacher_nll for o in king], [o.teacher_nll for o in challenger],
-                          [o.repetition for o in king], [o.repetition for o in challenger], RULES)  # fmt: skip
+    return onpolicy_guard(
+        [o.teacher_nll for o in king],
+        [o.teacher_nll for o in challenger],
+        [o.repetition for o in king],
+        [o.repetition for o in challenger],
+        RULES,
+    )
 
 
 def test_the_guard_stops_the_looper_and_no_honest_student_on_several_rounds(cast, tmp_path):
@@ -116,8 +137,9 @@ def test_the_guard_stops_the_looper_and_no_honest_student_on_several_rounds(cast
         prompts = sample_prompts(block_hash, RULES, LocalCorpus(None))
         own = {n: measure_onpolicy(m, teacher, tok, prompts, RULES).values for n, m in models.items()}
         stops += [(block_hash[:6], k, c) for k, c in honest_pairs if _guard(own[k], own[c]).stop]
-        with run_teacher(teacher, tok, prompts, RULES, cache_dir=tmp_path / block_hash[:8],
-                         ram_limit_bytes=1 << 30) as run:  # fmt: skip
+        with run_teacher(
+            teacher, tok, prompts, RULES, cache_dir=tmp_path / block_hash[:8], ram_limit_bytes=1 << 30
+        ) as run:
             kl = {n: score_student(models[n], run, RULES).prompt_kl for n in ("strong", "looper")}
         assert decide(kl["strong"], kl["looper"], RULES).dethrone, block_hash  # wins on KL ...
         assert _guard(own["strong"], own["looper"]).stop, (block_hash, own["looper"])  # ... and is stopped, every round

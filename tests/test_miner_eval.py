@@ -33,23 +33,47 @@ def setup(tmp_path_factory):
     }
     hub = LocalHub(root / "hub")
     revs = {name: hub.publish(f"{'test' if name == 'teacher' else 'miner'}/{name}", d) for name, d in dirs.items()}
-    rules = ContestRules(teacher_repo="test/teacher", teacher_revision=revs["teacher"], vocab_size=512,
-                         prompts_per_round=3, max_new_tokens=6, max_prompt_tokens=64, early_stop_min_prompts=3)
+    rules = ContestRules(
+        teacher_repo="test/teacher",
+        teacher_revision=revs["teacher"],
+        vocab_size=512,
+        prompts_per_round=3,
+        max_new_tokens=6,
+        max_prompt_tokens=64,
+        early_stop_min_prompts=3,
+    )
     rules_path = root / "rules.json"
     rules_path.write_text(rules.to_json())
     # The validator's round: prompts from the block hash and the rules, the king first, run by the pod routine.
     prompts = sample_prompts(BLOCK_HASH, rules, LocalCorpus(None))
     job = EvalJob(
-        job_id="round-1", block=1234, block_hash=BLOCK_HASH, rules=rules, teacher_revision=revs["teacher"],
+        job_id="round-1",
+        block=1234,
+        block_hash=BLOCK_HASH,
+        rules=rules,
+        teacher_revision=revs["teacher"],
         prompts=prompts,
-        king=ModelRef(repo="miner/king", revision=revs["king"], submission=SubmissionId(hotkey=KING_HOTKEY,
-                                                                                           commit_block=10)),
-        challengers=[ModelRef(repo="miner/challenger", revision=revs["challenger"],
-                              submission=SubmissionId(hotkey=CHALLENGER_HOTKEY, commit_block=20))],
+        king=ModelRef(
+            repo="miner/king", revision=revs["king"], submission=SubmissionId(hotkey=KING_HOTKEY, commit_block=10)
+        ),
+        challengers=[
+            ModelRef(
+                repo="miner/challenger",
+                revision=revs["challenger"],
+                submission=SubmissionId(hotkey=CHALLENGER_HOTKEY, commit_block=20),
+            )
+        ],
     )
     result = LocalPod(hub, root / "pod").run(job, 600)
-    return {"root": root, "dirs": dirs, "hub": hub, "revs": revs, "rules": rules, "rules_path": rules_path,
-            "round": result.by_key()}
+    return {
+        "root": root,
+        "dirs": dirs,
+        "hub": hub,
+        "revs": revs,
+        "rules": rules,
+        "rules_path": rules_path,
+        "round": result.by_key(),
+    }
 
 
 def run_json(capsys, *argv: str) -> tuple[int, dict]:
@@ -66,9 +90,19 @@ def round_kl(setup, hotkey: str, block: int) -> list[float]:
 def test_hub_refs_reproduce_the_round_and_decision(setup, capsys):
     r = setup["revs"]
     code, doc = run_json(
-        capsys, "--model", f"miner/challenger@{r['challenger']}", "--against", f"miner/king@{r['king']}",
-        "--block-hash", BLOCK_HASH, "--rules", str(setup["rules_path"]), "--corpus", "builtin",
-        "--hub-dir", str(setup["hub"].root),
+        capsys,
+        "--model",
+        f"miner/challenger@{r['challenger']}",
+        "--against",
+        f"miner/king@{r['king']}",
+        "--block-hash",
+        BLOCK_HASH,
+        "--rules",
+        str(setup["rules_path"]),
+        "--corpus",
+        "builtin",
+        "--hub-dir",
+        str(setup["hub"].root),
     )
     assert code == 0 and doc["block_hash"] == BLOCK_HASH and doc["prompts"] == 3
     assert doc["against"]["status"] == "ok" and all(x > 1e-3 for x in doc["against"]["prompt_kl"])
@@ -87,8 +121,17 @@ def test_local_dirs_reproduce_the_round_without_copying(setup, capsys):
     dirs = setup["dirs"]
     before = sorted(p.name for p in dirs["challenger"].iterdir())
     code, doc = run_json(
-        capsys, "--model", str(dirs["challenger"]), "--teacher", str(dirs["teacher"]), "--block-hash", BLOCK_HASH,
-        "--rules", str(setup["rules_path"]), "--corpus", "builtin",
+        capsys,
+        "--model",
+        str(dirs["challenger"]),
+        "--teacher",
+        str(dirs["teacher"]),
+        "--block-hash",
+        BLOCK_HASH,
+        "--rules",
+        str(setup["rules_path"]),
+        "--corpus",
+        "builtin",
     )
     assert code == 0 and doc["against"] is None and doc["decision"] is None
     round_values = round_kl(setup, CHALLENGER_HOTKEY, 20)
@@ -102,14 +145,36 @@ def test_local_dirs_reproduce_the_round_without_copying(setup, capsys):
 def test_fewer_prompts_and_shorter_continuations_are_a_prefix_of_the_round(setup, capsys):
     r = setup["revs"]
     code, doc = run_json(
-        capsys, "--model", f"miner/king@{r['king']}", "--prompts", "2", "--block-hash", BLOCK_HASH,
-        "--rules", str(setup["rules_path"]), "--corpus", "builtin", "--hub-dir", str(setup["hub"].root),
+        capsys,
+        "--model",
+        f"miner/king@{r['king']}",
+        "--prompts",
+        "2",
+        "--block-hash",
+        BLOCK_HASH,
+        "--rules",
+        str(setup["rules_path"]),
+        "--corpus",
+        "builtin",
+        "--hub-dir",
+        str(setup["hub"].root),
     )
     assert code == 0
     assert doc["model"]["prompt_kl"] == pytest.approx(round_kl(setup, KING_HOTKEY, 10)[:2], abs=1e-4)
     code, doc = run_json(
-        capsys, "--model", f"miner/king@{r['king']}", "--prompts", "2", "--max-new-tokens", "3",
-        "--rules", str(setup["rules_path"]), "--corpus", "builtin", "--hub-dir", str(setup["hub"].root),
+        capsys,
+        "--model",
+        f"miner/king@{r['king']}",
+        "--prompts",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--rules",
+        str(setup["rules_path"]),
+        "--corpus",
+        "builtin",
+        "--hub-dir",
+        str(setup["hub"].root),
     )
     assert code == 0 and all(n <= 3 for n in doc["teacher"]["continuation_tokens"])
     assert doc["block_hash"] != BLOCK_HASH  # a fresh random hash, reported for reproduction
@@ -117,10 +182,23 @@ def test_fewer_prompts_and_shorter_continuations_are_a_prefix_of_the_round(setup
 
 def test_human_output_and_usage_errors(setup, capsys):
     r = setup["revs"]
-    common = ["--rules", str(setup["rules_path"]), "--corpus", "builtin", "--hub-dir", str(setup["hub"].root),
-              "--device", "cpu", "--prompts", "2", "--max-new-tokens", "2"]
-    assert miner.main(["eval", "--model", f"miner/king@{r['king']}", "--against", f"miner/king@{r['king']}",
-                       *common]) == 0
+    common = [
+        "--rules",
+        str(setup["rules_path"]),
+        "--corpus",
+        "builtin",
+        "--hub-dir",
+        str(setup["hub"].root),
+        "--device",
+        "cpu",
+        "--prompts",
+        "2",
+        "--max-new-tokens",
+        "2",
+    ]
+    assert (
+        miner.main(["eval", "--model", f"miner/king@{r['king']}", "--against", f"miner/king@{r['king']}", *common]) == 0
+    )
     out = capsys.readouterr().out
     assert "block hash: 0x" in out and "95% CI" in out and "DETHRONE: no" in out
     assert out.count("on policy (its own greedy text on the first 2 prompts)") == 2 and "ON-POLICY GUARD: passes" in out
@@ -132,26 +210,34 @@ def test_human_output_and_usage_errors(setup, capsys):
 
 
 def _own(rep: float, nll: float = 0.7, n: int = 4) -> list[OnPolicyPrompt]:
-    return [OnPolicyPrompt(tokens=4, teacher_nll=nll + 0.01 * i, reverse_kl=0.2, repetition=rep, text="t")
-            for i in range(n)]  # fmt: skip
+    return [
+        OnPolicyPrompt(tokens=4, teacher_nll=nll + 0.01 * i, reverse_kl=0.2, repetition=rep, text="t") for i in range(n)
+    ]
 
 
-def _result(kl_king: list[float], kl_mine: list[float], status: str = "ok", own_king: list[OnPolicyPrompt] = (),
-            own_mine: list[OnPolicyPrompt] = ()) -> EvalResult:  # fmt: skip
+def _result(
+    kl_king: list[float],
+    kl_mine: list[float],
+    status: str = "ok",
+    own_king: list[OnPolicyPrompt] = (),
+    own_mine: list[OnPolicyPrompt] = (),
+) -> EvalResult:
     def res(hotkey: str, kl: list[float], st: str, own: list[OnPolicyPrompt]) -> ModelResult:
         ref = ModelRef(repo="a/b", revision="c" * 40, submission=SubmissionId(hotkey=hotkey, commit_block=0))
         return ModelResult(ref=ref, status=st, prompt_kl=kl, prompt_tokens=[4] * len(kl), onpolicy=list(own))
 
     models = [res(AGAINST_HOTKEY, kl_king, "ok", own_king), res(MODEL_HOTKEY, kl_mine, status, own_mine)]
-    return EvalResult(job_id="j", block_hash=BLOCK_HASH, teacher=TeacherInfo(repo="t/t", continuation_tokens=[4] * 4),
-                      models=models)  # fmt: skip
+    return EvalResult(
+        job_id="j", block_hash=BLOCK_HASH, teacher=TeacherInfo(repo="t/t", continuation_tokens=[4] * 4), models=models
+    )
 
 
 def test_summary_shows_the_on_policy_figures_and_whether_the_guard_would_stop_the_model():
     """A miner sees, before committing, that winning on KL is not enough when its own text loops."""
     rules = ContestRules(vocab_size=512, prompts_per_round=4, early_stop_min_prompts=2)
-    doc = summarize(_result([1.0, 1.1, 0.9, 1.0], [0.5, 0.52, 0.49, 0.5], own_king=_own(0.0), own_mine=_own(0.9)),
-                    rules)  # fmt: skip
+    doc = summarize(
+        _result([1.0, 1.1, 0.9, 1.0], [0.5, 0.52, 0.49, 0.5], own_king=_own(0.0), own_mine=_own(0.9)), rules
+    )
     d = doc["decision"]
     assert d["beats_on_kl"] is True and d["dethrone"] is False and d["onpolicy_guard"]["stop"] is True
     assert d["reason"].startswith("beats the king on KL but its own continuations repeat 90% of their 4-grams")
@@ -159,8 +245,9 @@ def test_summary_shows_the_on_policy_figures_and_whether_the_guard_would_stop_th
     assert own["repetition"] == pytest.approx(0.9) and len(own["per_prompt"]) == 4
     text = "\n".join(render(doc))
     assert "DETHRONE: no" in text and "ON-POLICY GUARD: would stop it" in text and "repeated n-grams 90%" in text
-    ok = summarize(_result([1.0, 1.1, 0.9, 1.0], [0.5, 0.52, 0.49, 0.5], own_king=_own(0.0), own_mine=_own(0.05)),
-                   rules)  # fmt: skip
+    ok = summarize(
+        _result([1.0, 1.1, 0.9, 1.0], [0.5, 0.52, 0.49, 0.5], own_king=_own(0.0), own_mine=_own(0.05)), rules
+    )
     assert ok["decision"]["dethrone"] is True and "ON-POLICY GUARD: passes" in "\n".join(render(ok))
 
 

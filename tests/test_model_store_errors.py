@@ -17,35 +17,50 @@ def _raised(status: int, headers: dict[str, str], url: str = REPO_URL, token: st
     """The exception huggingface_hub raises for this response (``hf_raise_for_status``, unmodified)."""
     body = headers.get("X-Error-Message", "")
     sent = {"authorization": f"Bearer {token}"} if token else {}
-    response = httpx2.Response(status, headers=headers, json={"error": body} if body else None,
-                               request=httpx2.Request("GET", url, headers=sent))  # fmt: skip
+    response = httpx2.Response(
+        status,
+        headers=headers,
+        json={"error": body} if body else None,
+        request=httpx2.Request("GET", url, headers=sent),
+    )
     with pytest.raises(hf_errors.HfHubHTTPError) as info:
         hf_raise_for_status(response)
     return info.value
 
 
-@pytest.mark.parametrize(("status", "headers", "library_class", "answer"), [
-    # The repo's own answers: definite.
-    (401, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"},
-     hf_errors.RepositoryNotFoundError, "repo_not_found"),
-    (404, {"X-Error-Code": "RepoNotFound"}, hf_errors.RepositoryNotFoundError, "repo_not_found"),
-    (404, {"X-Error-Code": "RevisionNotFound"}, hf_errors.RevisionNotFoundError, "revision_not_found"),
-    (404, {"X-Error-Code": "EntryNotFound"}, hf_errors.RemoteEntryNotFoundError, "entry_not_found"),
-    (403, {"X-Error-Code": "GatedRepo"}, hf_errors.GatedRepoError, "gated"),
-    (401, {"X-Error-Code": "GatedRepo"}, hf_errors.GatedRepoError, "gated"),
-    (403, {"X-Error-Message": DISABLED_MESSAGE}, hf_errors.DisabledRepoError, "disabled"),
-    # Our credentials: no verdict. The library calls the bare 401 "RepositoryNotFound" on https repo URLs.
-    (401, {"X-Error-Message": INVALID_CREDENTIALS}, hf_errors.HfHubHTTPError, "auth"),
-    (401, {}, hf_errors.RepositoryNotFoundError, "auth"),
-    (403, {}, hf_errors.HfHubHTTPError, "auth"),
-    (403, {"X-Error-Message": "This authentication method does not have sufficient permissions"},
-     hf_errors.HfHubHTTPError, "auth"),
-    # Outages and answers that are not the hub's repository logic: no verdict.
-    (429, {}, hf_errors.HfHubHTTPError, "transient"),
-    (500, {}, hf_errors.HfHubHTTPError, "transient"),
-    (503, {}, hf_errors.HfHubHTTPError, "transient"),
-    (404, {}, hf_errors.HfHubHTTPError, "transient"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("status", "headers", "library_class", "answer"),
+    [
+        # The repo's own answers: definite.
+        (
+            401,
+            {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"},
+            hf_errors.RepositoryNotFoundError,
+            "repo_not_found",
+        ),
+        (404, {"X-Error-Code": "RepoNotFound"}, hf_errors.RepositoryNotFoundError, "repo_not_found"),
+        (404, {"X-Error-Code": "RevisionNotFound"}, hf_errors.RevisionNotFoundError, "revision_not_found"),
+        (404, {"X-Error-Code": "EntryNotFound"}, hf_errors.RemoteEntryNotFoundError, "entry_not_found"),
+        (403, {"X-Error-Code": "GatedRepo"}, hf_errors.GatedRepoError, "gated"),
+        (401, {"X-Error-Code": "GatedRepo"}, hf_errors.GatedRepoError, "gated"),
+        (403, {"X-Error-Message": DISABLED_MESSAGE}, hf_errors.DisabledRepoError, "disabled"),
+        # Our credentials: no verdict. The library calls the bare 401 "RepositoryNotFound" on https repo URLs.
+        (401, {"X-Error-Message": INVALID_CREDENTIALS}, hf_errors.HfHubHTTPError, "auth"),
+        (401, {}, hf_errors.RepositoryNotFoundError, "auth"),
+        (403, {}, hf_errors.HfHubHTTPError, "auth"),
+        (
+            403,
+            {"X-Error-Message": "This authentication method does not have sufficient permissions"},
+            hf_errors.HfHubHTTPError,
+            "auth",
+        ),
+        # Outages and answers that are not the hub's repository logic: no verdict.
+        (429, {}, hf_errors.HfHubHTTPError, "transient"),
+        (500, {}, hf_errors.HfHubHTTPError, "transient"),
+        (503, {}, hf_errors.HfHubHTTPError, "transient"),
+        (404, {}, hf_errors.HfHubHTTPError, "transient"),
+    ],
+)
 def test_the_headers_decide_not_the_library_guess(status, headers, library_class, answer):
     exc = _raised(status, headers)
     assert type(exc) is library_class  # what the pinned library really raises for this response
@@ -71,9 +86,11 @@ def test_a_bare_401_without_a_token_is_the_repo_with_one_it_is_ours():
 
 def test_local_entry_not_found_is_judged_by_its_cause():
     # snapshot_download: `raise LocalEntryNotFoundError(...) from api_call_error`
-    for cause, answer in [(_raised(403, {"X-Error-Message": DISABLED_MESSAGE}), "disabled"),
-                          (_raised(503, {}), "transient"),
-                          (httpx2.ConnectError("refused"), "transient")]:  # fmt: skip
+    for cause, answer in [
+        (_raised(403, {"X-Error-Message": DISABLED_MESSAGE}), "disabled"),
+        (_raised(503, {}), "transient"),
+        (httpx2.ConnectError("refused"), "transient"),
+    ]:
         try:
             raise hf_errors.LocalEntryNotFoundError("An error happened while trying to locate the files") from cause
         except hf_errors.LocalEntryNotFoundError as exc:
@@ -81,10 +98,16 @@ def test_local_entry_not_found_is_judged_by_its_cause():
     assert classify_hub_error(hf_errors.LocalEntryNotFoundError("offline"))[0] == "transient"
 
 
-@pytest.mark.parametrize("exc", [
-    httpx2.ConnectError("refused"), httpx2.ReadTimeout("slow"), httpx2.RemoteProtocolError("closed"),
-    TimeoutError("slow"), ConnectionResetError("reset"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "exc",
+    [
+        httpx2.ConnectError("refused"),
+        httpx2.ReadTimeout("slow"),
+        httpx2.RemoteProtocolError("closed"),
+        TimeoutError("slow"),
+        ConnectionResetError("reset"),
+    ],
+)
 def test_network_failures_are_transient(exc):
     assert classify_hub_error(exc) == ("transient", type(exc).__name__)
 

@@ -147,8 +147,9 @@ def test_big_header_needs_second_range_read(fake, tmp_path, teacher):
 def test_miner_check_through_hf_endpoint(fake, tmp_path, capsys):
     rev = fake.hub.publish("org/m", write_model(tmp_path / "src"))
     teacher_dir = write_teacher(tmp_path / "teacher")
-    code = miner.main(["check", "--model", f"org/m@{rev}", "--teacher", str(teacher_dir), "--json",
-                       "--hf-endpoint", fake.url])  # fmt: skip
+    code = miner.main(
+        ["check", "--model", f"org/m@{rev}", "--teacher", str(teacher_dir), "--json", "--hf-endpoint", fake.url]
+    )
     doc = json.loads(capsys.readouterr().out)
     assert code == 0 and doc["ok"] and doc["params"] > 0
     fake.fail_next = [503, 503]
@@ -163,16 +164,24 @@ def test_miner_check_outage_is_no_verdict_exit_2(fake, tmp_path, capsys, status)
     rev = fake.hub.publish("org/m", write_model(tmp_path / "src", shards=2))
     teacher_dir = write_teacher(tmp_path / "teacher")
     fake.fail_files = [status] * 50  # the listing answers; every file read fails
-    code = miner.main(["check", "--model", f"org/m@{rev}", "--teacher", str(teacher_dir), "--json",
-                       "--hf-endpoint", fake.url])  # fmt: skip
+    code = miner.main(
+        ["check", "--model", f"org/m@{rev}", "--teacher", str(teacher_dir), "--json", "--hf-endpoint", fake.url]
+    )
     doc = json.loads(capsys.readouterr().out)
     assert code == 2
-    assert doc == {"ok": False, "reason": None, "check": "transient", "detail": doc["detail"], "params": None,
-                   "content_hash": None}  # fmt: skip
+    assert doc == {
+        "ok": False,
+        "reason": None,
+        "check": "transient",
+        "detail": doc["detail"],
+        "params": None,
+        "content_hash": None,
+    }
     assert "try again later" in doc["detail"] and TOKEN not in doc["detail"]
     fake.fail_files = []
-    assert miner.main(["check", "--model", f"org/m@{rev}", "--teacher", str(teacher_dir), "--hf-endpoint",
-                       fake.url]) == 0  # fmt: skip
+    assert (
+        miner.main(["check", "--model", f"org/m@{rev}", "--teacher", str(teacher_dir), "--hf-endpoint", fake.url]) == 0
+    )
 
 
 def _publish_with_unsafe_files(fake, tmp_path):

@@ -49,9 +49,7 @@ def test_rejects_file_shorter_than_prefix():
         parse_header(b"\x01\x02", 2)
 
 
-@pytest.mark.parametrize(
-    "body", [b"{not json", b"\xff\xfe{}", b"[1, 2]", b'"s"', b"[" * 200_000 + b"]" * 200_000]
-)
+@pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe{}", b"[1, 2]", b'"s"', b"[" * 200_000 + b"]" * 200_000])
 def test_rejects_invalid_or_non_object_json(body):
     with pytest.raises(HeaderError):
         _parse(_raw(body))

@@ -124,8 +124,9 @@ def test_long_text_is_cut_with_a_mark(student, teacher, tok):
     assert len(tok.decode(ids)) > MAX_ONPOLICY_TEXT_CHARS and len(ids) <= 1024
     own = OwnText([_encoded(tok)[0]], [ids], [torch.log_softmax(torch.randn(len(ids), len(tok)), -1)])
     eos = eos_ids(teacher, tok)
-    (v,) = judge(teacher, own, GUARD.model_copy(update={"onpolicy_new_tokens": 1024}), pad_id=pad_id(tok, eos),
-                 tokenizer=tok)  # fmt: skip
+    (v,) = judge(
+        teacher, own, GUARD.model_copy(update={"onpolicy_new_tokens": 1024}), pad_id=pad_id(tok, eos), tokenizer=tok
+    )
     assert len(v.text) == MAX_ONPOLICY_TEXT_CHARS and v.text.endswith("\u2026")
     assert v.text[:-1] == tok.decode(ids)[: MAX_ONPOLICY_TEXT_CHARS - 1]
     assert v.tokens == len(ids)

@@ -32,8 +32,9 @@ from validator.store.database import Store
 
 def _http_error(status: int, headers: dict[str, str] | None = None) -> Exception:
     """What huggingface_hub raises for this answer (its own ``hf_raise_for_status``)."""
-    response = httpx2.Response(status, headers=headers or {},
-                               request=httpx2.Request("GET", "https://huggingface.co/api/models/org/m"))  # fmt: skip
+    response = httpx2.Response(
+        status, headers=headers or {}, request=httpx2.Request("GET", "https://huggingface.co/api/models/org/m")
+    )
     try:
         hf_raise_for_status(response)
     except Exception as exc:  # noqa: BLE001 - returned to be raised at the injection point
@@ -72,6 +73,7 @@ class Hub:
         elif fault == "bare_403":
             self.fake.forbid_all = True
         else:
+
             def boom(*_a: Any, **_k: Any) -> Any:
                 raise fault
 
@@ -93,9 +95,16 @@ def hub(world, monkeypatch):
 def _validator(world: Any, *, model_store: Any = None, prompts: Any = None, pod: Any = None) -> Validator:
     store = model_store or world.hub
     rev = world.revs[TEACHER]
-    return Validator(world.sim, Store.open(world.db), store, pod or FakePod({"alice/m1": 0.5}),
-                     prompts or LocalCorpus(None), world.rules, lambda: TeacherSpec.from_store(store, TEACHER, rev),
-                     LoopConfig(epoch_blocks=1, poll_seconds=0.05, pod_deadline_s=30))  # fmt: skip
+    return Validator(
+        world.sim,
+        Store.open(world.db),
+        store,
+        pod or FakePod({"alice/m1": 0.5}),
+        prompts or LocalCorpus(None),
+        world.rules,
+        lambda: TeacherSpec.from_store(store, TEACHER, rev),
+        LoopConfig(epoch_blocks=1, poll_seconds=0.05, pod_deadline_s=30),
+    )
 
 
 def _nobody_judged(v: Validator) -> None:
@@ -163,31 +172,41 @@ PROMPT_FAULTS: list[tuple[str, str, Any, str]] = [
     # (name, which seam, what it raises, what the log must name)
     ("dataset_not_found", "list", "DatasetNotFoundError", "DatasetNotFoundError"),
     ("hub_503", "list", _http_error(503), "HTTP 503"),
-    ("hub_401", "list", _http_error(401, {"X-Error-Message": "Invalid credentials in Authorization header"}),
-     "HF_TOKEN"),
+    (
+        "hub_401",
+        "list",
+        _http_error(401, {"X-Error-Message": "Invalid credentials in Authorization header"}),
+        "HF_TOKEN",
+    ),
     ("connect_error", "open", httpx2.ConnectError("[Errno 111] Connection refused"), "ConnectError"),
     ("read_timeout", "open", httpx2.ReadTimeout("timed out"), "ReadTimeout"),
     ("fsspec_timeout", "open", FSTimeoutError(), "FSTimeoutError"),
-    ("file_not_found", "open", FileNotFoundError("datasets/HuggingFaceFW/fineweb@x/sample/10BT/000.parquet"),
-     "FileNotFoundError"),
+    (
+        "file_not_found",
+        "open",
+        FileNotFoundError("datasets/HuggingFaceFW/fineweb@x/sample/10BT/000.parquet"),
+        "FileNotFoundError",
+    ),
     ("corrupt_parquet", "open", b"PAR1 garbage PAR1", "ArrowInvalid"),
     ("untranslated", "open", RuntimeError("a bug in a library"), "RuntimeError"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("name", "seam", "fault", "marker"), PROMPT_FAULTS, ids=[f[0] for f in PROMPT_FAULTS])
 def test_dataset_outage_during_prompt_sampling(world, caplog, name, seam, fault, marker):
     from datasets.exceptions import DatasetNotFoundError
 
-    docs = [f"Document {i} begins. " + " ".join(f"Sentence {j} of document {i}." for j in range(8))
-            for i in range(40)]  # fmt: skip
+    docs = [f"Document {i} begins. " + " ".join(f"Sentence {j} of document {i}." for j in range(8)) for i in range(40)]
     blob = _parquet(docs)
     broken = {"on": True}
 
     def list_files() -> list[tuple[str, int]]:
         if broken["on"] and seam == "list":
-            raise DatasetNotFoundError("Dataset 'HuggingFaceFW/fineweb' doesn't exist") if isinstance(fault, str) \
+            raise (
+                DatasetNotFoundError("Dataset 'HuggingFaceFW/fineweb' doesn't exist")
+                if isinstance(fault, str)
                 else fault
+            )
         return [("sample/10BT/000_00000.parquet", len(blob))]
 
     def open_file(path: str, size: int) -> io.BytesIO:
@@ -255,8 +274,15 @@ def test_pod_outage_during_dispatch_or_polling(world, caplog, name, where, fault
         return httpx.Response(202, json={"job_id": job_id, "state": "queued"})
 
     client = httpx.Client(transport=httpx.MockTransport(answer))
-    pod = HttpPod("http://pod.invalid:8091", world.wallet, client=client, sleep=lambda _s: None, down_grace_s=0,
-                  poll_interval=0.01, retries=2)  # fmt: skip
+    pod = HttpPod(
+        "http://pod.invalid:8091",
+        world.wallet,
+        client=client,
+        sleep=lambda _s: None,
+        down_grace_s=0,
+        poll_interval=0.01,
+        retries=2,
+    )
     seed(world, ("m1", "alice/m1"))
     v = _validator(world, pod=pod)
     report = v.epoch()

@@ -62,8 +62,20 @@ def test_validate_result_accepts_a_matching_result():
 
 @pytest.mark.parametrize(
     "mutation",
-    ["job_id", "missing", "extra", "swapped_ref", "short", "king_early", "tokens", "negative", "no_onpolicy",
-     "long_onpolicy", "winner_unguarded", "loser_guarded"],
+    [
+        "job_id",
+        "missing",
+        "extra",
+        "swapped_ref",
+        "short",
+        "king_early",
+        "tokens",
+        "negative",
+        "no_onpolicy",
+        "long_onpolicy",
+        "winner_unguarded",
+        "loser_guarded",
+    ],
 )
 def test_validate_result_refuses_mismatches(mutation):
     job = make_job("v-2", n_challengers=2)
@@ -78,8 +90,9 @@ def test_validate_result_refuses_mismatches(mutation):
         result = result.model_copy(update={"models": models + [models[0].model_copy(update={"ref": other})]})
     elif mutation == "swapped_ref":
         bad_ref = models[1].ref.model_copy(update={"revision": "9" * 40})
-        result = result.model_copy(update={"models": [models[0], models[1].model_copy(update={"ref": bad_ref}),
-                                                      models[2]]})
+        result = result.model_copy(
+            update={"models": [models[0], models[1].model_copy(update={"ref": bad_ref}), models[2]]}
+        )
     elif mutation == "short":
         short = ModelResult(ref=models[1].ref, status="ok", prompt_kl=[0.1], prompt_tokens=[3])
         result = result.model_copy(update={"models": [models[0], short, models[2]]})
@@ -125,8 +138,9 @@ def test_pod_bound_to_its_hotkey_takes_the_host_jobs_named_for_it_and_no_others(
     from validator.settings import parse_args
 
     here, elsewhere = (make_wallet(tmp_path / "pods", n).hotkey.ss58_address for n in ("pod-a", "pod-b"))
-    settings = PodSettings(allow_hotkeys=frozenset({wallets[0].hotkey.ss58_address}), workdir=tmp_path / "w",
-                           pod_hotkey=here)  # fmt: skip
+    settings = PodSettings(
+        allow_hotkeys=frozenset({wallets[0].hotkey.ss58_address}), workdir=tmp_path / "w", pod_hotkey=here
+    )
 
     def host_pod(spec: str) -> HttpPod:
         pod, name = _pod(parse_args(["run", "--pod", spec], env={}), wallets[0], None, None)
@@ -180,10 +194,26 @@ def test_local_pod_uses_the_same_routine(hub, tmp_path):
 
 # --- the real service as a process: signed end to end, SIGKILL mid-job, restart --
 def start_pod(workdir: Path, hub_root: Path, port: int, hotkey: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "validator.pod", "--port", str(port), "--allow-hotkey", hotkey, "--workdir",
-           str(workdir), "--hub", str(hub_root), "--device", "cpu", "--min-free-gb", "0"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "validator.pod",
+        "--port",
+        str(port),
+        "--allow-hotkey",
+        hotkey,
+        "--workdir",
+        str(workdir),
+        "--hub",
+        str(hub_root),
+        "--device",
+        "cpu",
+        "--min-free-gb",
+        "0",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     end = time.monotonic() + 60
     while time.monotonic() < end:
         try:
@@ -200,8 +230,12 @@ def test_sigkill_mid_job_then_restart_reports_interrupted_and_resubmission_compl
     store, revs = hub
     port = free_port()
     hotkey = wallets[0].hotkey.ss58_address
-    job = hub_job(revs, ["miner/king", "miner/c0", "miner/badvocab"], "k-1",
-                  prompts=[f"Prompt number {i} about rivers and" for i in range(4)])
+    job = hub_job(
+        revs,
+        ["miner/king", "miner/c0", "miner/badvocab"],
+        "k-1",
+        prompts=[f"Prompt number {i} about rivers and" for i in range(4)],
+    )
     proc = start_pod(tmp_path / "pod", store.root, port, hotkey)
     pod = HttpPod(f"http://127.0.0.1:{port}", wallets[0], poll_interval=0.05, retries=2, sleep=lambda s: None)
     try:
@@ -262,13 +296,19 @@ def test_http_pod_waits_out_a_restarting_pod_then_reports_it_down(tmp_path, wall
     with serve(scripted_pod(tmp_path, wallets, seconds=0.3)) as url:
         # requests 2..9 fail (8 polls in a row, each retried once): more than the retries, less than the grace
         flaky = httpx.Client(transport=FlakyTransport(range(2, 10)), timeout=5)
-        pod = HttpPod(url, wallets[0], poll_interval=0.02, retries=1, sleep=lambda s: time.sleep(0.01),
-                      client=flaky)
+        pod = HttpPod(url, wallets[0], poll_interval=0.02, retries=1, sleep=lambda s: time.sleep(0.01), client=flaky)
         assert pod.run(make_job("fl-1"), deadline_s=30).job_id == "fl-1"
         # down for longer than the grace: PodDown, well before the deadline
         gone = httpx.Client(transport=FlakyTransport(range(2, 10_000)), timeout=5)
-        pod = HttpPod(url, wallets[0], poll_interval=0.02, retries=1, sleep=lambda s: time.sleep(0.01),
-                      client=gone, down_grace_s=0.5)
+        pod = HttpPod(
+            url,
+            wallets[0],
+            poll_interval=0.02,
+            retries=1,
+            sleep=lambda s: time.sleep(0.01),
+            client=gone,
+            down_grace_s=0.5,
+        )
         t0 = time.monotonic()
         with pytest.raises(PodDown, match="unreachable"):
             pod.run(make_job("fl-2"), deadline_s=30)

@@ -105,7 +105,7 @@ def test_corrupt_file_is_moved_aside_and_a_fresh_store_refuses_the_past(tmp_path
         "garbage_with_sqlite_header": data[:100] + os.urandom(len(data) - 100),
         "truncated_page": data[: len(data) // 2 + 17],
         "truncated_header": data[:40],
-        "garbage_page_inside": data[: 2 * 4096] + os.urandom(4096) + data[3 * 4096:],  # schema reads fine
+        "garbage_page_inside": data[: 2 * 4096] + os.urandom(4096) + data[3 * 4096 :],  # schema reads fine
     }[damage]
     path.write_bytes(damaged)
     with caplog.at_level(logging.WARNING, logger="validator.pod.nonce_store"):

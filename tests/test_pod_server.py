@@ -103,7 +103,6 @@ def test_replay_refused(pod, wallets):
     assert resp.status_code == 401 and "Replayed" in resp.json()["error"]
 
 
-
 @pytest.mark.parametrize("method", ["DELETE", "POST"])
 def test_replay_after_restart_refused(tmp_path, wallets, method):
     """A request captured before a pod restart is refused when replayed to the new process (same workdir)."""
@@ -122,6 +121,7 @@ def test_replay_after_restart_refused(tmp_path, wallets, method):
         assert resp.status_code == 401 and "Replayed" in resp.json()["error"]
         # a freshly signed call from the same validator still works
         assert signed(client, validator, "GET", "/jobs/rr-1").status_code == 200
+
 
 def test_corrupt_nonce_file_resets_instead_of_crash_looping_and_refuses_the_past(tmp_path, wallets):
     """A garbage nonces.sqlite3 is moved aside; the pod starts, fresh calls work, a call signed before is refused."""
@@ -154,8 +154,10 @@ def test_bad_bodies(pod, wallets):
     deep = b"[" * 5000 + b"]" * 5000
     assert signed(client, v, "POST", "/jobs", deep).status_code == 422
     job = json.loads(make_job("many").model_dump_json())
-    job["challengers"] = [dict(job["challengers"][0], submission={"hotkey": job["king"]["submission"]["hotkey"],
-                                                                  "commit_block": i}) for i in range(10_000)]
+    job["challengers"] = [
+        dict(job["challengers"][0], submission={"hotkey": job["king"]["submission"]["hotkey"], "commit_block": i})
+        for i in range(10_000)
+    ]
     assert signed(client, v, "POST", "/jobs", json.dumps(job).encode()).status_code == 422
     job = json.loads(make_job("badrev").model_dump_json())
     job["king"]["revision"] = "main"
@@ -273,15 +275,21 @@ def test_client_disconnect_does_not_kill_the_service(pod, wallets):
     url = str(client.base_url)
     host, port = url.split("//")[1].split(":")
     with socket.create_connection((host, int(port))) as s:
-        s.sendall(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"job")
+        s.sendall(b'POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{"job')
     assert client.get("/health").status_code == 200
 
 
 def test_every_flag_has_an_env_equivalent(tmp_path, monkeypatch):
     env = {
-        "KLHILL_POD_HOST": "0.0.0.0", "KLHILL_POD_PORT": "9001", "KLHILL_POD_ALLOW_HOTKEYS": "5Aaa, 5Bbb",
-        "KLHILL_POD_HOTKEY": "5Pod", "KLHILL_POD_WORKDIR": str(tmp_path / "w"), "KLHILL_POD_DEVICE": "cpu",
-        "KLHILL_POD_MAX_DISK_GB": "12.5", "KLHILL_POD_MIN_FREE_GB": "1", "KLHILL_POD_HUB": str(tmp_path / "hub"),
+        "KLHILL_POD_HOST": "0.0.0.0",
+        "KLHILL_POD_PORT": "9001",
+        "KLHILL_POD_ALLOW_HOTKEYS": "5Aaa, 5Bbb",
+        "KLHILL_POD_HOTKEY": "5Pod",
+        "KLHILL_POD_WORKDIR": str(tmp_path / "w"),
+        "KLHILL_POD_DEVICE": "cpu",
+        "KLHILL_POD_MAX_DISK_GB": "12.5",
+        "KLHILL_POD_MIN_FREE_GB": "1",
+        "KLHILL_POD_HUB": str(tmp_path / "hub"),
         "KLHILL_POD_MAX_QUEUED": "7",
     }
     for key, value in env.items():
@@ -361,8 +369,12 @@ def test_get_shows_tokens_per_s_and_eta_while_a_real_student_is_scored(tmp_path,
     from tests.pod_helpers import build_hub, hub_job
 
     store, revs = build_hub(tmp_path / "hub")
-    job = hub_job(revs, ["miner/king", "miner/c0"], "lp-1", prompts=["The river valley was", "A prime number is",
-                                                                      "Farmers in the north"])
+    job = hub_job(
+        revs,
+        ["miner/king", "miner/c0"],
+        "lp-1",
+        prompts=["The river valley was", "A prime number is", "Farmers in the north"],
+    )
     reached, release = threading.Event(), threading.Event()
 
     def runner(j, on_progress, should_cancel):
@@ -372,8 +384,15 @@ def test_get_shows_tokens_per_s_and_eta_while_a_real_student_is_scored(tmp_path,
                 reached.set()
                 release.wait(20)
 
-        return run_job(j, store, tmp_path / "work", "cpu", on_progress=progress, should_cancel=should_cancel,
-                       limits=DiskLimits(min_free_bytes=0))
+        return run_job(
+            j,
+            store,
+            tmp_path / "work",
+            "cpu",
+            on_progress=progress,
+            should_cancel=should_cancel,
+            limits=DiskLimits(min_free_bytes=0),
+        )
 
     app = create_app(settings(tmp_path / "pod", wallets), runner=runner)
     with serve(app) as url, httpx.Client(base_url=url, timeout=10) as client:

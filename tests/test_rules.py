@@ -131,16 +131,19 @@ def test_direct_construction_validates_too() -> None:
         ContestRules(max_kl=float("nan"))
 
 
-@pytest.mark.parametrize(("doc", "field"), [
-    ({"dataset_revision": "main"}, "dataset_revision"),
-    ({"dataset_revision": "9bb295d"}, "dataset_revision"),
-    ({"dataset_revision": "9BB295DDAB0E05D785B879661AF7260FED5140FC"}, "dataset_revision"),
-    ({"dataset_path": "../secrets"}, "no '.' or '..'"),
-    ({"dataset_path": "sample/../../x"}, "no '.' or '..'"),
-    ({"dataset_path": "/sample/10BT"}, "dataset_path"),
-    ({"dataset_path": "sample/10BT/"}, "dataset_path"),
-    ({"dataset_path": ""}, "dataset_path"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("doc", "field"),
+    [
+        ({"dataset_revision": "main"}, "dataset_revision"),
+        ({"dataset_revision": "9bb295d"}, "dataset_revision"),
+        ({"dataset_revision": "9BB295DDAB0E05D785B879661AF7260FED5140FC"}, "dataset_revision"),
+        ({"dataset_path": "../secrets"}, "no '.' or '..'"),
+        ({"dataset_path": "sample/../../x"}, "no '.' or '..'"),
+        ({"dataset_path": "/sample/10BT"}, "dataset_path"),
+        ({"dataset_path": "sample/10BT/"}, "dataset_path"),
+        ({"dataset_path": ""}, "dataset_path"),
+    ],
+)
 def test_the_dataset_is_pinned_to_a_commit_and_a_folder(doc: dict, field: str) -> None:
     with pytest.raises(RulesError) as info:
         ContestRules.from_json(json.dumps(doc))

@@ -35,8 +35,9 @@ def _checkout(tmp_path: Path) -> Path:
 def _start(repo: Path) -> tuple[int, list[str]]:
     log = repo / "calls.log"
     log.unlink(missing_ok=True)
-    proc = subprocess.run(["bash", str(repo / "scripts" / "run_pod.sh"), "--port", "8091"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(repo / "scripts" / "run_pod.sh"), "--port", "8091"], capture_output=True, text=True, timeout=60
+    )
     return proc.returncode, log.read_text().splitlines() if log.exists() else []
 
 
@@ -78,8 +79,14 @@ def test_a_failed_install_is_retried_at_the_next_start_and_the_pod_does_not_star
 
 def test_the_dev_install_of_test_sh_does_not_count_as_the_gpu_one(tmp_path: Path) -> None:
     repo = _checkout(tmp_path)
-    want = subprocess.run("cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1", shell=True,
-                          cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    want = subprocess.run(
+        "cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1",
+        shell=True,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     (repo / ".venv" / ".klhill-installed").write_text(want + "\n")  # what scripts/test.sh leaves
     rc, calls = _start(repo)
     assert rc == 0 and "-e .[gpu]" in _pip_calls(calls)[-1]

@@ -103,8 +103,15 @@ def test_cancel_stops_and_cleans(hub, tmp_path):
         return "student" in seen
 
     with pytest.raises(JobCancelled):
-        run_job(job, store, tmp_path, "cpu", on_progress=lambda p: seen.append(p.phase), should_cancel=cancel,
-                limits=NO_DISK_RESERVE)
+        run_job(
+            job,
+            store,
+            tmp_path,
+            "cpu",
+            on_progress=lambda p: seen.append(p.phase),
+            should_cancel=cancel,
+            limits=NO_DISK_RESERVE,
+        )
     assert not (tmp_path / "models" / job_dir_name("rj-5")).exists()
     assert not (tmp_path / "teacher-cache" / job_dir_name("rj-5")).exists()
     assert not any((tmp_path / "models").iterdir())
@@ -205,11 +212,19 @@ def test_onpolicy_values_are_the_same_whether_the_teacher_stays_or_is_reloaded(h
     monkeypatch.setattr(scoring, "load_causal_lm", lambda path, device: loads.append(str(path)) or real(path, device))
     phases: list[JobProgress] = []
     names = ["miner/king", "miner/c0", "miner/badvocab"]
-    resident = run_job(job_for(revs, names, "rj-res"), store, tmp_path / "a", "cpu", limits=NO_DISK_RESERVE,
-                       onpolicy_mode="resident", on_progress=phases.append)  # fmt: skip
+    resident = run_job(
+        job_for(revs, names, "rj-res"),
+        store,
+        tmp_path / "a",
+        "cpu",
+        limits=NO_DISK_RESERVE,
+        onpolicy_mode="resident",
+        on_progress=phases.append,
+    )
     teacher_loads = sum("teacher" in p for p in loads)
-    deferred = run_job(job_for(revs, names, "rj-def"), store, tmp_path / "b", "cpu", limits=NO_DISK_RESERVE,
-                       onpolicy_mode="deferred")  # fmt: skip
+    deferred = run_job(
+        job_for(revs, names, "rj-def"), store, tmp_path / "b", "cpu", limits=NO_DISK_RESERVE, onpolicy_mode="deferred"
+    )
     assert teacher_loads == 1 and sum("teacher" in p for p in loads) == 3  # deferred: loaded, freed, reloaded once
     rules = job_for(revs, names).rules
     for a, b in zip(resident.models, deferred.models, strict=True):
@@ -239,8 +254,9 @@ def test_a_model_that_fails_to_write_its_own_text_is_a_model_error(hub, tmp_path
         return real(model, *args, **kwargs)
 
     monkeypatch.setattr(onpolicy, "continue_own", second_model_fails)
-    result = run_job(job_for(revs, ["miner/king", "miner/c0"], "rj-genfail"), store, tmp_path, "cpu",
-                     limits=NO_DISK_RESERVE)  # fmt: skip
+    result = run_job(
+        job_for(revs, ["miner/king", "miner/c0"], "rj-genfail"), store, tmp_path, "cpu", limits=NO_DISK_RESERVE
+    )
     king, c0 = result.models
     assert king.status == "ok" and king.onpolicy and len(calls) == 2
     assert c0.status == "model_error" and "generation failed" in (c0.error or "") and c0.onpolicy == []

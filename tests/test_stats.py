@@ -245,9 +245,13 @@ def test_onpolicy_guard_table(name: str) -> None:
 def test_onpolicy_guard_degenerate_and_bad_input() -> None:
     assert not onpolicy_guard([0.7], [5.0], [0.0], [1.0], RULES).stop  # one prompt is no evidence
     assert onpolicy_guard([0.7] * 3, [0.7] * 3, [0.0] * 3, [0.9] * 3, RULES).stop  # worse by the same on each: certain
-    for args in (([0.7] * 3, [0.7] * 2, [0.0] * 3, [0.0] * 3), ([0.7] * 3, [0.7] * 3, [0.0] * 2, [0.0] * 2),
-                 ([0.7] * 2, [0.7] * 2, [0.0] * 2, [1.5, 0.0]), ([0.7] * 2, [float("nan"), 0.7], [0.0] * 2, [0.0] * 2),
-                 ([0.7] * 2, [-0.1, 0.7], [0.0] * 2, [0.0] * 2)):  # fmt: skip
+    for args in (
+        ([0.7] * 3, [0.7] * 2, [0.0] * 3, [0.0] * 3),
+        ([0.7] * 3, [0.7] * 3, [0.0] * 2, [0.0] * 2),
+        ([0.7] * 2, [0.7] * 2, [0.0] * 2, [1.5, 0.0]),
+        ([0.7] * 2, [float("nan"), 0.7], [0.0] * 2, [0.0] * 2),
+        ([0.7] * 2, [-0.1, 0.7], [0.0] * 2, [0.0] * 2),
+    ):
         with pytest.raises(ValueError):
             onpolicy_guard(*args, RULES)
 
@@ -305,5 +309,6 @@ def test_needs_onpolicy_measures_the_king_and_kl_winners_only(is_king, king, cha
     assert needs_onpolicy(is_king, king, challenger, rules) is expected
     assert expected_onpolicy(is_king, king, challenger, rules, 2) == (2 if expected else 0)
     if king is not None and all(math.isfinite(x) for x in king):
-        assert needs_onpolicy(False, king, challenger, rules) == (decide(king, challenger, rules).challenger_mean
-                                                                   < decide(king, challenger, rules).threshold)
+        assert needs_onpolicy(False, king, challenger, rules) == (
+            decide(king, challenger, rules).challenger_mean < decide(king, challenger, rules).threshold
+        )

@@ -25,8 +25,16 @@ def hk(name: str) -> str:
 
 
 def sub(name: str, block: int, uid: int = 0, status: str = "pending") -> NewSubmission:
-    return NewSubmission(hk(name), block, uid, f"ck-{name}", '{"model":"org/' + name + '"}', status,  # type: ignore[arg-type]
-                         f"org/{name}", REV)  # fmt: skip
+    return NewSubmission(
+        hk(name),
+        block,
+        uid,
+        f"ck-{name}",
+        '{"model":"org/' + name + '"}',
+        status,  # type: ignore[arg-type]
+        f"org/{name}",
+        REV,
+    )
 
 
 def cand(name: str, block: int, status: str = "admitted") -> Candidate:
@@ -36,10 +44,19 @@ def cand(name: str, block: int, status: str = "admitted") -> Candidate:
 def mres(c: Candidate, kls: list[float], content_hash: str | None = None) -> ModelResult:
     sid = SubmissionId(hotkey=c.hotkey, commit_block=c.commit_block)
     ref = ModelRef(repo=c.repo, revision=c.revision, submission=sid)
-    own = [OnPolicyPrompt(tokens=5, teacher_nll=0.5 + kls[0], reverse_kl=0.2, repetition=0.0,
-                          text=f"own text {i} \u2026") for i in range(RULES.guarded_prompts(len(kls)))]  # fmt: skip
-    return ModelResult(ref=ref, status="ok", prompt_kl=kls, prompt_tokens=[7] * len(kls), content_hash=content_hash,
-                       fingerprint=[kls[0], 0.25], onpolicy=own)  # fmt: skip
+    own = [
+        OnPolicyPrompt(tokens=5, teacher_nll=0.5 + kls[0], reverse_kl=0.2, repetition=0.0, text=f"own text {i} \u2026")
+        for i in range(RULES.guarded_prompts(len(kls)))
+    ]
+    return ModelResult(
+        ref=ref,
+        status="ok",
+        prompt_kl=kls,
+        prompt_tokens=[7] * len(kls),
+        content_hash=content_hash,
+        fingerprint=[kls[0], 0.25],
+        onpolicy=own,
+    )
 
 
 def eres(*models: ModelResult, king: Candidate | None = None) -> EvalResult:
@@ -83,8 +100,13 @@ def test_a_challenge_round_keeps_the_guards_audit_record(store):
     store.record_round_result(rid, interpret_result(RoundPlan("challenge", king, (c,)), result, RULES), result, 21)
     ev = {e["hotkey"]: e for e in store.round(rid)["evaluations"]}
     assert [o["text"] for o in ev[a.hotkey]["onpolicy"]] == [f"own text {i} \u2026" for i in range(4)]
-    assert ev[c.hotkey]["onpolicy"][0] == {"tokens": 5, "teacher_nll": 0.6, "reverse_kl": 0.2, "repetition": 0.0,
-                                           "text": "own text 0 \u2026"}  # fmt: skip
+    assert ev[c.hotkey]["onpolicy"][0] == {
+        "tokens": 5,
+        "teacher_nll": 0.6,
+        "reverse_kl": 0.2,
+        "repetition": 0.0,
+        "text": "own text 0 \u2026",
+    }
 
 
 def test_migrates_from_empty_wal_and_idempotent_reopen(tmp_path):
@@ -173,8 +195,11 @@ def test_v1_rounds_gain_an_empty_onpolicy_record(tmp_path, monkeypatch):
     old = Store.open(path, clock=lambda: 1000.0)
     a, b = admitted(old, ("alice", 5), ("bob", 6))
     rid = old.create_round("first", 10, BH, ["e" * 64] * 4, RULES, [a.key, b.key], job_id="job-1")
-    old._db.execute("INSERT INTO evaluations(round_id, hotkey, commit_block, status, state, prompt_kl, prompt_tokens)"
-                    " VALUES (?, ?, 5, 'ok', 'won', '[0.5]', '[7]')", (rid, a.hotkey))  # fmt: skip
+    old._db.execute(
+        "INSERT INTO evaluations(round_id, hotkey, commit_block, status, state, prompt_kl, prompt_tokens)"
+        " VALUES (?, ?, 5, 'ok', 'won', '[0.5]', '[7]')",
+        (rid, a.hotkey),
+    )
     old.close()
     monkeypatch.undo()
     new = Store.open(path)
@@ -227,8 +252,11 @@ def test_round_is_recorded_once_and_evaluations_are_unique(store):
     with pytest.raises(StoreError, match="done"):
         store.record_round_result(rid, out, eres(mres(a, [0.5] * 4), mres(b, [0.9] * 4)), 13)
     with pytest.raises(sqlite3.IntegrityError):
-        store._db.execute("INSERT INTO evaluations(round_id, hotkey, commit_block, status, state, prompt_kl,"
-                          " prompt_tokens) VALUES (?,?,?,'ok','lost','[]','[]')", (rid, *a.key))  # fmt: skip
+        store._db.execute(
+            "INSERT INTO evaluations(round_id, hotkey, commit_block, status, state, prompt_kl,"
+            " prompt_tokens) VALUES (?,?,?,'ok','lost','[]','[]')",
+            (rid, *a.key),
+        )
     assert len(store.round(rid)["evaluations"]) == 2
 
 
@@ -356,11 +384,16 @@ def test_v1_weights_and_old_rule_recommits_migrate(tmp_path):
     path = tmp_path / "old.db"
     raw = sqlite3.connect(path)
     raw.executescript(schema.MIGRATION_1 + "; PRAGMA user_version = 1;")
-    raw.execute("INSERT INTO submissions(hotkey, commit_block, raw_text, status, first_seen, updated)"
-                " VALUES ('hk', 20, 'x', 'ignored', 0, 0)")  # fmt: skip
+    raw.execute(
+        "INSERT INTO submissions(hotkey, commit_block, raw_text, status, first_seen, updated)"
+        " VALUES ('hk', 20, 'x', 'ignored', 0, 0)"
+    )
     for ok in (1, 0):
-        raw.execute("INSERT INTO weight_submissions(block, uids, weights, success, confirmed, at)"
-                    " VALUES (?, '[1]', '[1.0]', ?, ?, 0)", (10 + ok, ok, ok or None))  # fmt: skip
+        raw.execute(
+            "INSERT INTO weight_submissions(block, uids, weights, success, confirmed, at)"
+            " VALUES (?, '[1]', '[1.0]', ?, ?, 0)",
+            (10 + ok, ok, ok or None),
+        )
     raw.commit()
     raw.close()
     s = Store.open(path)

@@ -37,8 +37,25 @@ def _port() -> int:
 
 
 def test_flags_and_env_defaults():
-    s = parse_args(["run", "--network", "sim", "--sim-db", "c.db", "--pod", "http://a", "--pod", "http://b",
-                    "--max-challengers", "2", "--once", "--log-format", "json"], env={})  # fmt: skip
+    s = parse_args(
+        [
+            "run",
+            "--network",
+            "sim",
+            "--sim-db",
+            "c.db",
+            "--pod",
+            "http://a",
+            "--pod",
+            "http://b",
+            "--max-challengers",
+            "2",
+            "--once",
+            "--log-format",
+            "json",
+        ],
+        env={},
+    )
     assert s.is_sim and s.pods == ("http://a", "http://b") and s.loop.max_challengers == 2 and s.once
     s = parse_args(["run", "--local-pod"], env={"BT_NETWORK": "test", "KLHILL_DB": "/x/v.db"})
     assert s.network == "test" and s.local_pod and s.db == Path("/x/v.db")
@@ -49,15 +66,18 @@ def test_flags_and_env_defaults():
     assert [(t.url, t.hotkey) for t in s.pod_targets] == [("http://p1:8091", pod_hotkey), ("http://p2", None)]
 
 
-@pytest.mark.parametrize("argv", [
-    ["run", "--network", "sim", "--local-pod"],  # sim without --sim-db
-    ["run", "--network", "finney"],  # no pod at all
-    ["run", "--local-pod", "--pod", "http://x"],  # both
-    ["run", "--local-pod", "--epoch-blocks", "0"],
-    ["run", "--pod", "http://x#not-a-hotkey"],  # a pod hotkey must be a valid ss58 address
-    ["run", "--pod", "http://x#"],
-    ["run", "--pod", "gpu-host:8091"],  # no scheme
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--network", "sim", "--local-pod"],  # sim without --sim-db
+        ["run", "--network", "finney"],  # no pod at all
+        ["run", "--local-pod", "--pod", "http://x"],  # both
+        ["run", "--local-pod", "--epoch-blocks", "0"],
+        ["run", "--pod", "http://x#not-a-hotkey"],  # a pod hotkey must be a valid ss58 address
+        ["run", "--pod", "http://x#"],
+        ["run", "--pod", "gpu-host:8091"],  # no scheme
+    ],
+)
 def test_bad_flags_exit_with_usage(argv):
     with pytest.raises(SystemExit) as exc:
         parse_args(argv, env={})
@@ -73,8 +93,12 @@ def test_teacher_flag_overrides_rules(tmp_path):
 def test_json_log_lines_are_json():
     record = logging.LogRecord("validator", logging.INFO, __file__, 1, "round %d done", (3,), None)
     line = JsonFormatter().format(record)
-    assert json.loads(line) == {"ts": round(record.created, 3), "level": "INFO", "logger": "validator",
-                                "msg": "round 3 done"}  # fmt: skip
+    assert json.loads(line) == {
+        "ts": round(record.created, 3),
+        "level": "INFO",
+        "logger": "validator",
+        "msg": "round 3 done",
+    }
 
 
 def test_once_against_a_real_pod_service(tmp_path, contest_hub):
@@ -85,11 +109,28 @@ def test_once_against_a_real_pod_service(tmp_path, contest_hub):
         world.commit(name, repo)
     port = _port()
     pod = subprocess.Popen(
-        [sys.executable, "-m", "validator.pod", "--port", str(port), "--allow-hotkey", world.validator_hotkey,
-         "--hub", str(world.hub_root), "--device", "cpu", "--workdir", str(tmp_path / "podwork"),
-         "--min-free-gb", "0"],
-        env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "validator.pod",
+            "--port",
+            str(port),
+            "--allow-hotkey",
+            world.validator_hotkey,
+            "--hub",
+            str(world.hub_root),
+            "--device",
+            "cpu",
+            "--workdir",
+            str(tmp_path / "podwork"),
+            "--min-free-gb",
+            "0",
+        ],
+        env=_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -102,10 +143,18 @@ def test_once_against_a_real_pod_service(tmp_path, contest_hub):
             assert time.monotonic() < deadline, "pod did not come up"
             time.sleep(0.2)
         out = subprocess.run(
-            [sys.executable, "-m", "validator", *world.cli_args("--pod", f"http://127.0.0.1:{port}", "--once",
-                                                                 "--log-format", "json")],
-            env=_env(), cwd=REPO, capture_output=True, text=True, timeout=240,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "validator",
+                *world.cli_args("--pod", f"http://127.0.0.1:{port}", "--once", "--log-format", "json"),
+            ],
+            env=_env(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
     finally:
         pod.send_signal(signal.SIGTERM)
         pod.wait(20)
@@ -128,8 +177,14 @@ def test_once_against_a_real_pod_service(tmp_path, contest_hub):
 def _pm2_apps(env: dict[str, str]) -> list[dict]:
     script = "console.log(JSON.stringify(require(process.argv[1]).apps))"
     path = str(REPO / "scripts" / "ecosystem.config.js")
-    out = subprocess.run(["node", "-e", script, path], env={"PATH": os.environ.get("PATH", ""), **env},
-                         capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    out = subprocess.run(
+        ["node", "-e", script, path],
+        env={"PATH": os.environ.get("PATH", ""), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -138,8 +193,13 @@ def test_pm2_file_args_parse_with_the_real_clis():
     """The PM2 file drifts silently from the CLIs unless its argv is fed to their parsers."""
     from api.__main__ import parse_args as api_args
 
-    env = {"KLHILL_NETUID": "7", "KLHILL_PODS": "http://pod:8000", "BT_WALLET": "val", "KLHILL_WITH_API": "1",
-           "KLHILL_EXTRA_ARGS": " --max-challengers 4  --weights-interval 360 "}  # fmt: skip
+    env = {
+        "KLHILL_NETUID": "7",
+        "KLHILL_PODS": "http://pod:8000",
+        "BT_WALLET": "val",
+        "KLHILL_WITH_API": "1",
+        "KLHILL_EXTRA_ARGS": " --max-challengers 4  --weights-interval 360 ",
+    }
     apps = {a["name"]: a for a in _pm2_apps(env)}
     assert set(apps) == {"klhill-validator", "klhill-api"}
     val = apps["klhill-validator"]

@@ -12,8 +12,9 @@ from validator.verdicts import ResultMismatch, interpret_result
 
 REV = "c" * 40
 BH = "0x" + "1" * 64
-RULES = ContestRules(prompts_per_round=10, early_stop_min_prompts=2, max_kl=2.0, fingerprint_threshold=0.02,
-                     onpolicy_prompts=8)  # fmt: skip
+RULES = ContestRules(
+    prompts_per_round=10, early_stop_min_prompts=2, max_kl=2.0, fingerprint_threshold=0.02, onpolicy_prompts=8
+)
 N = 10
 
 
@@ -32,18 +33,29 @@ def own(nll=0.8, rep=0.0, n=GUARDED) -> list[OnPolicyPrompt]:
     """On-policy values as the pod reports them: per guarded prompt, a little prompt-to-prompt spread."""
     nlls = [nll] * n if isinstance(nll, float) else list(nll)
     reps = [rep] * n if isinstance(rep, float) else list(rep)
-    return [OnPolicyPrompt(tokens=20, teacher_nll=x + 0.01 * (i % 3), reverse_kl=0.1, repetition=r, text=f"text {i}")
-            for i, (x, r) in enumerate(zip(nlls, reps, strict=True))]  # fmt: skip
+    return [
+        OnPolicyPrompt(tokens=20, teacher_nll=x + 0.01 * (i % 3), reverse_kl=0.1, repetition=r, text=f"text {i}")
+        for i, (x, r) in enumerate(zip(nlls, reps, strict=True))
+    ]
 
 
-def res(c: Candidate, kl=None, status="ok", content_hash=None, fingerprint=None, n=N, error=None,
-        onpolicy=None) -> ModelResult:  # fmt: skip
+def res(
+    c: Candidate, kl=None, status="ok", content_hash=None, fingerprint=None, n=N, error=None, onpolicy=None
+) -> ModelResult:
     kls = [] if status == "model_error" else [kl] * n if isinstance(kl, float) else list(kl or [])
     sub = SubmissionId(hotkey=c.hotkey, commit_block=c.commit_block)
     ref = ModelRef(repo=c.repo, revision=c.revision, submission=sub)
     values = (own() if onpolicy is None else onpolicy) if status == "ok" else []
-    return ModelResult(ref=ref, status=status, prompt_kl=kls, prompt_tokens=[5] * len(kls), error=error,
-                       content_hash=content_hash, fingerprint=fingerprint, onpolicy=values)  # fmt: skip
+    return ModelResult(
+        ref=ref,
+        status=status,
+        prompt_kl=kls,
+        prompt_tokens=[5] * len(kls),
+        error=error,
+        content_hash=content_hash,
+        fingerprint=fingerprint,
+        onpolicy=values,
+    )
 
 
 def result(*models: ModelResult) -> EvalResult:
@@ -100,9 +112,11 @@ def test_kl_too_high_is_disqualified():
 def test_content_copy_of_king_is_copy_and_never_takes_kings_result():
     """LESSONS 1: a later copy of the king's weights is COPY; the king keeps its own entry."""
     out = interpret_result(
-        challenge(A), result(res(K, noisy(1.0), content_hash="e" * 64), res(A, noisy(0.1), content_hash="e" * 64)),
-        RULES, known_content_hashes=[(K.key, "e" * 64)],
-    )  # fmt: skip
+        challenge(A),
+        result(res(K, noisy(1.0), content_hash="e" * 64), res(A, noisy(0.1), content_hash="e" * 64)),
+        RULES,
+        known_content_hashes=[(K.key, "e" * 64)],
+    )
     assert out.new_king == K.key and states(out) == {"king": "king", "alic": "copy"}
     assert out.dqs[0].evidence["copy_of"] == {"hotkey": K.hotkey, "commit_block": 1}
 
@@ -110,9 +124,11 @@ def test_content_copy_of_king_is_copy_and_never_takes_kings_result():
 def test_king_is_not_exempt_from_copy_check():
     early = ((hk("orig"), 0), "f" * 64)
     out = interpret_result(
-        challenge(A), result(res(K, noisy(1.0), content_hash="f" * 64), res(A, noisy(1.2))), RULES,
+        challenge(A),
+        result(res(K, noisy(1.0), content_hash="f" * 64), res(A, noisy(1.2))),
+        RULES,
         known_content_hashes=[early],
-    )  # fmt: skip
+    )
     assert states(out)["king"] == "copy"
     assert out.new_king == A.key  # the only eligible model on this round's prompts
 
@@ -127,31 +143,46 @@ def test_functional_copy_against_past_rounds_fingerprints():
     """LESSONS 4: a perturbed copy (close fingerprint) of an earlier submission is FUNCTIONAL_COPY."""
     past = [((hk("old"), 2), [0.1, 0.2, 0.3, 0.4])]
     fp = [0.105, 0.2, 0.3, 0.4]
-    out = interpret_result(challenge(A), result(res(K, noisy(1.0)), res(A, noisy(0.2), fingerprint=fp)), RULES,
-                           known_fingerprints=past)  # fmt: skip
+    out = interpret_result(
+        challenge(A), result(res(K, noisy(1.0)), res(A, noisy(0.2), fingerprint=fp)), RULES, known_fingerprints=past
+    )
     assert states(out)["alic"] == "functional_copy" and out.new_king == K.key
     assert out.dqs[0].evidence["copy_of"]["hotkey"] == hk("old")
 
 
 def test_later_fingerprint_does_not_disqualify_earlier_commit():
     later = [((hk("late"), 99), [0.1, 0.2])]
-    out = interpret_result(challenge(A), result(res(K, noisy(1.0)), res(A, noisy(0.5), fingerprint=[0.1, 0.2])), RULES,
-                           known_fingerprints=later)  # fmt: skip
+    out = interpret_result(
+        challenge(A),
+        result(res(K, noisy(1.0)), res(A, noisy(0.5), fingerprint=[0.1, 0.2])),
+        RULES,
+        known_fingerprints=later,
+    )
     assert states(out)["alic"] == "won"
 
 
 def test_model_error_and_early_stop_are_final_not_king():
     """LESSONS 18: failures reach a final state instead of being retried forever."""
     plan = challenge(A, B)
-    out = interpret_result(plan, result(res(K, noisy(1.0)), res(A, status="model_error", error="bad weights"),
-                                        res(B, [1.5, 1.6], status="early_stopped")), RULES)  # fmt: skip
+    out = interpret_result(
+        plan,
+        result(
+            res(K, noisy(1.0)),
+            res(A, status="model_error", error="bad weights"),
+            res(B, [1.5, 1.6], status="early_stopped"),
+        ),
+        RULES,
+    )
     assert states(out) == {"king": "king", "alic": "model_error", "bob5": "early_stopped"}
     assert out.new_king == K.key and out.dqs == ()
 
 
 def test_king_model_error_crowns_best_challenger_of_this_round():
-    out = interpret_result(challenge(A, B), result(res(K, status="model_error", error="gone"), res(A, noisy(0.7)),
-                                                   res(B, noisy(0.9))), RULES)  # fmt: skip
+    out = interpret_result(
+        challenge(A, B),
+        result(res(K, status="model_error", error="gone"), res(A, noisy(0.7)), res(B, noisy(0.9))),
+        RULES,
+    )
     assert out.new_king == A.key and states(out)["king"] == "dethroned"
 
 
@@ -217,8 +248,6 @@ def test_none_round_has_nothing_to_interpret():
         interpret_result(RoundPlan("none", K, ()), result(res(K, noisy(1.0))), RULES)
 
 
-
-
 # --- the on-policy guard (LESSONS 27) ---------------------------------------------------------------------------
 
 
@@ -247,8 +276,9 @@ def test_guard_stops_on_teacher_nll_alone_and_on_repetition_alone():
 
 def test_stopped_best_winner_lets_the_next_winner_take_the_crown():
     looper = own(rep=0.95)
-    out = interpret_result(challenge(A, B), result(res(K, noisy(1.0)), res(A, noisy(0.3), onpolicy=looper),
-                                                   res(B, noisy(0.6))), RULES)  # fmt: skip
+    out = interpret_result(
+        challenge(A, B), result(res(K, noisy(1.0)), res(A, noisy(0.3), onpolicy=looper), res(B, noisy(0.6))), RULES
+    )
     assert out.new_king == B.key
     assert states(out) == {"king": "dethroned", "alic": "onpolicy_stopped", "bob5": "won"}
     assert "on-policy guard stopped " + A.hotkey in out.reason
@@ -267,8 +297,9 @@ def test_guard_is_relative_to_this_rounds_king_and_only_judges_kl_winners():
 
 def test_guard_off_in_the_rules_measures_nothing_and_stops_nobody():
     rules = RULES.model_copy(update={"onpolicy_prompts": 0})
-    out = interpret_result(challenge(A), result(res(K, noisy(1.0), onpolicy=[]), res(A, noisy(0.5), onpolicy=[])),
-                           rules)  # fmt: skip
+    out = interpret_result(
+        challenge(A), result(res(K, noisy(1.0), onpolicy=[]), res(A, noisy(0.5), onpolicy=[])), rules
+    )
     assert out.new_king == A.key
 
 

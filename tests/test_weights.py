@@ -27,8 +27,10 @@ class CountingChain:
 
 
 def _rows(store) -> list[tuple]:
-    return [tuple(r) for r in store._db.execute("SELECT state, confirmed, block, reveal_block FROM weight_submissions"
-                                                " ORDER BY id")]  # fmt: skip
+    return [
+        tuple(r)
+        for r in store._db.execute("SELECT state, confirmed, block, reveal_block FROM weight_submissions ORDER BY id")
+    ]
 
 
 @pytest.fixture
@@ -118,8 +120,9 @@ def test_no_permit_or_stake_sends_nothing_and_says_why(contest, caplog, commit_r
 
 
 def test_standing_refusal_is_pure():
-    me = Neuron(uid=3, hotkey="v", coldkey="c", stake=10.0, validator_permit=True, incentive=0.0, emission=0.0,
-                last_update=0)  # fmt: skip
+    me = Neuron(
+        uid=3, hotkey="v", coldkey="c", stake=10.0, validator_permit=True, incentive=0.0, emission=0.0, last_update=0
+    )
     assert standing_refusal(me, 10.0) is None
     assert standing_refusal(None, 0.0)[0] == "not_registered"
     assert standing_refusal(Neuron(**{**me.__dict__, "validator_permit": False}), 0.0)[0] == "no_permit"

@@ -29,9 +29,11 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
             "msg": record.getMessage(),
-        }  # fmt: skip
+        }
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, separators=(",", ":"), default=str)
@@ -138,10 +140,24 @@ def build(s: Settings) -> Any:
     store = Store.open(s.db)
     config = dataclasses.replace(s.loop, pod_name=pod_name[:200])
     chain = _chain(s, wallet)
-    store.set_meta(network=s.network, netuid=s.netuid, hotkey=str(wallet.hotkey.ss58_address),
-                   rules_digest=rules.digest(), started=time.time())  # fmt: skip
-    return Validator(chain, store, model_store, pod, _prompt_source(s, rules), rules,
-                     _teacher_fn(s, model_store, rules), config, progress=progress)  # fmt: skip
+    store.set_meta(
+        network=s.network,
+        netuid=s.netuid,
+        hotkey=str(wallet.hotkey.ss58_address),
+        rules_digest=rules.digest(),
+        started=time.time(),
+    )
+    return Validator(
+        chain,
+        store,
+        model_store,
+        pod,
+        _prompt_source(s, rules),
+        rules,
+        _teacher_fn(s, model_store, rules),
+        config,
+        progress=progress,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,8 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("validator starting: network=%s netuid=%d db=%s pod=%s", s.network, s.netuid, s.db,
-             validator.config.pod_name)  # fmt: skip
+    log.info(
+        "validator starting: network=%s netuid=%d db=%s pod=%s", s.network, s.netuid, s.db, validator.config.pod_name
+    )
     try:
         return int(validator.run(once=s.once))
     finally:

@@ -84,8 +84,9 @@ def admit_pending(
             break
         except TransientError as exc:
             wait = backoff_blocks(row["attempts"] or 0, backoff_base, backoff_cap)
-            store.record_admission(key, "transient", detail=f"transient: {exc}"[:2000],
-                                   next_retry_block=head_block + wait)  # fmt: skip
+            store.record_admission(
+                key, "transient", detail=f"transient: {exc}"[:2000], next_retry_block=head_block + wait
+            )
             report.transient.append(key)
             log.warning("admission of %s deferred %d blocks: %s", _fmt(key), wait, exc)
             continue
@@ -124,8 +125,10 @@ def _record_admitted(store: Store, key: Key, verdict: Admitted, head_block: int)
 
 def _disqualify_copy(store: Store, key: Key, owner: Key, metadata_hash: str, block: int) -> None:
     detail = f"same files as the earlier commit {_fmt(owner)}"
-    evidence: dict[str, Any] = {"copy_of": {"hotkey": owner[0], "commit_block": owner[1]},
-                                "metadata_hash": metadata_hash}  # fmt: skip
+    evidence: dict[str, Any] = {
+        "copy_of": {"hotkey": owner[0], "commit_block": owner[1]},
+        "metadata_hash": metadata_hash,
+    }
     store.add_disqualification(key, "COPY", "metadata_hash", detail, evidence, block)
     store.set_status(key, "disqualified", detail)
     log.info("COPY: %s is a copy of %s", _fmt(key), _fmt(owner))

@@ -169,9 +169,7 @@ def king_vanished(king: Candidate) -> bool:
 
 def _fresh_challengers(candidates: Sequence[Candidate], rules: ContestRules, cap: int) -> list[Candidate]:
     """Admitted, never evaluated, FIFO by commit block, per-round and per-coldkey caps (LESSONS 6)."""
-    fresh = sorted(
-        (c for c in candidates if c.status == "admitted" and c.registered), key=lambda c: order_key(c.key)
-    )
+    fresh = sorted((c for c in candidates if c.status == "admitted" and c.registered), key=lambda c: order_key(c.key))
     per_coldkey: dict[str, int] = {}
     picked: list[Candidate] = []
     for c in fresh:
@@ -187,9 +185,7 @@ def _fresh_challengers(candidates: Sequence[Candidate], rules: ContestRules, cap
 def _survivors(candidates: Sequence[Candidate], exclude: Key | None, n: int) -> list[Candidate]:
     """Best previously evaluated, still eligible submissions by their last KL."""
     alive = [
-        c
-        for c in candidates
-        if c.status == "evaluated" and c.registered and c.last_kl is not None and c.key != exclude
+        c for c in candidates if c.status == "evaluated" and c.registered and c.last_kl is not None and c.key != exclude
     ]
     alive.sort(key=lambda c: (c.last_kl, *order_key(c.key)))
     return alive[:n]
@@ -264,9 +260,7 @@ class StrikeResult:
     removed: bool
 
 
-def strike_missing_repo(
-    strikes: int, max_strikes: int, outcome: Literal["missing", "transient", "ok"]
-) -> StrikeResult:
+def strike_missing_repo(strikes: int, max_strikes: int, outcome: Literal["missing", "transient", "ok"]) -> StrikeResult:
     """Bounded strikes for a repo that is gone (LESSONS 19); transient errors never count (LESSONS 21).
 
     ``missing`` is a definite answer (404, private, revision gone); after
@@ -280,4 +274,3 @@ def strike_missing_repo(
         return StrikeResult(0, False)
     strikes += 1
     return StrikeResult(strikes, strikes >= max_strikes)
-

@@ -29,10 +29,19 @@ hub with FineWeb), so only the same reader's success clears a rejection it recor
 
 def report_rejected(store: Store, detail: str, block: int | None, step: str, source: str = MODELS) -> None:
     """Log an ERROR and record that the hub refused our credentials during ``step``."""
-    log.error("the hub rejected this validator's token (HF_TOKEN) during %s: %s; no verdict, nobody is "
-              "judged by it; fix the token - retried every epoch", step, detail)  # fmt: skip
-    store.set_meta(hub_auth=REJECTED, hub_auth_detail=f"{step}: {detail}"[:500], hub_auth_block=block or 0,
-                   hub_auth_source=source, hub_auth_at=time.time())  # fmt: skip
+    log.error(
+        "the hub rejected this validator's token (HF_TOKEN) during %s: %s; no verdict, nobody is "
+        "judged by it; fix the token - retried every epoch",
+        step,
+        detail,
+    )
+    store.set_meta(
+        hub_auth=REJECTED,
+        hub_auth_detail=f"{step}: {detail}"[:500],
+        hub_auth_block=block or 0,
+        hub_auth_source=source,
+        hub_auth_at=time.time(),
+    )
 
 
 def report_ok(store: Store, block: int | None, source: str = MODELS) -> None:
@@ -43,5 +52,6 @@ def report_ok(store: Store, block: int | None, source: str = MODELS) -> None:
         return
     if state == REJECTED:
         log.warning("the hub accepts this validator's token again")
-    store.set_meta(hub_auth=OK, hub_auth_detail="", hub_auth_block=block or 0, hub_auth_source=source,
-                   hub_auth_at=time.time())  # fmt: skip
+    store.set_meta(
+        hub_auth=OK, hub_auth_detail="", hub_auth_block=block or 0, hub_auth_source=source, hub_auth_at=time.time()
+    )

@@ -110,9 +110,15 @@ class Validator:
         self.store.set_meta(last_epoch_block=number)
         self._sync_submissions(number, neurons, report)
         report.admission = admit.admit_pending(
-            self.store, self.model_store, number, self.rules, self.teacher,
-            backoff_base=self.config.backoff_base, backoff_cap=self.config.backoff_cap, check=self.check,
-        )  # fmt: skip
+            self.store,
+            self.model_store,
+            number,
+            self.rules,
+            self.teacher,
+            backoff_base=self.config.backoff_base,
+            backoff_cap=self.config.backoff_cap,
+            check=self.check,
+        )
         admit.check_king_repo(self.store, self.model_store, number, self.config.max_strikes)
         registered = {n.hotkey for n in neurons}
         for row in self.store.interrupted_rounds():
@@ -169,10 +175,17 @@ class Validator:
         attempt = int(self.store.rounds(1, 1)["total"]) + 1
         job_id = make_job_id(attempt, head.number, head.hash, keys, self.rules)
         round_id = self.store.create_round(
-            plan.kind, head.number, head.hash, [prompt_sha256(p) for p in prompts], self.rules, keys,
-            plan.king.key if plan.king else None, teacher_revision=self.rules.teacher_revision,
-            pod=self.config.pod_name, job_id=job_id,
-        )  # fmt: skip
+            plan.kind,
+            head.number,
+            head.hash,
+            [prompt_sha256(p) for p in prompts],
+            self.rules,
+            keys,
+            plan.king.key if plan.king else None,
+            teacher_revision=self.rules.teacher_revision,
+            pod=self.config.pod_name,
+            job_id=job_id,
+        )
         job = build_job(job_id, head.number, head.hash, self.rules, self.rules.teacher_revision, prompts, plan)
         self.store.mark_dispatched(round_id, self.config.pod_name, job_id)
         log.info("round %d (%s) at block %d: %d model(s), job %s", round_id, plan.kind, head.number, len(keys), job_id)
@@ -232,8 +245,13 @@ class Validator:
                 self.stop.wait(delay)
                 continue
             failures = 0
-            log.info("epoch at block %d: round=%s/%s weights=%s", report.block, report.round_kind,
-                     report.round_state, report.weights)  # fmt: skip
+            log.info(
+                "epoch at block %d: round=%s/%s weights=%s",
+                report.block,
+                report.round_kind,
+                report.round_state,
+                report.weights,
+            )
             if once:
                 return 0
             self._sleep(report.block)
@@ -252,8 +270,12 @@ class Validator:
             except KlhillError as exc:
                 failures += 1
                 delay = retry_delay(exc, failures, self.config.poll_seconds, self.config.chain_backoff_cap_s)
-                log.warning("block number unavailable while waiting (%s: %s); next look in %.0fs",
-                            type(exc).__name__, exc, delay)  # fmt: skip
+                log.warning(
+                    "block number unavailable while waiting (%s: %s); next look in %.0fs",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
 
 
 def retry_delay(exc: BaseException, failures: int, base_s: float, cap_s: float) -> float:

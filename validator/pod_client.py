@@ -253,8 +253,12 @@ class LocalPod:
         deadline = time.monotonic() + deadline_s
         try:
             result = run_job(
-                job, self.store, self.workdir, self.device,
-                should_cancel=lambda: time.monotonic() > deadline, **self.run_kwargs,
+                job,
+                self.store,
+                self.workdir,
+                self.device,
+                should_cancel=lambda: time.monotonic() > deadline,
+                **self.run_kwargs,
             )
         except JobCancelled as exc:
             raise PodTimeout(f"job {job.job_id} missed its {deadline_s:.0f}s deadline in-process") from exc

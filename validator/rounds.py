@@ -53,15 +53,28 @@ def make_job_id(attempt: int, block: int, block_hash: str, keys: Sequence[Key], 
 
 def model_ref(c: Candidate) -> ModelRef:
     """Identity comes from the chain (hotkey, commit block) as stored, never from miner text (LESSONS 2)."""
-    return ModelRef(repo=c.repo, revision=c.revision,
-                    submission=SubmissionId(hotkey=c.hotkey, commit_block=c.commit_block))  # fmt: skip
+    return ModelRef(
+        repo=c.repo, revision=c.revision, submission=SubmissionId(hotkey=c.hotkey, commit_block=c.commit_block)
+    )
 
 
-def build_job(job_id: str, block: int, block_hash: str, rules: ContestRules, teacher_revision: str | None,
-              prompts: list[str], plan: RoundPlan) -> EvalJob:  # fmt: skip
+def build_job(
+    job_id: str,
+    block: int,
+    block_hash: str,
+    rules: ContestRules,
+    teacher_revision: str | None,
+    prompts: list[str],
+    plan: RoundPlan,
+) -> EvalJob:
     return EvalJob(
-        job_id=job_id, block=block, block_hash=block_hash, rules=rules, teacher_revision=teacher_revision,
-        prompts=prompts, king=model_ref(plan.king) if plan.king else None,
+        job_id=job_id,
+        block=block,
+        block_hash=block_hash,
+        rules=rules,
+        teacher_revision=teacher_revision,
+        prompts=prompts,
+        king=model_ref(plan.king) if plan.king else None,
         challengers=[model_ref(c) for c in plan.challengers],
     )
 
@@ -88,8 +101,14 @@ class RoundRunner:
     def dispatch(self, round_id: int, plan: RoundPlan, job: EvalJob, block: int) -> str:
         """Run the job; returns 'done', 'failed' or 'abandoned' (stop requested: the round stays open)."""
         rules = job.rules
-        base = {"round_id": round_id, "job_id": job.job_id, "kind": plan.kind, "block": job.block,
-                "models": len(job.models), "pod": repr(self.pod)}  # fmt: skip
+        base = {
+            "round_id": round_id,
+            "job_id": job.job_id,
+            "kind": plan.kind,
+            "block": job.block,
+            "models": len(job.models),
+            "pod": repr(self.pod),
+        }
         self.store.set_progress({**base, "phase": "dispatched"})
         try:
             outcome = self._wait(job, base)
@@ -99,12 +118,18 @@ class RoundRunner:
             if isinstance(outcome, BaseException):
                 raise outcome
             result = validate_result(job, outcome)
-            verdict = interpret_result(plan, result, rules, self.store.known_fingerprints(),
-                                       self.store.known_content_hashes())  # fmt: skip
+            verdict = interpret_result(
+                plan, result, rules, self.store.known_fingerprints(), self.store.known_content_hashes()
+            )
         except Exception as exc:  # noqa: BLE001 - any pod fault or ResultMismatch fails the round, nobody is judged
             self.store.fail_round(round_id, f"{type(exc).__name__}: {exc}")
-            log.error("round %d (%s) failed, nobody judged; retried next epoch: %s: %s",
-                      round_id, job.job_id, type(exc).__name__, exc)  # fmt: skip
+            log.error(
+                "round %d (%s) failed, nobody judged; retried next epoch: %s: %s",
+                round_id,
+                job.job_id,
+                type(exc).__name__,
+                exc,
+            )
             return "failed"
         finally:
             self.store.set_progress(None)
@@ -146,7 +171,12 @@ class RoundRunner:
 
 
 def _log_outcome(round_id: int, outcome: RoundOutcome) -> None:
-    log.info("round %d (%s) done: %s; king %s", round_id, outcome.kind, outcome.reason,
-             f"{outcome.new_king[0]}:{outcome.new_king[1]}" if outcome.new_king else "none")  # fmt: skip
+    log.info(
+        "round %d (%s) done: %s; king %s",
+        round_id,
+        outcome.kind,
+        outcome.reason,
+        f"{outcome.new_king[0]}:{outcome.new_king[1]}" if outcome.new_king else "none",
+    )
     for v in outcome.verdicts:
         log.info("  %s:%d %s mean_kl=%s %s", v.hotkey, v.commit_block, v.state, v.mean_kl, v.reason)

@@ -59,5 +59,10 @@ class PromptSampler:
         self.retry_block = block + wait
         if isinstance(exc, HubAuthError):
             hub_health.report_rejected(self.store, str(exc), block, "prompt sampling", hub_health.DATASET)
-        log.error("prompt sampling failed (%s: %s); no round now, nobody judged; next try in %d blocks",
-                  type(exc).__name__, exc, wait, exc_info=not isinstance(exc, KlhillError))  # fmt: skip
+        log.error(
+            "prompt sampling failed (%s: %s); no round now, nobody judged; next try in %d blocks",
+            type(exc).__name__,
+            exc,
+            wait,
+            exc_info=not isinstance(exc, KlhillError),
+        )

@@ -124,8 +124,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m validator", description="klhill king-of-the-hill validator")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the validator loop")
-    r.add_argument("--network", default=env.get("BT_NETWORK", "finney"),
-                   help="sim | finney | test | local | ws://... (env BT_NETWORK)")
+    r.add_argument(
+        "--network",
+        default=env.get("BT_NETWORK", "finney"),
+        help="sim | finney | test | local | ws://... (env BT_NETWORK)",
+    )
     r.add_argument("--netuid", type=int, default=int(env.get("KLHILL_NETUID", "1")))
     r.add_argument("--sim-db", type=Path, default=env.get("KLHILL_SIM_DB"), help="SimChain file (--network sim)")
     r.add_argument("--sim-block-time", type=_positive(float), default=12.0)
@@ -134,9 +137,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     r.add_argument("--wallet-path", default=None, help="env BT_WALLET_PATH")
     r.add_argument("--db", type=Path, default=Path(env.get("KLHILL_DB", "state/validator.db")))
     pods = r.add_mutually_exclusive_group()
-    pods.add_argument("--pod", action="append", default=None, metavar="URL[#HOTKEY]",
-                      help="pod service URL, optionally with the pod's hotkey ss58 after '#' (repeatable; env "
-                      "KLHILL_PODS, comma-separated)")
+    pods.add_argument(
+        "--pod",
+        action="append",
+        default=None,
+        metavar="URL[#HOTKEY]",
+        help="pod service URL, optionally with the pod's hotkey ss58 after '#' (repeatable; env "
+        "KLHILL_PODS, comma-separated)",
+    )
     pods.add_argument("--local-pod", action="store_true", help="evaluate in this process (CPU demo, tests)")
     r.add_argument("--device", default="cpu", help="device for --local-pod")
     r.add_argument("--workdir", type=Path, default=Path("state/local-pod"), help="scratch dir for --local-pod")
@@ -147,10 +155,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     teacher.add_argument("--teacher", default=None, metavar="REPO[@REV]", help="teacher repo (overrides the rules)")
     r.add_argument("--rules", dest="rules_path", type=Path, default=None, help="ContestRules JSON file")
     r.add_argument("--max-challengers", type=_positive(int), default=None)
-    r.add_argument("--weights-interval", type=_positive(int), default=d.weights_interval,
-                   help="blocks between weight refreshes")
-    r.add_argument("--weights-retry-blocks", type=_positive(int), default=d.weights_retry_blocks,
-                   help="blocks to wait after a failed weight submission")
+    r.add_argument(
+        "--weights-interval", type=_positive(int), default=d.weights_interval, help="blocks between weight refreshes"
+    )
+    r.add_argument(
+        "--weights-retry-blocks",
+        type=_positive(int),
+        default=d.weights_retry_blocks,
+        help="blocks to wait after a failed weight submission",
+    )
     r.add_argument("--epoch-blocks", type=_positive(int), default=d.epoch_blocks, help="blocks between epochs")
     r.add_argument("--poll-seconds", type=_positive(float), default=d.poll_seconds)
     r.add_argument("--pod-deadline", dest="pod_deadline_s", type=_positive(float), default=d.pod_deadline_s)
@@ -180,15 +193,33 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         except ValueError as exc:
             parser.error(str(exc))
     return Settings(
-        network=a.network, netuid=a.netuid, sim_db=a.sim_db, sim_block_time=a.sim_block_time,
-        wallet_name=a.wallet_name, hotkey_name=a.hotkey_name, wallet_path=a.wallet_path, db=a.db,
-        pods=tuple(a.pod or ()), local_pod=a.local_pod, device=a.device, workdir=a.workdir, hub_dir=a.hub_dir,
-        corpus=a.corpus, teacher_dir=a.teacher_dir, teacher=a.teacher, rules_path=a.rules_path,
+        network=a.network,
+        netuid=a.netuid,
+        sim_db=a.sim_db,
+        sim_block_time=a.sim_block_time,
+        wallet_name=a.wallet_name,
+        hotkey_name=a.hotkey_name,
+        wallet_path=a.wallet_path,
+        db=a.db,
+        pods=tuple(a.pod or ()),
+        local_pod=a.local_pod,
+        device=a.device,
+        workdir=a.workdir,
+        hub_dir=a.hub_dir,
+        corpus=a.corpus,
+        teacher_dir=a.teacher_dir,
+        teacher=a.teacher,
+        rules_path=a.rules_path,
         loop=LoopConfig(
-            max_challengers=a.max_challengers, weights_interval=a.weights_interval,
-            weights_retry_blocks=a.weights_retry_blocks, epoch_blocks=a.epoch_blocks, poll_seconds=a.poll_seconds,
-            pod_deadline_s=a.pod_deadline_s, max_strikes=a.max_strikes,
+            max_challengers=a.max_challengers,
+            weights_interval=a.weights_interval,
+            weights_retry_blocks=a.weights_retry_blocks,
+            epoch_blocks=a.epoch_blocks,
+            poll_seconds=a.poll_seconds,
+            pod_deadline_s=a.pod_deadline_s,
+            max_strikes=a.max_strikes,
         ),
-        once=a.once, log_format=a.log_format,
+        once=a.once,
+        log_format=a.log_format,
         log_level=a.log_level,
-    )  # fmt: skip
+    )

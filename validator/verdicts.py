@@ -22,7 +22,15 @@ SUSPICIOUS_KL = 1e-6
 """A mean KL below this is flagged: a student that matches the teacher exactly is likely the teacher (LESSONS 8)."""
 
 ModelState = Literal[
-    "king", "dethroned", "won", "lost", "early_stopped", "onpolicy_stopped", "model_error", "kl_too_high", "copy",
+    "king",
+    "dethroned",
+    "won",
+    "lost",
+    "early_stopped",
+    "onpolicy_stopped",
+    "model_error",
+    "kl_too_high",
+    "copy",
     "functional_copy",
 ]
 DQ_STATES: dict[str, str] = {"copy": "COPY", "functional_copy": "FUNCTIONAL_COPY", "kl_too_high": "KL_TOO_HIGH"}
@@ -136,19 +144,26 @@ def _copy_check(
         if owners:
             o = owners[0]
             return Disqualification(
-                key[0], key[1], "COPY", "content_hash", f"same weights as {o[0]}:{o[1]}",
+                key[0],
+                key[1],
+                "COPY",
+                "content_hash",
+                f"same weights as {o[0]}:{o[1]}",
                 {"copy_of": {"hotkey": o[0], "commit_block": o[1]}, "content_hash": m.content_hash},
-            )  # fmt: skip
+            )
     if m.fingerprint:
         close = [(k, distance(fp, m.fingerprint)) for k, fp in prints if order_key(k) < mine]
         close = sorted(((k, d) for k, d in close if d < rules.fingerprint_threshold), key=lambda t: order_key(t[0]))
         if close:
             o, d = close[0]
             return Disqualification(
-                key[0], key[1], "FUNCTIONAL_COPY", "fingerprint",
+                key[0],
+                key[1],
+                "FUNCTIONAL_COPY",
+                "fingerprint",
                 f"behaves like {o[0]}:{o[1]} (distance {d:.6g} < {rules.fingerprint_threshold})",
                 {"copy_of": {"hotkey": o[0], "commit_block": o[1]}, "distance": d},
-            )  # fmt: skip
+            )
     return None
 
 
@@ -185,12 +200,21 @@ def interpret_result(
         sus = m.status == "ok" and mean is not None and mean < SUSPICIOUS_KL
         dq = _copy_check(c.key, m, hashes, prints, rules, distance)
         if dq is None and m.status == "ok" and mean is not None and mean > rules.max_kl:
-            dq = Disqualification(c.hotkey, c.commit_block, "KL_TOO_HIGH", "max_kl",
-                                  f"mean KL {mean:.6g} > {rules.max_kl}", {"mean_kl": mean})  # fmt: skip
+            dq = Disqualification(
+                c.hotkey,
+                c.commit_block,
+                "KL_TOO_HIGH",
+                "max_kl",
+                f"mean KL {mean:.6g} > {rules.max_kl}",
+                {"mean_kl": mean},
+            )
         if dq is not None:
             dqs.append(dq)
-            state: ModelState = "copy" if dq.reason == "COPY" else (
-                "functional_copy" if dq.reason == "FUNCTIONAL_COPY" else "kl_too_high")  # fmt: skip
+            state: ModelState = (
+                "copy"
+                if dq.reason == "COPY"
+                else ("functional_copy" if dq.reason == "FUNCTIONAL_COPY" else "kl_too_high")
+            )
             verdicts[c.key] = Verdict(c.hotkey, c.commit_block, state, mean, reason=dq.detail, suspicious=sus)
         elif m.status == "model_error":
             verdicts[c.key] = Verdict(c.hotkey, c.commit_block, "model_error", None, reason=m.error or "")
@@ -247,35 +271,47 @@ def _challenge(
             g = _guard(king_result, m, rules)
             if g.stop:
                 why = f"beats the king on KL ({m.mean_kl:.6g} vs {king_result.mean_kl:.6g}) but {g.reason}"
-                verdicts[key] = Verdict(v.hotkey, v.commit_block, "onpolicy_stopped", v.mean_kl, d.p_value, why,
-                                        v.suspicious)  # fmt: skip
+                verdicts[key] = Verdict(
+                    v.hotkey, v.commit_block, "onpolicy_stopped", v.mean_kl, d.p_value, why, v.suspicious
+                )
                 stopped.append(key)
                 continue
-            verdicts[key] = Verdict(v.hotkey, v.commit_block, "lost", v.mean_kl, d.p_value, f"{d.reason}; {g.reason}",
-                                    v.suspicious)  # fmt: skip
+            verdicts[key] = Verdict(
+                v.hotkey, v.commit_block, "lost", v.mean_kl, d.p_value, f"{d.reason}; {g.reason}", v.suspicious
+            )
         if d.dethrone:
             winners.append((m.mean_kl or 0.0, order_key(key), key))
     note = f"; on-policy guard stopped {', '.join(f'{k[0]}:{k[1]}' for k in stopped)}" if stopped else ""
     kv = verdicts[king.key]
     if not winners:
-        verdicts[king.key] = Verdict(kv.hotkey, kv.commit_block, "king", kv.mean_kl, reason="defended" + note,
-                                     suspicious=kv.suspicious)  # fmt: skip
+        verdicts[king.key] = Verdict(
+            kv.hotkey, kv.commit_block, "king", kv.mean_kl, reason="defended" + note, suspicious=kv.suspicious
+        )
         return king.key, king_result.mean_kl, "king defended" + note, best_p
     winners.sort()
     win = winners[0][2]
     wv = verdicts[win]
     verdicts[win] = Verdict(wv.hotkey, wv.commit_block, "won", wv.mean_kl, wv.p_value, wv.reason, wv.suspicious)
-    verdicts[king.key] = Verdict(kv.hotkey, kv.commit_block, "dethroned", kv.mean_kl,
-                                 reason=f"dethroned by {win[0]}:{win[1]}", suspicious=kv.suspicious)  # fmt: skip
+    verdicts[king.key] = Verdict(
+        kv.hotkey,
+        kv.commit_block,
+        "dethroned",
+        kv.mean_kl,
+        reason=f"dethroned by {win[0]}:{win[1]}",
+        suspicious=kv.suspicious,
+    )
     return win, wv.mean_kl, f"dethroned by {win[0]}:{win[1]}{note}", wv.p_value
 
 
 def _guard(king: ModelResult, challenger: ModelResult, rules: ContestRules) -> GuardDecision:
     """The on-policy guard on the guarded prompts both were measured on (the same ones: checked at matching)."""
     return onpolicy_guard(
-        [o.teacher_nll for o in king.onpolicy], [o.teacher_nll for o in challenger.onpolicy],
-        [o.repetition for o in king.onpolicy], [o.repetition for o in challenger.onpolicy], rules,
-    )  # fmt: skip
+        [o.teacher_nll for o in king.onpolicy],
+        [o.teacher_nll for o in challenger.onpolicy],
+        [o.repetition for o in king.onpolicy],
+        [o.repetition for o in challenger.onpolicy],
+        rules,
+    )
 
 
 def _crown_best(
@@ -285,14 +321,16 @@ def _crown_best(
     if old_king is not None:
         kv = verdicts[old_king.key]
         if kv.state not in DQ_STATES:
-            verdicts[old_king.key] = Verdict(kv.hotkey, kv.commit_block, "dethroned", kv.mean_kl,
-                                             reason=f"king failed this round ({kv.state})")  # fmt: skip
+            verdicts[old_king.key] = Verdict(
+                kv.hotkey, kv.commit_block, "dethroned", kv.mean_kl, reason=f"king failed this round ({kv.state})"
+            )
     pool = [(m.mean_kl, order_key(k), k) for k, m in eligible if m.mean_kl is not None]
     if not pool:
         return None, None, "no eligible model: no king", None
     pool.sort()
     mean, _, win = pool[0]
     v = verdicts[win]
-    verdicts[win] = Verdict(v.hotkey, v.commit_block, "won", v.mean_kl, reason="lowest mean KL this round",
-                            suspicious=v.suspicious)  # fmt: skip
+    verdicts[win] = Verdict(
+        v.hotkey, v.commit_block, "won", v.mean_kl, reason="lowest mean KL this round", suspicious=v.suspicious
+    )
     return win, mean, f"crowned {win[0]}:{win[1]} (lowest mean KL)", None

@@ -91,15 +91,23 @@ class WeightsKeeper:
         if refusal is not None:
             reason, message = refusal
             self.store.record_weights(block, uids, weights, False, f"{reason}: {message}")
-            log.warning("weights not sent (%s): %s; nothing signed, next try in %d blocks", reason, message,
-                        self.config.weights_retry_blocks)  # fmt: skip
+            log.warning(
+                "weights not sent (%s): %s; nothing signed, next try in %d blocks",
+                reason,
+                message,
+                self.config.weights_retry_blocks,
+            )
             return "skipped"
         try:
             receipt = self.chain.set_weights(uids, weights)
         except _CHAIN_ERRORS as exc:
             self.store.record_weights(block, uids, weights, False, f"{type(exc).__name__}: {exc}")
-            log.error("set_weights raised %s; retried in %d blocks: %s", type(exc).__name__,
-                      self.config.weights_retry_blocks, exc)  # fmt: skip
+            log.error(
+                "set_weights raised %s; retried in %d blocks: %s",
+                type(exc).__name__,
+                self.config.weights_retry_blocks,
+                exc,
+            )
             return "failed"
         if not receipt.success:
             message = f"{receipt.reason or 'failed'}: {receipt.message}"
@@ -110,8 +118,14 @@ class WeightsKeeper:
         state = "committed" if receipt.committed else "set"
         reveal = receipt.reveal_by if receipt.reveal_by is not None else at
         wid = self.store.record_weights(at, uids, weights, True, receipt.message, state=state, reveal_block=reveal)
-        log.info("weights %s at block %d: king %s:%d -> 1.0 over %d uids%s", state, at, *king.key, len(uids),
-                 f"; reveal expected by block {reveal}" if receipt.committed else "")  # fmt: skip
+        log.info(
+            "weights %s at block %d: king %s:%d -> 1.0 over %d uids%s",
+            state,
+            at,
+            *king.key,
+            len(uids),
+            f"; reveal expected by block {reveal}" if receipt.committed else "",
+        )
         if receipt.committed:
             return "committed"
         row = self.store.pending_weights()
@@ -142,8 +156,14 @@ class WeightsKeeper:
         if block < deadline:
             return "waiting"
         self.store.confirm_weights(row["id"], False, "unconfirmed")
-        log.error("weights %s at block %d never showed on chain by block %d (%s); they are sent again when due",
-                  row["state"], row["block"], deadline, "the reveal failed: a timelocked commit is revealed only with "
-                  "a permit and enough stake, and a failed reveal is dropped silently" if committed else
-                  "the chain does not hold them")  # fmt: skip
+        log.error(
+            "weights %s at block %d never showed on chain by block %d (%s); they are sent again when due",
+            row["state"],
+            row["block"],
+            deadline,
+            "the reveal failed: a timelocked commit is revealed only with "
+            "a permit and enough stake, and a failed reveal is dropped silently"
+            if committed
+            else "the chain does not hold them",
+        )
         return "missed"

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-HubAnswer = Literal["repo_not_found", "revision_not_found", "entry_not_found", "gated", "disabled", "auth",
-                    "transient"]  # fmt: skip
+HubAnswer = Literal["repo_not_found", "revision_not_found", "entry_not_found", "gated", "disabled", "auth", "transient"]
 
 DISABLED_MESSAGE = "Access to this resource is disabled."
 """The exact ``X-Error-Message`` the hub sends for a disabled repo (what ``hf_raise_for_status`` matches)."""

@@ -51,10 +51,14 @@ files and headers read at a pinned commit never change and stay cached."""
 
 class HuggingFaceStore:
     def __init__(
-        self, token: str | None = None, endpoint: str | None = None, timeout: float = 20.0,
-        max_cached_revisions: int = MAX_CACHED_REVISIONS, listing_ttl_s: float = LISTING_TTL_S,
+        self,
+        token: str | None = None,
+        endpoint: str | None = None,
+        timeout: float = 20.0,
+        max_cached_revisions: int = MAX_CACHED_REVISIONS,
+        listing_ttl_s: float = LISTING_TTL_S,
         clock: Callable[[], float] = time.monotonic,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._token = token if token is not None else os.environ.get("HF_TOKEN") or None
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
         self.timeout = timeout
@@ -87,8 +91,9 @@ class HuggingFaceStore:
         self._touch(*key)
         cached = self._files.get(key)
         if cached is None or self._clock() - cached[0] > self._listing_ttl_s:
-            info = self._call(repo, revision, self._api.model_info, repo, revision=revision, files_metadata=True,
-                              timeout=self.timeout)  # fmt: skip
+            info = self._call(
+                repo, revision, self._api.model_info, repo, revision=revision, files_metadata=True, timeout=self.timeout
+            )
             if getattr(info, "sha", None) not in (None, revision):
                 raise RevisionNotFound(f"{repo}: the hub answered revision {info.sha}, not {revision}")
             if getattr(info, "disabled", False) or getattr(info, "private", False) or getattr(info, "gated", False):
@@ -123,9 +128,18 @@ class HuggingFaceStore:
     def download(self, repo: str, revision: str, dest: Path, allow_patterns: list[str]) -> Path:
         validate_repo(repo)
         validate_revision(revision)
-        path = self._call(repo, revision, snapshot_download, repo_id=repo, revision=revision, local_dir=str(dest),
-                          allow_patterns=allow_patterns, token=self._token or False, endpoint=self.endpoint,
-                          etag_timeout=self.timeout)  # fmt: skip
+        path = self._call(
+            repo,
+            revision,
+            snapshot_download,
+            repo_id=repo,
+            revision=revision,
+            local_dir=str(dest),
+            allow_patterns=allow_patterns,
+            token=self._token or False,
+            endpoint=self.endpoint,
+            etag_timeout=self.timeout,
+        )
         return Path(path)
 
     def resolve(self, repo: str, ref: str = "main") -> str:
@@ -181,8 +195,10 @@ def _store_error(answer: HubAnswer, reason: str, repo: str, revision: str) -> Ex
     if answer == "entry_not_found":
         return UnsafeRepoContent(f"a listed file of {repo}@{revision} is missing: {reason}")
     if answer == "auth":
-        return HubAuthError(f"the hub rejected the token in HF_TOKEN (expired, revoked or without read access) "
-                            f"while reading {repo}: {reason}; nothing is known about the repo")  # fmt: skip
+        return HubAuthError(
+            f"the hub rejected the token in HF_TOKEN (expired, revoked or without read access) "
+            f"while reading {repo}: {reason}; nothing is known about the repo"
+        )
     return TransientError(f"{repo}@{revision}: hub unreachable or overloaded: {reason}")
 
 

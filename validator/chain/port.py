@@ -131,7 +131,7 @@ def check_commitment_text(text: str) -> bytes:
     """Validate commitment text before anything is signed; return its UTF-8 bytes."""
     data = text.encode("utf-8")
     if not data:
-        raise ChainError("Commitment text is empty; commit compact JSON such as {\"model\":...,\"revision\":...}.")
+        raise ChainError('Commitment text is empty; commit compact JSON such as {"model":...,"revision":...}.')
     if len(data) > COMMITMENT_MAX_BYTES:
         raise CommitmentTooLong(
             f"Commitment is {len(data)} bytes of UTF-8; the chain holds at most {COMMITMENT_MAX_BYTES}."

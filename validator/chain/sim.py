@@ -69,9 +69,14 @@ CREATE TABLE IF NOT EXISTS weight_commits (
 """
 
 _DEFAULTS = {
-    "max_uids": "256", "weights_rate_limit": "100", "emission_per_tempo": "1.0",
-    "commit_reveal": "0", "reveal_blocks": "10", "fail_reveals": "0", "min_stake": "0.0",
-}  # fmt: skip
+    "max_uids": "256",
+    "weights_rate_limit": "100",
+    "emission_per_tempo": "1.0",
+    "commit_reveal": "0",
+    "reveal_blocks": "10",
+    "fail_reveals": "0",
+    "min_stake": "0.0",
+}
 _CHECKPOINT = 1024
 
 
@@ -234,8 +239,13 @@ class SimChain(SimChainWeights, SimChainAdmin):
         per_tempo = float(self._meta("emission_per_tempo"))
         return [
             Neuron(
-                uid=int(uid), hotkey=hk, coldkey=ck, stake=float(stake), validator_permit=bool(permit),
-                incentive=incentive.get(int(uid), 0.0), emission=incentive.get(int(uid), 0.0) * per_tempo,
+                uid=int(uid),
+                hotkey=hk,
+                coldkey=ck,
+                stake=float(stake),
+                validator_permit=bool(permit),
+                incentive=incentive.get(int(uid), 0.0),
+                emission=incentive.get(int(uid), 0.0) * per_tempo,
                 last_update=int(last),
             )
             for uid, hk, ck, stake, permit, _, last in rows
@@ -266,9 +276,10 @@ class SimChain(SimChainWeights, SimChainAdmin):
         check_commitment_text(text)
         block = self._number()
         with self._write() as cur:
-            if cur.execute(
-                "SELECT 1 FROM neurons WHERE netuid = ? AND hotkey = ?", (self.netuid, hotkey)
-            ).fetchone() is None:
+            if (
+                cur.execute("SELECT 1 FROM neurons WHERE netuid = ? AND hotkey = ?", (self.netuid, hotkey)).fetchone()
+                is None
+            ):
                 raise NotRegistered(f"Hotkey {hotkey} is not registered on netuid {self.netuid}; register first.")
             prior = cur.execute(
                 "SELECT block FROM commitments WHERE netuid = ? AND hotkey = ?", (self.netuid, hotkey)

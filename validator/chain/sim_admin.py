@@ -81,9 +81,10 @@ class SimChainAdmin:
     def deregister(self, hotkey: str) -> None:
         """Admin: free the hotkey's uid. Its commitment stays in storage, as on subtensor."""
         with self._write() as cur:
-            if cur.execute(
-                "SELECT 1 FROM neurons WHERE netuid = ? AND hotkey = ?", (self.netuid, hotkey)
-            ).fetchone() is None:
+            if (
+                cur.execute("SELECT 1 FROM neurons WHERE netuid = ? AND hotkey = ?", (self.netuid, hotkey)).fetchone()
+                is None
+            ):
                 raise NotRegistered(f"Hotkey {hotkey} is not registered on netuid {self.netuid}.")
             self._drop(cur, hotkey)
 

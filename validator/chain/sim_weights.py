@@ -76,8 +76,9 @@ class SimChainWeights:
                 (self.netuid, hotkey),
             ).fetchone()
             if row is None:
-                return WeightsReceipt(False, f"Hotkey {hotkey} is not registered on netuid {self.netuid}.", None,
-                                      "not_registered")
+                return WeightsReceipt(
+                    False, f"Hotkey {hotkey} is not registered on netuid {self.netuid}.", None, "not_registered"
+                )
             commit_reveal = _meta(cur, "commit_reveal") == "1"
             if not commit_reveal:  # a plain set is checked at once; a commit only when it is revealed
                 refusal = _standing_refusal(cur, hotkey, self.netuid, bool(row[0]), float(row[2]))
@@ -86,22 +87,33 @@ class SimChainWeights:
             limit, last = int(_meta(cur, "weights_rate_limit")), int(row[1])
             if last > 0 and block - last < limit:
                 return WeightsReceipt(
-                    False, f"Weights were set {block - last} blocks ago; the rate limit is {limit} blocks.", None,
+                    False,
+                    f"Weights were set {block - last} blocks ago; the rate limit is {limit} blocks.",
+                    None,
                     "rate_limited",
                 )
             known = {r[0] for r in cur.execute("SELECT uid FROM neurons WHERE netuid = ?", (self.netuid,))}
             unknown = sorted(set(uids) - known)
             if unknown:
-                return WeightsReceipt(False, f"Uids {unknown} are not registered on netuid {self.netuid}.", None,
-                                      "rejected")
+                return WeightsReceipt(
+                    False, f"Uids {unknown} are not registered on netuid {self.netuid}.", None, "rejected"
+                )
             sql = "UPDATE neurons SET last_update = ? WHERE netuid = ? AND hotkey = ?"
             cur.execute(sql, (block, self.netuid, hotkey))
             if commit_reveal:
                 reveal = block + int(_meta(cur, "reveal_blocks"))
-                cur.execute("INSERT INTO weight_commits (netuid, hotkey, commit_block, reveal_block, uids, weights) "
-                            "VALUES (?, ?, ?, ?, ?, ?)", (self.netuid, hotkey, block, reveal, *vector))  # fmt: skip
-                return WeightsReceipt(True, f"Weights committed at block {block}; revealed at block {reveal}.", block,
-                                      committed=True, reveal_by=reveal)  # fmt: skip
+                cur.execute(
+                    "INSERT INTO weight_commits (netuid, hotkey, commit_block, reveal_block, uids, weights) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (self.netuid, hotkey, block, reveal, *vector),
+                )
+                return WeightsReceipt(
+                    True,
+                    f"Weights committed at block {block}; revealed at block {reveal}.",
+                    block,
+                    committed=True,
+                    reveal_by=reveal,
+                )
             _apply(cur, self.netuid, hotkey, block, *vector)
         return WeightsReceipt(True, f"Weights set at block {block}.", block, reveal_by=block)
 
@@ -118,8 +130,9 @@ class SimChainWeights:
                 cur.execute("DELETE FROM weight_commits WHERE rowid = ?", (rowid,))
                 if _consume_failure(cur):
                     continue
-                row = cur.execute("SELECT validator_permit, stake FROM neurons WHERE netuid = ? AND hotkey = ?",
-                                  (self.netuid, hotkey)).fetchone()  # fmt: skip
+                row = cur.execute(
+                    "SELECT validator_permit, stake FROM neurons WHERE netuid = ? AND hotkey = ?", (self.netuid, hotkey)
+                ).fetchone()
                 if row is None or _standing_refusal(cur, hotkey, self.netuid, bool(row[0]), float(row[1])):
                     continue  # subtensor drops such a reveal without an event the validator would see
                 _apply(cur, self.netuid, hotkey, commit_block, uids, weights)
@@ -136,16 +149,18 @@ def _standing_refusal(
         return WeightsReceipt(False, f"Hotkey {hotkey} has no validator permit on netuid {netuid}.", None, "no_permit")
     floor = float(_meta(cur, "min_stake"))
     if stake < floor:
-        return WeightsReceipt(False, f"Hotkey {hotkey} has {stake:g} stake on netuid {netuid}; weights need "
-                                     f"{floor:g}.", None, "low_stake")  # fmt: skip
+        return WeightsReceipt(
+            False, f"Hotkey {hotkey} has {stake:g} stake on netuid {netuid}; weights need {floor:g}.", None, "low_stake"
+        )
     return None
 
 
 def _due(cur: sqlite3.Cursor, netuid: int, block: int) -> Iterator[tuple[int, str, int, str, str]]:
     yield from cur.execute(
         "SELECT rowid, hotkey, commit_block, uids, weights FROM weight_commits WHERE netuid = ? AND reveal_block <= ? "
-        "ORDER BY reveal_block, commit_block, rowid", (netuid, block),
-    )  # fmt: skip
+        "ORDER BY reveal_block, commit_block, rowid",
+        (netuid, block),
+    )
 
 
 def _consume_failure(cur: sqlite3.Cursor) -> bool:
@@ -157,5 +172,7 @@ def _consume_failure(cur: sqlite3.Cursor) -> bool:
 
 
 def _apply(cur: sqlite3.Cursor, netuid: int, hotkey: str, block: int, uids: str, weights: str) -> None:
-    cur.execute("INSERT OR REPLACE INTO weights (netuid, hotkey, block, uids, weights) VALUES (?, ?, ?, ?, ?)",
-                (netuid, hotkey, block, uids, weights))  # fmt: skip
+    cur.execute(
+        "INSERT OR REPLACE INTO weights (netuid, hotkey, block, uids, weights) VALUES (?, ?, ?, ?, ?)",
+        (netuid, hotkey, block, uids, weights),
+    )

@@ -87,8 +87,10 @@ def admit(store: ModelStore, repo: str, revision: str, teacher: TeacherSpec, rul
     except DefiniteStoreError as exc:
         raise Refused(f"{repo}@{revision} is not available: {exc}") from exc
     if not isinstance(verdict, Admitted):
-        raise Refused(f"{repo}@{revision} is not admissible ({verdict.reason}, check '{verdict.check}'): "
-                      f"{verdict.detail}. Run `miner.py check` for a hint; nothing was committed.")  # fmt: skip
+        raise Refused(
+            f"{repo}@{revision} is not admissible ({verdict.reason}, check '{verdict.check}'): "
+            f"{verdict.detail}. Run `miner.py check` for a hint; nothing was committed."
+        )
     return verdict
 
 
@@ -98,8 +100,10 @@ def preflight(chain: Chain, hotkey: str, text: str) -> Commitment | None:
     Returns the hotkey's commitment when it is already exactly ``text`` (an earlier run landed).
     """
     if not chain.is_registered(hotkey):
-        raise Refused(f"Hotkey {hotkey} is not registered on netuid {chain.netuid}; register it first "
-                      f"(btcli subnets register --netuid {chain.netuid}).")  # fmt: skip
+        raise Refused(
+            f"Hotkey {hotkey} is not registered on netuid {chain.netuid}; register it first "
+            f"(btcli subnets register --netuid {chain.netuid})."
+        )
     existing = chain.commitments().get(hotkey)
     if existing is not None and existing.text != text:
         raise Refused(already_committed(existing, chain.netuid))
@@ -107,9 +111,11 @@ def preflight(chain: Chain, hotkey: str, text: str) -> Commitment | None:
 
 
 def already_committed(existing: Commitment, netuid: int) -> str:
-    return (f"Hotkey {existing.hotkey} already committed on netuid {netuid} at block {existing.block} "
-            f"({existing.text}). A new commitment would replace it and withdraw that submission (its place in "
-            "the queue and any crown); to enter another model, register a new hotkey and commit from it.")  # fmt: skip
+    return (
+        f"Hotkey {existing.hotkey} already committed on netuid {netuid} at block {existing.block} "
+        f"({existing.text}). A new commitment would replace it and withdraw that submission (its place in "
+        "the queue and any crown); to enter another model, register a new hotkey and commit from it."
+    )
 
 
 def confirmed(yes: bool, isatty: Callable[[], bool], ask: Callable[[str], str]) -> bool:
@@ -182,8 +188,10 @@ def run_commit(
         out(f"admissible: {verdict.params:,} parameters, metadata hash {verdict.metadata_hash}")
         existing = preflight(chain, hotkey, text)
         if existing is not None:
-            out(f"COMMITTED {plan.repo}@{plan.revision} at block {existing.block} (hotkey {hotkey}, netuid "
-                f"{chain.netuid}): the chain already holds exactly this commitment; nothing was written.")  # fmt: skip
+            out(
+                f"COMMITTED {plan.repo}@{plan.revision} at block {existing.block} (hotkey {hotkey}, netuid "
+                f"{chain.netuid}): the chain already holds exactly this commitment; nothing was written."
+            )
             return EXIT_OK
         for line in plan.describe():
             out(line)
@@ -207,9 +215,11 @@ def run_commit(
         out(f"CHAIN ERROR: {exc}")
         return EXIT_REFUSED
     if seen is None:
-        out(f"The commitment was submitted but is not readable after {args.wait:.0f}s; it may still land. Do not "
+        out(
+            f"The commitment was submitted but is not readable after {args.wait:.0f}s; it may still land. Do not "
             "commit anything else: re-run this same command later, which reports the commitment once the chain "
-            "shows it (and writes nothing twice).")  # fmt: skip
+            "shows it (and writes nothing twice)."
+        )
         return EXIT_UNCONFIRMED
     note = " (the answer to the write was lost; the chain shows it)" if lost is not None else ""
     out(f"COMMITTED {plan.repo}@{plan.revision} at block {seen.block} (hotkey {hotkey}, netuid {chain.netuid}){note}.")

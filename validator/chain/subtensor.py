@@ -103,9 +103,14 @@ class SubtensorChain(SubtensorWeights):
                 raise ChainError(f"Subnet {self.netuid} does not exist on {self.network}.")
             return [
                 Neuron(
-                    uid=n.uid, hotkey=n.hotkey, coldkey=n.coldkey, stake=float(n.total_stake.amount),
-                    validator_permit=bool(n.validator_permit), incentive=float(n.incentive),
-                    emission=float(n.emission.amount), last_update=int(n.last_update),
+                    uid=n.uid,
+                    hotkey=n.hotkey,
+                    coldkey=n.coldkey,
+                    stake=float(n.total_stake.amount),
+                    validator_permit=bool(n.validator_permit),
+                    incentive=float(n.incentive),
+                    emission=float(n.emission.amount),
+                    last_update=int(n.last_update),
                 )
                 for n in sorted(graph.neurons, key=lambda n: n.uid)
             ]
@@ -147,12 +152,15 @@ class SubtensorChain(SubtensorWeights):
             raise NotRegistered(f"Hotkey {hotkey} is not registered on netuid {self.netuid}; register first.")
         existing = self._call("reading commitment", lambda client: client.identity.commitment(self.netuid, hotkey))
         if existing is not None and not replace:
-            raise AlreadyCommitted(f"Hotkey {hotkey} already has a commitment on netuid {self.netuid}; a new one "
-                                   "would replace it and withdraw the submission it holds, so it is not sent.")
+            raise AlreadyCommitted(
+                f"Hotkey {hotkey} already has a commitment on netuid {self.netuid}; a new one "
+                "would replace it and withdraw the submission it holds, so it is not sent."
+            )
         call = commitment_call(self.netuid, data)
         try:
-            result = self._write("committing", lambda client: client.submit_call(
-                call, self.wallet, signer="hotkey", **INCLUSION))  # fmt: skip
+            result = self._write(
+                "committing", lambda client: client.submit_call(call, self.wallet, signer="hotkey", **INCLUSION)
+            )
         except ChainThrottled:
             raise  # not now; the caller reads the commitments back later
         except TransientError:

@@ -114,8 +114,10 @@ class RpcRunner:
             except bt.RpcPolicyError as exc:  # before the connection errors: it is one of them
                 self.drop_client()
                 hint = retry_after_seconds(exc.retry_after)
-                raise ChainThrottled(f"{what} on {self.network}: the RPC endpoint is rate limiting this validator "
-                                     f"({exc}); backing off", hint) from exc  # fmt: skip
+                raise ChainThrottled(
+                    f"{what} on {self.network}: the RPC endpoint is rate limiting this validator ({exc}); backing off",
+                    hint,
+                ) from exc
             # One class on Python >= 3.11, two on 3.10 (where ``asyncio.wait_for`` raises its own):
             # both are named, looked up when raised, so a timeout can never escape untyped.
             except (TimeoutError, asyncio.TimeoutError) as exc:  # noqa: UP041

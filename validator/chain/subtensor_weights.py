@@ -120,9 +120,17 @@ class SubtensorWeights:
         me = graph.by_hotkey(self.hotkey) if graph is not None else None
         # a commit made in epoch e is revealed at the start of epoch e + period; one epoch of slack
         reveal_blocks = (int(period or 1) + 1) * (int(tempo or 360) + 1)
-        return Standing(block, me.uid if me else None, bool(me and me.validator_permit),
-                        float(me.total_stake.amount) if me else 0.0, min_stake, int(me.last_update) if me else 0,
-                        int(limit or 0), bool(enabled), reveal_blocks)  # fmt: skip
+        return Standing(
+            block,
+            me.uid if me else None,
+            bool(me and me.validator_permit),
+            float(me.total_stake.amount) if me else 0.0,
+            min_stake,
+            int(me.last_update) if me else 0,
+            int(limit or 0),
+            bool(enabled),
+            reveal_blocks,
+        )
 
     # -- the signed write ---------------------------------------------------------------------
 
@@ -146,13 +154,21 @@ class SubtensorWeights:
                 return _accepted(st, after, " (the answer was lost, but LastUpdate moved)")
             raise
         except ChainError as exc:
-            return WeightsReceipt(False, str(exc), None, _reason(getattr(exc.__cause__, "name", None),
-                                                                 getattr(exc.__cause__, "code", None)))  # fmt: skip
+            return WeightsReceipt(
+                False,
+                str(exc),
+                None,
+                _reason(getattr(exc.__cause__, "name", None), getattr(exc.__cause__, "code", None)),
+            )
         if result.success is not True:
             error = result.error
             detail = (error.message if error is not None else result.message) or "no reason given"
-            return WeightsReceipt(False, f"The chain rejected the weights: {detail}.", None,
-                                  _reason(error.name, error.code) if error is not None else "rejected")  # fmt: skip
+            return WeightsReceipt(
+                False,
+                f"The chain rejected the weights: {detail}.",
+                None,
+                _reason(error.name, error.code) if error is not None else "rejected",
+            )
         block = inclusion_block(result)
         if block is None:
             block = self._call("reading the head block", lambda client: client.block())
@@ -162,21 +178,29 @@ class SubtensorWeights:
 
 def standing_refusal(st: Standing, hotkey: str, netuid: int) -> WeightsReceipt | None:
     """Why weights must not be sent now (a failed receipt), or None: nothing is signed when refused."""
-    refusal = weights_standing(registered=st.uid is not None, permit=st.permit, stake=st.stake,
-                               min_stake=st.min_stake)  # fmt: skip
+    refusal = weights_standing(registered=st.uid is not None, permit=st.permit, stake=st.stake, min_stake=st.min_stake)
     if refusal is not None:
         return WeightsReceipt(False, f"Hotkey {hotkey} on netuid {netuid}: {refusal[1]}.", None, refusal[0])
     if st.last_update > 0 and st.block - st.last_update < st.rate_limit:
-        return WeightsReceipt(False, f"Weights were set {st.block - st.last_update} blocks ago; the rate limit is "
-                                     f"{st.rate_limit} blocks.", None, "rate_limited")  # fmt: skip
+        return WeightsReceipt(
+            False,
+            f"Weights were set {st.block - st.last_update} blocks ago; the rate limit is {st.rate_limit} blocks.",
+            None,
+            "rate_limited",
+        )
     return None
 
 
 def _accepted(st: Standing, block: int, note: str) -> WeightsReceipt:
     if st.commit_reveal:
         reveal_by = block + st.reveal_blocks
-        return WeightsReceipt(True, f"Weights committed at block {block}{note}; the chain reveals them by about "
-                                    f"block {reveal_by}.", block, committed=True, reveal_by=reveal_by)  # fmt: skip
+        return WeightsReceipt(
+            True,
+            f"Weights committed at block {block}{note}; the chain reveals them by about block {reveal_by}.",
+            block,
+            committed=True,
+            reveal_by=reveal_by,
+        )
     return WeightsReceipt(True, f"Weights set at block {block}{note}.", block, reveal_by=block)
 
 

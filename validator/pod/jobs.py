@@ -183,7 +183,11 @@ class JobManager:
     # --- the worker thread ------------------------------------------------
     def _finish(self, rec: _Record, state: str, *, error: str | None = None, result: EvalResult | None = None) -> None:
         rec.status = JobStatus(
-            job_id=rec.job.job_id, state=state, progress=rec.status.progress, error=error, result=result  # type: ignore[arg-type]
+            job_id=rec.job.job_id,
+            state=state,
+            progress=rec.status.progress,
+            error=error,
+            result=result,  # type: ignore[arg-type]
         )
         self._persist(rec)
 

@@ -98,7 +98,11 @@ class SqliteNonceStore:
             self.moved_aside = _move_aside(path, self._clock())
             log.warning(
                 "nonce store %s was unusable (%s); moved it to %s and started a fresh store that refuses every "
-                "request signed before now + %gs", path, _describe(exc), self.moved_aside, future_skew,
+                "request signed before now + %gs",
+                path,
+                _describe(exc),
+                self.moved_aside,
+                future_skew,
             )
             try:
                 self._db = _open(path, busy_timeout)
@@ -108,8 +112,9 @@ class SqliteNonceStore:
         floor = creation_floor_ns(self._clock(), state_lost, future_skew)
         created = self._db.execute("INSERT OR IGNORE INTO floor (id, nonce) VALUES (1, ?)", (floor,)).rowcount == 1
         if created and existed and self.moved_aside is None:
-            log.warning("nonce store %s held no nonce state; refusing every request signed before now + %gs",
-                        path, future_skew)
+            log.warning(
+                "nonce store %s held no nonce state; refusing every request signed before now + %gs", path, future_skew
+            )
 
     def check_and_store(self, hotkey_ss58: str, nonce_ns: int) -> bool:
         cutoff = int((self._clock() - self.retention) * 1e9)

@@ -124,7 +124,12 @@ def _default_runner(settings: PodSettings) -> Runner:
 
     def run(job: EvalJob, on_progress: Any, should_cancel: Any) -> Any:
         return run_job(
-            job, store, settings.workdir, settings.device, on_progress=on_progress, should_cancel=should_cancel,
+            job,
+            store,
+            settings.workdir,
+            settings.device,
+            on_progress=on_progress,
+            should_cancel=should_cancel,
             limits=limits,
         )
 
@@ -157,7 +162,8 @@ def create_app(settings: PodSettings, runner: Runner | None = None) -> FastAPI:
     # durable: a request captured before a restart must not be replayable after it
     # an unusable file is moved aside and replaced by a store refusing everything signed before the reset
     nonces = SqliteNonceStore(
-        settings.workdir / "nonces.sqlite3", retention=max(60.0, settings.max_age_s + 10.0),
+        settings.workdir / "nonces.sqlite3",
+        retention=max(60.0, settings.max_age_s + 10.0),
         future_skew=http_auth.DEFAULT_ALLOWED_SKEW,  # verify() below runs with the default skew
     )
 
@@ -182,9 +188,14 @@ def create_app(settings: PodSettings, runner: Runner | None = None) -> FastAPI:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         try:
             caller = http_auth.verify(
-                request.headers, body, method=request.method, path=target,
-                self_hotkey_ss58=settings.pod_hotkey or "", require_receiver=settings.pod_hotkey is not None,
-                max_age=settings.max_age_s, nonce_store=nonces,
+                request.headers,
+                body,
+                method=request.method,
+                path=target,
+                self_hotkey_ss58=settings.pod_hotkey or "",
+                require_receiver=settings.pod_hotkey is not None,
+                max_age=settings.max_age_s,
+                nonce_store=nonces,
             )
         except http_auth.AuthError as exc:
             log.warning("refused %s %s: %s", request.method, target, type(exc).__name__)
@@ -203,9 +214,13 @@ def create_app(settings: PodSettings, runner: Runner | None = None) -> FastAPI:
         except PackageNotFoundError:
             ver = "unknown"
         return {
-            "version": ver, "state": "busy" if manager.busy else "idle", "queued": manager.queued(),
-            "gpu": gpu_name(), "free_disk_bytes": shutil.disk_usage(settings.workdir).free,
-            "kernels": app.state.kernels.as_dict(), "kernel_warning": app.state.kernel_warning,
+            "version": ver,
+            "state": "busy" if manager.busy else "idle",
+            "queued": manager.queued(),
+            "gpu": gpu_name(),
+            "free_disk_bytes": shutil.disk_usage(settings.workdir).free,
+            "kernels": app.state.kernels.as_dict(),
+            "kernel_warning": app.state.kernel_warning,
         }
 
     @app.post("/jobs")
@@ -253,33 +268,54 @@ def parse_args(argv: Sequence[str] | None = None) -> PodSettings:
     env = os.environ.get
     # string defaults from the environment go through ``type`` too, so a bad env value is a usage error
     p = argparse.ArgumentParser(
-        prog="python -m validator.pod", description="klhill GPU pod service",
+        prog="python -m validator.pod",
+        description="klhill GPU pod service",
         epilog="Environment equivalents (a flag wins): KLHILL_POD_HOST, KLHILL_POD_PORT, KLHILL_POD_ALLOW_HOTKEYS, "
         "KLHILL_POD_HOTKEY, KLHILL_POD_WORKDIR, KLHILL_POD_DEVICE, KLHILL_POD_MAX_DISK_GB, KLHILL_POD_MIN_FREE_GB, "
         "KLHILL_POD_HUB, KLHILL_POD_MAX_QUEUED. The Hugging Face token comes from HF_TOKEN only.",
     )
     p.add_argument("--host", default=env("KLHILL_POD_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=env("KLHILL_POD_PORT", "8091"))
-    p.add_argument("--allow-hotkey", action="append", default=None, metavar="SS58",
-                   help="validator hotkey the pod obeys (repeatable; env KLHILL_POD_ALLOW_HOTKEYS, comma-separated)")
+    p.add_argument(
+        "--allow-hotkey",
+        action="append",
+        default=None,
+        metavar="SS58",
+        help="validator hotkey the pod obeys (repeatable; env KLHILL_POD_ALLOW_HOTKEYS, comma-separated)",
+    )
     p.add_argument("--pod-hotkey", default=env("KLHILL_POD_HOTKEY"), help="public ss58 requests must be bound to")
     p.add_argument("--workdir", type=Path, default=Path(env("KLHILL_POD_WORKDIR", "state/pod")))
     p.add_argument("--device", default=env("KLHILL_POD_DEVICE"), help="cuda or cpu (default: cuda when present)")
-    p.add_argument("--max-disk-gb", type=float, default=env("KLHILL_POD_MAX_DISK_GB", "0"),
-                   help="bound on models + teacher snapshot + cache under --workdir (0: none)")
+    p.add_argument(
+        "--max-disk-gb",
+        type=float,
+        default=env("KLHILL_POD_MAX_DISK_GB", "0"),
+        help="bound on models + teacher snapshot + cache under --workdir (0: none)",
+    )
     p.add_argument("--min-free-gb", type=float, default=env("KLHILL_POD_MIN_FREE_GB", "2"))
     p.add_argument("--hub", type=Path, default=env("KLHILL_POD_HUB"), help="serve models from a local hub directory")
-    p.add_argument("--max-queued", type=int, default=env("KLHILL_POD_MAX_QUEUED", "4"),
-                   help="jobs waiting behind the running one before POST answers 429")
+    p.add_argument(
+        "--max-queued",
+        type=int,
+        default=env("KLHILL_POD_MAX_QUEUED", "4"),
+        help="jobs waiting behind the running one before POST answers 429",
+    )
     a = p.parse_args(argv)
     device = a.device or ("cuda" if gpu_name() not in ("none", "unknown") else "cpu")
     hotkeys = a.allow_hotkey or [h for h in env("KLHILL_POD_ALLOW_HOTKEYS", "").split(",") if h.strip()]
     if not hotkeys:
         p.error("refusing to start without --allow-hotkey (the pod would obey nobody)")
     return PodSettings(
-        allow_hotkeys=frozenset(h.strip() for h in hotkeys), workdir=a.workdir, device=device, host=a.host,
-        port=a.port, max_disk_gb=a.max_disk_gb or None, min_free_gb=a.min_free_gb, pod_hotkey=a.pod_hotkey,
-        hub=a.hub, max_queued=a.max_queued,
+        allow_hotkeys=frozenset(h.strip() for h in hotkeys),
+        workdir=a.workdir,
+        device=device,
+        host=a.host,
+        port=a.port,
+        max_disk_gb=a.max_disk_gb or None,
+        min_free_gb=a.min_free_gb,
+        pod_hotkey=a.pod_hotkey,
+        hub=a.hub,
+        max_queued=a.max_queued,
     )
 
 
@@ -294,4 +330,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("pod listening on %s:%d, %d allowed hotkeys", settings.host, settings.port, len(settings.allow_hotkeys))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", h11_max_incomplete_event_size=65536)
     return 0
-

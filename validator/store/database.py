@@ -82,8 +82,13 @@ class Store(StoreReads):
         path = Path(path).resolve()
         if not path.exists():
             raise StoreError(f"{path}: no such store")
-        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None,
-                               timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)  # fmt: skip
+        conn = sqlite3.connect(
+            f"{path.as_uri()}?mode=ro",
+            uri=True,
+            isolation_level=None,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            check_same_thread=False,
+        )
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA query_only = ON")
@@ -120,8 +125,10 @@ class Store(StoreReads):
     def set_meta(self, **values: str | int | float) -> None:
         with self.transaction() as db:
             for k, v in values.items():
-                db.execute("INSERT INTO meta(key, value) VALUES (?, ?)"
-                           " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (k, dumps(v)))  # fmt: skip
+                db.execute(
+                    "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (k, dumps(v)),
+                )
 
     # --- submissions and admission -------------------------------------------
     def add_submissions(self, subs: Sequence[NewSubmission]) -> int:
@@ -133,9 +140,20 @@ class Store(StoreReads):
                 cur = db.execute(
                     "INSERT OR IGNORE INTO submissions(hotkey, commit_block, uid_at_sight, coldkey, repo, revision,"
                     " raw_text, status, status_detail, first_seen, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (s.hotkey, s.commit_block, s.uid, s.coldkey, s.repo, s.revision, s.raw_text, s.status,
-                     s.reason, now, now),
-                )  # fmt: skip
+                    (
+                        s.hotkey,
+                        s.commit_block,
+                        s.uid,
+                        s.coldkey,
+                        s.repo,
+                        s.revision,
+                        s.raw_text,
+                        s.status,
+                        s.reason,
+                        now,
+                        now,
+                    ),
+                )
                 n += cur.rowcount
                 if s.status == "invalid":
                     self.add_disqualification(s.key, "INVALID", "commitment", s.reason or "", {}, s.commit_block)
@@ -150,18 +168,22 @@ class Store(StoreReads):
         with self.transaction() as db:
             n = 0
             for (hotkey, block), new_block in replaced.items():
-                cur = db.execute("UPDATE submissions SET status = 'ignored', status_detail = ?, updated = ?"
-                                 " WHERE hotkey = ? AND commit_block = ? AND status IN ('pending', 'admitted',"
-                                 " 'evaluated')", (f"withdrawn: replaced by the commitment at block {new_block}",
-                                                   self._clock(), hotkey, block))  # fmt: skip
+                cur = db.execute(
+                    "UPDATE submissions SET status = 'ignored', status_detail = ?, updated = ?"
+                    " WHERE hotkey = ? AND commit_block = ? AND status IN ('pending', 'admitted',"
+                    " 'evaluated')",
+                    (f"withdrawn: replaced by the commitment at block {new_block}", self._clock(), hotkey, block),
+                )
                 n += cur.rowcount
             return n
 
     def set_status(self, key: Key, status: str, detail: str | None = None) -> None:
         with self.transaction() as db:
-            cur = db.execute("UPDATE submissions SET status = ?, status_detail = ?, updated = ?"
-                             " WHERE hotkey = ? AND commit_block = ?",
-                             (status, detail, self._clock(), *key))  # fmt: skip
+            cur = db.execute(
+                "UPDATE submissions SET status = ?, status_detail = ?, updated = ?"
+                " WHERE hotkey = ? AND commit_block = ?",
+                (status, detail, self._clock(), *key),
+            )
             if cur.rowcount != 1:
                 raise StoreError(f"no submission {key[0]}:{key[1]}")
 
@@ -170,9 +192,16 @@ class Store(StoreReads):
             db.execute("UPDATE submissions SET strikes = ? WHERE hotkey = ? AND commit_block = ?", (strikes, *key))
 
     def record_admission(
-        self, key: Key, result: str, *, params: int | None = None, metadata_hash: str | None = None,
-        check: str | None = None, detail: str | None = None, next_retry_block: int | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        key: Key,
+        result: str,
+        *,
+        params: int | None = None,
+        metadata_hash: str | None = None,
+        check: str | None = None,
+        detail: str | None = None,
+        next_retry_block: int | None = None,
+    ) -> None:
         """Record an admission attempt: 'admitted' / 'rejected' are final, 'transient' retries later."""
         status = {"admitted": "admitted", "rejected": "invalid", "transient": "pending"}[result]
         with self.transaction() as db:
@@ -190,18 +219,27 @@ class Store(StoreReads):
 
     def add_hash(self, key: Key, kind: str, value: str) -> None:
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO hashes(hotkey, commit_block, kind, value) VALUES (?,?,?,?)",
-                       (*key, kind, value))  # fmt: skip
+            db.execute(
+                "INSERT OR REPLACE INTO hashes(hotkey, commit_block, kind, value) VALUES (?,?,?,?)", (*key, kind, value)
+            )
 
     def add_integrity(self, key: Key, files: dict[str, str]) -> None:
         with self.transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO integrity(hotkey, commit_block, path, sha256) VALUES (?,?,?,?)",
-                           [(*key, p, h) for p, h in sorted(files.items())])  # fmt: skip
+            db.executemany(
+                "INSERT OR REPLACE INTO integrity(hotkey, commit_block, path, sha256) VALUES (?,?,?,?)",
+                [(*key, p, h) for p, h in sorted(files.items())],
+            )
 
     def add_disqualification(
-        self, key: Key, reason: str, check: str, detail: str, evidence: dict[str, Any], block: int,
+        self,
+        key: Key,
+        reason: str,
+        check: str,
+        detail: str,
+        evidence: dict[str, Any],
+        block: int,
         round_id: int | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         with self.transaction() as db:
             db.execute(
                 "INSERT OR IGNORE INTO disqualifications(hotkey, commit_block, reason, check_name, detail, evidence,"
@@ -211,20 +249,42 @@ class Store(StoreReads):
 
     # --- rounds --------------------------------------------------------------
     def create_round(
-        self, kind: str, block: int, block_hash: str, prompt_sha256s: Sequence[str], rules: ContestRules,
-        models: Sequence[Key], king: Key | None = None, *, teacher_revision: str | None = None,
-        pod: str | None = None, job_id: str | None = None,
-    ) -> int:  # fmt: skip
+        self,
+        kind: str,
+        block: int,
+        block_hash: str,
+        prompt_sha256s: Sequence[str],
+        rules: ContestRules,
+        models: Sequence[Key],
+        king: Key | None = None,
+        *,
+        teacher_revision: str | None = None,
+        pod: str | None = None,
+        job_id: str | None = None,
+    ) -> int:
         """Record a planned round (state 'planned') with everything needed to audit it."""
         with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO rounds(kind, block, block_hash, prompt_sha256s, rules, rules_digest, teacher_repo,"
                 " teacher_revision, models, king_hotkey, king_block, pod, job_id, state, started)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'planned',?)",
-                (kind, block, block_hash, dumps(list(prompt_sha256s)), rules.to_json(), rules.digest(),
-                 rules.teacher_repo, teacher_revision or rules.teacher_revision, dumps([list(k) for k in models]),
-                 king[0] if king else None, king[1] if king else None, pod, job_id, self._clock()),
-            )  # fmt: skip
+                (
+                    kind,
+                    block,
+                    block_hash,
+                    dumps(list(prompt_sha256s)),
+                    rules.to_json(),
+                    rules.digest(),
+                    rules.teacher_repo,
+                    teacher_revision or rules.teacher_revision,
+                    dumps([list(k) for k in models]),
+                    king[0] if king else None,
+                    king[1] if king else None,
+                    pod,
+                    job_id,
+                    self._clock(),
+                ),
+            )
             assert cur.lastrowid is not None
             return cur.lastrowid
 
@@ -233,8 +293,9 @@ class Store(StoreReads):
 
     def fail_round(self, round_id: int, error: str) -> None:
         """A round that cannot complete (pod down, garbage result): nobody is judged by it."""
-        self._round_transition(round_id, ("planned", "dispatched"), "failed", error=error[:2000],
-                               finished=self._clock())  # fmt: skip
+        self._round_transition(
+            round_id, ("planned", "dispatched"), "failed", error=error[:2000], finished=self._clock()
+        )
 
     def _round_transition(self, round_id: int, allowed: tuple[str, ...], state: str, **cols: Any) -> None:
         with self.transaction() as db:
@@ -251,13 +312,21 @@ class Store(StoreReads):
 
         by_key = {(m.ref.submission.hotkey, m.ref.submission.commit_block): m for m in result.models}
         with self.transaction() as db:
-            self._round_transition(round_id, ("planned", "dispatched"), "done", finished=self._clock(),
-                                   decision=outcome.reason, p_value=real(outcome.p_value, "p_value"),
-                                   new_king_hotkey=outcome.new_king[0] if outcome.new_king else None,
-                                   new_king_block=outcome.new_king[1] if outcome.new_king else None)  # fmt: skip
+            self._round_transition(
+                round_id,
+                ("planned", "dispatched"),
+                "done",
+                finished=self._clock(),
+                decision=outcome.reason,
+                p_value=real(outcome.p_value, "p_value"),
+                new_king_hotkey=outcome.new_king[0] if outcome.new_king else None,
+                new_king_block=outcome.new_king[1] if outcome.new_king else None,
+            )
             # an unpinned teacher: the audit record keeps the revision the pod actually scored with
-            db.execute("UPDATE rounds SET teacher_revision = ? WHERE id = ? AND teacher_revision IS NULL",
-                       (result.teacher.revision, round_id))  # fmt: skip
+            db.execute(
+                "UPDATE rounds SET teacher_revision = ? WHERE id = ? AND teacher_revision IS NULL",
+                (result.teacher.revision, round_id),
+            )
             for v in outcome.verdicts:
                 m = by_key[v.key]
                 mean, lo, hi = mean_ci(m.prompt_kl) if m.prompt_kl else (None, None, None)
@@ -265,25 +334,46 @@ class Store(StoreReads):
                     "INSERT INTO evaluations(round_id, hotkey, commit_block, status, state, prompt_kl, prompt_tokens,"
                     " mean_kl, ci_lo, ci_hi, p_value, reason, error, suspicious, onpolicy)"
                     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (round_id, *v.key, m.status, v.state, dumps([real(x, "kl") for x in m.prompt_kl]),
-                     dumps([int(t) for t in m.prompt_tokens]), real(mean, "mean_kl"), real(lo, "ci_lo"),
-                     real(hi, "ci_hi"), real(v.p_value, "p_value"), v.reason, m.error, int(v.suspicious),
-                     dumps([o.model_dump(mode="json") for o in m.onpolicy])),
-                )  # fmt: skip
+                    (
+                        round_id,
+                        *v.key,
+                        m.status,
+                        v.state,
+                        dumps([real(x, "kl") for x in m.prompt_kl]),
+                        dumps([int(t) for t in m.prompt_tokens]),
+                        real(mean, "mean_kl"),
+                        real(lo, "ci_lo"),
+                        real(hi, "ci_hi"),
+                        real(v.p_value, "p_value"),
+                        v.reason,
+                        m.error,
+                        int(v.suspicious),
+                        dumps([o.model_dump(mode="json") for o in m.onpolicy]),
+                    ),
+                )
                 if m.content_hash:
                     self.add_hash(v.key, "content", m.content_hash)
                 if m.fingerprint:
-                    db.execute("INSERT OR REPLACE INTO fingerprints(hotkey, commit_block, vector, round_id)"
-                               " VALUES (?,?,?,?)", (*v.key, dumps([real(x, "fingerprint") for x in m.fingerprint]),
-                                                     round_id))  # fmt: skip
+                    db.execute(
+                        "INSERT OR REPLACE INTO fingerprints(hotkey, commit_block, vector, round_id) VALUES (?,?,?,?)",
+                        (*v.key, dumps([real(x, "fingerprint") for x in m.fingerprint]), round_id),
+                    )
                 status = "disqualified" if v.state in DQ_STATES else "evaluated"
-                db.execute("UPDATE submissions SET status = ?, status_detail = ?, last_kl = ?, updated = ?"
-                           " WHERE hotkey = ? AND commit_block = ?",
-                           (status, v.reason or v.state, real(v.mean_kl if v.state not in ("model_error",) else None,
-                                                             "last_kl"), self._clock(), *v.key))  # fmt: skip
+                db.execute(
+                    "UPDATE submissions SET status = ?, status_detail = ?, last_kl = ?, updated = ?"
+                    " WHERE hotkey = ? AND commit_block = ?",
+                    (
+                        status,
+                        v.reason or v.state,
+                        real(v.mean_kl if v.state not in ("model_error",) else None, "last_kl"),
+                        self._clock(),
+                        *v.key,
+                    ),
+                )
             for dq in outcome.dqs:
-                self.add_disqualification((dq.hotkey, dq.commit_block), dq.reason, dq.check, dq.detail,
-                                          dq.evidence, block, round_id)  # fmt: skip
+                self.add_disqualification(
+                    (dq.hotkey, dq.commit_block), dq.reason, dq.check, dq.detail, dq.evidence, block, round_id
+                )
             if outcome.king_changed or outcome.new_king != self._king_key():
                 self.set_king(outcome.new_king, block, round_id, outcome.new_king_kl, outcome.reason)
 
@@ -302,16 +392,36 @@ class Store(StoreReads):
         with self.transaction() as db:
             db.execute("DELETE FROM king WHERE id = 1")
             if key is not None:
-                db.execute("INSERT INTO king(id, hotkey, commit_block, since_block, round_id, kl) VALUES (1,?,?,?,?,?)",
-                           (*key, block, round_id, real(kl, "king kl")))  # fmt: skip
-            db.execute("INSERT INTO king_history(hotkey, commit_block, from_block, round_id, kl, reason, at)"
-                       " VALUES (?,?,?,?,?,?,?)", (key[0] if key else None, key[1] if key else None, block, round_id,
-                                                  real(kl, "king kl"), reason, self._clock()))  # fmt: skip
+                db.execute(
+                    "INSERT INTO king(id, hotkey, commit_block, since_block, round_id, kl) VALUES (1,?,?,?,?,?)",
+                    (*key, block, round_id, real(kl, "king kl")),
+                )
+            db.execute(
+                "INSERT INTO king_history(hotkey, commit_block, from_block, round_id, kl, reason, at)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (
+                    key[0] if key else None,
+                    key[1] if key else None,
+                    block,
+                    round_id,
+                    real(kl, "king kl"),
+                    reason,
+                    self._clock(),
+                ),
+            )
 
     def record_weights(
-        self, block: int, uids: Sequence[int], weights: Sequence[float], success: bool, message: str = "",
-        confirmed: bool | None = None, *, state: str | None = None, reveal_block: int | None = None,
-    ) -> int:  # fmt: skip
+        self,
+        block: int,
+        uids: Sequence[int],
+        weights: Sequence[float],
+        success: bool,
+        message: str = "",
+        confirmed: bool | None = None,
+        *,
+        state: str | None = None,
+        reveal_block: int | None = None,
+    ) -> int:
         """Record one weight submission; an accepted one supersedes any earlier one still unconfirmed.
 
         ``state`` defaults to ``set`` for an accepted submission and ``failed`` otherwise
@@ -324,14 +434,25 @@ class Store(StoreReads):
             raise StoreError(f"unknown weights state {state!r}")
         with self.transaction() as db:
             if success:
-                db.execute("UPDATE weight_submissions SET state = 'superseded', confirmed = 0"
-                           " WHERE success = 1 AND confirmed IS NULL")  # fmt: skip
+                db.execute(
+                    "UPDATE weight_submissions SET state = 'superseded', confirmed = 0"
+                    " WHERE success = 1 AND confirmed IS NULL"
+                )
             cur = db.execute(
                 "INSERT INTO weight_submissions(block, uids, weights, success, message, confirmed, at, state,"
                 " reveal_block) VALUES (?,?,?,?,?,?,?,?,?)",
-                (block, dumps([int(u) for u in uids]), dumps([real(w, "weight") for w in weights]), int(success),
-                 message[:2000], None if confirmed is None else int(confirmed), self._clock(), state, reveal_block),
-            )  # fmt: skip
+                (
+                    block,
+                    dumps([int(u) for u in uids]),
+                    dumps([real(w, "weight") for w in weights]),
+                    int(success),
+                    message[:2000],
+                    None if confirmed is None else int(confirmed),
+                    self._clock(),
+                    state,
+                    reveal_block,
+                ),
+            )
             assert cur.lastrowid is not None
             return cur.lastrowid
 
@@ -340,8 +461,10 @@ class Store(StoreReads):
         if state is not None and state not in WEIGHT_STATES:
             raise StoreError(f"unknown weights state {state!r}")
         with self.transaction() as db:
-            db.execute("UPDATE weight_submissions SET confirmed = ?, state = COALESCE(?, state) WHERE id = ?",
-                       (int(confirmed), state, weights_id))  # fmt: skip
+            db.execute(
+                "UPDATE weight_submissions SET confirmed = ?, state = COALESCE(?, state) WHERE id = ?",
+                (int(confirmed), state, weights_id),
+            )
 
     def save_metagraph(self, block: int, neurons: Sequence[dict[str, Any]], keep: int = 100) -> None:
         """Snapshot neurons (plain dicts) for the API; only the latest ``keep`` snapshots are kept."""
@@ -350,10 +473,14 @@ class Store(StoreReads):
                 if isinstance(v, float):
                     real(v, f"neuron {k}")
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO metagraph(block, neurons, at) VALUES (?,?,?)",
-                       (block, dumps(list(neurons)), self._clock()))  # fmt: skip
-            db.execute("DELETE FROM metagraph WHERE block NOT IN "
-                       "(SELECT block FROM metagraph ORDER BY block DESC LIMIT ?)", (keep,))  # fmt: skip
+            db.execute(
+                "INSERT OR REPLACE INTO metagraph(block, neurons, at) VALUES (?,?,?)",
+                (block, dumps(list(neurons)), self._clock()),
+            )
+            db.execute(
+                "DELETE FROM metagraph WHERE block NOT IN (SELECT block FROM metagraph ORDER BY block DESC LIMIT ?)",
+                (keep,),
+            )
 
     def set_progress(self, data: dict[str, Any] | None) -> None:
         """Live round progress (one row, overwritten); None clears it."""
@@ -361,5 +488,6 @@ class Store(StoreReads):
             if data is None:
                 db.execute("DELETE FROM progress")
             else:
-                db.execute("INSERT OR REPLACE INTO progress(id, data, updated) VALUES (1, ?, ?)",
-                           (dumps(data), self._clock()))  # fmt: skip
+                db.execute(
+                    "INSERT OR REPLACE INTO progress(id, data, updated) VALUES (1, ?, ?)", (dumps(data), self._clock())
+                )

@@ -62,10 +62,23 @@ class StoreReads:
     def candidates(self, registered_hotkeys: Iterable[str]) -> list[Candidate]:
         """Every submission with a model, as the planner sees it (``registered`` from the current neurons)."""
         reg = set(registered_hotkeys)
-        rows = self._db.execute("SELECT hotkey, commit_block, repo, revision, coldkey, status, last_kl FROM submissions"
-                                " WHERE repo IS NOT NULL ORDER BY commit_block, hotkey")  # fmt: skip
-        return [Candidate(r["hotkey"], r["commit_block"], r["repo"], r["revision"], r["coldkey"] or "", r["status"],
-                          r["last_kl"], r["hotkey"] in reg) for r in rows]  # fmt: skip
+        rows = self._db.execute(
+            "SELECT hotkey, commit_block, repo, revision, coldkey, status, last_kl FROM submissions"
+            " WHERE repo IS NOT NULL ORDER BY commit_block, hotkey"
+        )
+        return [
+            Candidate(
+                r["hotkey"],
+                r["commit_block"],
+                r["repo"],
+                r["revision"],
+                r["coldkey"] or "",
+                r["status"],
+                r["last_kl"],
+                r["hotkey"] in reg,
+            )
+            for r in rows
+        ]
 
     def pending_admissions(self, block: int) -> list[dict[str, Any]]:
         """Submissions waiting for admission whose retry time (if any) has come."""
@@ -78,8 +91,9 @@ class StoreReads:
 
     def live_keys(self) -> list[Key]:
         """Submissions that still count and a re-commit would withdraw (``contest.LIVE_STATUSES``)."""
-        rows = self._db.execute("SELECT hotkey, commit_block FROM submissions WHERE status IN"
-                                " ('pending', 'admitted', 'evaluated')")  # fmt: skip
+        rows = self._db.execute(
+            "SELECT hotkey, commit_block FROM submissions WHERE status IN ('pending', 'admitted', 'evaluated')"
+        )
         return [(r[0], r[1]) for r in rows]
 
     # Ownership (LESSONS 1-5) is claimed only by submissions that still count: a withdrawn one
@@ -94,8 +108,11 @@ class StoreReads:
 
     def metadata_hash_holders(self, value: str) -> list[Key]:
         """Every submission that counts, recorded with this metadata hash, earliest commit first."""
-        rows = self._db.execute(f"SELECT hotkey, commit_block FROM hashes {_CLAIMING} AND kind = 'metadata'"
-                                " AND value = ? ORDER BY commit_block, hotkey", (value,))  # fmt: skip
+        rows = self._db.execute(
+            f"SELECT hotkey, commit_block FROM hashes {_CLAIMING} AND kind = 'metadata'"
+            " AND value = ? ORDER BY commit_block, hotkey",
+            (value,),
+        )
         return [(r[0], r[1]) for r in rows]
 
     def known_fingerprints(self) -> list[tuple[Key, list[float]]]:
@@ -103,8 +120,10 @@ class StoreReads:
         return [((r[0], r[1]), json.loads(r[2])) for r in rows]
 
     def current_king(self) -> dict[str, Any] | None:
-        return self._one("SELECT k.*, s.repo, s.revision, s.uid_at_sight FROM king k JOIN submissions s"
-                         " USING (hotkey, commit_block) WHERE k.id = 1")  # fmt: skip
+        return self._one(
+            "SELECT k.*, s.repo, s.revision, s.uid_at_sight FROM king k JOIN submissions s"
+            " USING (hotkey, commit_block) WHERE k.id = 1"
+        )
 
     def last_weights(self, successful: bool = True, *, confirmed: bool = False) -> dict[str, Any] | None:
         """The latest weight submission: any, accepted (``successful``), or seen on chain (``confirmed``)."""
@@ -113,8 +132,9 @@ class StoreReads:
 
     def pending_weights(self) -> dict[str, Any] | None:
         """The accepted submission still waiting to show on chain (a commit before its reveal), if any."""
-        return self._weights_row("SELECT * FROM weight_submissions WHERE success = 1 AND confirmed IS NULL"
-                                 " ORDER BY id DESC LIMIT 1")  # fmt: skip
+        return self._weights_row(
+            "SELECT * FROM weight_submissions WHERE success = 1 AND confirmed IS NULL ORDER BY id DESC LIMIT 1"
+        )
 
     def _weights_row(self, sql: str) -> dict[str, Any] | None:
         row = self._one(sql)
@@ -124,13 +144,17 @@ class StoreReads:
 
     # --- for the API ------------------------------------------------------------
     def commitments(self) -> list[dict[str, Any]]:
-        return self._all("SELECT hotkey, uid_at_sight AS uid, commit_block, repo AS model, revision, status,"
-                         " status_detail, coldkey, first_seen FROM submissions"
-                         " ORDER BY commit_block, hotkey")  # fmt: skip
+        return self._all(
+            "SELECT hotkey, uid_at_sight AS uid, commit_block, repo AS model, revision, status,"
+            " status_detail, coldkey, first_seen FROM submissions"
+            " ORDER BY commit_block, hotkey"
+        )
 
     def disqualifications(self) -> list[dict[str, Any]]:
-        rows = self._all("SELECT hotkey, commit_block, reason, check_name AS 'check', detail, evidence, block,"
-                         " round_id, at FROM disqualifications ORDER BY block, id")  # fmt: skip
+        rows = self._all(
+            "SELECT hotkey, commit_block, reason, check_name AS 'check', detail, evidence, block,"
+            " round_id, at FROM disqualifications ORDER BY block, id"
+        )
         for r in rows:
             r["evidence"] = json.loads(r["evidence"])
         return rows
@@ -149,8 +173,10 @@ class StoreReads:
             dq.setdefault(_key(r), []).append(r["reason"])
         for e in evals:
             e["disqualified"] = dq.get(_key(e), [])
-        last = self._one("SELECT id, kind, block, finished, decision, p_value FROM rounds WHERE state = 'done'"
-                         " ORDER BY id DESC LIMIT 1")  # fmt: skip
+        last = self._one(
+            "SELECT id, kind, block, finished, decision, p_value FROM rounds WHERE state = 'done'"
+            " ORDER BY id DESC LIMIT 1"
+        )
         return {"king": self.current_king(), "evaluations": evals, "last_round": last}
 
     def rounds(self, page: int = 1, per_page: int = 20) -> dict[str, Any]:
@@ -170,8 +196,10 @@ class StoreReads:
         if row is None:
             return None
         out = self._round_row(row)
-        out["evaluations"] = [self._eval_row(e) for e in self._all(
-            "SELECT * FROM evaluations WHERE round_id = ? ORDER BY id", (round_id,))]  # fmt: skip
+        out["evaluations"] = [
+            self._eval_row(e)
+            for e in self._all("SELECT * FROM evaluations WHERE round_id = ? ORDER BY id", (round_id,))
+        ]
         return out
 
     def submission(self, hotkey: str) -> list[dict[str, Any]]:
@@ -180,16 +208,21 @@ class StoreReads:
         for s in subs:
             k = (s["hotkey"], s["commit_block"])
             s["admission"] = self._one("SELECT * FROM admissions WHERE hotkey = ? AND commit_block = ?", k)
-            s["hashes"] = {r["kind"]: r["value"] for r in self._all(
-                "SELECT kind, value FROM hashes WHERE hotkey = ? AND commit_block = ?", k)}  # fmt: skip
-            s["evaluations"] = [self._eval_row(e) for e in self._all(
-                "SELECT * FROM evaluations WHERE hotkey = ? AND commit_block = ? ORDER BY id", k)]  # fmt: skip
+            s["hashes"] = {
+                r["kind"]: r["value"]
+                for r in self._all("SELECT kind, value FROM hashes WHERE hotkey = ? AND commit_block = ?", k)
+            }
+            s["evaluations"] = [
+                self._eval_row(e)
+                for e in self._all("SELECT * FROM evaluations WHERE hotkey = ? AND commit_block = ? ORDER BY id", k)
+            ]
             s["disqualifications"] = [d for d in self.disqualifications() if (d["hotkey"], d["commit_block"]) == k]
         return subs
 
     def king_history(self) -> list[dict[str, Any]]:
-        return self._all("SELECT hotkey, commit_block, from_block, round_id, kl, reason, at FROM king_history"
-                         " ORDER BY id")  # fmt: skip
+        return self._all(
+            "SELECT hotkey, commit_block, from_block, round_id, kl, reason, at FROM king_history ORDER BY id"
+        )
 
     def metagraph(self) -> dict[str, Any] | None:
         row = self._one("SELECT block, neurons, at FROM metagraph ORDER BY block DESC LIMIT 1")
@@ -223,13 +256,24 @@ class StoreReads:
         """Counts for monitoring: submissions by status, rounds by state, recent round durations."""
         by_status = {r[0]: r[1] for r in self._db.execute("SELECT status, COUNT(*) FROM submissions GROUP BY status")}
         by_state = {r[0]: r[1] for r in self._db.execute("SELECT state, COUNT(*) FROM rounds GROUP BY state")}
-        durations = [r[0] for r in self._db.execute(
-            "SELECT finished - started FROM rounds WHERE state = 'done' AND finished IS NOT NULL"
-            " ORDER BY id DESC LIMIT ?", (max(1, int(recent)),))]  # fmt: skip
+        durations = [
+            r[0]
+            for r in self._db.execute(
+                "SELECT finished - started FROM rounds WHERE state = 'done' AND finished IS NOT NULL"
+                " ORDER BY id DESC LIMIT ?",
+                (max(1, int(recent)),),
+            )
+        ]
         model_errors = self._db.execute("SELECT COUNT(*) FROM evaluations WHERE status = 'model_error'").fetchone()[0]
         last_round = self._one("SELECT id, state, started, finished FROM rounds ORDER BY id DESC LIMIT 1")
-        return {"submissions": by_status, "rounds": by_state, "durations": durations, "model_errors": model_errors,
-                "last_round": last_round, "last_weights": self.last_weights()}  # fmt: skip
+        return {
+            "submissions": by_status,
+            "rounds": by_state,
+            "durations": durations,
+            "model_errors": model_errors,
+            "last_round": last_round,
+            "last_weights": self.last_weights(),
+        }
 
     def round_durations(self, bounds: Sequence[float]) -> tuple[list[int], float, int]:
         """Finished rounds' wall times as cumulative histogram counts: (count <= each bound, sum, count).
@@ -238,9 +282,11 @@ class StoreReads:
         from it never goes down, as Prometheus requires of one.
         """
         cases = ", ".join("COALESCE(SUM(CASE WHEN finished - started <= ? THEN 1 ELSE 0 END), 0)" for _ in bounds)
-        row = self._db.execute(f"SELECT COUNT(*), COALESCE(SUM(finished - started), 0.0){', ' if cases else ''}{cases}"
-                               " FROM rounds WHERE state = 'done' AND finished IS NOT NULL",
-                               [float(b) for b in bounds]).fetchone()  # fmt: skip
+        row = self._db.execute(
+            f"SELECT COUNT(*), COALESCE(SUM(finished - started), 0.0){', ' if cases else ''}{cases}"
+            " FROM rounds WHERE state = 'done' AND finished IS NOT NULL",
+            [float(b) for b in bounds],
+        ).fetchone()
         return [int(x) for x in row[2:]], float(row[1]), int(row[0])
 
     def disqualification_counts(self) -> dict[str, int]:
