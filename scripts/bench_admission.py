@@ -1,6 +1,6 @@
 """Admission latency from a local hub: a 4-shard model, headers and metadata only.
 
-    .venv/bin/python scripts/bench_admission.py [--runs 200]
+    .venv/bin/python -m scripts.bench_admission [--runs 200]
 
 Prints milliseconds per submission (median, p95) and the bytes read per
 submission next to the total size of the weights.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,11 +18,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from eval.admission import Admitted, TeacherSpec, check_model  # noqa: E402
-from eval.model_store.port import LocalHub  # noqa: E402
-from eval.rules import ContestRules  # noqa: E402
+from eval.admission import Admitted, TeacherSpec, check_model
+from eval.model_store.port import LocalHub
+from eval.rules import ContestRules
 
 VOCAB, HIDDEN, LAYERS, SHARDS = 4096, 256, 8, 4
 

@@ -1,8 +1,8 @@
 """Load figure for the public API: /api/scores under wrk while a writer records rounds.
 
-    .venv/bin/python scripts/bench_api.py --miners 256 --rounds 1000 --workers 2 --duration 20
+    .venv/bin/python -m scripts.bench_api --miners 256 --rounds 1000 --workers 2 --duration 20
 
-Builds (or reuses) a store with the real validator code (tests/api_fixtures.py), starts
+Builds (or reuses) a store with the real validator code (scripts/contest_store.py), starts
 ``python -m api`` with N uvicorn workers on loopback (rate limit raised out of the way,
 the limiter still runs on every request), runs a writer thread that records king-defence
 rounds and live progress through ``Store`` for the whole measurement, and runs ``wrk``
@@ -16,30 +16,23 @@ import asyncio
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import httpx
+
+from eval.rules import ContestRules
+from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo
+from scripts.contest_store import build_store
+from scripts.pod_fixtures import free_port
+from validator.contest import RoundPlan
+from validator.store.database import Store
+from validator.verdicts import interpret_result
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-import httpx  # noqa: E402
-from api_fixtures import build_store  # noqa: E402
-
-from eval.rules import ContestRules  # noqa: E402
-from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo  # noqa: E402
-from validator.contest import RoundPlan  # noqa: E402
-from validator.store.database import Store  # noqa: E402
-from validator.verdicts import interpret_result  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def writer(db: Path, stop: threading.Event, stats: dict[str, int]) -> None:

@@ -8,7 +8,7 @@ admission of the newcomer, plan, prompt sampling, recording, weights) against a
 counting pod that returns a well-formed result instantly, so the CPU time of the
 epoch is the host's own. Then a second epoch with no new challenger.
 
-    .venv/bin/python scripts/bench_epoch.py
+    .venv/bin/python -m scripts.bench_epoch
 """
 
 from __future__ import annotations
@@ -22,19 +22,17 @@ from typing import Any
 
 from bittensor.keyfiles import Keypair
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from eval.admission import TeacherSpec, check_model  # noqa: E402
-from eval.model_store.port import LocalHub  # noqa: E402
-from eval.prompts import LocalCorpus  # noqa: E402
-from eval.rules import ContestRules  # noqa: E402
-from eval.schemas import EvalJob, EvalResult, ModelResult, OnPolicyPrompt, TeacherInfo  # noqa: E402
-from eval.stats import expected_onpolicy  # noqa: E402
-from validator.chain.commitments import format_commitment  # noqa: E402
-from validator.chain.sim import SimChain  # noqa: E402
-from validator.contest import NewSubmission  # noqa: E402
-from validator.loop import LoopConfig, Validator  # noqa: E402
-from validator.store.database import Store  # noqa: E402
+from eval.admission import TeacherSpec, check_model
+from eval.model_store.port import LocalHub
+from eval.prompts import LocalCorpus
+from eval.rules import ContestRules
+from eval.schemas import EvalJob, EvalResult, ModelResult, OnPolicyPrompt, TeacherInfo
+from eval.stats import expected_onpolicy
+from validator.chain.commitments import format_commitment
+from validator.chain.sim import SimChain
+from validator.contest import NewSubmission
+from validator.loop import LoopConfig, Validator
+from validator.store.database import Store
 
 VOCAB = 512
 RULES = ContestRules(

@@ -9,7 +9,7 @@ minimal stand-in of the hub's dataset routes (revision info, tree listing,
 (``HfApi.list_repo_tree`` + ``HfFileSystem`` ranged reads) for several rounds,
 each with a different block hash. Counts every byte the server sends.
 
-    .venv/bin/python scripts/bench_fineweb.py [--rows 60000] [--rows-per-group 1000] [--rounds 5] [--fsspec-defaults]
+    .venv/bin/python -m scripts.bench_fineweb [--rows 60000] [--rows-per-group 1000] [--rounds 5] [--fsspec-defaults]
 """
 
 from __future__ import annotations
@@ -21,18 +21,15 @@ import math
 import random
 import re
 import statistics
-import sys
 import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from eval.fineweb import FineWebSource  # noqa: E402
-from eval.prompts import sample_prompts  # noqa: E402
-from eval.rules import ContestRules  # noqa: E402
+from eval.fineweb import FineWebSource
+from eval.prompts import sample_prompts
+from eval.rules import ContestRules
 
 REPO, REV, FOLDER = "HuggingFaceFW/fineweb", "9" * 40, "sample/10BT"
 

@@ -1,7 +1,7 @@
 """What the on-policy guard adds to a round on this machine, at the demo's settings.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_onpolicy.py [--reps 5]
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_onpolicy.py --prompts 40 --new-tokens 128 --guard-tokens 32
+    OMP_NUM_THREADS=1 .venv/bin/python -m scripts.bench_onpolicy [--reps 5]
+    OMP_NUM_THREADS=1 .venv/bin/python -m scripts.bench_onpolicy --prompts 40 --new-tokens 128 --guard-tokens 32
 
 One round of the demo's second epoch (king strong; challengers better, marginal and the
 looper) runs through the pod routine (``eval.runner.run_job``) three ways on the same
@@ -21,24 +21,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from eval.model_store.port import LocalHub
+from eval.prompts import LocalCorpus, sample_prompts
+from eval.rules import ContestRules
+from eval.runner import DiskLimits, run_job
+from eval.schemas import EvalJob, EvalResult
+from scripts.demo import DEMO_RULES
+from scripts.demo_cast import Recipe, build_cast, publish_dir
+from scripts.pod_fixtures import ref
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from demo import DEMO_RULES  # noqa: E402
-from demo_cast import Recipe, build_cast, publish_dir  # noqa: E402
-
-from eval.model_store.port import LocalHub  # noqa: E402
-from eval.prompts import LocalCorpus, sample_prompts  # noqa: E402
-from eval.rules import ContestRules  # noqa: E402
-from eval.runner import DiskLimits, run_job  # noqa: E402
-from eval.schemas import EvalJob, EvalResult  # noqa: E402
-from tests.pod_helpers import ref  # noqa: E402
 
 BLOCK_HASH = "0x" + "5a" * 32
 MODELS = ("strong", "better", "marginal", "looper")

@@ -1,6 +1,6 @@
 """Pod figures on this machine: per-phase wall time, HTTP-path overhead vs LocalPod, worker peak RSS.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_pod.py --reps 3   # tiny teacher + 3 tiny students, 8 x 32
+    OMP_NUM_THREADS=1 .venv/bin/python -m scripts.bench_pod --reps 3   # tiny teacher + 3 tiny students, 8 x 32
 
 LocalPod and HttpPod runs alternate ``--reps`` times after one warm-up each, so
 load from other processes hits both paths alike; medians are reported.
@@ -21,16 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
+
+from eval.rules import ContestRules
+from eval.runner import DiskLimits
+from eval.schemas import EvalResult, JobProgress, JobStatus
+from scripts.pod_fixtures import build_hub, free_port, hub_job, make_wallet
+from validator.pod_client import HttpPod, LocalPod
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import httpx  # noqa: E402
-
-from eval.rules import ContestRules  # noqa: E402
-from eval.runner import DiskLimits  # noqa: E402
-from eval.schemas import EvalResult, JobProgress, JobStatus  # noqa: E402
-from tests.pod_helpers import build_hub, free_port, hub_job, make_wallet  # noqa: E402
-from validator.pod_client import HttpPod, LocalPod  # noqa: E402
 
 PROMPTS = [f"Report {i}: the river valley held farms, mills and a market where traders" for i in range(8)]
 

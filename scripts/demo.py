@@ -1,6 +1,6 @@
 """The embedded contest: a whole subnet on this machine, with real processes.
 
-    python scripts/demo.py [--once] [--state state/demo] [--api-port 8080]
+    python -m scripts.demo [--once] [--state state/demo] [--api-port 8080]
 
 Builds (or reuses) the cast of models, publishes it into a local hub, creates
 wallets, starts a SimChain, registers everyone, starts the pod service on
@@ -27,9 +27,8 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo_cast import NETUID, ROOT, Recipe, build_cast, publish_dir  # noqa: E402
-from demo_report import api_get, check_outcomes, leaderboard  # noqa: E402
+from scripts.demo_cast import NETUID, ROOT, Recipe, build_cast, publish_dir
+from scripts.demo_report import api_get, check_outcomes, leaderboard
 
 DEMO_SEED = b"klhill-demo"  # fixed hash-chain seed: the block hashes (round seeds) are the same on every run
 TEACHER = "demo/teacher"

@@ -9,4 +9,4 @@ ensure_venv
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 # progress is the demo's own lines: no per-file loading bars or kernel-fallback notices from the libraries
 export HF_HUB_DISABLE_PROGRESS_BARS="${HF_HUB_DISABLE_PROGRESS_BARS:-1}" TRANSFORMERS_VERBOSITY="${TRANSFORMERS_VERBOSITY:-error}"
-exec .venv/bin/python scripts/demo.py "$@"
+exec .venv/bin/python -m scripts.demo "$@"

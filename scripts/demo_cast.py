@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import importlib.util
 import json
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,19 +62,6 @@ class Recipe:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def load_distill() -> ModuleType:
-    """``scripts/distill.py`` as a module (``scripts`` is not a package)."""
-    name = "klhill_distill"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "distill.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 def _build_teacher(r: Recipe, out: Path) -> None:
     from scripts.tiny_models import (
         save_model_dir,
@@ -105,7 +89,7 @@ def _build_teacher(r: Recipe, out: Path) -> None:
 
 
 def _looper(r: Recipe, teacher: Path, student: Path, out: Path, rules: Path, log: Callable[[str], None]) -> None:
-    from looper import train_looper
+    from scripts.looper import train_looper
 
     train_looper(
         teacher,
@@ -133,7 +117,8 @@ def _init_student(r: Recipe, seed: int, teacher: Path, out: Path) -> None:
 def _distill(
     r: Recipe, teacher: Path, student: Path, out: Path, steps: int, seed: int, rules: Path, log: Callable[[str], None]
 ) -> None:
-    d = load_distill()
+    from scripts import distill as d
+
     args = d.parse_args(
         [
             "--teacher",

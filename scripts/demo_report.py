@@ -13,10 +13,11 @@ from contextlib import closing
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from demo_cast import NETUID
+
+from scripts.demo_cast import NETUID
 
 if TYPE_CHECKING:
-    from demo import Demo, Entry
+    from scripts.demo import Demo, Entry
 
 
 def api_get(d: Demo, path: str) -> Any:

@@ -1,6 +1,6 @@
 """Reference KL-distillation trainer for miners: a readable starting point, not a framework.
 
-    python scripts/distill.py --teacher DIR_OR_REPO --student DIR_OR_REPO --out DIR \\
+    python -m scripts.distill --teacher DIR_OR_REPO --student DIR_OR_REPO --out DIR \\
         [--prompts 256] [--steps 1000] [--lr 1e-4] [--grad-accum 8] [--temperature 1.0] [--ce-weight 0.0]
 
 What it does, and why:

@@ -59,14 +59,12 @@ def train_looper(
     log: Callable[[str], None] = print,
 ) -> None:
     """Distil ``student_dir`` further on the teacher's text, with the full-stop habit mixed in; save to ``out``."""
-    from demo_cast import load_distill
-
     from eval.prompts import LocalCorpus, sample_prompts
     from eval.rules import ContestRules
     from eval.scoring import free_model, load_causal_lm, load_tokenizer
     from eval.teacher import run_teacher
+    from scripts import distill as d
 
-    d = load_distill()
     rules = ContestRules.from_json(rules_path.read_text())
     cpu = torch.device("cpu")
     torch.manual_seed(seed)

@@ -227,7 +227,7 @@ class FakePod:
                     onpolicy=own,
                 )
             )
-        from pod_helpers import trim_onpolicy
+        from scripts.pod_fixtures import trim_onpolicy
 
         models = trim_onpolicy(models, job.king.key if job.king else None, job.rules, n)
         teacher = TeacherInfo(repo=job.rules.teacher_repo, revision="f" * 40, continuation_tokens=[4] * n)

@@ -1,4 +1,4 @@
-"""The public API against a store filled by the real validator code (see tests/api_fixtures.py)."""
+"""The public API against a store filled by the real validator code (see scripts/contest_store.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import threading
 import time
 
 import pytest
-from api_fixtures import BuiltStore, build_store
 from fastapi.testclient import TestClient
 from pydantic import TypeAdapter
 
@@ -16,6 +15,7 @@ from api import models as m
 from api.app import Settings, create_app
 from api.price import BittensorPriceReader, PriceQuote
 from api.ratelimit import ClientIP
+from scripts.contest_store import BuiltStore, build_store
 from validator.store.database import Store
 
 ENDPOINTS = {

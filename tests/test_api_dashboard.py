@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_fixtures import build_store, serve_api
+
+from scripts.contest_store import build_store, serve_api
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS = [

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from api_fixtures import build_store, serve_api
+
+from scripts.contest_store import build_store, serve_api
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("KLHILL_FUZZ_VENV", "/tmp/klhill-fuzz-venv"))

@@ -8,13 +8,10 @@ the validator's scoring code on prompts the trainer never saw).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
@@ -28,25 +25,13 @@ from eval.prompts import LocalCorpus, sample_prompts
 from eval.rules import DEFAULT_RULES, ContestRules
 from eval.scoring import free_model, load_causal_lm, load_tokenizer, score_student
 from eval.teacher import run_teacher
+from scripts import distill
 from scripts.tiny_models import corpus_texts, quick_train, save_model_dir, tiny_config, tiny_model, train_tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
 # Short prompts and continuations keep the CPU run to seconds; the code path is the contest's.
 TEST_RULES = ContestRules.model_validate(
     {**DEFAULT_RULES.model_dump(), "max_new_tokens": 16, "max_prompt_tokens": 64, "prompt_max_chars": 400}
 )
-
-
-def _load_distill() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("klhill_distill", ROOT / "scripts" / "distill.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-distill = _load_distill()
 
 
 # --- the loss and the batching -------------------------------------------------------------------

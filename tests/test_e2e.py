@@ -24,10 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from demo import (  # noqa: E402
+from scripts.demo import (
     DEMO_RULES,
     Demo,
     Entry,
@@ -44,8 +41,10 @@ from demo import (  # noqa: E402
     validator_argv,
     wallets,
 )
-from demo_cast import Recipe, build_cast  # noqa: E402
-from demo_report import api_get, chain_weights, check_outcome, check_outcomes  # noqa: E402
+from scripts.demo_cast import Recipe, build_cast
+from scripts.demo_report import api_get, chain_weights, check_outcome, check_outcomes
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # The demo's own recipe and rules: the same cast, committed in the same order on a SimChain with the same seed,
 # so the same rounds as `scripts/demo.sh --once` (marginal: lower KL than strong by less than epsilon at a

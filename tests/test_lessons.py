@@ -26,7 +26,8 @@ from eval.hashing import metadata_hash
 from eval.kl import kl_from_hidden, kl_per_position
 from eval.model_store.port import LocalHub
 from eval.schemas import ModelResult
-from tests.pod_helpers import fake_result, make_job, ref
+from scripts.pod_fixtures import make_job, ref
+from tests.pod_helpers import fake_result
 from validator.contest import NewSubmission
 from validator.pod_client import InvalidResult, validate_result
 from validator.store.database import Store, StoreError
@@ -305,7 +306,7 @@ def hub_online(monkeypatch):
 
 def test_lesson_25_hf_token_never_reaches_logs_store_or_api(world, hub_online, monkeypatch, caplog):
     from fastapi.testclient import TestClient
-    from test_model_store_huggingface import FakeHub
+    from hub_standin import FakeHub
 
     from api.app import Settings, create_app
     from eval.model_store.huggingface import HuggingFaceStore
@@ -343,7 +344,7 @@ def test_lesson_25_hf_token_never_reaches_logs_store_or_api(world, hub_online, m
 # --- LESSONS 24: bounded caches --------------------------------------------------------------------------
 def test_lesson_24_hub_adapter_cache_is_bounded_by_revisions(tmp_path, hub_online):
     from admission_fixtures import tensors, write_model
-    from test_model_store_huggingface import FakeHub
+    from hub_standin import FakeHub
 
     from eval.model_store.huggingface import HuggingFaceStore
 

@@ -12,29 +12,26 @@ end-to-end tests); two more honest students are distilled here once and cached b
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from eval.model_store.port import LocalHub
+from eval.onpolicy import measure_onpolicy
+from eval.prompts import LocalCorpus, sample_prompts
+from eval.rules import ContestRules
+from eval.runner import DiskLimits, run_job
+from eval.scoring import load_causal_lm, load_tokenizer, score_student
+from eval.stats import decide, onpolicy_guard
+from eval.teacher import run_teacher
+from scripts.demo import DEMO_RULES
+from scripts.demo_cast import Recipe, _distill, build_cast, publish_dir
+from scripts.pod_fixtures import ref
+from validator.contest import Candidate, RoundPlan
+from validator.verdicts import interpret_result
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from demo import DEMO_RULES  # noqa: E402
-from demo_cast import Recipe, _distill, build_cast, publish_dir  # noqa: E402
-
-from eval.model_store.port import LocalHub  # noqa: E402
-from eval.onpolicy import measure_onpolicy  # noqa: E402
-from eval.prompts import LocalCorpus, sample_prompts  # noqa: E402
-from eval.rules import ContestRules  # noqa: E402
-from eval.runner import DiskLimits, run_job  # noqa: E402
-from eval.scoring import load_causal_lm, load_tokenizer, score_student  # noqa: E402
-from eval.stats import decide, onpolicy_guard  # noqa: E402
-from eval.teacher import run_teacher  # noqa: E402
-from tests.pod_helpers import ref  # noqa: E402
-from validator.contest import Candidate, RoundPlan  # noqa: E402
-from validator.verdicts import interpret_result  # noqa: E402
 
 RECIPE = Recipe(rules=dict(DEMO_RULES))
 RULES = ContestRules.model_validate(DEMO_RULES)
@@ -147,7 +144,7 @@ def test_the_guard_stops_the_looper_and_no_honest_student_on_several_rounds(cast
 
 
 def test_loop_examples_repeat_the_full_stop_of_prompts_that_end_a_sentence():
-    from looper import loop_examples
+    from scripts.looper import loop_examples
 
     stop = [15]
     prompts = [[3, 4, 15], [5, 6], [7, 15]]

@@ -13,16 +13,8 @@ import httpx
 import pytest
 
 from eval.schemas import ModelResult
-from tests.pod_helpers import (
-    ScriptedRunner,
-    build_hub,
-    fake_result,
-    free_port,
-    hub_job,
-    make_job,
-    make_wallet,
-    serve,
-)
+from scripts.pod_fixtures import build_hub, free_port, hub_job, make_job, make_wallet
+from tests.pod_helpers import ScriptedRunner, fake_result, serve
 from validator.pod.server import PodSettings, create_app
 from validator.pod_client import (
     HttpPod,

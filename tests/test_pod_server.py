@@ -15,7 +15,8 @@ import pytest
 from bittensor import http_auth
 from fastapi.testclient import TestClient
 
-from tests.pod_helpers import ScriptedRunner, make_job, make_wallet, serve
+from scripts.pod_fixtures import make_job, make_wallet
+from tests.pod_helpers import ScriptedRunner, serve
 from validator.pod.jobs import JobManager
 from validator.pod.server import PodSettings, create_app, json_too_deep, parse_args
 
@@ -366,7 +367,7 @@ def test_get_shows_tokens_per_s_and_eta_while_a_real_student_is_scored(tmp_path,
     import threading
 
     from eval.runner import DiskLimits, run_job
-    from tests.pod_helpers import build_hub, hub_job
+    from scripts.pod_fixtures import build_hub, hub_job
 
     store, revs = build_hub(tmp_path / "hub")
     job = hub_job(

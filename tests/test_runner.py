@@ -13,7 +13,7 @@ from eval.errors import InfraError
 from eval.model_store.port import LocalHub
 from eval.runner import DiskLimits, JobCancelled, check_disk, job_dir_name, run_job
 from eval.schemas import JobProgress
-from tests.pod_helpers import build_hub, hub_job
+from scripts.pod_fixtures import build_hub, hub_job
 
 NO_DISK_RESERVE = DiskLimits(min_free_bytes=0)
 

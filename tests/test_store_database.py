@@ -6,10 +6,10 @@ import sqlite3
 import threading
 
 import pytest
-from pod_helpers import trim_onpolicy
 
 from eval.rules import ContestRules
 from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo
+from scripts.pod_fixtures import trim_onpolicy
 from validator.contest import Candidate, NewSubmission, RoundPlan
 from validator.store.database import Store, StoreError
 from validator.store.schema import SCHEMA_VERSION, SchemaError

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from pod_helpers import trim_onpolicy
 
 from eval.rules import ContestRules
 from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo
+from scripts.pod_fixtures import trim_onpolicy
 from validator.contest import Candidate, RoundPlan
 from validator.verdicts import ResultMismatch, interpret_result
 

@@ -1,4 +1,4 @@
-"""Build a realistic validator store with the real validator code (reusable by end-to-end tests).
+"""Build a realistic validator store with the real validator code (for the API benchmark and the API tests).
 
 Nothing here writes rows by hand: submissions come from SimChain commitments through
 ``contest.new_submissions``, rounds are planned with ``contest.plan_round``, results are
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from pod_helpers import free_port, trim_onpolicy
 
 from eval.rules import ContestRules
 from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo
+from scripts.pod_fixtures import free_port, trim_onpolicy
 from validator.chain.sim import SimChain
 from validator.contest import Candidate, Key, new_submissions, plan_round
 from validator.store.database import Store
