@@ -113,21 +113,22 @@ def violation(importer: str, target: str) -> str | None:
             return "eval imports a web framework"
         if top in ("validator", "api", "scripts", "tests", "miner"):
             return f"eval imports {top}"
-    if within(importer, "validator.pod"):  # the package ``validator`` itself is every module's parent, not the host
-        if within(target, "validator") and not within(target, "validator.pod") and target != "validator":
+    # the bare package ``validator`` is every host and pod module's parent (empty, its imports are followed)
+    host = within(target, "validator") and target != "validator"
+    if within(importer, "validator.pod"):
+        if host and not within(target, "validator.pod"):
             return "the pod imports a host module"
         if top == "api":
             return "the pod imports api"
     elif within(importer, "validator") and top == "api":
         return "the host imports api"
-    host = within(target, "validator") and target != "validator"
     if within(importer, "api") and host and not within(target, "validator.store"):
         return "api imports validator beyond the store"
-    if importer.split(".")[0] in PRODUCT and top in ("scripts", "tests", "miner") and importer != "miner":
+    if importer.split(".")[0] in PRODUCT and top in ("scripts", "tests", "miner"):
         return f"product code imports {top}"
     if within(importer, "scripts") and top == "tests":
         return "a script imports tests"
-    if within(target, "tests") and any(part.startswith("test_") for part in target.split(".")[1:2]):
+    if within(target, "tests") and target.count(".") and target.split(".")[1].startswith("test_"):
         return "imports a test module"
     return None
 
@@ -180,9 +181,7 @@ def loaded_by(start: Iterable[str], graph: Mapping[str, Mapping[int, list[str]]]
 def pod_closure_violations(sources: Mapping[str, tuple[str, bool]]) -> list[str]:
     graph = import_graph(sources)
     pod = [m for m in graph if within(m, "validator.pod")]
-    bad = {
-        m for m in loaded_by(pod, graph) if violation("validator.pod", m)
-    }  # what validator/__init__ imports is followed
+    bad = {m for m in loaded_by(pod, graph) if violation("validator.pod", m)}
     return [f"validator.pod loads {m}: {violation('validator.pod', m)}" for m in sorted(bad)]
 
 
