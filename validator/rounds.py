@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from eval.jobs import model_ref
 from eval.rules import ContestRules
-from eval.schemas import EvalJob, EvalResult, ModelRef, SubmissionId
+from eval.schemas import EvalJob, EvalResult, ModelRef
 from validator.contest import Candidate, Key, RoundPlan
 from validator.pod_client import Pod, validate_result
 from validator.store.database import Store
@@ -51,32 +52,16 @@ def make_job_id(attempt: int, block: int, block_hash: str, keys: Sequence[Key], 
     return f"r{attempt}-b{block}-{hashlib.sha256(material.encode()).hexdigest()[:16]}"
 
 
-def model_ref(c: Candidate) -> ModelRef:
-    """Identity comes from the chain (hotkey, commit block) as stored, never from miner text (LESSONS 2)."""
-    return ModelRef(
-        repo=c.repo, revision=c.revision, submission=SubmissionId(hotkey=c.hotkey, commit_block=c.commit_block)
-    )
+def plan_refs(plan: RoundPlan) -> tuple[ModelRef | None, list[ModelRef]]:
+    """The plan's king and challengers as the job names them, for ``eval.jobs.build_job``.
 
+    Identity comes from the chain (hotkey, commit block) as stored, never from miner text (LESSONS 2).
+    """
 
-def build_job(
-    job_id: str,
-    block: int,
-    block_hash: str,
-    rules: ContestRules,
-    teacher_revision: str | None,
-    prompts: list[str],
-    plan: RoundPlan,
-) -> EvalJob:
-    return EvalJob(
-        job_id=job_id,
-        block=block,
-        block_hash=block_hash,
-        rules=rules,
-        teacher_revision=teacher_revision,
-        prompts=prompts,
-        king=model_ref(plan.king) if plan.king else None,
-        challengers=[model_ref(c) for c in plan.challengers],
-    )
+    def ref(c: Candidate) -> ModelRef:
+        return model_ref(c.repo, c.revision, c.hotkey, c.commit_block)
+
+    return (ref(plan.king) if plan.king else None), [ref(c) for c in plan.challengers]
 
 
 class RoundRunner:
