@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 import httpx
-from bittensor import http_auth
 
 from eval.errors import KlhillError
 from eval.schemas import EvalJob, EvalResult, JobStatus
 from eval.stats import expected_onpolicy
+from validator.pod import signing
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class HttpPod:
         delay = 0.5
         last = ""
         for attempt in range(self.retries + 1):
-            headers = http_auth.sign(self.wallet, method=method, path=path, body=body, receiver_ss58=self.receiver_ss58)
+            headers = signing.sign_request(self.wallet, method, path, body, self.receiver_ss58)
             if body:
                 headers["Content-Type"] = "application/json"
             try:
