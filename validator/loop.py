@@ -41,7 +41,7 @@ from validator.contest import (
     withdrawn_submissions,
 )
 from validator.pod_client import Pod
-from validator.rounds import ProgressBox, RoundRunner, make_job_id, plan_refs
+from validator.rounds import RoundRunner, make_job_id, plan_refs
 from validator.sampling import PromptSampler
 from validator.settings import LoopConfig
 from validator.store.database import Store
@@ -79,7 +79,6 @@ class Validator:
         config: LoopConfig = LoopConfig(),
         *,
         hotkey: str | None = None,
-        progress: ProgressBox | None = None,
         check: Callable[..., Any] = check_model,
         stop: threading.Event | None = None,
     ) -> None:
@@ -90,7 +89,7 @@ class Validator:
         self._teacher_fn = teacher
         self._teacher: TeacherSpec | None = None
         self.sampler = PromptSampler(prompts, store, config.epoch_blocks, config.prompts_backoff_cap)
-        self.rounds = RoundRunner(store, pod, deadline_s=config.pod_deadline_s, stop=self.stop, progress=progress)
+        self.rounds = RoundRunner(store, pod, deadline_s=config.pod_deadline_s, stop=self.stop)
         self.weights = WeightsKeeper(store, config, self.hotkey)
 
     def teacher(self) -> TeacherSpec:
