@@ -37,6 +37,7 @@ from typing import Any, Protocol, final
 import httpx
 
 from eval.errors import KlhillError
+from eval.progress import ProgressFn
 from eval.schemas import EvalJob, EvalResult, JobProgress, JobStatus
 from eval.stats import expected_onpolicy
 from validator.pod import signing
@@ -273,8 +274,18 @@ class HttpPod(SinglePod):
 class LocalPod(SinglePod):
     """Runs the job in this process with the same routine as the pod service, and reports progress like it."""
 
-    def __init__(self, store: Any, workdir: Path, device: str = "cpu", **run_kwargs: Any) -> None:
+    def __init__(
+        self,
+        store: Any,
+        workdir: Path,
+        device: str = "cpu",
+        *,
+        on_progress: ProgressFn | None = None,
+        **run_kwargs: Any,
+    ) -> None:
+        """``on_progress`` also sees every update (a benchmark's timer); the host reads ``status``."""
         self.store, self.workdir, self.device, self.run_kwargs = store, Path(workdir), device, run_kwargs
+        self.on_progress = on_progress
         self._lock = threading.Lock()
         self._running: dict[str, JobStatus] = {}  # job id -> latest status, while it runs
 
@@ -291,12 +302,15 @@ class LocalPod(SinglePod):
     def _progress(self, job_id: str, progress: JobProgress) -> None:
         with self._lock:
             self._running[job_id] = JobStatus(job_id=job_id, state="running", progress=progress)
+        if self.on_progress is not None:
+            self.on_progress(progress)
 
     def answer(self, job: EvalJob, deadline_s: float) -> EvalResult:
         from eval.runner import JobCancelled, run_job
 
         deadline = time.monotonic() + deadline_s
-        self._progress(job.job_id, JobProgress())
+        with self._lock:
+            self._running[job.job_id] = JobStatus(job_id=job.job_id, state="running", progress=JobProgress())
         try:
             result = run_job(
                 job,
