@@ -30,6 +30,7 @@ from typing import Any
 
 from eval.errors import KlhillError
 from eval.fineweb import FineWebSource
+from eval.jobs import build_job, model_ref
 from eval.model_store.linked import LinkedDirs
 from eval.model_store.port import ModelStore
 from eval.prompts import LocalCorpus, sample_prompts
@@ -39,9 +40,7 @@ from eval.schemas import (
     MAX_PROMPTS_PER_JOB,
     EvalJob,
     EvalResult,
-    ModelRef,
     ModelResult,
-    SubmissionId,
 )
 from eval.stats import decide, mean_ci, onpolicy_guard
 
@@ -76,7 +75,7 @@ def job_rules(
     return ContestRules.model_validate({**rules.model_dump(), **update}) if update else rules
 
 
-def build_job(
+def local_job(
     block_hash: str,
     rules: ContestRules,
     prompts: list[str],
@@ -86,19 +85,10 @@ def build_job(
     teacher_revision: str | None = None,
 ) -> EvalJob:
     """The job a validator would send: ``against`` is the king (scored in full, first), ``model`` the challenger."""
-
-    def ref(p: Pinned, hotkey: str) -> ModelRef:
-        return ModelRef(repo=p.repo, revision=p.revision, submission=SubmissionId(hotkey=hotkey, commit_block=0))
-
-    return EvalJob(
-        job_id=f"miner-eval-{block_hash[2:18]}",
-        block=0,
-        block_hash=block_hash,
-        rules=rules,
-        teacher_revision=teacher_revision,
-        prompts=prompts,
-        king=ref(against, AGAINST_HOTKEY) if against is not None else None,
-        challengers=[ref(model, MODEL_HOTKEY)],
+    king = model_ref(against.repo, against.revision, AGAINST_HOTKEY, 0) if against is not None else None
+    challenger = model_ref(model.repo, model.revision, MODEL_HOTKEY, 0)
+    return build_job(
+        f"miner-eval-{block_hash[2:18]}", 0, block_hash, rules, teacher_revision, prompts, king, [challenger]
     )
 
 
@@ -328,7 +318,7 @@ def run_eval(args: argparse.Namespace, hub_factory: Callable[[], ModelStore], ou
         linked.fallback = hub()
     prompts = sample_prompts(block_hash, rules, prompt_source(args.corpus, rules), args.prompts)
     run_rules = job_rules(rules, teacher_repo=teacher.repo, max_new_tokens=args.max_new_tokens)
-    job = build_job(block_hash, run_rules, prompts, model, against=against, teacher_revision=teacher.revision)
+    job = local_job(block_hash, run_rules, prompts, model, against=against, teacher_revision=teacher.revision)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="klhill-eval-"))
     try:
         result = run_job(job, linked, workdir, args.device or default_device(), onpolicy_all=True)

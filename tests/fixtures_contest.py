@@ -15,6 +15,7 @@ from bittensor.keyfiles import Keypair
 
 from eval.model_store.port import LocalHub
 from eval.rules import ContestRules
+from validator.pod_client import PodError, SinglePod
 
 VOCAB = 512
 TEACHER = "demo/teacher"
@@ -150,12 +151,10 @@ def make_validator(world: World, pod: Any = None, *, db: Path | None = None, cha
     from eval.prompts import LocalCorpus
     from validator.loop import LoopConfig, Validator
     from validator.pod_client import LocalPod
-    from validator.rounds import ProgressBox
     from validator.store.database import Store
 
     hub = world.hub
-    progress = ProgressBox()
-    pod = pod or LocalPod(hub, world.root / "pod", "cpu", on_progress=progress.set)
+    pod = pod or LocalPod(hub, world.root / "pod", "cpu")
     store = Store.open(db or world.db)
     rev = world.revs[TEACHER]
     cfg = LoopConfig(**{"epoch_blocks": 1, "poll_seconds": 0.05, **config})
@@ -168,16 +167,16 @@ def make_validator(world: World, pod: Any = None, *, db: Path | None = None, cha
         world.rules,
         lambda: TeacherSpec.from_store(hub, TEACHER, rev),
         cfg,
-        progress=progress,
     )
 
 
-class FakePod:
+class FakePod(SinglePod):
     """A counting pod that returns a well-formed result without running models.
 
     KL per prompt comes from ``kl`` (repo -> value, default 1.0); content hash and
     fingerprint derive from the pinned revision, so two commits of one revision
     look like one model, as on a real pod. ``fail`` (an exception) is raised instead.
+    Its answer (after ``mutate``) is checked against the job like any pod's.
     """
 
     def __init__(self, kl: dict[str, float] | None = None) -> None:
@@ -190,7 +189,10 @@ class FakePod:
     def health(self) -> dict[str, Any]:
         return {"state": "idle"}
 
-    def run(self, job: Any, deadline_s: float) -> Any:
+    def status(self, job_id: str) -> Any:
+        raise PodError(f"{job_id}: this pod reports no progress")
+
+    def answer(self, job: Any, deadline_s: float) -> Any:
         import hashlib
 
         from eval.schemas import EvalResult, ModelResult, OnPolicyPrompt, TeacherInfo

@@ -64,7 +64,7 @@ class StoppingPod(FakePod):
         super().__init__({"alice/m1": 0.4})
         self.ref = validator_ref
 
-    def run(self, job: Any, deadline_s: float) -> Any:
+    def answer(self, job: Any, deadline_s: float) -> Any:
         self.calls.append(job)
         self.ref[0].request_stop()
         time.sleep(5)
@@ -93,15 +93,20 @@ def test_stopped_round_is_resumed_with_the_same_job(world):
 
 
 class ProgressPod(FakePod):
-    def __init__(self, box: Any, db: Path) -> None:
+    """Reports progress through ``status``, as every pod does; waits until the host wrote it to the store."""
+
+    def __init__(self, db: Path) -> None:
         super().__init__()
-        self.box, self.db = box, db
+        self.db = db
         self.seen: Any = None
 
-    def run(self, job: Any, deadline_s: float) -> Any:
-        from eval.schemas import JobProgress
+    def status(self, job_id: str) -> Any:
+        from eval.schemas import JobProgress, JobStatus
 
-        self.box.set(JobProgress(phase="student", model_index=1, model_count=2, prompt=3, prompt_count=4))
+        progress = JobProgress(phase="student", model_index=1, model_count=2, prompt=3, prompt_count=4)
+        return JobStatus(job_id=job_id, state="running", progress=progress)
+
+    def answer(self, job: Any, deadline_s: float) -> Any:
         reader = Store.open_readonly(self.db)
         end = time.monotonic() + 10
         while time.monotonic() < end and self.seen is None:
@@ -110,13 +115,12 @@ class ProgressPod(FakePod):
                 self.seen = p["data"]
             time.sleep(0.05)
         reader.close()
-        return super().run(job, deadline_s)
+        return super().answer(job, deadline_s)
 
 
 def test_live_progress_is_written_while_the_pod_runs_and_cleared_after(world):
-    v = make_validator(world, FakePod())
-    pod = ProgressPod(v.rounds.progress, world.db)
-    v.pod = v.rounds.pod = pod
+    pod = ProgressPod(world.db)
+    v = make_validator(world, pod)
     assert v.epoch().round_state == "done"
     assert pod.seen is not None and pod.seen["progress"]["prompt"] == 3 and pod.seen["job_id"] == pod.calls[0].job_id
     assert v.store.progress() is None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import miner
-from eval.estimate import AGAINST_HOTKEY, MODEL_HOTKEY, Pinned, build_job, render, summarize
+from eval.estimate import AGAINST_HOTKEY, MODEL_HOTKEY, Pinned, local_job, render, summarize
 from eval.model_store.linked import LinkedDirs
 from eval.model_store.port import LocalHub
 from eval.prompts import LocalCorpus, sample_prompts
@@ -271,6 +271,6 @@ def test_linked_store_links_and_delegates(setup, tmp_path):
     files = sorted(dest.iterdir())
     assert files and all(p.is_symlink() for p in files)
     assert store.resolve("miner/king") == setup["revs"]["king"]  # not linked: asked of the fallback
-    job = build_job(BLOCK_HASH, setup["rules"], ["hello there"], Pinned("local/model", rev))
+    job = local_job(BLOCK_HASH, setup["rules"], ["hello there"], Pinned("local/model", rev))
     assert job.king is None and job.challengers[0].submission.hotkey == MODEL_HOTKEY
     assert Path(setup["dirs"]["challenger"]).exists()

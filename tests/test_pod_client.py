@@ -6,13 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from eval.schemas import ModelResult
+from eval.schemas import EvalResult, JobStatus, ModelResult
 from scripts.pod_fixtures import build_hub, free_port, hub_job, make_job, make_wallet
 from tests.pod_helpers import ScriptedRunner, fake_result, serve
 from validator.pod.server import PodSettings, create_app
@@ -21,9 +22,11 @@ from validator.pod_client import (
     InvalidResult,
     LocalPod,
     PodDown,
+    PodError,
     PodPool,
     PodRejected,
     PodTimeout,
+    SinglePod,
     validate_result,
 )
 
@@ -113,6 +116,47 @@ def test_validate_result_refuses_mismatches(mutation):
         validate_result(job, result)
 
 
+def _winner(models, onpolicy):
+    """Challenger 1 past the king's KL margin, carrying ``onpolicy`` as its guard values."""
+    return models[1].model_copy(update={"prompt_kl": [0.01] * len(models[1].prompt_kl), "onpolicy": onpolicy})
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda m: m[:2], "model set differs"),  # a planned model without a result
+        (lambda m: [m[0], m[1], m[1]], "model set differs"),  # one submission twice, another missing
+        (
+            lambda m: [*m[:2], m[2].model_copy(update={"ref": m[2].ref.model_copy(update={"repo": "org/other"})})],
+            "names",
+        ),
+        (lambda m: [m[0], m[1].model_copy(update={"prompt_kl": m[1].prompt_kl[:-1]}), m[2]], "prompts"),
+        (lambda m: [m[0], _winner(m, []), m[2]], "on-policy values"),
+        (lambda m: [m[0], _winner(m, m[0].onpolicy[:-1]), m[2]], "on-policy values"),
+    ],
+)
+def test_validate_result_is_the_one_check_the_verdicts_rely_on(mutate, match):
+    """The verdicts index the result without checking it again: each of these must stop here (LESSONS 1, 27)."""
+    job = make_job("v-3", n_challengers=2)
+    result = fake_result(job)
+    with pytest.raises(InvalidResult, match=match):
+        validate_result(job, result.model_copy(update={"models": mutate(list(result.models))}))
+
+
+def test_the_host_checks_a_result_in_exactly_one_place():
+    """One authority: ``validate_result`` is called once on the host's path (``SinglePod.run``), nowhere else."""
+    import ast
+
+    calls = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in sorted((ROOT / "validator").rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "validate_result"
+    ]
+    assert len(calls) == 1 and calls[0].startswith("validator/pod_client.py"), calls
+    assert {HttpPod, LocalPod} <= set(SinglePod.__subclasses__())
+
+
 # --- HttpPod against the real service -------------------------------------------
 def test_http_pod_runs_a_signed_job(tmp_path, wallets):
     with serve(scripted_pod(tmp_path, wallets)) as url:
@@ -135,7 +179,7 @@ def test_pod_bound_to_its_hotkey_takes_the_host_jobs_named_for_it_and_no_others(
     )
 
     def host_pod(spec: str) -> HttpPod:
-        pod, name = _pod(parse_args(["run", "--pod", spec], env={}), wallets[0], None, None)
+        pod, name = _pod(parse_args(["run", "--pod", spec], env={}), wallets[0], None)
         assert name == spec.partition("#")[0]
         pod.poll_interval = 0.02
         return pod
@@ -176,10 +220,28 @@ def test_local_pod_uses_the_same_routine(hub, tmp_path):
     store, revs = hub
     from eval.runner import DiskLimits
 
-    pod = LocalPod(store, tmp_path, "cpu", limits=DiskLimits(min_free_bytes=0))
+    observed: list[str] = []  # a benchmark's timer may watch too; the host reads status()
+    pod = LocalPod(
+        store, tmp_path, "cpu", on_progress=lambda p: observed.append(p.phase), limits=DiskLimits(min_free_bytes=0)
+    )
     job = hub_job(revs, ["miner/king", "miner/c0"], "l-1")
-    result = pod.run(job, deadline_s=300)
-    assert [m.status for m in result.models][0] == "ok"
+    done: list[object] = []
+    worker = threading.Thread(target=lambda: done.append(pod.run(job, deadline_s=300)))
+    worker.start()
+    seen: list[JobStatus] = []
+    while worker.is_alive():  # the local pod reports progress through status(), as a remote one does
+        try:
+            seen.append(pod.status("l-1"))
+        except PodError:
+            pass
+        time.sleep(0.01)
+    worker.join()
+    result = done[0]
+    assert isinstance(result, EvalResult) and [m.status for m in result.models][0] == "ok"
+    assert {s.state for s in seen} == {"running"} and "teacher" in {s.progress.phase for s in seen}
+    assert {"teacher", "student", "done"} <= set(observed)
+    with pytest.raises(PodError):
+        pod.status("l-1")  # finished: nothing running
     with pytest.raises(PodTimeout):
         pod.run(hub_job(revs, ["miner/king", "miner/c0"], "l-2"), deadline_s=0.0)
 

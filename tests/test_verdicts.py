@@ -8,7 +8,7 @@ from eval.rules import ContestRules
 from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo
 from scripts.pod_fixtures import trim_onpolicy
 from validator.contest import Candidate, RoundPlan
-from validator.verdicts import ResultMismatch, interpret_result
+from validator.verdicts import interpret_result
 
 REV = "c" * 40
 BH = "0x" + "1" * 64
@@ -228,21 +228,6 @@ def test_suspicious_zero_kl_is_flagged():
     assert out.suspicious == (A.key,)
 
 
-@pytest.mark.parametrize(
-    "models, match",
-    [
-        (lambda: [res(K, noisy(1.0))], "no result"),
-        (lambda: [res(K, noisy(1.0)), res(A, 0.5), res(A, 0.5)], "duplicate"),
-        (lambda: [res(K, noisy(1.0)), res(A, 0.5), res(B, 0.5)], "unexpected"),
-        (lambda: [res(K, noisy(1.0)), res(A, 0.5, n=N - 1)], "prompts"),
-        (lambda: [res(K, noisy(1.0)), res(Candidate(A.hotkey, 5, "org/other", REV, "c", "admitted"), 0.5)], "names"),
-    ],
-)
-def test_result_must_answer_the_plan(models, match):
-    with pytest.raises(ResultMismatch, match=match):
-        interpret_result(challenge(A), result(*models()), RULES)
-
-
 def test_none_round_has_nothing_to_interpret():
     with pytest.raises(ValueError):
         interpret_result(RoundPlan("none", K, ()), result(res(K, noisy(1.0))), RULES)
@@ -301,13 +286,3 @@ def test_guard_off_in_the_rules_measures_nothing_and_stops_nobody():
         challenge(A), result(res(K, noisy(1.0), onpolicy=[]), res(A, noisy(0.5), onpolicy=[])), rules
     )
     assert out.new_king == A.key
-
-
-@pytest.mark.parametrize(
-    "values",
-    [[], own(n=GUARDED - 1)],
-)
-def test_ok_result_without_the_guards_values_is_refused(values):
-    """Fail closed: a pod that leaves the guard's values out (or short) cannot let a challenger past it."""
-    with pytest.raises(ResultMismatch, match="on-policy values"):
-        interpret_result(challenge(A), result(res(K, noisy(1.0)), res(A, noisy(0.5), onpolicy=values)), RULES)

@@ -113,11 +113,11 @@ def _chain(s: Settings, wallet: Any) -> Any:
     return SubtensorChain(s.network, s.netuid, wallet)
 
 
-def _pod(s: Settings, wallet: Any, model_store: Any, progress: Any) -> tuple[Any, str]:
+def _pod(s: Settings, wallet: Any, model_store: Any) -> tuple[Any, str]:
     from validator.pod_client import HttpPod, LocalPod, PodPool
 
     if s.local_pod:
-        pod = LocalPod(model_store, s.workdir, s.device, on_progress=progress.set)
+        pod = LocalPod(model_store, s.workdir, s.device)
         return pod, f"local:{s.device}"
     targets = s.pod_targets
     pods = [HttpPod(t.url, wallet, receiver_ss58=t.hotkey) for t in targets]
@@ -129,14 +129,12 @@ def build(s: Settings) -> Any:
     """Construct the Validator for these settings (no network calls happen here)."""
     from validator.chain.wallets import load_wallet
     from validator.loop import Validator
-    from validator.rounds import ProgressBox
     from validator.store.database import Store
 
     rules = s.load_rules()
     wallet = load_wallet(s.wallet_name, s.hotkey_name, s.wallet_path)
     model_store = _model_store(s)
-    progress = ProgressBox()
-    pod, pod_name = _pod(s, wallet, model_store, progress)
+    pod, pod_name = _pod(s, wallet, model_store)
     store = Store.open(s.db)
     config = dataclasses.replace(s.loop, pod_name=pod_name[:200])
     chain = _chain(s, wallet)
@@ -156,7 +154,6 @@ def build(s: Settings) -> Any:
         rules,
         _teacher_fn(s, model_store, rules),
         config,
-        progress=progress,
     )
 
 

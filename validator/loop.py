@@ -25,6 +25,7 @@ from typing import Any
 
 from eval.admission import TeacherSpec, check_model
 from eval.errors import KlhillError, TransientError
+from eval.jobs import build_job
 from eval.model_store.port import ModelStore
 from eval.prompts import PromptSource, prompt_sha256
 from eval.rules import ContestRules
@@ -40,7 +41,7 @@ from validator.contest import (
     withdrawn_submissions,
 )
 from validator.pod_client import Pod
-from validator.rounds import ProgressBox, RoundRunner, build_job, make_job_id
+from validator.rounds import RoundRunner, make_job_id, plan_refs
 from validator.sampling import PromptSampler
 from validator.settings import LoopConfig
 from validator.store.database import Store
@@ -78,7 +79,6 @@ class Validator:
         config: LoopConfig = LoopConfig(),
         *,
         hotkey: str | None = None,
-        progress: ProgressBox | None = None,
         check: Callable[..., Any] = check_model,
         stop: threading.Event | None = None,
     ) -> None:
@@ -89,7 +89,7 @@ class Validator:
         self._teacher_fn = teacher
         self._teacher: TeacherSpec | None = None
         self.sampler = PromptSampler(prompts, store, config.epoch_blocks, config.prompts_backoff_cap)
-        self.rounds = RoundRunner(store, pod, deadline_s=config.pod_deadline_s, stop=self.stop, progress=progress)
+        self.rounds = RoundRunner(store, pod, deadline_s=config.pod_deadline_s, stop=self.stop)
         self.weights = WeightsKeeper(store, config, self.hotkey)
 
     def teacher(self) -> TeacherSpec:
@@ -186,7 +186,9 @@ class Validator:
             pod=self.config.pod_name,
             job_id=job_id,
         )
-        job = build_job(job_id, head.number, head.hash, self.rules, self.rules.teacher_revision, prompts, plan)
+        job = build_job(
+            job_id, head.number, head.hash, self.rules, self.rules.teacher_revision, prompts, *plan_refs(plan)
+        )
         self.store.mark_dispatched(round_id, self.config.pod_name, job_id)
         log.info("round %d (%s) at block %d: %d model(s), job %s", round_id, plan.kind, head.number, len(keys), job_id)
         report.round_id = round_id
@@ -223,7 +225,9 @@ class Validator:
         current = self.store.current_king()
         vanished = (current["hotkey"], current["commit_block"]) if current and king is None else None
         plan = RoundPlan(row["kind"], king, tuple(m for m in present if m.key != king_key), vanished_king=vanished)
-        job = build_job(row["job_id"], row["block"], row["block_hash"], rules, row["teacher_revision"], prompts, plan)
+        job = build_job(
+            row["job_id"], row["block"], row["block_hash"], rules, row["teacher_revision"], prompts, *plan_refs(plan)
+        )
         if row["state"] == "planned":
             self.store.mark_dispatched(rid, self.config.pod_name, row["job_id"])
         log.info("resuming round %d (%s) with job %s", rid, row["kind"], row["job_id"])

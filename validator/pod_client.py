@@ -1,7 +1,11 @@
 """Pod clients on the secure host: one ``Pod`` protocol, an HTTP pod, an in-process pod, a pool.
 
-The host trusts no result blindly: every client checks the pod's answer
-against the job it sent (:func:`validate_result`) before anyone records it.
+The host trusts no result blindly: :func:`validate_result` is the one check of a
+pod's answer against the job it sent, and ``SinglePod.run`` (what every single
+pod, remote or in-process, answers through) is the one place it is called on the
+host's path. Whoever holds a result from ``Pod.run`` holds a checked one: the
+round runner and the verdicts index it without checking again. Every pod kind
+reports a running job's live progress through ``Pod.status``.
 ``HttpPod`` signs every call with the validator hotkey (btauth/1, a fresh nonce
 per attempt), polls with backoff, cancels the job when the deadline passes and
 re-submits once when a restarted pod reports the job ``interrupted``.
@@ -23,17 +27,20 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, final
 
 import httpx
-from bittensor import http_auth
 
 from eval.errors import KlhillError
-from eval.schemas import EvalJob, EvalResult, JobStatus
+from eval.progress import ProgressFn
+from eval.schemas import EvalJob, EvalResult, JobProgress, JobStatus
 from eval.stats import expected_onpolicy
+from validator.pod import signing
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +70,17 @@ class InvalidResult(PodError):
 
 
 class Pod(Protocol):
-    def run(self, job: EvalJob, deadline_s: float) -> EvalResult: ...
+    """What the host's round runner drives: one pod or a pool of them."""
+
+    def run(self, job: EvalJob, deadline_s: float) -> EvalResult:
+        """The result of ``job``, already checked against it (:func:`validate_result`), or a ``PodError``."""
+        ...
 
     def health(self) -> dict[str, Any]: ...
+
+    def status(self, job_id: str) -> JobStatus:
+        """Live state and progress of a job this pod knows; a ``PodError`` when it cannot say."""
+        ...
 
 
 def validate_result(job: EvalJob, result: EvalResult) -> EvalResult:
@@ -110,7 +125,25 @@ def validate_result(job: EvalJob, result: EvalResult) -> EvalResult:
     return result
 
 
-class HttpPod:
+class SinglePod(ABC):
+    """One machine, remote or in-process: its raw answer is checked against the job here and nowhere else."""
+
+    @final
+    def run(self, job: EvalJob, deadline_s: float) -> EvalResult:
+        return validate_result(job, self.answer(job, deadline_s))
+
+    @abstractmethod
+    def answer(self, job: EvalJob, deadline_s: float) -> EvalResult:
+        """The pod's own answer to ``job`` (not yet checked), or a ``PodError``."""
+
+    @abstractmethod
+    def health(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def status(self, job_id: str) -> JobStatus: ...
+
+
+class HttpPod(SinglePod):
     """A remote pod over HTTP, signed with the validator hotkey."""
 
     def __init__(
@@ -149,7 +182,7 @@ class HttpPod:
         delay = 0.5
         last = ""
         for attempt in range(self.retries + 1):
-            headers = http_auth.sign(self.wallet, method=method, path=path, body=body, receiver_ss58=self.receiver_ss58)
+            headers = signing.sign_request(self.wallet, method, path, body, self.receiver_ss58)
             if body:
                 headers["Content-Type"] = "application/json"
             try:
@@ -200,8 +233,8 @@ class HttpPod:
             raise PodDown(f"{self.url}/health: {exc}") from exc
 
     # --- the job -------------------------------------------------------------
-    def run(self, job: EvalJob, deadline_s: float) -> EvalResult:
-        """Submit, poll until done or the deadline, validate; see the module docstring."""
+    def answer(self, job: EvalJob, deadline_s: float) -> EvalResult:
+        """Submit, poll until done or the deadline; see the module docstring."""
         deadline = time.monotonic() + deadline_s
         status = self.submit(job)
         resubmitted = False
@@ -211,7 +244,7 @@ class HttpPod:
             if status.state == "done":
                 if status.result is None:
                     raise InvalidResult(f"job {job.job_id} done without a result")
-                return validate_result(job, status.result)
+                return status.result
             if status.state in ("failed", "cancelled"):
                 raise PodJobFailed(f"job {job.job_id} {status.state} on {self.url}: {status.error}")
             if status.state == "interrupted":
@@ -238,25 +271,53 @@ class HttpPod:
                 log.warning("pod %s unreachable while polling %s: %s; still waiting", self.url, job.job_id, exc)
 
 
-class LocalPod:
-    """Runs the job in this process with the same routine as the pod service."""
+class LocalPod(SinglePod):
+    """Runs the job in this process with the same routine as the pod service, and reports progress like it."""
 
-    def __init__(self, store: Any, workdir: Path, device: str = "cpu", **run_kwargs: Any) -> None:
+    def __init__(
+        self,
+        store: Any,
+        workdir: Path,
+        device: str = "cpu",
+        *,
+        on_progress: ProgressFn | None = None,
+        **run_kwargs: Any,
+    ) -> None:
+        """``on_progress`` also sees every update (a benchmark's timer); the host reads ``status``."""
         self.store, self.workdir, self.device, self.run_kwargs = store, Path(workdir), device, run_kwargs
+        self.on_progress = on_progress
+        self._lock = threading.Lock()
+        self._running: dict[str, JobStatus] = {}  # job id -> latest status, while it runs
 
     def health(self) -> dict[str, Any]:
         return {"state": "idle", "device": self.device}
 
-    def run(self, job: EvalJob, deadline_s: float) -> EvalResult:
+    def status(self, job_id: str) -> JobStatus:
+        with self._lock:
+            status = self._running.get(job_id)
+        if status is None:
+            raise PodError(f"job {job_id} is not running in-process")
+        return status
+
+    def _progress(self, job_id: str, progress: JobProgress) -> None:
+        with self._lock:
+            self._running[job_id] = JobStatus(job_id=job_id, state="running", progress=progress)
+        if self.on_progress is not None:
+            self.on_progress(progress)
+
+    def answer(self, job: EvalJob, deadline_s: float) -> EvalResult:
         from eval.runner import JobCancelled, run_job
 
         deadline = time.monotonic() + deadline_s
+        with self._lock:
+            self._running[job.job_id] = JobStatus(job_id=job.job_id, state="running", progress=JobProgress())
         try:
             result = run_job(
                 job,
                 self.store,
                 self.workdir,
                 self.device,
+                on_progress=lambda p: self._progress(job.job_id, p),
                 should_cancel=lambda: time.monotonic() > deadline,
                 **self.run_kwargs,
             )
@@ -264,26 +325,29 @@ class LocalPod:
             raise PodTimeout(f"job {job.job_id} missed its {deadline_s:.0f}s deadline in-process") from exc
         except KlhillError as exc:
             raise PodJobFailed(f"job {job.job_id} failed in-process: {exc}") from exc
+        finally:
+            with self._lock:
+                self._running.pop(job.job_id, None)
         if time.monotonic() > deadline:
             raise PodTimeout(f"job {job.job_id} missed its {deadline_s:.0f}s deadline in-process")
-        return validate_result(job, result)
+        return result
 
 
 class PodPool:
     """Several pods; the whole job goes to the first that works, a failed or dead pod's job moves on."""
 
-    def __init__(self, pods: Sequence[Pod]) -> None:
+    def __init__(self, pods: Sequence[SinglePod]) -> None:
         if not pods:
             raise ValueError("a pod pool needs at least one pod")
         self.pods = list(pods)
-        self._active: dict[str, Pod] = {}  # job id -> the pod running it now, for live progress
+        self._active: dict[str, SinglePod] = {}  # job id -> the pod running it now, for live progress
 
     def status(self, job_id: str) -> JobStatus:
         """Live status from whichever pod runs ``job_id`` now (the host's dashboard polls this)."""
-        status = getattr(self._active.get(job_id), "status", None)
-        if status is None:
-            raise PodError(f"job {job_id} is not running on a pod that reports progress")
-        return cast(JobStatus, status(job_id))
+        pod = self._active.get(job_id)
+        if pod is None:
+            raise PodError(f"job {job_id} is not running on any pod of this pool")
+        return pod.status(job_id)
 
     def health(self) -> dict[str, Any]:
         states = []
@@ -307,7 +371,7 @@ class PodPool:
                 return pod.run(job, remaining)
             except PodTimeout:
                 raise  # the deadline is spent: no other pod could finish in time
-            except PodError as exc:  # down, refused, failed the job (disk full, OOM) or lied: try the next
+            except PodError as exc:  # down, refused, failed the job (disk full, OOM) or lied (InvalidResult): next
                 log.warning("pod %r unusable for job %s: %s; trying the next one", pod, job.job_id, exc)
                 errors.append(f"{pod!r}: {exc}")
             finally:

@@ -17,32 +17,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from eval.jobs import model_ref
 from eval.rules import ContestRules
-from eval.schemas import EvalJob, EvalResult, ModelRef, SubmissionId
+from eval.schemas import EvalJob, EvalResult, ModelRef
 from validator.contest import Candidate, Key, RoundPlan
-from validator.pod_client import Pod, validate_result
+from validator.pod_client import Pod
 from validator.store.database import Store
 from validator.verdicts import RoundOutcome, interpret_result
 
 log = logging.getLogger(__name__)
-
-
-class ProgressBox:
-    """Latest pod progress, written from any thread, read by the loop (which owns the store)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._value: dict[str, Any] | None = None
-
-    def set(self, progress: Any) -> None:
-        data = progress.model_dump(mode="json") if hasattr(progress, "model_dump") else dict(progress)
-        with self._lock:
-            self._value = data
-
-    def take(self) -> dict[str, Any] | None:
-        with self._lock:
-            value, self._value = self._value, None
-            return value
 
 
 def make_job_id(attempt: int, block: int, block_hash: str, keys: Sequence[Key], rules: ContestRules) -> str:
@@ -51,32 +34,16 @@ def make_job_id(attempt: int, block: int, block_hash: str, keys: Sequence[Key], 
     return f"r{attempt}-b{block}-{hashlib.sha256(material.encode()).hexdigest()[:16]}"
 
 
-def model_ref(c: Candidate) -> ModelRef:
-    """Identity comes from the chain (hotkey, commit block) as stored, never from miner text (LESSONS 2)."""
-    return ModelRef(
-        repo=c.repo, revision=c.revision, submission=SubmissionId(hotkey=c.hotkey, commit_block=c.commit_block)
-    )
+def plan_refs(plan: RoundPlan) -> tuple[ModelRef | None, list[ModelRef]]:
+    """The plan's king and challengers as the job names them, for ``eval.jobs.build_job``.
 
+    Identity comes from the chain (hotkey, commit block) as stored, never from miner text (LESSONS 2).
+    """
 
-def build_job(
-    job_id: str,
-    block: int,
-    block_hash: str,
-    rules: ContestRules,
-    teacher_revision: str | None,
-    prompts: list[str],
-    plan: RoundPlan,
-) -> EvalJob:
-    return EvalJob(
-        job_id=job_id,
-        block=block,
-        block_hash=block_hash,
-        rules=rules,
-        teacher_revision=teacher_revision,
-        prompts=prompts,
-        king=model_ref(plan.king) if plan.king else None,
-        challengers=[model_ref(c) for c in plan.challengers],
-    )
+    def ref(c: Candidate) -> ModelRef:
+        return model_ref(c.repo, c.revision, c.hotkey, c.commit_block)
+
+    return (ref(plan.king) if plan.king else None), [ref(c) for c in plan.challengers]
 
 
 class RoundRunner:
@@ -89,12 +56,10 @@ class RoundRunner:
         *,
         deadline_s: float,
         stop: threading.Event,
-        progress: ProgressBox | None = None,
         progress_interval: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store, self.pod, self.deadline_s, self.stop = store, pod, deadline_s, stop
-        self.progress = progress or ProgressBox()
         self.progress_interval = progress_interval
         self._clock = clock
 
@@ -117,11 +82,11 @@ class RoundRunner:
                 return "abandoned"
             if isinstance(outcome, BaseException):
                 raise outcome
-            result = validate_result(job, outcome)
+            result = outcome  # checked against the job by the pod client (validate_result), the one place
             verdict = interpret_result(
                 plan, result, rules, self.store.known_fingerprints(), self.store.known_content_hashes()
             )
-        except Exception as exc:  # noqa: BLE001 - any pod fault or ResultMismatch fails the round, nobody is judged
+        except Exception as exc:  # noqa: BLE001 - any pod fault or InvalidResult fails the round, nobody is judged
             self.store.fail_round(round_id, f"{type(exc).__name__}: {exc}")
             log.error(
                 "round %d (%s) failed, nobody judged; retried next epoch: %s: %s",
@@ -138,7 +103,7 @@ class RoundRunner:
         return "done"
 
     def _wait(self, job: EvalJob, base: dict[str, Any]) -> EvalResult | BaseException | None:
-        """Run ``pod.run`` in a daemon thread; meanwhile write live progress; None if stopped."""
+        """Run ``pod.run`` in a daemon thread; meanwhile poll ``pod.status`` for live progress; None if stopped."""
         box: list[EvalResult | BaseException] = []
 
         def work() -> None:
@@ -154,17 +119,17 @@ class RoundRunner:
             thread.join(0.2)
             if self.stop.is_set():
                 return None
-            latest = self.progress.take()
-            if latest is None and self._clock() >= next_poll and hasattr(self.pod, "status"):
-                next_poll = self._clock() + self.progress_interval
-                latest = self._poll(job.job_id)
+            if self._clock() < next_poll:
+                continue
+            next_poll = self._clock() + self.progress_interval
+            latest = self._poll(job.job_id)
             if latest is not None:
                 self.store.set_progress({**base, "phase": "running", "progress": latest})
         return box[0]
 
     def _poll(self, job_id: str) -> dict[str, Any] | None:
         try:
-            return dict(self.pod.status(job_id).progress.model_dump(mode="json"))  # type: ignore[attr-defined]
+            return dict(self.pod.status(job_id).progress.model_dump(mode="json"))
         except Exception as exc:  # noqa: BLE001 - progress is best effort
             log.debug("progress poll failed: %s", exc)
             return None

@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 
 from eval.rules import ContestRules
 from eval.schemas import EvalResult, ModelResult
-from eval.stats import GuardDecision, expected_onpolicy, fingerprint_distance, onpolicy_guard
+from eval.stats import GuardDecision, fingerprint_distance, onpolicy_guard
 from eval.stats import decide as stats_decide
 from validator.contest import Candidate, Key, RoundPlan, order_key
 
@@ -49,10 +49,6 @@ class DecisionLike(Protocol):
 
 DecideFn = Callable[[Sequence[float], Sequence[float], ContestRules], DecisionLike]
 DistanceFn = Callable[[Sequence[float], Sequence[float]], float]
-
-
-class ResultMismatch(ValueError):
-    """The pod's result does not answer the planned job (a pod fault: the round is re-run, nobody is judged)."""
 
 
 @dataclass(frozen=True)
@@ -102,31 +98,13 @@ class RoundOutcome:
         return tuple(v.key for v in self.verdicts if v.suspicious)
 
 
-def _match_results(plan: RoundPlan, result: EvalResult, rules: ContestRules) -> dict[Key, ModelResult]:
-    planned = {c.key: c for c in plan.models}
-    got: dict[Key, ModelResult] = {}
-    for m in result.models:
-        key = (m.ref.submission.hotkey, m.ref.submission.commit_block)
-        if key not in planned or key in got:
-            raise ResultMismatch(f"unexpected or duplicate result for {key[0]}:{key[1]}")
-        c = planned[key]
-        if (m.ref.repo, m.ref.revision) != (c.repo, c.revision):
-            raise ResultMismatch(f"result for {key[0]}:{key[1]} names {m.ref.spec}, planned {c.repo}@{c.revision}")
-        got[key] = m
-    missing = set(planned) - set(got)
-    if missing:
-        raise ResultMismatch(f"no result for {len(missing)} planned model(s)")
-    n_prompts = len(result.teacher.continuation_tokens)
-    king_key = plan.king.key if plan.king is not None else None
-    king = got.get(king_key) if king_key is not None else None
-    king_kl = list(king.prompt_kl) if king is not None and king.status == "ok" else None
-    for key, m in got.items():
-        if m.status == "ok" and len(m.prompt_kl) != n_prompts:
-            raise ResultMismatch(f"{key[0]}:{key[1]} scored {len(m.prompt_kl)} prompts, the round has {n_prompts}")
-        want = expected_onpolicy(key == king_key, king_kl, m.prompt_kl, rules, n_prompts) if m.status == "ok" else 0
-        if m.status == "ok" and len(m.onpolicy) != want:
-            raise ResultMismatch(f"{key[0]}:{key[1]} has {len(m.onpolicy)} on-policy values, the rules want {want}")
-    return got
+def _match_results(result: EvalResult) -> dict[Key, ModelResult]:
+    """Index the result by submission identity.
+
+    ``result`` was checked against the job built from this plan (``validator.pod_client.validate_result``):
+    every planned model is present once, under its own identity and revision, with complete values.
+    """
+    return {(m.ref.submission.hotkey, m.ref.submission.commit_block): m for m in result.models}
 
 
 def _copy_check(
@@ -181,13 +159,13 @@ def interpret_result(
 
     ``known_*`` hold every earlier submission's fingerprint / content hash from all
     past rounds; this round's own models are added, so a later commit copying an
-    earlier one in the same round is caught too. Raises ``ResultMismatch`` when
-    the result does not answer the plan.
+    earlier one in the same round is caught too. ``result`` is one the pod client
+    checked against the job built from ``plan`` (``validate_result``); it is not checked again.
     """
     if plan.kind == "none":
         raise ValueError("a 'none' round has no result to interpret")
     decide = decide or stats_decide
-    got = _match_results(plan, result, rules)
+    got = _match_results(result)
     hashes = list(known_content_hashes) + [(k, m.content_hash) for k, m in got.items() if m.content_hash]
     prints = list(known_fingerprints) + [(k, m.fingerprint) for k, m in got.items() if m.fingerprint]
 

@@ -1,13 +1,14 @@
 """The GPU pod service: signed evaluation jobs in, results out (``python -m validator.pod``).
 
 The pod holds no wallet key and never touches the chain; it obeys only the
-allow-listed validator hotkeys. Every job call is verified with
-``bittensor.http_auth`` (btauth/1) over the raw bytes *before* anything is
-parsed or done: unsigned, malformed, stale, replayed or tampered -> 401,
-a valid signature from a hotkey not on the list -> 403. Bodies are bounded
-(413 without reading the rest), JSON nesting is bounded, and the schema bounds
-the rest (422). ``GET /health`` is public and says nothing sensitive (version,
-state, GPU, free disk, and which attention kernels a model will run with).
+allow-listed validator hotkeys. Every job route takes the ``Signed``
+dependency (``validator.pod.auth``; the contract in ``validator.pod.signing``),
+verified over the raw bytes *before* anything is parsed or done: unsigned,
+malformed, stale, replayed or tampered -> 401, a valid signature from a hotkey
+not on the list -> 403. Bodies are bounded (413 without reading the rest), JSON
+nesting is bounded, and the schema bounds the rest (422). ``GET /health`` is
+public and says nothing sensitive (version, state, GPU, free disk, and which
+attention kernels a model will run with).
 """
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from bittensor import http_auth
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from eval.kernels import KernelReport, environment_report, kernel_warning
 from eval.runner import DiskLimits, run_job
 from eval.schemas import EvalJob
+from validator.pod.auth import PodAuth, Signed, install, open_nonces
 from validator.pod.jobs import JobConflict, JobManager, QueueFull, Runner
-from validator.pod.nonce_store import SqliteNonceStore
 
 log = logging.getLogger(__name__)
 
@@ -90,24 +91,6 @@ def json_too_deep(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """Read at most ``limit`` bytes; refuse early on a declared or streamed oversize body."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise _TooLarge()
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge()
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _default_runner(settings: PodSettings) -> Runner:
     from eval.model_store import port as stores
 
@@ -159,12 +142,12 @@ def create_app(settings: PodSettings, runner: Runner | None = None) -> FastAPI:
     kernels = environment_report(settings.device)
     warning = kernel_warning(kernels)
     manager = JobManager(settings.workdir / "jobs", run, max_queued=settings.max_queued)
-    # durable: a request captured before a restart must not be replayable after it
-    # an unusable file is moved aside and replaced by a store refusing everything signed before the reset
-    nonces = SqliteNonceStore(
-        settings.workdir / "nonces.sqlite3",
-        retention=max(60.0, settings.max_age_s + 10.0),
-        future_skew=http_auth.DEFAULT_ALLOWED_SKEW,  # verify() below runs with the default skew
+    auth = PodAuth(
+        allow_hotkeys=settings.allow_hotkeys,
+        pod_hotkey=settings.pod_hotkey,
+        max_age_s=settings.max_age_s,
+        max_body_bytes=settings.max_body_bytes,
+        nonces=open_nonces(settings.workdir, settings.max_age_s),
     )
 
     @asynccontextmanager
@@ -180,30 +163,7 @@ def create_app(settings: PodSettings, runner: Runner | None = None) -> FastAPI:
     app.state.manager = manager
     app.state.kernels, app.state.kernel_warning = kernels, warning
 
-    async def authenticate(request: Request) -> tuple[bytes, JSONResponse | None]:
-        try:
-            body = await _read_body(request, settings.max_body_bytes)
-        except _TooLarge:
-            return b"", _error(413, f"body larger than {settings.max_body_bytes} bytes")
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        try:
-            caller = http_auth.verify(
-                request.headers,
-                body,
-                method=request.method,
-                path=target,
-                self_hotkey_ss58=settings.pod_hotkey or "",
-                require_receiver=settings.pod_hotkey is not None,
-                max_age=settings.max_age_s,
-                nonce_store=nonces,
-            )
-        except http_auth.AuthError as exc:
-            log.warning("refused %s %s: %s", request.method, target, type(exc).__name__)
-            return body, _error(401, f"{type(exc).__name__}: {exc}")
-        if caller.hotkey_ss58 not in settings.allow_hotkeys:
-            log.warning("refused %s %s: hotkey %s not allow-listed", request.method, target, caller.hotkey_ss58)
-            return body, _error(403, "hotkey not allowed")
-        return body, None
+    install(app, auth)  # every route but /health takes ``Signed``: verified before it runs
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -224,14 +184,11 @@ def create_app(settings: PodSettings, runner: Runner | None = None) -> FastAPI:
         }
 
     @app.post("/jobs")
-    async def post_job(request: Request) -> JSONResponse:
-        body, refusal = await authenticate(request)
-        if refusal is not None:
-            return refusal
-        if json_too_deep(body):
+    async def post_job(call: Signed) -> JSONResponse:
+        if json_too_deep(call.body):
             return _error(422, f"JSON nested deeper than {MAX_JSON_DEPTH}")
         try:
-            job = EvalJob.model_validate_json(body)
+            job = EvalJob.model_validate_json(call.body)
         except ValidationError as exc:
             return _error(422, f"invalid job: {exc.error_count()} errors; first: {exc.errors()[0]['msg']}"[:500])
         try:
@@ -242,10 +199,7 @@ def create_app(settings: PodSettings, runner: Runner | None = None) -> FastAPI:
             return _error(429, str(exc))
         return JSONResponse(status.model_dump(mode="json"), status_code=202 if created else 200)
 
-    async def _job_call(request: Request, job_id: str, cancel: bool) -> JSONResponse:
-        _, refusal = await authenticate(request)
-        if refusal is not None:
-            return refusal
+    def _job_call(job_id: str, cancel: bool) -> JSONResponse:
         if not JOB_ID_RE.match(job_id):
             return _error(404, "no such job")
         status = manager.cancel(job_id) if cancel else manager.status(job_id)
@@ -254,12 +208,12 @@ def create_app(settings: PodSettings, runner: Runner | None = None) -> FastAPI:
         return JSONResponse(status.model_dump(mode="json"))
 
     @app.get("/jobs/{job_id}")
-    async def get_job(request: Request, job_id: str) -> JSONResponse:
-        return await _job_call(request, job_id, cancel=False)
+    async def get_job(job_id: str, _: Signed) -> JSONResponse:
+        return _job_call(job_id, cancel=False)
 
     @app.delete("/jobs/{job_id}")
-    async def delete_job(request: Request, job_id: str) -> JSONResponse:
-        return await _job_call(request, job_id, cancel=True)
+    async def delete_job(job_id: str, _: Signed) -> JSONResponse:
+        return _job_call(job_id, cancel=True)
 
     return app
 
