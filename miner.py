@@ -24,7 +24,8 @@ from typing import Any
 from eval.admission import Admitted, Rejected, TeacherSpec, check_model
 from eval.errors import KlhillError, TransientError
 from eval.hashing import HashingError, content_hash
-from eval.model_store.port import DefiniteStoreError, LocalHub, ModelStore
+from eval.model_store.local import LocalHub
+from eval.model_store.port import DefiniteStoreError, ModelStore
 from eval.rules import DEFAULT_RULES, ContestRules
 
 EXIT_OK, EXIT_NOT_ADMISSIBLE, EXIT_USAGE = 0, 1, 2

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.admission import Admitted, TeacherSpec, check_model  # noqa: E402
-from eval.model_store.port import LocalHub  # noqa: E402
+from eval.model_store.local import LocalHub  # noqa: E402
 from eval.rules import ContestRules  # noqa: E402
 
 VOCAB, HIDDEN, LAYERS, SHARDS = 4096, 256, 8, 4

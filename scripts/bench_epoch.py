@@ -25,7 +25,7 @@ from bittensor.keyfiles import Keypair
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.admission import TeacherSpec, check_model  # noqa: E402
-from eval.model_store.port import LocalHub  # noqa: E402
+from eval.model_store.local import LocalHub  # noqa: E402
 from eval.prompts import LocalCorpus  # noqa: E402
 from eval.rules import ContestRules  # noqa: E402
 from eval.schemas import EvalJob, EvalResult, ModelResult, OnPolicyPrompt, TeacherInfo  # noqa: E402

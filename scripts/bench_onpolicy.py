@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from demo import DEMO_RULES  # noqa: E402
 from demo_cast import Recipe, build_cast, publish_dir  # noqa: E402
 
-from eval.model_store.port import LocalHub  # noqa: E402
+from eval.model_store.local import LocalHub  # noqa: E402
 from eval.prompts import LocalCorpus, sample_prompts  # noqa: E402
 from eval.rules import ContestRules  # noqa: E402
 from eval.runner import DiskLimits, run_job  # noqa: E402

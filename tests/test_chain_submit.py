@@ -16,7 +16,7 @@ from bittensor.keyfiles import Keypair
 import miner
 from eval.admission import TeacherSpec
 from eval.errors import TransientError
-from eval.model_store.port import LocalHub
+from eval.model_store.local import LocalHub
 from scripts.tiny_models import save_model_dir, tiny_config, tiny_model, train_tokenizer
 from validator.chain import submit as commit_flow
 from validator.chain.commitments import format_commitment, parse_commitment

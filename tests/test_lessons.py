@@ -24,7 +24,7 @@ from eval import runner, scoring
 from eval.errors import InfraError, TransientError
 from eval.hashing import metadata_hash
 from eval.kl import kl_from_hidden, kl_per_position
-from eval.model_store.port import LocalHub
+from eval.model_store.local import LocalHub
 from eval.schemas import ModelResult
 from tests.pod_helpers import fake_result, make_job, ref
 from validator.contest import NewSubmission

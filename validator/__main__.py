@@ -72,7 +72,7 @@ def _route_library_output() -> None:
 
 def _model_store(s: Settings) -> Any:
     if s.hub_dir is not None:
-        from eval.model_store.port import LocalHub
+        from eval.model_store.local import LocalHub
 
         return LocalHub(s.hub_dir)
     from eval.model_store.huggingface import HuggingFaceStore  # token from HF_TOKEN only, never argv

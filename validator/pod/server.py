@@ -109,10 +109,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _default_runner(settings: PodSettings) -> Runner:
-    from eval.model_store import port as stores
-
     if settings.hub:
-        store: Any = stores.LocalHub(settings.hub)
+        from eval.model_store.local import LocalHub
+
+        store: Any = LocalHub(settings.hub)
     else:
         from eval.model_store.huggingface import HuggingFaceStore  # token from HF_TOKEN only, never argv
 
