@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.rules import ContestRules
-
-SIM_NETWORK = "sim"
+from validator.chain.sim import SIM_NETWORK
 
 
 @dataclass(frozen=True)
