@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 
 from tests.pod_helpers import ScriptedRunner, make_job, make_wallet, serve
 from validator.pod.jobs import JobManager
-from validator.pod.server import PodSettings, create_app, json_too_deep, parse_args
+from validator.pod.server import PodSettings, create_app, json_too_deep
+from validator.pod.settings import parse_args
 
 
 @pytest.fixture(scope="module")
