@@ -4,9 +4,9 @@
     python miner.py eval   --model <org/name@rev | dir> [--against <org/name@rev | dir>] [--block-hash 0x..] [--json]
     python miner.py commit --network finney --netuid N --wallet-name W --hotkey-name H --model-repo org/name
 
-Exit status: 0 success, 1 refused (not admissible, not registered, already
-committed, model error), 2 usage error or a transient failure (try again later),
-3 (commit) submitted but not yet readable. Subcommands are one function each;
+Exit status (``eval.exit_codes.ExitCode``): 0 success, 1 refused (not admissible, not
+registered, already committed, model error), 2 no verdict: a usage error or a transient
+failure (try again later), 3 (commit) submitted but not yet readable. Subcommands are one function each;
 the commit flow lives in ``validator/chain/submit.py``, the eval flow in ``eval/estimate.py``.
 """
 
