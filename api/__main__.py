@@ -36,9 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IP",
         help="peer address (or CIDR) whose X-Forwarded-For is trusted; repeatable",
     )
-    p.add_argument("--rate", dest="rate_per_s", type=float, help="requests/s per client IP (0 disables the limit)")
-    p.add_argument("--burst", dest="rate_burst", type=float, help="burst size per client IP")
-    p.add_argument("--cache-ttl", dest="cache_ttl_s", type=float, help="seconds a response is served from memory")
+    p.add_argument(
+        "--rate", dest="rate_per_s", metavar="RATE", type=float, help="requests/s per client IP (0 disables the limit)"
+    )
+    p.add_argument("--burst", dest="rate_burst", metavar="BURST", type=float, help="burst size per client IP")
+    p.add_argument(
+        "--cache-ttl",
+        dest="cache_ttl_s",
+        metavar="CACHE_TTL",
+        type=float,
+        help="seconds a response is served from memory",
+    )
     return p
 
 

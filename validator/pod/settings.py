@@ -21,7 +21,7 @@ from pydantic import ValidationError, field_validator, model_validator
 from eval.env_settings import Env, EnvSettings, usage_message
 from eval.exit_codes import ExitCode
 
-log = logging.getLogger("validator.pod.server")
+log = logging.getLogger("validator.pod.server")  # the service's logger: its start line stays where operators look
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024**2
 
