@@ -4,9 +4,9 @@
     python miner.py eval   --model <org/name@rev | dir> [--against <org/name@rev | dir>] [--block-hash 0x..] [--json]
     python miner.py commit --network finney --netuid N --wallet-name W --hotkey-name H --model-repo org/name
 
-Exit status: 0 success, 1 refused (not admissible, not registered, already
-committed, model error), 2 usage error or a transient failure (try again later),
-3 (commit) submitted but not yet readable. Subcommands are one function each;
+Exit status (``eval.exit_codes.ExitCode``): 0 success, 1 refused (not admissible, not
+registered, already committed, model error), 2 no verdict: a usage error or a transient
+failure (try again later), 3 (commit) submitted but not yet readable. Subcommands are one function each;
 the commit flow lives in ``validator/chain/submit.py``, the eval flow in ``eval/estimate.py``.
 """
 
@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from eval.admission import Admitted, Rejected, TeacherSpec, check_model
-from eval.errors import KlhillError, TransientError
+from eval.errors import KlhillError, TransientError, UsageError
+from eval.exit_codes import ExitCode
 from eval.hashing import HashingError, content_hash
-from eval.model_store.port import DefiniteStoreError, LocalHub, ModelStore
+from eval.model_store.local import LocalHub
+from eval.model_store.port import DefiniteStoreError, ModelStore
 from eval.rules import DEFAULT_RULES, ContestRules
-
-EXIT_OK, EXIT_NOT_ADMISSIBLE, EXIT_USAGE = 0, 1, 2
 
 HINTS = {
     "format": "commit as org/name@<40-hex commit id>; branch names and short SHAs move and are refused",
@@ -50,10 +50,6 @@ failed rule); 2 no verdict: a usage error (check "usage": fix the command line o
 or the model store was unreachable or overloaded (check "transient": try again later; an outage
 never counts against a model). --json prints one object:
 {"ok", "reason", "check", "detail", "params", "content_hash"}."""
-
-
-class UsageError(KlhillError):
-    """A bad command line or an unreadable teacher: nothing was checked."""
 
 
 def _store_for(args: argparse.Namespace) -> ModelStore:
@@ -138,24 +134,24 @@ def _check(args: argparse.Namespace, rules: ContestRules, scratch: Path) -> int:
         verdict = check_model(store, repo, rev, rules, teacher)
     except UsageError as exc:
         _report(args, _result(False, None, "usage", str(exc), None, None), args.model)
-        return EXIT_USAGE
+        return ExitCode.NO_VERDICT
     except TransientError as exc:  # no verdict either way (LESSONS 21): exit 2, like a usage error, never 1
         _report(
             args,
             _result(False, None, "transient", f"store unavailable, try again later: {exc}", None, None),
             args.model,
         )
-        return EXIT_USAGE
+        return ExitCode.NO_VERDICT
     except ValueError as exc:  # not a directory and not a valid repo id: the format check's verdict
         _report(args, _result(False, "INVALID", "format", str(exc), None, None), args.model)
-        return EXIT_NOT_ADMISSIBLE
+        return ExitCode.REFUSED
     except DefiniteStoreError as exc:  # resolving 'main' of a missing repo
         _report(args, _result(False, "INVALID", "availability", str(exc), None, None), args.model)
-        return EXIT_NOT_ADMISSIBLE
+        return ExitCode.REFUSED
     where = args.model if local else f"{repo}@{rev}"
     if isinstance(verdict, Rejected):
         _report(args, _result(False, verdict.reason, verdict.check, verdict.detail, None, None), where)
-        return EXIT_NOT_ADMISSIBLE
+        return ExitCode.REFUSED
     assert isinstance(verdict, Admitted)
     chash = None
     if local:
@@ -163,10 +159,10 @@ def _check(args: argparse.Namespace, rules: ContestRules, scratch: Path) -> int:
             chash = content_hash(Path(args.model))
         except (HashingError, KlhillError) as exc:
             _report(args, _result(False, "INVALID", "safetensors", str(exc), None, None), where)
-            return EXIT_NOT_ADMISSIBLE
+            return ExitCode.REFUSED
     detail = f"metadata hash {verdict.metadata_hash}; revision {rev}" if not local else "local directory"
     _report(args, _result(True, None, None, detail, verdict.params, chash), where)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _default_teacher(rules: ContestRules = DEFAULT_RULES) -> str:
@@ -175,13 +171,17 @@ def _default_teacher(rules: ContestRules = DEFAULT_RULES) -> str:
 
 def cmd_commit(args: argparse.Namespace) -> int:
     """Resolve, check, confirm and write this hotkey's one commitment (see ``validator.chain.submit``)."""
-    from bittensor.keyfiles import KeyfileError
-
     from validator.chain import submit as mc
-    from validator.chain.port import ChainError
-    from validator.chain.wallets import load_wallet, resolve_network
+    from validator.chain.wallets import resolve_network
 
-    args.network = resolve_network(args.network)
+    options = mc.CommitOptions(
+        network=resolve_network(args.network),
+        model_repo=args.model_repo,
+        dry_run=args.dry_run,
+        yes=args.yes,
+        wait=args.wait,
+        poll_interval=args.poll_interval,
+    )
     chain = None
     try:
         store = _store_for(args)
@@ -190,21 +190,15 @@ def cmd_commit(args: argparse.Namespace) -> int:
             revision = store.resolve(args.model_repo, "main")
             print(f"revision: {args.model_repo} main is at {revision}")
         teacher = _teacher(args.teacher or _default_teacher(), args)
-        wallet = load_wallet(args.wallet_name, args.hotkey_name, args.wallet_path)
-        chain, hotkey = mc.open_chain(args.network, args.netuid, wallet, args.sim_db)
-        return mc.run_commit(args, store=store, teacher=teacher, chain=chain, hotkey=hotkey, revision=revision)
-    except (UsageError, ChainError, ValueError) as exc:
-        print(f"REFUSED: {exc}")
-        return EXIT_USAGE
-    except KeyfileError as exc:  # wrong password or a corrupt keyfile; the message names neither key nor password
-        print(f"REFUSED: cannot unlock the hotkey ({exc}); check the password, nothing was written.")
-        return EXIT_USAGE
-    except TransientError as exc:
-        print(f"TRY AGAIN LATER: store or chain unavailable, nothing was written: {exc}")
-        return EXIT_USAGE
-    except DefiniteStoreError as exc:
-        print(f"REFUSED: {args.model_repo} is not available: {exc}")
-        return EXIT_NOT_ADMISSIBLE
+        wallet = mc.open_wallet(args.wallet_name, args.hotkey_name, args.wallet_path)
+        chain, hotkey = mc.open_chain(options.network, args.netuid, wallet, args.sim_db)
+        return mc.run_commit(options, store=store, teacher=teacher, chain=chain, hotkey=hotkey, revision=revision)
+    except Exception as exc:
+        mapped = mc.outcome(exc, args.model_repo)
+        if mapped is None:
+            raise
+        print(mapped[1])
+        return mapped[0]
     finally:
         if chain is not None and hasattr(chain, "close"):
             chain.close()
@@ -215,17 +209,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from eval import estimate as me
     from eval.errors import InfraError
 
+    request = me.EvalRequest(
+        model=args.model,
+        teacher=args.teacher,
+        against=args.against,
+        prompts=args.prompts,
+        block_hash=args.block_hash,
+        rules=args.rules,
+        corpus=args.corpus,
+        device=args.device,
+        max_new_tokens=args.max_new_tokens,
+        workdir=args.workdir,
+        as_json=args.json,
+    )
     try:
-        return me.run_eval(args, lambda: _store_for(args))
-    except (me.EvalUsageError, ValueError, OSError) as exc:  # bad hash, rules file, corpus, prompt source
+        return me.run_eval(request, lambda: _store_for(args))
+    except (UsageError, ValueError, OSError) as exc:  # bad hash, rules file, corpus, prompt source
         print(f"USAGE: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.NO_VERDICT
     except (InfraError, TransientError) as exc:
         print(f"COULD NOT EVALUATE (nothing is wrong with the model): {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.NO_VERDICT
     except (DefiniteStoreError, KlhillError) as exc:
         print(f"COULD NOT EVALUATE: {exc}", file=sys.stderr)
-        return EXIT_NOT_ADMISSIBLE
+        return ExitCode.REFUSED
 
 
 def _store_flags(p: argparse.ArgumentParser) -> None:

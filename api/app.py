@@ -9,13 +9,11 @@ are short JSON without stack traces or paths.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from importlib.resources import files
 from pathlib import Path
@@ -36,6 +34,7 @@ from api.cache import TTLCache
 from api.metrics import render_metrics
 from api.price import PriceReader, PriceService, reader_for
 from api.ratelimit import RateLimitMiddleware
+from api.settings import Settings
 from validator.store.database import Store, StoreError
 from validator.store.reads import MAX_PER_PAGE
 
@@ -43,18 +42,6 @@ T = TypeVar("T")
 NOT_FOUND = b""
 HOTKEY_PATTERN = r"^[A-Za-z0-9]{1,64}$"
 SETTINGS_ENV = "KLHILL_API_SETTINGS"
-
-
-@dataclass
-class Settings:
-    db: Path = Path("state/validator.db")
-    network: str = "sim"
-    netuid: int = 1
-    trusted_proxies: list[str] = field(default_factory=list)
-    rate_per_s: float = 10.0
-    rate_burst: float = 60.0
-    cache_ttl_s: float = 2.0
-    price_ttl_s: float = 60.0
 
 
 class StoreUnavailable(Exception):
@@ -309,14 +296,9 @@ def create_app(settings: Settings | None = None, *, price_reader: PriceReader | 
 
 
 def settings_to_env(s: Settings) -> str:
-    d = asdict(s)
-    d["db"] = str(s.db)
-    return json.dumps(d)
+    return s.model_dump_json()
 
 
 def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory`` with several workers: settings travel in an env variable."""
-    raw = json.loads(os.environ.get(SETTINGS_ENV, "{}"))
-    if "db" in raw:
-        raw["db"] = Path(raw["db"])
-    return create_app(Settings(**raw))
+    """Factory for ``uvicorn --factory`` with several workers: the parent's resolved settings travel in env."""
+    return create_app(Settings.model_validate_json(os.environ.get(SETTINGS_ENV, "{}")))

@@ -33,6 +33,10 @@ class PromptError(EvalError):
     """Prompts are empty, too long or cannot be sampled."""
 
 
+class UsageError(KlhillError):
+    """A bad command line, setting or local input (a teacher, a wallet, a rules file): nothing was checked."""
+
+
 class TransientError(KlhillError):
     """A remote service answered 'not now' (429, 5xx, timeout): retry, never disqualify."""
 

@@ -16,7 +16,6 @@ routine). To reproduce a past round, pass its block hash and the rules it was ju
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -28,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.errors import KlhillError
+from eval.errors import UsageError
+from eval.exit_codes import ExitCode
 from eval.fineweb import FineWebSource
 from eval.jobs import build_job, model_ref
 from eval.model_store.linked import LinkedDirs
@@ -47,7 +47,6 @@ from eval.stats import decide, mean_ci, onpolicy_guard
 # Placeholder submission identities (valid ss58-shaped strings): a local run has no chain.
 MODEL_HOTKEY = "5" + "M" * 47
 AGAINST_HOTKEY = "5" + "K" * 47
-EXIT_OK, EXIT_MODEL_ERROR, EXIT_USAGE = 0, 1, 2
 _HASH_RE = re.compile(BLOCK_HASH_PATTERN)
 
 
@@ -252,8 +251,25 @@ def render(doc: dict[str, Any]) -> list[str]:
 # --- the command: flags -> job -> pod routine -> estimate ------------------------------------------------------
 
 
-class EvalUsageError(KlhillError):
+class EvalUsageError(UsageError):
     """A bad flag value: nothing was evaluated."""
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What ``miner.py eval`` was asked: specs are ``org/name[@revision]`` or local directories."""
+
+    model: str
+    teacher: str | None = None  # default: the rules' teacher
+    against: str | None = None  # the king to compare with
+    prompts: int | None = None  # default: the rules' prompt count
+    block_hash: str | None = None  # default: a fresh random hash
+    rules: Path | None = None  # the round's ContestRules JSON; default: the built-in rules
+    corpus: str | None = None  # a corpus directory or "builtin"; default: FineWeb
+    device: str | None = None  # default: cuda when available
+    max_new_tokens: int | None = None
+    workdir: Path | None = None  # default: a temporary directory, removed afterwards
+    as_json: bool = False
 
 
 def block_hash_arg(value: str | None) -> str:
@@ -290,8 +306,11 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def run_eval(args: argparse.Namespace, hub_factory: Callable[[], ModelStore], out: Callable[[str], Any] = print) -> int:
-    """``miner.py eval``: build the round's job for the block hash, run it with the pod routine, print the estimate."""
+def run_eval(request: EvalRequest, hub_factory: Callable[[], ModelStore], out: Callable[[str], Any] = print) -> int:
+    """``miner.py eval``: build the round's job for the block hash, run it with the pod routine, print the estimate.
+
+    Returns ``ExitCode.OK``, or ``ExitCode.REFUSED`` when the model could not be scored (a model error).
+    """
     from eval.runner import run_job  # imported lazily: torch and transformers load only for this command
 
     hub_cache: list[ModelStore] = []
@@ -301,34 +320,35 @@ def run_eval(args: argparse.Namespace, hub_factory: Callable[[], ModelStore], ou
             hub_cache.append(hub_factory())
         return hub_cache[0]
 
-    rules = load_rules(args.rules)
-    block_hash = block_hash_arg(args.block_hash)
-    if args.prompts is not None and not 1 <= args.prompts <= MAX_PROMPTS_PER_JOB:
-        raise EvalUsageError(f"--prompts must be in 1..{MAX_PROMPTS_PER_JOB}, got {args.prompts}")
-    if not args.json:
+    r = request
+    rules = load_rules(r.rules)
+    block_hash = block_hash_arg(r.block_hash)
+    if r.prompts is not None and not 1 <= r.prompts <= MAX_PROMPTS_PER_JOB:
+        raise EvalUsageError(f"--prompts must be in 1..{MAX_PROMPTS_PER_JOB}, got {r.prompts}")
+    if not r.as_json:
         out(f"block hash: {block_hash} (pass it as --block-hash to reproduce this run)")
     linked = LinkedDirs()
-    model = pin(args.model, "local/model", linked, hub)
-    against = pin(args.against, "local/king", linked, hub) if args.against else None
-    teacher_spec = args.teacher or (
+    model = pin(r.model, "local/model", linked, hub)
+    against = pin(r.against, "local/king", linked, hub) if r.against else None
+    teacher_spec = r.teacher or (
         f"{rules.teacher_repo}@{rules.teacher_revision}" if rules.teacher_revision else rules.teacher_repo
     )
     teacher = pin(teacher_spec, rules.teacher_repo, linked, hub)
     if any(p is not None and not linked.has(p.repo, p.revision) for p in (model, against, teacher)):
         linked.fallback = hub()
-    prompts = sample_prompts(block_hash, rules, prompt_source(args.corpus, rules), args.prompts)
-    run_rules = job_rules(rules, teacher_repo=teacher.repo, max_new_tokens=args.max_new_tokens)
+    prompts = sample_prompts(block_hash, rules, prompt_source(r.corpus, rules), r.prompts)
+    run_rules = job_rules(rules, teacher_repo=teacher.repo, max_new_tokens=r.max_new_tokens)
     job = local_job(block_hash, run_rules, prompts, model, against=against, teacher_revision=teacher.revision)
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="klhill-eval-"))
+    workdir = Path(r.workdir) if r.workdir else Path(tempfile.mkdtemp(prefix="klhill-eval-"))
     try:
-        result = run_job(job, linked, workdir, args.device or default_device(), onpolicy_all=True)
+        result = run_job(job, linked, workdir, r.device or default_device(), onpolicy_all=True)
     finally:
-        if not args.workdir:
+        if not r.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     doc = summarize(result, run_rules)
-    if args.json:
+    if r.as_json:
         out(json.dumps(doc, sort_keys=True))
     else:
         for line in render(doc)[1:]:
             out(line)
-    return EXIT_OK if doc["model"]["status"] != "model_error" else EXIT_MODEL_ERROR
+    return ExitCode.OK if doc["model"]["status"] != "model_error" else ExitCode.REFUSED

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from eval.admission import Admitted, TeacherSpec, check_model
-from eval.model_store.port import LocalHub
+from eval.model_store.local import LocalHub
 from eval.rules import ContestRules
 
 VOCAB, HIDDEN, LAYERS, SHARDS = 4096, 256, 8, 4

@@ -23,7 +23,7 @@ from typing import Any
 from bittensor.keyfiles import Keypair
 
 from eval.admission import TeacherSpec, check_model
-from eval.model_store.port import LocalHub
+from eval.model_store.local import LocalHub
 from eval.prompts import LocalCorpus
 from eval.rules import ContestRules
 from eval.schemas import EvalJob, EvalResult, ModelResult, OnPolicyPrompt, TeacherInfo

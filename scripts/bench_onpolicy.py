@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from eval.model_store.port import LocalHub
+from eval.model_store.local import LocalHub
 from eval.prompts import LocalCorpus, sample_prompts
 from eval.rules import ContestRules
 from eval.runner import DiskLimits, run_job

@@ -168,7 +168,7 @@ def build(d: Demo, names: Sequence[str] | None = None) -> None:
 
 
 def publish(d: Demo) -> None:
-    from eval.model_store.port import LocalHub
+    from eval.model_store.local import LocalHub
     from eval.rules import ContestRules
 
     hub = LocalHub(d.hub)

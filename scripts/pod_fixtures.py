@@ -85,7 +85,7 @@ def free_port() -> int:
 
 def build_hub(root: Path) -> tuple[Any, dict[str, str]]:
     """A LocalHub with a tiny teacher, three tiny students and one with a foreign vocabulary."""
-    from eval.model_store.port import LocalHub
+    from eval.model_store.local import LocalHub
     from scripts.tiny_models import save_model_dir, tiny_config, tiny_model, train_tokenizer
 
     tok = train_tokenizer(512)

@@ -13,7 +13,7 @@ from typing import Any
 
 from bittensor.keyfiles import Keypair
 
-from eval.model_store.port import LocalHub
+from eval.model_store.local import LocalHub
 from eval.rules import ContestRules
 from validator.pod_client import PodError, SinglePod
 

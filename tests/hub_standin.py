@@ -22,7 +22,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from eval.model_store.errors import DISABLED_MESSAGE, INVALID_CREDENTIALS
-from eval.model_store.port import LocalHub, RepoNotFound, RevisionNotFound
+from eval.model_store.local import LocalHub
+from eval.model_store.port import RepoNotFound, RevisionNotFound
 
 _KIND = r"(models|datasets)"
 

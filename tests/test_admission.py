@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 
 from eval.admission import Admitted, Rejected, TeacherSpec, check_model
 from eval.errors import TransientError
-from eval.model_store.port import LocalHub, RepoInaccessible
+from eval.model_store.local import LocalHub
+from eval.model_store.port import RepoInaccessible
 from eval.rules import ContestRules
 
 RULES = ContestRules(vocab_size=VOCAB)

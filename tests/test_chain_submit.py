@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -16,7 +15,7 @@ from bittensor.keyfiles import Keypair
 import miner
 from eval.admission import TeacherSpec
 from eval.errors import TransientError
-from eval.model_store.port import LocalHub
+from eval.model_store.local import LocalHub
 from scripts.tiny_models import save_model_dir, tiny_config, tiny_model, train_tokenizer
 from validator.chain import submit as commit_flow
 from validator.chain.commitments import format_commitment, parse_commitment
@@ -143,9 +142,9 @@ def test_no_tty_without_yes_refuses_without_hanging(env, capsys):
     assert env["chain"].commitments() == {}
 
 
-def _args(env, **over) -> argparse.Namespace:
+def _args(env, **over) -> commit_flow.CommitOptions:
     base = dict(network="sim", model_repo="miner/student", dry_run=False, yes=False, wait=5.0, poll_interval=0.01)
-    return argparse.Namespace(**{**base, **over})
+    return commit_flow.CommitOptions(**{**base, **over})
 
 
 def _flow(env, store, **kw) -> int:

@@ -17,7 +17,7 @@ from hub_standin import FakeHub, hub_online
 
 from eval.errors import HubAuthError, PromptError, PromptSourceUnavailable, TransientError
 from eval.fineweb import FineWebSource
-from eval.model_store.port import LocalHub
+from eval.model_store.local import LocalHub
 from eval.prompts import prompt_seed, sample_prompts
 from eval.rules import ContestRules
 

@@ -10,7 +10,8 @@ from admission_fixtures import tensors, write_model
 
 from eval import hashing
 from eval.hashing import HashingError, content_hash, metadata_hash
-from eval.model_store.port import FileInfo, LocalHub
+from eval.model_store.local import LocalHub
+from eval.model_store.port import FileInfo
 
 
 def test_content_hash_is_shard_invariant(tmp_path):

@@ -24,7 +24,7 @@ from eval import runner, scoring
 from eval.errors import InfraError, TransientError
 from eval.hashing import metadata_hash
 from eval.kl import kl_from_hidden, kl_per_position
-from eval.model_store.port import LocalHub
+from eval.model_store.local import LocalHub
 from eval.schemas import ModelResult
 from scripts.pod_fixtures import make_job, ref
 from tests.pod_helpers import fake_result
@@ -266,12 +266,12 @@ def test_lesson_25_tracked_files_hold_no_secrets_and_state_is_ignored():
 def test_lesson_25_no_secret_ever_travels_in_argv(capsys):
     from api.__main__ import parse_args as api_args
     from miner import build_parser as miner_parser
-    from validator.pod.server import parse_args as pod_args
+    from validator.pod.settings import parse_args as pod_args
     from validator.settings import Settings, build_parser
 
     helps = []
     for show in (
-        lambda: build_parser({}).parse_args(["run", "--help"]),
+        lambda: build_parser().parse_args(["run", "--help"]),
         lambda: pod_args(["--help"]),
         lambda: api_args(["--help"]),
         lambda: miner_parser().parse_args(["commit", "--help"]),
@@ -282,7 +282,7 @@ def test_lesson_25_no_secret_ever_travels_in_argv(capsys):
     flags = {f for text in helps for f in re.findall(r"--[a-z][a-z0-9-]*", text)}
     assert "--wallet-path" in flags and "--pod" in flags
     assert not {f for f in flags if re.search(r"token|secret|password|mnemonic|seed|private|coldkey", f)}
-    assert not [f for f in Settings.__dataclass_fields__ if re.search(r"token|secret|password|mnemonic", f)]
+    assert not [f for f in Settings.model_fields if re.search(r"token|secret|password|mnemonic", f)]
     pm2 = (REPO / "scripts" / "ecosystem.config.js").read_text()
     for block in re.findall(r"args:\s*\[(.*?)\]", pm2, flags=re.S):
         assert not re.search(r"TOKEN|SECRET|PASSWORD|MNEMONIC|BT_WALLET", block), block

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.model_store.port import LocalHub
+from eval.model_store.local import LocalHub
 from eval.onpolicy import measure_onpolicy
 from eval.prompts import LocalCorpus, sample_prompts
 from eval.rules import ContestRules

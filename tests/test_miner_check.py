@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import miner
-from eval.model_store.port import LocalHub
+from eval.model_store.local import LocalHub
 from scripts.tiny_models import save_model_dir, tiny_config, tiny_model, train_tokenizer
 
 KEYS = {"ok", "reason", "check", "detail", "params", "content_hash"}

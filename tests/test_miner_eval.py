@@ -10,7 +10,7 @@ import pytest
 import miner
 from eval.estimate import AGAINST_HOTKEY, MODEL_HOTKEY, Pinned, local_job, render, summarize
 from eval.model_store.linked import LinkedDirs
-from eval.model_store.port import LocalHub
+from eval.model_store.local import LocalHub
 from eval.prompts import LocalCorpus, sample_prompts
 from eval.rules import ContestRules
 from eval.schemas import EvalJob, EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo

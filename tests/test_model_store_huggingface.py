@@ -15,7 +15,8 @@ import miner
 from eval.admission import Admitted, Rejected, TeacherSpec, check_model
 from eval.errors import TransientError
 from eval.model_store.huggingface import HuggingFaceStore
-from eval.model_store.port import LocalHub, RepoInaccessible, RepoNotFound, RevisionNotFound
+from eval.model_store.local import LocalHub
+from eval.model_store.port import RepoInaccessible, RepoNotFound, RevisionNotFound
 from eval.rules import ContestRules
 
 RULES = ContestRules(vocab_size=VOCAB)

@@ -18,7 +18,8 @@ from fastapi.testclient import TestClient
 from scripts.pod_fixtures import make_job, make_wallet
 from tests.pod_helpers import ScriptedRunner, serve
 from validator.pod.jobs import JobManager
-from validator.pod.server import PodSettings, create_app, json_too_deep, parse_args
+from validator.pod.server import PodSettings, create_app, json_too_deep
+from validator.pod.settings import parse_args
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from eval.errors import InfraError
-from eval.model_store.port import LocalHub
+from eval.model_store.local import LocalHub
 from eval.runner import DiskLimits, JobCancelled, check_disk, job_dir_name, run_job
 from eval.schemas import JobProgress
 from scripts.pod_fixtures import build_hub, hub_job

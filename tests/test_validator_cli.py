@@ -211,3 +211,15 @@ def test_pm2_file_args_parse_with_the_real_clis():
     a = api_args(apps["klhill-api"]["args"][2:])
     assert a.db == s.db and a.netuid == 7 and a.host == "127.0.0.1"
     assert [x["name"] for x in _pm2_apps({})] == ["klhill-validator"]
+
+
+def test_env_values_are_checked_like_flags_and_flags_win(capsys):
+    """A bad KLHILL_NETUID once escaped as a traceback; now it is a usage error naming the variable."""
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["run", "--local-pod"], env={"KLHILL_NETUID": "seven"})
+    assert exc.value.code == 2 and "KLHILL_NETUID" in capsys.readouterr().err
+    env = {"KLHILL_PODS": "http://p1", "KLHILL_NETUID": "3", "KLHILL_LOG_FORMAT": "json", "BT_WALLET": "w"}
+    s = parse_args(["run", "--local-pod", "--netuid", "5"], env=env)
+    assert (s.local_pod, s.pods, s.netuid, s.log_format, s.wallet_name) == (True, (), 5, "json", "w")
+    s = parse_args(["run", "--local-pod"], env={"DB": "/stray.db", "NETWORK": "sim", "KLHILL_DEVICE": "cuda"})
+    assert (s.db, s.network, s.device) == (Path("state/validator.db"), "finney", "cpu")

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+from eval.exit_codes import ExitCode
 from validator.settings import Settings, parse_args
 
 log = logging.getLogger("validator")
@@ -72,7 +73,7 @@ def _route_library_output() -> None:
 
 def _model_store(s: Settings) -> Any:
     if s.hub_dir is not None:
-        from eval.model_store.port import LocalHub
+        from eval.model_store.local import LocalHub
 
         return LocalHub(s.hub_dir)
     from eval.model_store.huggingface import HuggingFaceStore  # token from HF_TOKEN only, never argv
@@ -106,7 +107,7 @@ def _chain(s: Settings, wallet: Any) -> Any:
     if s.is_sim:
         from validator.chain.sim import SimChain
 
-        assert s.sim_db is not None  # parse_args guarantees it
+        assert s.sim_db is not None  # Settings guarantees it
         return SimChain(s.sim_db, s.netuid, block_time=s.sim_block_time, hotkey=wallet.hotkey.ss58_address)
     from validator.chain.subtensor import SubtensorChain
 
@@ -166,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         validator = build(s)
     except (KlhillError, OSError, ValueError) as exc:
         log.error("cannot start: %s: %s", type(exc).__name__, exc)
-        return 2
+        return ExitCode.NO_VERDICT  # PM2 does not restart it: a restart cannot fix the cause
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.warning("received %s: finishing the current step, then stopping", signal.Signals(signum).name)

@@ -1,21 +1,27 @@
-"""Typed validator settings, parsed from flags with environment fallbacks.
+"""The validator's settings (``python -m validator run``): one ``EnvSettings`` model and its flags.
 
-Only names, paths and URLs pass through argv; wallet secrets stay in the wallet
-files (or env-named paths) and are never logged (LESSONS 25).
+Precedence is flag > environment > default: argparse collects only the flags that were given,
+the model reads the documented environment names (``BT_NETWORK``, ``BT_WALLET``,
+``BT_WALLET_HOTKEY``, ``BT_WALLET_PATH``, ``KLHILL_NETUID``, ``KLHILL_SIM_DB``, ``KLHILL_DB``,
+``KLHILL_PODS``, ``KLHILL_LOG_FORMAT``, ``KLHILL_LOG_LEVEL``) and holds the defaults. Only names,
+paths and URLs pass through argv; wallet secrets stay in the wallet files (or env-named paths) and
+are never logged (LESSONS 25).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from eval.env_settings import Env, EnvSettings, usage_message
 from eval.rules import ContestRules
-
-SIM_NETWORK = "sim"
+from validator.chain.sim import SIM_NETWORK
 
 
 @dataclass(frozen=True)
@@ -65,19 +71,18 @@ class LoopConfig:
     prompts_backoff_cap: int = 100  # blocks between tries of a failing prompt source, at most (~20 min)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything one validator process needs; built by :func:`parse_args`."""
+class Settings(EnvSettings):
+    """Everything one validator process needs; built from flags and environment by :func:`parse_args`."""
 
-    network: str = "finney"
-    netuid: int = 1
-    sim_db: Path | None = None
-    sim_block_time: float = 12.0
-    wallet_name: str | None = None
-    hotkey_name: str | None = None
-    wallet_path: str | None = None
-    db: Path = Path("state/validator.db")
-    pods: tuple[str, ...] = ()  # each URL[#POD_HOTKEY], checked by parse_args: see pod_targets
+    network: Annotated[str, Env("BT_NETWORK")] = "finney"
+    netuid: Annotated[int, Env("KLHILL_NETUID")] = 1
+    sim_db: Annotated[Path | None, Env("KLHILL_SIM_DB")] = None
+    sim_block_time: float = Field(12.0, gt=0)
+    wallet_name: Annotated[str | None, Env("BT_WALLET")] = None
+    hotkey_name: Annotated[str | None, Env("BT_WALLET_HOTKEY")] = None
+    wallet_path: Annotated[str | None, Env("BT_WALLET_PATH")] = None
+    db: Annotated[Path, Env("KLHILL_DB")] = Path("state/validator.db")
+    pods: Annotated[tuple[str, ...], Env("KLHILL_PODS")] = ()  # each URL[#POD_HOTKEY]: see pod_targets
     local_pod: bool = False
     device: str = "cpu"
     workdir: Path = Path("state/local-pod")
@@ -88,8 +93,32 @@ class Settings:
     rules_path: Path | None = None
     loop: LoopConfig = LoopConfig()
     once: bool = False
-    log_format: str = "plain"
-    log_level: str = "INFO"
+    log_format: Annotated[Literal["plain", "json"], Env("KLHILL_LOG_FORMAT")] = "plain"
+    log_level: Annotated[str, Env("KLHILL_LOG_LEVEL")] = "INFO"
+
+    @field_validator("pods", mode="before")
+    @classmethod
+    def _split_pods(cls, value: Any) -> Any:
+        """``KLHILL_PODS`` is comma-separated; each pod spec must parse (URL scheme, hotkey ss58)."""
+        specs = value.split(",") if isinstance(value, str) else value
+        specs = tuple(s.strip() for s in specs if s.strip())
+        for spec in specs:
+            PodTarget.parse(spec)
+        return specs
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.network == SIM_NETWORK and self.sim_db is None:
+            raise ValueError("--network sim needs --sim-db PATH")
+        if self.hub_dir is not None and not self.hub_dir.is_dir():
+            raise ValueError(f"--hub-dir {self.hub_dir} is not a directory")
+        if self.local_pod and self.pods:
+            raise ValueError("--local-pod and --pod exclude each other")
+        if not self.local_pod and not self.pods:
+            raise ValueError("give --pod URL (repeatable, or env KLHILL_PODS) or --local-pod")
+        if self.teacher_dir is not None and self.teacher is not None:
+            raise ValueError("--teacher-dir and --teacher exclude each other")
+        return self
 
     @property
     def is_sim(self) -> bool:
@@ -109,6 +138,9 @@ class Settings:
         return rules
 
 
+LOOP_FLAGS = frozenset(f.name for f in dataclasses.fields(LoopConfig))
+
+
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         value = kind(text)
@@ -119,107 +151,63 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
-def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    d = LoopConfig()
+def build_parser() -> argparse.ArgumentParser:
+    """The flags; each is absent from the namespace unless given, so the environment and defaults can apply."""
     p = argparse.ArgumentParser(prog="python -m validator", description="klhill king-of-the-hill validator")
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run the validator loop")
-    r.add_argument(
-        "--network",
-        default=env.get("BT_NETWORK", "finney"),
-        help="sim | finney | test | local | ws://... (env BT_NETWORK)",
-    )
-    r.add_argument("--netuid", type=int, default=int(env.get("KLHILL_NETUID", "1")))
-    r.add_argument("--sim-db", type=Path, default=env.get("KLHILL_SIM_DB"), help="SimChain file (--network sim)")
-    r.add_argument("--sim-block-time", type=_positive(float), default=12.0)
-    r.add_argument("--wallet-name", default=None, help="env BT_WALLET")
-    r.add_argument("--hotkey-name", default=None, help="env BT_WALLET_HOTKEY")
-    r.add_argument("--wallet-path", default=None, help="env BT_WALLET_PATH")
-    r.add_argument("--db", type=Path, default=Path(env.get("KLHILL_DB", "state/validator.db")))
+    r = sub.add_parser("run", help="run the validator loop", argument_default=argparse.SUPPRESS)
+    r.add_argument("--network", help="sim | finney | test | local | ws://... (env BT_NETWORK; default finney)")
+    r.add_argument("--netuid", type=int, help="env KLHILL_NETUID; default 1")
+    r.add_argument("--sim-db", type=Path, help="SimChain file (--network sim; env KLHILL_SIM_DB)")
+    r.add_argument("--sim-block-time", type=_positive(float))
+    r.add_argument("--wallet-name", help="env BT_WALLET")
+    r.add_argument("--hotkey-name", help="env BT_WALLET_HOTKEY")
+    r.add_argument("--wallet-path", help="env BT_WALLET_PATH")
+    r.add_argument("--db", type=Path, help="state database (env KLHILL_DB; default state/validator.db)")
     pods = r.add_mutually_exclusive_group()
     pods.add_argument(
         "--pod",
+        dest="pods",
         action="append",
-        default=None,
         metavar="URL[#HOTKEY]",
         help="pod service URL, optionally with the pod's hotkey ss58 after '#' (repeatable; env "
         "KLHILL_PODS, comma-separated)",
     )
     pods.add_argument("--local-pod", action="store_true", help="evaluate in this process (CPU demo, tests)")
-    r.add_argument("--device", default="cpu", help="device for --local-pod")
-    r.add_argument("--workdir", type=Path, default=Path("state/local-pod"), help="scratch dir for --local-pod")
-    r.add_argument("--hub-dir", type=Path, default=None, help="LocalHub directory instead of Hugging Face")
-    r.add_argument("--corpus", default=None, help="prompt corpus dir, or 'builtin'; FineWeb by default")
+    r.add_argument("--device", help="device for --local-pod (default cpu)")
+    r.add_argument("--workdir", type=Path, help="scratch dir for --local-pod (default state/local-pod)")
+    r.add_argument("--hub-dir", type=Path, help="LocalHub directory instead of Hugging Face")
+    r.add_argument("--corpus", help="prompt corpus dir, or 'builtin'; FineWeb by default")
     teacher = r.add_mutually_exclusive_group()
-    teacher.add_argument("--teacher-dir", type=Path, default=None, help="local teacher dir for admission checks")
-    teacher.add_argument("--teacher", default=None, metavar="REPO[@REV]", help="teacher repo (overrides the rules)")
-    r.add_argument("--rules", dest="rules_path", type=Path, default=None, help="ContestRules JSON file")
-    r.add_argument("--max-challengers", type=_positive(int), default=None)
+    teacher.add_argument("--teacher-dir", type=Path, help="local teacher dir for admission checks")
+    teacher.add_argument("--teacher", metavar="REPO[@REV]", help="teacher repo (overrides the rules)")
+    r.add_argument("--rules", dest="rules_path", type=Path, help="ContestRules JSON file")
+    r.add_argument("--max-challengers", type=_positive(int))
+    r.add_argument("--weights-interval", type=_positive(int), help="blocks between weight refreshes")
     r.add_argument(
-        "--weights-interval", type=_positive(int), default=d.weights_interval, help="blocks between weight refreshes"
+        "--weights-retry-blocks", type=_positive(int), help="blocks to wait after a failed weight submission"
     )
-    r.add_argument(
-        "--weights-retry-blocks",
-        type=_positive(int),
-        default=d.weights_retry_blocks,
-        help="blocks to wait after a failed weight submission",
-    )
-    r.add_argument("--epoch-blocks", type=_positive(int), default=d.epoch_blocks, help="blocks between epochs")
-    r.add_argument("--poll-seconds", type=_positive(float), default=d.poll_seconds)
-    r.add_argument("--pod-deadline", dest="pod_deadline_s", type=_positive(float), default=d.pod_deadline_s)
-    r.add_argument("--max-strikes", type=_positive(int), default=d.max_strikes)
+    r.add_argument("--epoch-blocks", type=_positive(int), help="blocks between epochs")
+    r.add_argument("--poll-seconds", type=_positive(float))
+    r.add_argument("--pod-deadline", dest="pod_deadline_s", type=_positive(float))
+    r.add_argument("--max-strikes", type=_positive(int))
     r.add_argument("--once", action="store_true", help="run one epoch and exit")
-    r.add_argument("--log-format", choices=("plain", "json"), default=env.get("KLHILL_LOG_FORMAT", "plain"))
-    r.add_argument("--log-level", default=env.get("KLHILL_LOG_LEVEL", "INFO"))
+    r.add_argument("--log-format", choices=("plain", "json"), help="env KLHILL_LOG_FORMAT; default plain")
+    r.add_argument("--log-level", help="env KLHILL_LOG_LEVEL; default INFO")
     return p
 
 
 def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    env = os.environ if env is None else env
-    parser = build_parser(env)
-    a = parser.parse_args(argv)
-    if a.network == SIM_NETWORK and a.sim_db is None:
-        parser.error("--network sim needs --sim-db PATH")
-    if a.hub_dir is not None and not Path(a.hub_dir).is_dir():
-        parser.error(f"--hub-dir {a.hub_dir} is not a directory")
-    if not a.pod and not a.local_pod:
-        urls = [u for u in env.get("KLHILL_PODS", "").split(",") if u.strip()]
-        if not urls:
-            parser.error("give --pod URL (repeatable, or env KLHILL_PODS) or --local-pod")
-        a.pod = urls
-    for spec in a.pod or ():
-        try:
-            PodTarget.parse(spec)
-        except ValueError as exc:
-            parser.error(str(exc))
-    return Settings(
-        network=a.network,
-        netuid=a.netuid,
-        sim_db=a.sim_db,
-        sim_block_time=a.sim_block_time,
-        wallet_name=a.wallet_name,
-        hotkey_name=a.hotkey_name,
-        wallet_path=a.wallet_path,
-        db=a.db,
-        pods=tuple(a.pod or ()),
-        local_pod=a.local_pod,
-        device=a.device,
-        workdir=a.workdir,
-        hub_dir=a.hub_dir,
-        corpus=a.corpus,
-        teacher_dir=a.teacher_dir,
-        teacher=a.teacher,
-        rules_path=a.rules_path,
-        loop=LoopConfig(
-            max_challengers=a.max_challengers,
-            weights_interval=a.weights_interval,
-            weights_retry_blocks=a.weights_retry_blocks,
-            epoch_blocks=a.epoch_blocks,
-            poll_seconds=a.poll_seconds,
-            pod_deadline_s=a.pod_deadline_s,
-            max_strikes=a.max_strikes,
-        ),
-        once=a.once,
-        log_format=a.log_format,
-        log_level=a.log_level,
-    )
+    """Settings from ``argv`` over ``env`` (``os.environ`` when None); a bad value exits 2 with usage."""
+    parser = build_parser()
+    given = vars(parser.parse_args(argv))
+    given.pop("command")
+    loop = {name: given.pop(name) for name in LOOP_FLAGS & given.keys()}
+    if loop:
+        given["loop"] = LoopConfig(**loop)
+    if given.get("local_pod"):
+        given["pods"] = ()  # the flag chose the in-process pod: KLHILL_PODS does not apply
+    try:
+        return Settings.load(given, env)
+    except ValidationError as exc:
+        parser.error(usage_message(exc, Settings))

@@ -18,6 +18,7 @@ import os
 from fnmatch import fnmatch
 from pathlib import Path
 
+from eval.model_store.local_files import read_bounded, read_safetensors_header
 from eval.model_store.port import (
     FileInfo,
     ModelStore,
@@ -26,7 +27,7 @@ from eval.model_store.port import (
     validate_file_path,
     validate_repo,
 )
-from eval.model_store.safetensors_header import SafetensorsHeader, header_length, parse_header
+from eval.model_store.safetensors_header import SafetensorsHeader
 
 
 def pseudo_revision(path: Path) -> str:
@@ -89,21 +90,13 @@ class LinkedDirs:
         root = self._local(repo, revision)
         if root is None:
             return self._other(repo).read_file(repo, revision, path, max_bytes)
-        with open(self._file(root, path), "rb") as fh:
-            data = fh.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            raise UnsafeRepoContent(f"{path!r} is larger than {max_bytes} bytes")
-        return data
+        return read_bounded(self._file(root, path), max_bytes, path)
 
     def safetensors_header(self, repo: str, revision: str, path: str) -> SafetensorsHeader:
         root = self._local(repo, revision)
         if root is None:
             return self._other(repo).safetensors_header(repo, revision, path)
-        with open(self._file(root, path), "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            prefix = fh.read(8)
-            body = fh.read(header_length(prefix, size))
-        return parse_header(prefix + body, size)
+        return read_safetensors_header(self._file(root, path))[0]
 
     def download(self, repo: str, revision: str, dest: Path, allow_patterns: list[str]) -> Path:
         """Link each allowed file into ``dest``; removing ``dest`` later leaves the originals alone."""

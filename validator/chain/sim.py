@@ -50,6 +50,8 @@ from validator.chain.port import (
 from validator.chain.sim_admin import SimChainAdmin
 from validator.chain.sim_weights import SimChainWeights
 
+SIM_NETWORK = "sim"  # the --network value that selects this chain (validator and miner.py commit alike)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS neurons (

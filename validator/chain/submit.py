@@ -16,15 +16,17 @@ Secrets never pass through here: only the hotkey's public ss58 address is printe
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bittensor.keyfiles import KeyfileError
+
 from eval.admission import Admitted, TeacherSpec, check_model
-from eval.errors import KlhillError, TransientError
+from eval.errors import KlhillError, TransientError, UsageError
+from eval.exit_codes import ExitCode
 from eval.model_store.port import DefiniteStoreError, ModelStore
 from eval.rules import DEFAULT_RULES, ContestRules
 from validator.chain.commitments import CommitmentError, format_commitment, validate_ids
@@ -38,13 +40,48 @@ from validator.chain.port import (
     NotRegistered,
     RateLimited,
 )
-
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNCONFIRMED = 0, 1, 2, 3
-SIM_NETWORK = "sim"
+from validator.chain.sim import SIM_NETWORK
 
 
 class Refused(KlhillError):
     """A definite reason not to commit; nothing was written."""
+
+
+@dataclass(frozen=True)
+class CommitOptions:
+    """What ``miner.py commit`` was asked to do, once the revision is resolved."""
+
+    network: str
+    model_repo: str
+    dry_run: bool = False  # run every check and show the commitment; write nothing
+    yes: bool = False  # do not ask for confirmation
+    wait: float = 120.0  # seconds to wait for the commitment to read back
+    poll_interval: float = 3.0
+
+
+def outcome(exc: Exception, repo: str) -> tuple[ExitCode, str] | None:
+    """The one mapping from an error of the commit flow to its exit status and message (None: not ours).
+
+    Definite answers (the model or the chain said no) are ``REFUSED``; anything that leaves the
+    question open (a usage error, a locked hotkey, an outage) is ``NO_VERDICT``. Nothing was
+    written in any of these cases: the flow only raises before its one write.
+    """
+    if isinstance(exc, Refused):
+        return ExitCode.REFUSED, f"REFUSED: {exc}"
+    if isinstance(exc, DefiniteStoreError):
+        return ExitCode.REFUSED, f"REFUSED: {repo} is not available: {exc}"
+    if isinstance(exc, KeyfileError):  # wrong password or a corrupt keyfile; the message names neither key nor password
+        return (
+            ExitCode.NO_VERDICT,
+            f"REFUSED: cannot unlock the hotkey ({exc}); check the password, nothing was written.",
+        )
+    if isinstance(exc, TransientError):
+        return ExitCode.NO_VERDICT, f"TRY AGAIN LATER: store or chain unavailable, nothing was written: {exc}"
+    if isinstance(exc, (UsageError, ValueError)):
+        return ExitCode.NO_VERDICT, f"REFUSED: {exc}"
+    if isinstance(exc, ChainError):
+        return ExitCode.REFUSED, f"CHAIN ERROR: {exc}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -167,7 +204,7 @@ def write(chain: Chain, plan: Plan) -> str | None:
 
 
 def run_commit(
-    args: argparse.Namespace,
+    options: CommitOptions,
     *,
     store: ModelStore,
     teacher: TeacherSpec,
@@ -182,9 +219,9 @@ def run_commit(
 ) -> int:
     """The whole flow for one resolved revision; returns the exit status."""
     try:
-        text = commitment_text(args.model_repo, revision)
-        plan = Plan(args.network, chain.netuid, hotkey, args.model_repo, revision, text)
-        verdict = admit(store, args.model_repo, revision, teacher, rules)
+        text = commitment_text(options.model_repo, revision)
+        plan = Plan(options.network, chain.netuid, hotkey, options.model_repo, revision, text)
+        verdict = admit(store, options.model_repo, revision, teacher, rules)
         out(f"admissible: {verdict.params:,} parameters, metadata hash {verdict.metadata_hash}")
         existing = preflight(chain, hotkey, text)
         if existing is not None:
@@ -192,49 +229,64 @@ def run_commit(
                 f"COMMITTED {plan.repo}@{plan.revision} at block {existing.block} (hotkey {hotkey}, netuid "
                 f"{chain.netuid}): the chain already holds exactly this commitment; nothing was written."
             )
-            return EXIT_OK
+            return ExitCode.OK
         for line in plan.describe():
             out(line)
-        if args.dry_run:
+        if options.dry_run:
             out("dry run: nothing was written.")
-            return EXIT_OK
-        if not confirmed(args.yes, isatty, ask or input):
+            return ExitCode.OK
+        if not confirmed(options.yes, isatty, ask or input):
             out("not confirmed: nothing was written.")
-            return EXIT_REFUSED
+            return ExitCode.REFUSED
         lost = write(chain, plan)
         if lost is not None:
-            out(f"the chain did not answer the write ({lost}); reading it back for {args.wait:.0f}s")
-        seen = wait_for(chain, plan, args.wait, args.poll_interval, sleep)
-    except Refused as exc:
-        out(f"REFUSED: {exc}")
-        return EXIT_REFUSED
-    except TransientError as exc:
-        out(f"TRY AGAIN LATER: {exc}")
-        return EXIT_USAGE
-    except ChainError as exc:
-        out(f"CHAIN ERROR: {exc}")
-        return EXIT_REFUSED
+            out(f"the chain did not answer the write ({lost}); reading it back for {options.wait:.0f}s")
+        seen = wait_for(chain, plan, options.wait, options.poll_interval, sleep)
+    except Exception as exc:
+        mapped = outcome(exc, options.model_repo)
+        if mapped is None:
+            raise
+        out(mapped[1])
+        return mapped[0]
     if seen is None:
         out(
-            f"The commitment was submitted but is not readable after {args.wait:.0f}s; it may still land. Do not "
+            f"The commitment was submitted but is not readable after {options.wait:.0f}s; it may still land. Do not "
             "commit anything else: re-run this same command later, which reports the commitment once the chain "
             "shows it (and writes nothing twice)."
         )
-        return EXIT_UNCONFIRMED
+        return ExitCode.UNCONFIRMED
     note = " (the answer to the write was lost; the chain shows it)" if lost is not None else ""
     out(f"COMMITTED {plan.repo}@{plan.revision} at block {seen.block} (hotkey {hotkey}, netuid {chain.netuid}){note}.")
-    return EXIT_OK
+    return ExitCode.OK
+
+
+def open_wallet(name: str | None, hotkey: str | None, path: str | None) -> Any:
+    """The signing wallet (names fall back to ``BT_WALLET*``); a missing hotkey file is a usage error."""
+    from validator.chain.wallets import load_wallet
+
+    try:
+        return load_wallet(name, hotkey, path)
+    except ChainError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def open_chain(network: str, netuid: int, wallet: Any, sim_db: Any) -> tuple[Chain, str]:
-    """The chain adapter for ``network`` and the signer's ss58 (reading the hotkey may prompt for its password)."""
+    """The chain adapter for ``network`` and the signer's ss58 (reading the hotkey may prompt for its password).
+
+    A chain that cannot even be opened is the caller's setting, not the chain's answer: a ``UsageError``.
+    """
     hotkey = str(wallet.hotkey.ss58_address)
     if network == SIM_NETWORK:
         from validator.chain.sim import SimChain
 
         if sim_db is None:
-            raise ChainError("--network sim needs --sim-db PATH (the SimChain file the validator uses).")
+            raise UsageError("--network sim needs --sim-db PATH (the SimChain file the validator uses).")
         return SimChain(sim_db, netuid, hotkey=hotkey), hotkey
     from validator.chain.subtensor import SubtensorChain
 
-    return SubtensorChain(network, netuid, wallet), hotkey
+    try:
+        return SubtensorChain(network, netuid, wallet), hotkey
+    except TransientError:
+        raise
+    except ChainError as exc:
+        raise UsageError(str(exc)) from exc

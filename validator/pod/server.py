@@ -1,4 +1,4 @@
-"""The GPU pod service: signed evaluation jobs in, results out (``python -m validator.pod``).
+"""The GPU pod service: signed evaluation jobs in, results out (started by ``python -m validator.pod``).
 
 The pod holds no wallet key and never touches the chain; it obeys only the
 allow-listed validator hotkeys. Every job route takes the ``Signed``
@@ -13,19 +13,12 @@ attention kernels a model will run with).
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import re
 import shutil
-import sys
-from collections.abc import Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from bittensor import http_auth
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -35,34 +28,12 @@ from eval.runner import DiskLimits, run_job
 from eval.schemas import EvalJob
 from validator.pod.auth import PodAuth, Signed, install, open_nonces
 from validator.pod.jobs import JobConflict, JobManager, QueueFull, Runner
+from validator.pod.settings import PodSettings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BODY_BYTES = 8 * 1024**2
 MAX_JSON_DEPTH = 32
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # same as eval.schemas.JobId
-
-
-@dataclass(frozen=True)
-class PodSettings:
-    """Everything the service needs; built from flags/env by ``parse_args``."""
-
-    allow_hotkeys: frozenset[str]
-    workdir: Path
-    device: str = "cpu"
-    host: str = "127.0.0.1"
-    port: int = 8091
-    max_disk_gb: float | None = None
-    min_free_gb: float = 2.0
-    pod_hotkey: str | None = None  # when set, requests must be bound to it (X-Bittensor-Receiver)
-    hub: Path | None = None  # a LocalHub root instead of Hugging Face
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    max_queued: int = 4
-    max_age_s: float = http_auth.DEFAULT_MAX_AGE
-
-    def __post_init__(self) -> None:
-        if not self.allow_hotkeys:
-            raise ValueError("refusing to start: no --allow-hotkey given, the pod would obey nobody")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -92,10 +63,10 @@ def json_too_deep(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> bool:
 
 
 def _default_runner(settings: PodSettings) -> Runner:
-    from eval.model_store import port as stores
-
     if settings.hub:
-        store: Any = stores.LocalHub(settings.hub)
+        from eval.model_store.local import LocalHub
+
+        store: Any = LocalHub(settings.hub)
     else:
         from eval.model_store.huggingface import HuggingFaceStore  # token from HF_TOKEN only, never argv
 
@@ -216,71 +187,3 @@ def create_app(settings: PodSettings, runner: Runner | None = None) -> FastAPI:
         return _job_call(job_id, cancel=True)
 
     return app
-
-
-def parse_args(argv: Sequence[str] | None = None) -> PodSettings:
-    env = os.environ.get
-    # string defaults from the environment go through ``type`` too, so a bad env value is a usage error
-    p = argparse.ArgumentParser(
-        prog="python -m validator.pod",
-        description="klhill GPU pod service",
-        epilog="Environment equivalents (a flag wins): KLHILL_POD_HOST, KLHILL_POD_PORT, KLHILL_POD_ALLOW_HOTKEYS, "
-        "KLHILL_POD_HOTKEY, KLHILL_POD_WORKDIR, KLHILL_POD_DEVICE, KLHILL_POD_MAX_DISK_GB, KLHILL_POD_MIN_FREE_GB, "
-        "KLHILL_POD_HUB, KLHILL_POD_MAX_QUEUED. The Hugging Face token comes from HF_TOKEN only.",
-    )
-    p.add_argument("--host", default=env("KLHILL_POD_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=env("KLHILL_POD_PORT", "8091"))
-    p.add_argument(
-        "--allow-hotkey",
-        action="append",
-        default=None,
-        metavar="SS58",
-        help="validator hotkey the pod obeys (repeatable; env KLHILL_POD_ALLOW_HOTKEYS, comma-separated)",
-    )
-    p.add_argument("--pod-hotkey", default=env("KLHILL_POD_HOTKEY"), help="public ss58 requests must be bound to")
-    p.add_argument("--workdir", type=Path, default=Path(env("KLHILL_POD_WORKDIR", "state/pod")))
-    p.add_argument("--device", default=env("KLHILL_POD_DEVICE"), help="cuda or cpu (default: cuda when present)")
-    p.add_argument(
-        "--max-disk-gb",
-        type=float,
-        default=env("KLHILL_POD_MAX_DISK_GB", "0"),
-        help="bound on models + teacher snapshot + cache under --workdir (0: none)",
-    )
-    p.add_argument("--min-free-gb", type=float, default=env("KLHILL_POD_MIN_FREE_GB", "2"))
-    p.add_argument("--hub", type=Path, default=env("KLHILL_POD_HUB"), help="serve models from a local hub directory")
-    p.add_argument(
-        "--max-queued",
-        type=int,
-        default=env("KLHILL_POD_MAX_QUEUED", "4"),
-        help="jobs waiting behind the running one before POST answers 429",
-    )
-    a = p.parse_args(argv)
-    device = a.device or ("cuda" if gpu_name() not in ("none", "unknown") else "cpu")
-    hotkeys = a.allow_hotkey or [h for h in env("KLHILL_POD_ALLOW_HOTKEYS", "").split(",") if h.strip()]
-    if not hotkeys:
-        p.error("refusing to start without --allow-hotkey (the pod would obey nobody)")
-    return PodSettings(
-        allow_hotkeys=frozenset(h.strip() for h in hotkeys),
-        workdir=a.workdir,
-        device=device,
-        host=a.host,
-        port=a.port,
-        max_disk_gb=a.max_disk_gb or None,
-        min_free_gb=a.min_free_gb,
-        pod_hotkey=a.pod_hotkey,
-        hub=a.hub,
-        max_queued=a.max_queued,
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import uvicorn
-
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=fmt)
-    settings = parse_args(argv)
-    settings.workdir.mkdir(parents=True, exist_ok=True)
-    app = create_app(settings)
-    log.info("pod listening on %s:%d, %d allowed hotkeys", settings.host, settings.port, len(settings.allow_hotkeys))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", h11_max_incomplete_event_size=65536)
-    return 0
