@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from api import models as m
 from eval.rules import DEFAULT_RULES, ContestRules
-from eval.schemas import JobProgress
+from eval.schemas import JobProgress, SubmissionId
 from validator.store.database import Store
 
 PROGRESS_STALE_S = 900.0
@@ -146,8 +146,8 @@ def rounds(store: Store, page: int, per_page: int) -> m.RoundsPage:
     return m.RoundsPage(**data, pages=pages)
 
 
-def _keyed(k: Any) -> dict[str, Any]:
-    return {"hotkey": k[0], "commit_block": k[1]}
+def _keyed(k: SubmissionId) -> m.SubmissionKey:
+    return m.SubmissionKey(hotkey=k.hotkey, commit_block=k.commit_block)
 
 
 def _public_pod(name: Any) -> str | None:
@@ -161,9 +161,10 @@ def round_audit(store: Store, round_id: int) -> m.RoundAudit | None:
     row = store.round(round_id)
     if row is None:
         return None
-    row = m.sanitize(row)
+    models = [_keyed(k) for k in row["models"]]
+    row = m.sanitize({**row, "models": []})
     row["pod"] = _public_pod(row.get("pod"))
-    row["models"] = [_keyed(k) for k in row["models"]]
+    row["models"] = models
     return m.RoundAudit(**row)
 
 

@@ -86,7 +86,7 @@ def test_hub_outage_during_admission_defers_and_never_disqualifies(world):
     v = make_validator(world, FakePod())
     v.model_store = FlakyStore(world.hub, failures=2)
     report = v.epoch()
-    assert [k[0] for k in report.admission.transient] == [world.miners["m1"]] and report.round_kind == "none"
+    assert [k.hotkey for k in report.admission.transient] == [world.miners["m1"]] and report.round_kind == "none"
     row = v.store.submission(world.miners["m1"])[0]
     assert row["status"] == "pending" and row["disqualifications"] == []
     assert row["admission"]["next_retry_block"] == report.block + 5
@@ -154,7 +154,7 @@ def test_same_model_by_two_hotkeys_the_earlier_owns(world):
     pod = FakePod()
     v = make_validator(world, pod)
     report = v.epoch()
-    assert [k[0] for k in report.admission.copies] == [world.miners["m2"]]
+    assert [k.hotkey for k in report.admission.copies] == [world.miners["m2"]]
     assert _status(v.store, "m2", world) == "disqualified"
     dq = v.store.disqualifications()[0]
     assert dq["reason"] == "COPY" and dq["evidence"]["copy_of"]["hotkey"] == world.miners["m1"]
@@ -178,7 +178,7 @@ def test_later_copy_that_took_the_crown_loses_it_when_the_elder_is_admitted(worl
     assert v.store.current_king()["hotkey"] == world.miners["m2"]
     world.sim.advance(10)
     report = v.epoch()
-    assert [k[0] for k in report.admission.admitted] == [world.miners["m1"]]
+    assert [k.hotkey for k in report.admission.admitted] == [world.miners["m1"]]
     assert _status(v.store, "m2", world) == "disqualified"
     assert report.round_kind == "coronation" and v.store.current_king()["hotkey"] == world.miners["m1"]
 

@@ -76,7 +76,7 @@ def store(tmp_path):
 def admitted(store: Store, *names_blocks: tuple[str, int]) -> list[Candidate]:
     store.add_submissions([sub(n, b, uid=i) for i, (n, b) in enumerate(names_blocks)])
     for n, b in names_blocks:
-        store.record_admission((hk(n), b), "admitted", params=1000, metadata_hash=f"m-{n}")
+        store.record_admission(SubmissionId(hk(n), b), "admitted", params=1000, metadata_hash=f"m-{n}")
     return [cand(n, b) for n, b in names_blocks]
 
 
@@ -148,7 +148,7 @@ def test_database_migrates_to_a_later_version_and_a_failed_step_rolls_back(tmp_p
     s2 = Store.open(path)
     assert s2._db.execute("PRAGMA user_version").fetchone()[0] == n + 1
     assert [tuple(r) for r in s2._db.execute("SELECT note FROM submissions")] == [(None,)]
-    assert [c.key for c in s2.candidates([hk("alice")])] == [(hk("alice"), 5)] and s2.integrity_ok()
+    assert [c.key for c in s2.candidates([hk("alice")])] == [SubmissionId(hk("alice"), 5)] and s2.integrity_ok()
     s2.close()
 
 
@@ -255,7 +255,7 @@ def test_round_is_recorded_once_and_evaluations_are_unique(store):
         store._db.execute(
             "INSERT INTO evaluations(round_id, hotkey, commit_block, status, state, prompt_kl,"
             " prompt_tokens) VALUES (?,?,?,'ok','lost','[]','[]')",
-            (rid, *a.key),
+            (rid, a.hotkey, a.commit_block),
         )
     assert len(store.round(rid)["evaluations"]) == 2
 
@@ -286,7 +286,7 @@ def test_crash_mid_round_records_nothing_and_round_is_interrupted(store, monkeyp
 def test_recycled_uid_new_hotkey_inherits_nothing(store):
     """LESSONS 17: old hotkey on uid 3 is disqualified; a new hotkey on uid 3 starts clean."""
     store.add_submissions([sub("old", 5, uid=3)])
-    store.add_disqualification((hk("old"), 5), "COPY", "content_hash", "copy", {"copy_of": "x"}, 9)
+    store.add_disqualification(SubmissionId(hk("old"), 5), "COPY", "content_hash", "copy", {"copy_of": "x"}, 9)
     store.add_submissions([sub("new", 50, uid=3)])
     new = store.submission(hk("new"))[0]
     assert new["status"] == "pending" and new["disqualifications"] == [] and new["evaluations"] == []
@@ -329,7 +329,7 @@ def test_json_round_trip_keeps_ints_ints(store):
 
 def test_transient_admission_retries_later_then_final(store):
     store.add_submissions([sub("alice", 5)])
-    key = (hk("alice"), 5)
+    key = SubmissionId(hk("alice"), 5)
     store.record_admission(key, "transient", detail="HTTP 503", next_retry_block=20)
     assert store.pending_admissions(10) == []
     (p,) = store.pending_admissions(20)
@@ -407,7 +407,7 @@ def test_withdrawn_submission_stops_counting_and_owning(store):
     (a,) = admitted(store, ("alice", 5))
     store.add_hash(a.key, "content", "c" * 64)
     assert store.live_keys() == [a.key] and store.metadata_hash_holders("m-alice") == [a.key]
-    assert store.withdraw_submissions({a.key: 9, (hk("nobody"), 1): 9}) == 1
+    assert store.withdraw_submissions({a.key: 9, SubmissionId(hk("nobody"), 1): 9}) == 1
     row = store.submission(hk("alice"))[0]
     assert (row["status"], row["status_detail"]) == ("ignored", "withdrawn: replaced by the commitment at block 9")
     assert store.live_keys() == [] and store.metadata_hash_holders("m-alice") == []

@@ -122,7 +122,7 @@ def test_content_copy_of_king_is_copy_and_never_takes_kings_result():
 
 
 def test_king_is_not_exempt_from_copy_check():
-    early = ((hk("orig"), 0), "f" * 64)
+    early = (SubmissionId(hk("orig"), 0), "f" * 64)
     out = interpret_result(
         challenge(A),
         result(res(K, noisy(1.0), content_hash="f" * 64), res(A, noisy(1.2))),
@@ -141,7 +141,7 @@ def test_same_round_copy_later_commit_is_copy_earlier_owns():
 
 def test_functional_copy_against_past_rounds_fingerprints():
     """LESSONS 4: a perturbed copy (close fingerprint) of an earlier submission is FUNCTIONAL_COPY."""
-    past = [((hk("old"), 2), [0.1, 0.2, 0.3, 0.4])]
+    past = [(SubmissionId(hk("old"), 2), [0.1, 0.2, 0.3, 0.4])]
     fp = [0.105, 0.2, 0.3, 0.4]
     out = interpret_result(
         challenge(A), result(res(K, noisy(1.0)), res(A, noisy(0.2), fingerprint=fp)), RULES, known_fingerprints=past
@@ -151,7 +151,7 @@ def test_functional_copy_against_past_rounds_fingerprints():
 
 
 def test_later_fingerprint_does_not_disqualify_earlier_commit():
-    later = [((hk("late"), 99), [0.1, 0.2])]
+    later = [(SubmissionId(hk("late"), 99), [0.1, 0.2])]
     out = interpret_result(
         challenge(A),
         result(res(K, noisy(1.0)), res(A, noisy(0.5), fingerprint=[0.1, 0.2])),

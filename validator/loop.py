@@ -28,6 +28,7 @@ from eval.errors import KlhillError, TransientError
 from eval.model_store.port import ModelStore
 from eval.prompts import PromptSource, prompt_sha256
 from eval.rules import ContestRules
+from eval.schemas import SubmissionId
 from validator import admit
 from validator.chain.port import BlockRef, Chain, ChainThrottled
 from validator.contest import (
@@ -143,8 +144,8 @@ class Validator:
         with self.store.transaction():
             report.new_submissions = self.store.add_submissions(new)
             report.withdrawn = self.store.withdraw_submissions(withdrawn)
-        for (hotkey, block), replaced_by in withdrawn.items():
-            log.warning("%s:%d withdrawn: its hotkey committed again at block %d", hotkey, block, replaced_by)
+        for key, replaced_by in withdrawn.items():
+            log.warning("%s withdrawn: its hotkey committed again at block %d", key, replaced_by)
         if new:
             log.info("block %d: %d new submission(s)", number, report.new_submissions)
 
@@ -152,7 +153,7 @@ class Validator:
         row = self.store.current_king()
         if row is None:
             return None
-        key = (row["hotkey"], row["commit_block"])
+        key = SubmissionId(row["hotkey"], row["commit_block"])
         return next((c for c in candidates if c.key == key), None)
 
     def _plan_and_run(self, number: int, registered: set[str], report: EpochReport) -> None:
@@ -163,7 +164,7 @@ class Validator:
         if plan.kind == "none":
             if plan.vanished_king is not None and self.store.current_king() is not None:
                 self.store.set_king(None, number, None, None, "king vanished; nobody left to crown")
-                log.warning("king %s:%d vanished and nobody is left to crown", *plan.vanished_king)
+                log.warning("king %s vanished and nobody is left to crown", plan.vanished_king)
             return
         head = BlockRef(number, self.chain.block_hash(number))  # the hash only now: a round needs it
         try:
@@ -172,7 +173,7 @@ class Validator:
             report.round_state, report.prompts_error = "no_prompts", f"{type(exc).__name__}: {exc}"[:1000]
             return
         keys = [c.key for c in plan.models]
-        attempt = int(self.store.rounds(1, 1)["total"]) + 1
+        attempt = self.store.round_count() + 1
         job_id = make_job_id(attempt, head.number, head.hash, keys, self.rules)
         round_id = self.store.create_round(
             plan.kind,
@@ -197,8 +198,8 @@ class Validator:
         rid = row["id"]
         rules = ContestRules.model_validate(row["rules"])
         by_key = {c.key: c for c in self.store.candidates(registered)}
-        models = [by_key.get(tuple(k)) for k in row["models"]]  # type: ignore[call-overload]
-        king_key = (row["king_hotkey"], row["king_block"]) if row["king_hotkey"] else None
+        models = [by_key.get(k) for k in row["models"]]
+        king_key = SubmissionId(row["king_hotkey"], row["king_block"]) if row["king_hotkey"] else None
         problem = ""
         if any(m is None or m.status in VANISHED_STATUSES for m in models):
             problem = "a model of this round was disqualified or removed since it was planned"
@@ -221,7 +222,7 @@ class Validator:
         present = [m for m in models if m is not None]
         king = next((m for m in present if m.key == king_key), None)
         current = self.store.current_king()
-        vanished = (current["hotkey"], current["commit_block"]) if current and king is None else None
+        vanished = SubmissionId(current["hotkey"], current["commit_block"]) if current and king is None else None
         plan = RoundPlan(row["kind"], king, tuple(m for m in present if m.key != king_key), vanished_king=vanished)
         job = build_job(row["job_id"], row["block"], row["block_hash"], rules, row["teacher_revision"], prompts, plan)
         if row["state"] == "planned":

@@ -19,7 +19,7 @@ from typing import Any
 
 from eval.rules import ContestRules
 from eval.schemas import EvalJob, EvalResult, ModelRef, SubmissionId
-from validator.contest import Candidate, Key, RoundPlan
+from validator.contest import Candidate, RoundPlan
 from validator.pod_client import Pod, validate_result
 from validator.store.database import Store
 from validator.verdicts import RoundOutcome, interpret_result
@@ -45,17 +45,15 @@ class ProgressBox:
             return value
 
 
-def make_job_id(attempt: int, block: int, block_hash: str, keys: Sequence[Key], rules: ContestRules) -> str:
+def make_job_id(attempt: int, block: int, block_hash: str, keys: Sequence[SubmissionId], rules: ContestRules) -> str:
     """Unique per round attempt and stable across restarts (it is stored with the round)."""
-    material = "|".join([block_hash, rules.digest(), *(f"{h}:{b}" for h, b in keys)])
+    material = "|".join([block_hash, rules.digest(), *(str(k) for k in keys)])
     return f"r{attempt}-b{block}-{hashlib.sha256(material.encode()).hexdigest()[:16]}"
 
 
 def model_ref(c: Candidate) -> ModelRef:
     """Identity comes from the chain (hotkey, commit block) as stored, never from miner text (LESSONS 2)."""
-    return ModelRef(
-        repo=c.repo, revision=c.revision, submission=SubmissionId(hotkey=c.hotkey, commit_block=c.commit_block)
-    )
+    return ModelRef(repo=c.repo, revision=c.revision, submission=c.key)
 
 
 def build_job(
@@ -176,7 +174,7 @@ def _log_outcome(round_id: int, outcome: RoundOutcome) -> None:
         round_id,
         outcome.kind,
         outcome.reason,
-        f"{outcome.new_king[0]}:{outcome.new_king[1]}" if outcome.new_king else "none",
+        str(outcome.new_king) if outcome.new_king else "none",
     )
     for v in outcome.verdicts:
         log.info("  %s:%d %s mean_kl=%s %s", v.hotkey, v.commit_block, v.state, v.mean_kl, v.reason)

@@ -119,10 +119,10 @@ class WeightsKeeper:
         reveal = receipt.reveal_by if receipt.reveal_by is not None else at
         wid = self.store.record_weights(at, uids, weights, True, receipt.message, state=state, reveal_block=reveal)
         log.info(
-            "weights %s at block %d: king %s:%d -> 1.0 over %d uids%s",
+            "weights %s at block %d: king %s -> 1.0 over %d uids%s",
             state,
             at,
-            *king.key,
+            king.key,
             len(uids),
             f"; reveal expected by block {reveal}" if receipt.committed else "",
         )

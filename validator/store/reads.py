@@ -11,13 +11,15 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from validator.contest import Candidate, Key
+from eval.schemas import SubmissionId
+from validator.contest import Candidate
 
 MAX_PER_PAGE = 100
 
 
-def _key(row: sqlite3.Row | dict[str, Any]) -> str:
-    return f"{row['hotkey']}:{row['commit_block']}"
+def _id(row: sqlite3.Row | dict[str, Any]) -> SubmissionId:
+    """The one place a row's key columns become a submission id."""
+    return SubmissionId(row["hotkey"], row["commit_block"])
 
 
 _CLAIMING = "JOIN submissions USING (hotkey, commit_block) WHERE submissions.status != 'ignored'"
@@ -38,7 +40,7 @@ class StoreReads:
         d = dict(row)
         d["prompt_sha256s"] = json.loads(d["prompt_sha256s"])
         d["rules"] = json.loads(d["rules"])
-        d["models"] = [tuple(k) for k in json.loads(d["models"])]
+        d["models"] = [SubmissionId(h, b) for h, b in json.loads(d["models"])]
         return d
 
     @staticmethod
@@ -56,8 +58,19 @@ class StoreReads:
     def meta(self) -> dict[str, Any]:
         return {r["key"]: json.loads(r["value"]) for r in self._all("SELECT key, value FROM meta")}
 
-    def known_keys(self) -> set[Key]:
-        return {(r[0], r[1]) for r in self._db.execute("SELECT hotkey, commit_block FROM submissions")}
+    def known_keys(self) -> set[SubmissionId]:
+        return {_id(r) for r in self._db.execute("SELECT hotkey, commit_block FROM submissions")}
+
+    def round_count(self) -> int:
+        """Rounds ever created, in any state (the loop numbers job attempts by it)."""
+        return int(self._db.execute("SELECT COUNT(*) FROM rounds").fetchone()[0])
+
+    def strikes(self, key: SubmissionId) -> int:
+        """Missing-repo strikes of one submission (0 when unknown)."""
+        row = self._db.execute(
+            "SELECT strikes FROM submissions WHERE hotkey = ? AND commit_block = ?", (key.hotkey, key.commit_block)
+        ).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
 
     def candidates(self, registered_hotkeys: Iterable[str]) -> list[Candidate]:
         """Every submission with a model, as the planner sees it (``registered`` from the current neurons)."""
@@ -89,35 +102,35 @@ class StoreReads:
             (block,),
         )
 
-    def live_keys(self) -> list[Key]:
+    def live_keys(self) -> list[SubmissionId]:
         """Submissions that still count and a re-commit would withdraw (``contest.LIVE_STATUSES``)."""
         rows = self._db.execute(
             "SELECT hotkey, commit_block FROM submissions WHERE status IN ('pending', 'admitted', 'evaluated')"
         )
-        return [(r[0], r[1]) for r in rows]
+        return [_id(r) for r in rows]
 
     # Ownership (LESSONS 1-5) is claimed only by submissions that still count: a withdrawn one
     # (status 'ignored') is gone from the chain, so a validator starting now could not know it.
-    def known_content_hashes(self) -> list[tuple[Key, str]]:
+    def known_content_hashes(self) -> list[tuple[SubmissionId, str]]:
         rows = self._db.execute(f"SELECT hotkey, commit_block, value FROM hashes {_CLAIMING} AND kind = 'content'")
-        return [((r[0], r[1]), r[2]) for r in rows]
+        return [(_id(r), r["value"]) for r in rows]
 
-    def metadata_hash_owner(self, value: str) -> Key | None:
+    def metadata_hash_owner(self, value: str) -> SubmissionId | None:
         holders = self.metadata_hash_holders(value)
         return holders[0] if holders else None
 
-    def metadata_hash_holders(self, value: str) -> list[Key]:
+    def metadata_hash_holders(self, value: str) -> list[SubmissionId]:
         """Every submission that counts, recorded with this metadata hash, earliest commit first."""
         rows = self._db.execute(
             f"SELECT hotkey, commit_block FROM hashes {_CLAIMING} AND kind = 'metadata'"
             " AND value = ? ORDER BY commit_block, hotkey",
             (value,),
         )
-        return [(r[0], r[1]) for r in rows]
+        return [_id(r) for r in rows]
 
-    def known_fingerprints(self) -> list[tuple[Key, list[float]]]:
+    def known_fingerprints(self) -> list[tuple[SubmissionId, list[float]]]:
         rows = self._db.execute(f"SELECT hotkey, commit_block, vector FROM fingerprints {_CLAIMING}")
-        return [((r[0], r[1]), json.loads(r[2])) for r in rows]
+        return [(_id(r), json.loads(r["vector"])) for r in rows]
 
     def current_king(self) -> dict[str, Any] | None:
         return self._one(
@@ -168,11 +181,11 @@ class StoreReads:
             " WHERE e.id = (SELECT MAX(id) FROM evaluations x WHERE x.hotkey = e.hotkey"
             " AND x.commit_block = e.commit_block) ORDER BY e.mean_kl IS NULL, e.mean_kl, e.commit_block"
         )
-        dq: dict[str, list[str]] = {}
+        dq: dict[SubmissionId, list[str]] = {}
         for r in self._db.execute("SELECT hotkey, commit_block, reason FROM disqualifications ORDER BY id"):
-            dq.setdefault(_key(r), []).append(r["reason"])
+            dq.setdefault(_id(r), []).append(r["reason"])
         for e in evals:
-            e["disqualified"] = dq.get(_key(e), [])
+            e["disqualified"] = dq.get(_id(e), [])
         last = self._one(
             "SELECT id, kind, block, finished, decision, p_value FROM rounds WHERE state = 'done'"
             " ORDER BY id DESC LIMIT 1"
