@@ -142,6 +142,32 @@ def test_king_repo_strikes_ignore_outages_and_reset(setup):
     assert store.submission(key.hotkey)[0]["status"] == "removed"
 
 
+def test_king_repo_check_reads_only_the_kings_strikes(setup, monkeypatch):
+    """One submission's strike count, not every submission and disqualification of the hotkey's subnet."""
+    from eval.model_store.port import RepoNotFound
+
+    world, store, teacher, _ = setup
+    key = _add(store, world, "a", 10, "alice/m1")
+    admit_pending(store, world.hub, 20, RULES, teacher)
+    store.set_king(key, 20, None, 0.1, "test")
+    store.set_strikes(key, 1)
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the king's repo check reads only its own strikes")
+
+    monkeypatch.setattr(store, "submission", refused)
+    monkeypatch.setattr(store, "disqualifications", refused)
+
+    class Gone:
+        def files(self, repo: str, revision: str) -> Any:
+            raise RepoNotFound(repo)
+
+    assert not check_king_repo(store, Gone(), 21, 2)  # the second strike in a row removes it
+    assert store.strikes(key) == 2
+    monkeypatch.undo()
+    assert store.submission(key.hotkey)[0]["status"] == "removed"
+
+
 def test_rejected_hub_token_judges_nobody_and_is_reported(setup, monkeypatch, caplog):
     """The real HuggingFaceStore against the loopback hub stand-in answering 401 "Invalid credentials" (LESSONS 28)."""
     from hub_standin import FakeHub

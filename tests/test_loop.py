@@ -57,6 +57,20 @@ def test_job_identity_comes_from_the_chain(world):
     assert rnd["block_hash"] == job.block_hash and len(rnd["prompt_sha256s"]) == len(job.prompts)
 
 
+def test_jobs_are_numbered_by_the_stores_round_count_not_the_apis_pages(world, monkeypatch):
+    pod = FakePod()
+    v = make_validator(world, pod)
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the loop counts rounds with its own query")
+
+    monkeypatch.setattr(v.store, "rounds", refused)
+    v.store.create_round("first", 1, "0x" + "0" * 64, ["e" * 64], v.rules, [], None)
+    v.store.fail_round(1, "an earlier attempt")
+    report = v.epoch()
+    assert report.round_id == 2 and pod.calls[0].job_id.startswith("r2-")
+
+
 class StoppingPod(FakePod):
     """Requests a stop while 'running', then hangs like a long job on a remote pod."""
 

@@ -425,3 +425,35 @@ def test_weights_states_and_supersede(store):
     assert store.pending_weights() is None and store.last_weights(confirmed=True)["state"] == "revealed"
     with pytest.raises(StoreError):
         store.record_weights(16, [2], [1.0], True, state="maybe")
+
+
+def test_the_store_writes_the_values_it_is_given(store):
+    """The KL interval, status and last KL come from ``validator.verdicts``; the store derives none of them."""
+    import dataclasses
+
+    a, b = admitted(store, ("alice", 5), ("bob", 6))
+    rid = store.create_round("first", 10, BH, ["e" * 64] * 4, RULES, [a.key, b.key], job_id="job-1")
+    result = eres(mres(a, [0.5, 0.6, 0.5, 0.4]), mres(b, [0.9, 0.8, 0.9, 1.0]))
+    out = interpret_result(RoundPlan("first", None, (a, b)), result, RULES)
+    e = out.evaluations[1]
+    given = dataclasses.replace(e, mean_kl=0.875, ci_lo=0.25, ci_hi=1.5)
+    verdict = dataclasses.replace(e.verdict, state="model_error", reason="given")
+    out = dataclasses.replace(out, evaluations=(out.evaluations[0], dataclasses.replace(given, verdict=verdict)))
+    store.record_round_result(rid, out, result, 12)
+    ev = {x["hotkey"]: x for x in store.round(rid)["evaluations"]}
+    assert (ev[b.hotkey]["mean_kl"], ev[b.hotkey]["ci_lo"], ev[b.hotkey]["ci_hi"]) == (0.875, 0.25, 1.5)
+    assert ev[b.hotkey]["state"] == "model_error" and ev[b.hotkey]["reason"] == "given"
+    row = store.submission(b.hotkey)[0]
+    assert (row["status"], row["status_detail"], row["last_kl"]) == ("evaluated", "given", None)
+
+
+def test_loop_queries_count_rounds_and_read_one_submissions_strikes(store):
+    assert store.round_count() == 0
+    (a,) = admitted(store, ("alice", 5))
+    assert store.strikes(a.key) == 0 and store.strikes(SubmissionId(hk("nobody"), 1)) == 0
+    store.set_strikes(a.key, 2)
+    assert store.strikes(a.key) == 2 and store.strikes(SubmissionId(a.hotkey, 6)) == 0
+    for i in range(3):
+        rid = store.create_round("first", 10 + i, BH, ["e" * 64] * 4, RULES, [a.key], job_id=f"job-{i}")
+    store.fail_round(rid, "pod down")
+    assert store.round_count() == 3 == store.rounds(1, 1)["total"]  # failed and open rounds count too

@@ -311,3 +311,29 @@ def test_ok_result_without_the_guards_values_is_refused(values):
     """Fail closed: a pod that leaves the guard's values out (or short) cannot let a challenger past it."""
     with pytest.raises(ResultMismatch, match="on-policy values"):
         interpret_result(challenge(A), result(res(K, noisy(1.0)), res(A, noisy(0.5), onpolicy=values)), RULES)
+
+
+def test_the_outcome_carries_every_value_the_store_writes():
+    """Statuses, last KL and KL intervals are decided here; the store only persists them."""
+    from eval.stats import mean_ci
+
+    C = cand("carl", 7)
+    out = interpret_result(
+        challenge(A, B, C),
+        result(
+            res(K, noisy(1.0)),
+            res(A, status="model_error", error="bad weights"),
+            res(B, noisy(0.999)),
+            res(C, 2.5),
+        ),
+        RULES,
+    )
+    assert [e.verdict for e in out.evaluations] == list(out.verdicts)
+    assert [e.key for e in out.evaluations] == [K.key, A.key, B.key, C.key]
+    king, err, lost, high = out.evaluations
+    assert (king.mean_kl, king.ci_lo, king.ci_hi) == mean_ci(noisy(1.0)) and king.result.prompt_kl == noisy(1.0)
+    assert (err.mean_kl, err.ci_lo, err.ci_hi) == (None, None, None)
+    assert [v.submission_status for v in out.verdicts] == ["evaluated", "evaluated", "evaluated", "disqualified"]
+    assert [v.last_kl for v in out.verdicts] == [king.mean_kl, None, lost.mean_kl, high.mean_kl]
+    assert err.verdict.status_detail == "bad weights" and high.verdict.status_detail.startswith("mean KL")
+    assert king.verdict.status_detail == "defended"
