@@ -197,9 +197,7 @@ def build_store(
     while True:
         king_row = store.current_king()
         cands = store.candidates(registered)
-        king = next(
-            (c for c in cands if king_row and c.key == SubmissionId(king_row["hotkey"], king_row["commit_block"])), None
-        )
+        king = next((c for c in cands if king_row and c.key == king_row.key), None)
         plan = plan_round(king, cands, rules)
         if plan.kind == "none":
             break
@@ -244,14 +242,14 @@ def build_store(
     clock.now = end_time - 30.0
     if live_round and king_row:
         head = chain.advance(5)
-        kk = SubmissionId(king_row["hotkey"], king_row["commit_block"])
+        kk = king_row.key
         live = store.create_round("challenge", head.number, head.hash, ["f" * 64] * prompts, rules, [kk], kk)
         store.mark_dispatched(live, "http://127.0.0.1:8091", f"job-{live}")
         store.set_progress(
             {
                 "round_id": live,
                 "phase": "student",
-                "model": king_row["repo"],
+                "model": king_row.repo,
                 "model_index": 1,
                 "model_count": 2,
                 "prompt": prompts // 2,

@@ -61,7 +61,7 @@ def test_admitted_once_then_never_checked_again(setup):
     assert admit_pending(store, world.hub, 20, RULES, teacher, check=check).admitted == [key]
     assert admit_pending(store, world.hub, 21, RULES, teacher, check=check).checks == 0
     assert calls == ["alice/m1"]
-    assert store.submission(key.hotkey)[0]["hashes"]["metadata"]
+    assert store.submission(key.hotkey)[0].hashes["metadata"]
 
 
 def test_definite_failure_is_final(setup):
@@ -70,7 +70,7 @@ def test_definite_failure_is_final(setup):
     report = admit_pending(store, world.hub, 20, RULES, teacher)
     assert report.rejected == [key]
     sub = store.submission(key.hotkey)[0]
-    assert sub["status"] == "invalid" and sub["disqualifications"][0]["reason"] == "INVALID"
+    assert sub.status == "invalid" and sub.disqualifications[0].reason == "INVALID"
     assert admit_pending(store, world.hub, 2000, RULES, teacher).checks == 0
 
 
@@ -82,7 +82,7 @@ def test_teacher_outage_is_transient_too(setup):
         raise TransientError("503 on the teacher")
 
     report = admit_pending(store, world.hub, 20, RULES, teacher, backoff_base=3)
-    assert report.transient == [key] and store.submission(key.hotkey)[0]["status"] == "pending"
+    assert report.transient == [key] and store.submission(key.hotkey)[0].status == "pending"
     assert store.pending_admissions(22) == [] and len(store.pending_admissions(23)) == 1
 
 
@@ -92,8 +92,8 @@ def test_same_files_later_commit_is_copy_in_one_batch(setup):
     late = _add(store, world, "b", 11, "alice/m1")
     report = admit_pending(store, world.hub, 20, RULES, teacher)
     assert report.admitted == [early] and report.copies == [late]
-    dq = store.submission(late.hotkey)[0]["disqualifications"][0]
-    assert dq["reason"] == "COPY" and dq["evidence"]["copy_of"] == {"hotkey": early.hotkey, "commit_block": 10}
+    dq = store.submission(late.hotkey)[0].disqualifications[0]
+    assert dq.reason == "COPY" and dq.evidence["copy_of"] == {"hotkey": early.hotkey, "commit_block": 10}
 
 
 def test_rejection_reason_from_check_is_recorded(setup):
@@ -108,7 +108,7 @@ def test_rejection_reason_from_check_is_recorded(setup):
         check=lambda *a, **k: Rejected("INVALID", "tokenizer", "differs from the teacher"),
     )
     assert report.rejected == [key]
-    assert store.submission(key.hotkey)[0]["admission"]["check_name"] == "tokenizer"
+    assert store.submission(key.hotkey)[0].admission.check_name == "tokenizer"
 
 
 def test_king_repo_strikes_ignore_outages_and_reset(setup):
@@ -130,7 +130,7 @@ def test_king_repo_strikes_ignore_outages_and_reset(setup):
             return []
 
     hub = Hub()
-    strikes = lambda: store.submission(key.hotkey)[0]["strikes"]  # noqa: E731
+    strikes = lambda: store.submission(key.hotkey)[0].strikes  # noqa: E731
     hub.mode = "missing"
     assert check_king_repo(store, hub, 21, 3) and strikes() == 1
     hub.mode = "transient"
@@ -139,7 +139,7 @@ def test_king_repo_strikes_ignore_outages_and_reset(setup):
     assert check_king_repo(store, hub, 23, 3) and strikes() == 0
     hub.mode = "missing"
     assert check_king_repo(store, hub, 24, 2) and not check_king_repo(store, hub, 25, 2)
-    assert store.submission(key.hotkey)[0]["status"] == "removed"
+    assert store.submission(key.hotkey)[0].status == "removed"
 
 
 def test_king_repo_check_reads_only_the_kings_strikes(setup, monkeypatch):
@@ -165,7 +165,7 @@ def test_king_repo_check_reads_only_the_kings_strikes(setup, monkeypatch):
     assert not check_king_repo(store, Gone(), 21, 2)  # the second strike in a row removes it
     assert store.strikes(key) == 2
     monkeypatch.undo()
-    assert store.submission(key.hotkey)[0]["status"] == "removed"
+    assert store.submission(key.hotkey)[0].status == "removed"
 
 
 def test_rejected_hub_token_judges_nobody_and_is_reported(setup, monkeypatch, caplog):
@@ -194,9 +194,9 @@ def test_rejected_hub_token_judges_nobody_and_is_reported(setup, monkeypatch, ca
             report = admit_pending(store, hf, 20, RULES, teacher)
             assert check_king_repo(store, hf, 20, max_strikes=1)  # one strike would remove it: none is given
         assert report.admitted == report.rejected == [] and "HF_TOKEN" in (report.hub_auth_error or "")
-        assert [store.submission(k.hotkey)[0]["status"] for k in (first, second)] == ["pending", "pending"]
-        assert store.pending_admissions(20) and all(r["attempts"] in (0, None) for r in store.pending_admissions(20))
-        assert store.submission(king.hotkey)[0]["strikes"] == 0 and store.current_king()["hotkey"] == king.hotkey
+        assert [store.submission(k.hotkey)[0].status for k in (first, second)] == ["pending", "pending"]
+        assert store.pending_admissions(20) and all(r.attempts in (0, None) for r in store.pending_admissions(20))
+        assert store.submission(king.hotkey)[0].strikes == 0 and store.current_king().hotkey == king.hotkey
         assert store.disqualifications() == []
         errors = [r for r in caplog.records if r.levelname == "ERROR" and "HF_TOKEN" in r.getMessage()]
         assert len(errors) == 2 and "hf_expired" not in caplog.text

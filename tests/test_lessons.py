@@ -121,8 +121,8 @@ def test_lesson_11_main_moving_after_the_commit_changes_nothing(world):
     (sent,) = pod.calls[0].models
     assert sent.revision == pinned
     row = v.store.submission(world.miners["m1"])[0]
-    assert row["revision"] == pinned
-    key = SubmissionId(world.miners["m1"], row["commit_block"])
+    assert row.revision == pinned
+    key = SubmissionId(world.miners["m1"], row.commit_block)
     assert v.store.metadata_hash_owner(metadata_hash(hub.files("alice/m1", pinned))) == key
     assert v.store.metadata_hash_owner(metadata_hash(hub.files("alice/m1", moved))) is None
 
@@ -196,7 +196,7 @@ def test_lesson_18_a_model_error_is_final_and_never_dispatched_again(world):
     pod.mutate = break_bob
     v = make_validator(world, pod)
     assert v.epoch().round_state == "done"
-    assert v.store.submission(world.miners["m2"])[0]["status"] not in ("pending", "admitted")
+    assert v.store.submission(world.miners["m2"])[0].status not in ("pending", "admitted")
     for _ in range(3):
         world.sim.advance(10)
         assert v.epoch().round_kind == "none"

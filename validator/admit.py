@@ -70,17 +70,17 @@ def admit_pending(
         return report
     spec: TeacherSpec | None = None
     for row in pending:
-        key = SubmissionId(row["hotkey"], row["commit_block"])
+        key = row.key
         try:
             spec = spec or teacher()
             report.checks += 1
-            verdict = check(model_store, row["repo"], row["revision"], rules, spec)
+            verdict = check(model_store, row.repo, row.revision, rules, spec)
         except HubAuthError as exc:
             hub_health.report_rejected(store, str(exc), head_block, "admission")
             report.hub_auth_error = str(exc)
             break
         except TransientError as exc:
-            wait = backoff_blocks(row["attempts"] or 0, backoff_base, backoff_cap)
+            wait = backoff_blocks(row.attempts or 0, backoff_base, backoff_cap)
             store.record_admission(
                 key, "transient", detail=f"transient: {exc}"[:2000], next_retry_block=head_block + wait
             )
@@ -140,10 +140,10 @@ def check_king_repo(store: Store, model_store: ModelStore, head_block: int, max_
     king = store.current_king()
     if king is None:
         return True
-    key = SubmissionId(king["hotkey"], king["commit_block"])
+    key = king.key
     strikes = store.strikes(key)
     try:
-        model_store.files(king["repo"], king["revision"])
+        model_store.files(king.repo, king.revision)
         outcome = "ok"
         detail = ""
     except HubAuthError as exc:

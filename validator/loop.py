@@ -28,7 +28,6 @@ from eval.errors import KlhillError, TransientError
 from eval.model_store.port import ModelStore
 from eval.prompts import PromptSource, prompt_sha256
 from eval.rules import ContestRules
-from eval.schemas import SubmissionId
 from validator import admit
 from validator.chain.port import BlockRef, Chain, ChainThrottled
 from validator.contest import (
@@ -45,6 +44,7 @@ from validator.rounds import ProgressBox, RoundRunner, build_job, make_job_id
 from validator.sampling import PromptSampler
 from validator.settings import LoopConfig
 from validator.store.database import Store
+from validator.store.rows import RoundRow
 from validator.weights import WeightsKeeper
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class Validator:
         for row in self.store.interrupted_rounds():
             if self.stop.is_set():
                 return report
-            report.resumed.append((row["id"], self._resume(row, registered, number)))
+            report.resumed.append((row.id, self._resume(row, registered, number)))
         if not report.resumed and not self.stop.is_set():
             self._plan_and_run(number, registered, report)
         if not self.stop.is_set():
@@ -153,8 +153,7 @@ class Validator:
         row = self.store.current_king()
         if row is None:
             return None
-        key = SubmissionId(row["hotkey"], row["commit_block"])
-        return next((c for c in candidates if c.key == key), None)
+        return next((c for c in candidates if c.key == row.key), None)
 
     def _plan_and_run(self, number: int, registered: set[str], report: EpochReport) -> None:
         candidates = self.store.candidates(registered)
@@ -193,13 +192,13 @@ class Validator:
         report.round_id = round_id
         report.round_state = self.rounds.dispatch(round_id, plan, job, head.number)
 
-    def _resume(self, row: dict[str, Any], registered: set[str], number: int) -> str:
+    def _resume(self, row: RoundRow, registered: set[str], number: int) -> str:
         """Re-send an unfinished round's exact job (same id, same prompts), or fail it if it cannot stand."""
-        rid = row["id"]
-        rules = ContestRules.model_validate(row["rules"])
+        rid = row.id
+        rules = ContestRules.model_validate(row.rules)
         by_key = {c.key: c for c in self.store.candidates(registered)}
-        models = [by_key.get(k) for k in row["models"]]
-        king_key = SubmissionId(row["king_hotkey"], row["king_block"]) if row["king_hotkey"] else None
+        models = [by_key.get(k) for k in row.models]
+        king_key = row.king
         problem = ""
         if any(m is None or m.status in VANISHED_STATUSES for m in models):
             problem = "a model of this round was disqualified or removed since it was planned"
@@ -208,26 +207,26 @@ class Validator:
         prompts: list[str] = []
         if not problem:
             try:
-                prompts = self.sampler.sample(row["block_hash"], rules, number)
+                prompts = self.sampler.sample(row.block_hash, rules, number)
             except TransientError:  # the source is down, not the round: it stays open and resumes later
                 return "deferred"
             except KlhillError as exc:
                 problem = f"cannot re-sample the round's prompts: {exc}"
-            if prompts and [prompt_sha256(p) for p in prompts] != row["prompt_sha256s"]:
+            if prompts and [prompt_sha256(p) for p in prompts] != row.prompt_sha256s:
                 problem = "the prompt corpus changed since the round was planned"
-        if problem or not row["job_id"]:
+        if problem or not row.job_id:
             self.store.fail_round(rid, f"not resumable: {problem or 'no job id'}")
             log.warning("round %d not resumed (%s); a fresh round is planned next epoch", rid, problem)
             return "failed"
         present = [m for m in models if m is not None]
         king = next((m for m in present if m.key == king_key), None)
         current = self.store.current_king()
-        vanished = SubmissionId(current["hotkey"], current["commit_block"]) if current and king is None else None
-        plan = RoundPlan(row["kind"], king, tuple(m for m in present if m.key != king_key), vanished_king=vanished)
-        job = build_job(row["job_id"], row["block"], row["block_hash"], rules, row["teacher_revision"], prompts, plan)
-        if row["state"] == "planned":
-            self.store.mark_dispatched(rid, self.config.pod_name, row["job_id"])
-        log.info("resuming round %d (%s) with job %s", rid, row["kind"], row["job_id"])
+        vanished = current.key if current and king is None else None
+        plan = RoundPlan(row.kind, king, tuple(m for m in present if m.key != king_key), vanished_king=vanished)
+        job = build_job(row.job_id, row.block, row.block_hash, rules, row.teacher_revision, prompts, plan)
+        if row.state == "planned":
+            self.store.mark_dispatched(rid, self.config.pod_name, row.job_id)
+        log.info("resuming round %d (%s) with job %s", rid, row.kind, row.job_id)
         return self.rounds.dispatch(rid, plan, job, number)
 
     # --- the loop ---------------------------------------------------------------

@@ -379,11 +379,6 @@ class Store(StoreReads):
             (v.submission_status, v.status_detail, real(v.last_kl, "last_kl"), self._clock(), *_cols(v.key)),
         )
 
-    def interrupted_rounds(self) -> list[dict[str, Any]]:
-        """Rounds planned or dispatched but never finished: resume (same job id) or fail and re-plan."""
-        rows = self._db.execute("SELECT * FROM rounds WHERE state IN ('planned', 'dispatched') ORDER BY id")
-        return [self._round_row(r) for r in rows]
-
     # --- king, weights, metagraph, progress ---------------------------------------
     def _king_key(self) -> SubmissionId | None:
         row = self._db.execute("SELECT hotkey, commit_block FROM king WHERE id = 1").fetchone()
