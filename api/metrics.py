@@ -41,18 +41,18 @@ class StoreCollector(Collector):
         )
         rounds = CounterMetricFamily("klhill_rounds", "Rounds that ended, by outcome.", labels=["state"])
         for state in ("done", "failed"):
-            rounds.add_metric([state], s["rounds"].get(state, 0))
+            rounds.add_metric([state], s.rounds.get(state, 0))
         yield rounds
         yield GaugeMetricFamily(
             "klhill_rounds_open",
             "Rounds planned or dispatched and not ended yet.",
-            value=s["rounds"].get("planned", 0) + s["rounds"].get("dispatched", 0),
+            value=s.rounds.get("planned", 0) + s.rounds.get("dispatched", 0),
         )
         yield CounterMetricFamily(
-            "klhill_pod_errors", "Failed rounds (pod down, timeout, bad result).", value=s["rounds"].get("failed", 0)
+            "klhill_pod_errors", "Failed rounds (pod down, timeout, bad result).", value=s.rounds.get("failed", 0)
         )
         yield CounterMetricFamily(
-            "klhill_model_errors", "Evaluations that ended in a model error.", value=s["model_errors"]
+            "klhill_model_errors", "Evaluations that ended in a model error.", value=s.model_errors
         )
         dqs = CounterMetricFamily("klhill_disqualifications", "Disqualifications by reason.", labels=["reason"])
         by_reason = st.disqualification_counts()
@@ -60,28 +60,28 @@ class StoreCollector(Collector):
             dqs.add_metric([reason], by_reason.get(reason, 0))
         yield dqs
         subs = GaugeMetricFamily("klhill_submissions", "Submissions by status.", labels=["status"])
-        for status, n in sorted(s["submissions"].items()):
+        for status, n in sorted(s.submissions.items()):
             subs.add_metric([status], n)
         yield subs
         yield GaugeMetricFamily(
             "klhill_queue_length",
             "Admitted submissions waiting for their first evaluation.",
-            value=s["submissions"].get("admitted", 0),
+            value=s.submissions.get("admitted", 0),
         )
         king = st.current_king()
         if king is not None:  # no king: no sample (rather than a NaN that graphs as a value)
-            if king["kl"] is not None:
+            if king.kl is not None:
                 yield GaugeMetricFamily(
-                    "klhill_king_kl", "Mean KL of the current king when it was crowned or defended.", value=king["kl"]
+                    "klhill_king_kl", "Mean KL of the current king when it was crowned or defended.", value=king.kl
                 )
             yield GaugeMetricFamily(
-                "klhill_king_since_block", "Block since which the king holds the crown.", value=king["since_block"]
+                "klhill_king_since_block", "Block since which the king holds the crown.", value=king.since_block
             )
-        if s["last_weights"]:
+        if s.last_weights:
             yield GaugeMetricFamily(
                 "klhill_last_weights_block",
                 "Block of the last successful weight submission.",
-                value=s["last_weights"]["block"],
+                value=s.last_weights.block,
             )
         yield GaugeMetricFamily(
             "klhill_hub_token_rejected",

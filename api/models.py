@@ -1,9 +1,10 @@
 """Typed response models for every endpoint (they generate the OpenAPI schema).
 
-Responses are built from the store's plain dicts once per cache refill and
-validated here; ``allow_inf_nan=False`` is the last guard behind ``sanitize``
-(LESSONS 26). Extra keys from the store are ignored, so a new store column
-never breaks the API. The rules are served as ``eval.rules.ContestRules``.
+Responses are built from the store's typed rows (``validator.store.rows``, as
+``dataclasses.asdict`` dicts) once per cache refill and validated here;
+``allow_inf_nan=False`` is the last guard behind ``sanitize`` (LESSONS 26). Extra
+keys from the store are ignored, so a new store column never breaks the API. The
+rules are served as ``eval.rules.ContestRules``.
 """
 
 from __future__ import annotations

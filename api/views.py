@@ -7,6 +7,7 @@ the cache keeps.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -33,14 +34,21 @@ def render(model: BaseModel) -> bytes:
     return model.model_dump_json().encode()
 
 
+def _plain(rows: Any) -> Any:
+    """Store rows (dataclasses, or lists of them) as the plain dicts the response models validate."""
+    if isinstance(rows, list):
+        return [_plain(x) for x in rows]
+    return dataclasses.asdict(rows)
+
+
 def _rules(store: Store) -> tuple[ContestRules | dict[str, Any], str, int | None]:
     row = store.latest_rules()
     if row is None:
         return DEFAULT_RULES, DEFAULT_RULES.digest(), None
     try:
-        return ContestRules.model_validate(row["rules"]), row["rules_digest"], row["round_id"]
+        return ContestRules.model_validate(row.rules), row.rules_digest, row.round_id
     except ValidationError:  # rules written by another version of the code: serve them as stored
-        return m.sanitize(row["rules"]), row["rules_digest"], row["round_id"]
+        return m.sanitize(row.rules), row.rules_digest, row.round_id
 
 
 def _age(now: float, at: float | None) -> float | None:
@@ -59,13 +67,13 @@ def health(store: Store, now: float | None = None, expect: tuple[str, int] | Non
     now = time.time() if now is None else now
     meta = store.meta()
     mg = store.metagraph()
-    blocks = [b for b in (meta.get("last_epoch_block"), mg["block"] if mg else None) if isinstance(b, int)]
+    blocks = [b for b in (meta.get("last_epoch_block"), mg.block if mg else None) if isinstance(b, int)]
     block = max(blocks) if blocks else None
-    sync_age = _age(now, mg["at"]) if mg else None
-    last = store.stats(recent=1)["last_round"]
-    last_at = (last["finished"] or last["started"]) if last else None
+    sync_age = _age(now, mg.at) if mg else None
+    last = store.stats(recent=1).last_round
+    last_at = (last.finished or last.started) if last else None
     prog = store.progress()
-    prog_age = _age(now, prog["updated"]) if prog else None
+    prog_age = _age(now, prog.updated) if prog else None
     reasons: list[str] = []
     if expect is not None and "network" in meta and "netuid" in meta and (meta["network"], meta["netuid"]) != expect:
         reasons.append(
@@ -88,8 +96,8 @@ def health(store: Store, now: float | None = None, expect: tuple[str, int] | Non
         db_ok=True,
         last_sync_block=block,
         last_sync_age_s=sync_age,
-        last_round_id=last["id"] if last else None,
-        last_round_state=last["state"] if last else None,
+        last_round_id=last.id if last else None,
+        last_round_state=last.state if last else None,
         last_round_age_s=_age(now, last_at),
         hub_auth=hub_auth,
         hub_auth_detail=hub_detail if hub_auth == "rejected" else None,
@@ -102,13 +110,13 @@ def metagraph(store: Store) -> m.MetagraphOut:
     mg = store.metagraph()
     if mg is None:
         return m.MetagraphOut(n=0, neurons=[])
-    neurons = m.sanitize(mg["neurons"])
-    return m.MetagraphOut(block=mg["block"], at=mg["at"], n=len(neurons), neurons=neurons)
+    neurons = m.sanitize(mg.neurons)
+    return m.MetagraphOut(block=mg.block, at=mg.at, n=len(neurons), neurons=neurons)
 
 
 def commitments(store: Store) -> m.CommitmentsOut:
     rows = store.commitments()
-    return m.CommitmentsOut(total=len(rows), items=m.sanitize(rows))
+    return m.CommitmentsOut(total=len(rows), items=m.sanitize(_plain(rows)))
 
 
 def _rank(evaluations: list[dict[str, Any]]) -> None:
@@ -126,7 +134,7 @@ def _rank(evaluations: list[dict[str, Any]]) -> None:
 
 
 def scores(store: Store) -> m.ScoresOut:
-    data = m.sanitize(store.scores())
+    data = m.sanitize(_plain(store.scores()))
     _rank(data["evaluations"])
     rules, digest, _ = _rules(store)
     r = rules if isinstance(rules, ContestRules) else DEFAULT_RULES
@@ -137,17 +145,13 @@ def scores(store: Store) -> m.ScoresOut:
 
 def disqualifications(store: Store) -> m.DisqualificationsOut:
     rows = store.disqualifications()
-    return m.DisqualificationsOut(total=len(rows), items=m.sanitize(rows))
+    return m.DisqualificationsOut(total=len(rows), items=m.sanitize(_plain(rows)))
 
 
 def rounds(store: Store, page: int, per_page: int) -> m.RoundsPage:
-    data = m.sanitize(store.rounds(page=page, per_page=per_page))
+    data = m.sanitize(_plain(store.rounds(page=page, per_page=per_page)))
     pages = max(1, -(-data["total"] // data["per_page"]))
     return m.RoundsPage(**data, pages=pages)
-
-
-def _keyed(k: Any) -> dict[str, Any]:
-    return {"hotkey": k[0], "commit_block": k[1]}
 
 
 def _public_pod(name: Any) -> str | None:
@@ -161,10 +165,9 @@ def round_audit(store: Store, round_id: int) -> m.RoundAudit | None:
     row = store.round(round_id)
     if row is None:
         return None
-    row = m.sanitize(row)
-    row["pod"] = _public_pod(row.get("pod"))
-    row["models"] = [_keyed(k) for k in row["models"]]
-    return m.RoundAudit(**row)
+    data = m.sanitize(_plain(row))  # the models' ids become {"hotkey", "commit_block"} objects
+    data["pod"] = _public_pod(row.pod)
+    return m.RoundAudit(**data)
 
 
 def miner(store: Store, hotkey: str) -> m.MinerOut | None:
@@ -172,11 +175,13 @@ def miner(store: Store, hotkey: str) -> m.MinerOut | None:
     if not subs:
         return None
     king = store.current_king()
-    return m.MinerOut(hotkey=hotkey, is_king=bool(king and king["hotkey"] == hotkey), submissions=m.sanitize(subs))
+    return m.MinerOut(hotkey=hotkey, is_king=bool(king and king.hotkey == hotkey), submissions=m.sanitize(_plain(subs)))
 
 
 def history(store: Store) -> m.HistoryOut:
-    return m.HistoryOut(points=m.sanitize(store.king_kl_series()), changes=m.sanitize(store.king_history()))
+    return m.HistoryOut(
+        points=m.sanitize(_plain(store.king_kl_series())), changes=m.sanitize(_plain(store.king_history()))
+    )
 
 
 def progress(store: Store, now: float | None = None) -> m.ProgressOut:
@@ -184,7 +189,7 @@ def progress(store: Store, now: float | None = None) -> m.ProgressOut:
     row = store.progress()
     if row is None:
         return m.ProgressOut(active=False)
-    data = m.sanitize(row["data"])
+    data = m.sanitize(row.data)
     if not isinstance(data, dict):
         data = {}
     data = {k: v for k, v in data.items() if k in PROGRESS_KEYS}
@@ -197,13 +202,13 @@ def progress(store: Store, now: float | None = None) -> m.ProgressOut:
         prog = None
     rid = data.get("round_id")
     live = store.interrupted_rounds()
-    active = bool(live) and (rid is None or any(r["id"] == rid for r in live))
-    age = _age(now, row["updated"])
+    active = bool(live) and (rid is None or any(r.id == rid for r in live))
+    age = _age(now, row.updated)
     active = active and (age is None or age < PROGRESS_STALE_S)
     return m.ProgressOut(
         active=active,
         round_id=rid if isinstance(rid, int) else None,
-        updated=row["updated"],
+        updated=row.updated,
         age_s=age,
         phase=str(data["phase"])[:40] if data.get("phase") is not None else None,
         progress=prog,

@@ -41,6 +41,7 @@ from eval.schemas import (
     EvalJob,
     EvalResult,
     ModelResult,
+    SubmissionId,
 )
 from eval.stats import decide, mean_ci, onpolicy_guard
 
@@ -84,8 +85,8 @@ def local_job(
     teacher_revision: str | None = None,
 ) -> EvalJob:
     """The job a validator would send: ``against`` is the king (scored in full, first), ``model`` the challenger."""
-    king = model_ref(against.repo, against.revision, AGAINST_HOTKEY, 0) if against is not None else None
-    challenger = model_ref(model.repo, model.revision, MODEL_HOTKEY, 0)
+    king = model_ref(against.repo, against.revision, SubmissionId(AGAINST_HOTKEY, 0)) if against is not None else None
+    challenger = model_ref(model.repo, model.revision, SubmissionId(MODEL_HOTKEY, 0))
     return build_job(
         f"miner-eval-{block_hash[2:18]}", 0, block_hash, rules, teacher_revision, prompts, king, [challenger]
     )

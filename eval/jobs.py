@@ -14,9 +14,9 @@ from eval.rules import ContestRules
 from eval.schemas import EvalJob, ModelRef, SubmissionId
 
 
-def model_ref(repo: str, revision: str, hotkey: str, commit_block: int) -> ModelRef:
+def model_ref(repo: str, revision: str, submission: SubmissionId) -> ModelRef:
     """A model pinned to ``revision``, named by the submission identity that owns it."""
-    return ModelRef(repo=repo, revision=revision, submission=SubmissionId(hotkey=hotkey, commit_block=commit_block))
+    return ModelRef(repo=repo, revision=revision, submission=submission)
 
 
 def build_job(

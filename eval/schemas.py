@@ -7,9 +7,10 @@ rejected, sizes are bounded and NaN/inf cannot pass (LESSONS 26).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, model_validator
 
 from eval.rules import ContestRules
 
@@ -39,15 +40,67 @@ class Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-class SubmissionId(Strict):
-    """Who submitted, and when: the only identity of a submission (never the uid)."""
+@dataclass(frozen=True, slots=True, eq=True)
+class SubmissionId:
+    """Who submitted, and when: the only identity of a submission (never the uid, LESSONS 1, 17).
+
+    One type for the domain, the store, the wire and the API. ``str()`` gives the one string
+    form (``"hotkey:block"``) used in messages, job paths and URLs; ``parse`` reads it back and
+    is the only place that does. Ordered by seniority (earlier commit block first, ties to the
+    smaller hotkey), the order every ownership and FIFO decision uses. Built directly from
+    chain fields it is trusted; on the wire pydantic validates both fields (SS58 hotkey,
+    block >= 0, no extra keys).
+    """
+
+    __pydantic_config__ = ConfigDict(extra="forbid", revalidate_instances="always")
 
     hotkey: Hotkey
-    commit_block: int = Field(ge=0)
+    commit_block: Annotated[int, Field(ge=0)]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.hotkey, str) or not self.hotkey or ":" in self.hotkey:
+            raise ValueError(f"bad hotkey {self.hotkey!r}")
+        if isinstance(self.commit_block, bool) or not isinstance(self.commit_block, int) or self.commit_block < 0:
+            raise ValueError(f"bad commit block {self.commit_block!r}")
+
+    def __str__(self) -> str:
+        return f"{self.hotkey}:{self.commit_block}"
 
     @property
-    def key(self) -> str:
-        return f"{self.hotkey}:{self.commit_block}"
+    def seniority(self) -> tuple[int, str]:
+        """The sort key: earlier commit block first, ties to the smaller hotkey."""
+        return (self.commit_block, self.hotkey)
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, SubmissionId):
+            return NotImplemented
+        return self.seniority < other.seniority
+
+    def __le__(self, other: object) -> bool:
+        if not isinstance(other, SubmissionId):
+            return NotImplemented
+        return self.seniority <= other.seniority
+
+    def __gt__(self, other: object) -> bool:
+        if not isinstance(other, SubmissionId):
+            return NotImplemented
+        return self.seniority > other.seniority
+
+    def __ge__(self, other: object) -> bool:
+        if not isinstance(other, SubmissionId):
+            return NotImplemented
+        return self.seniority >= other.seniority
+
+    @classmethod
+    def parse(cls, text: str) -> SubmissionId:
+        """Read the string form back, validating both parts as the wire does; ``ValueError`` if malformed."""
+        hotkey, sep, block = text.rpartition(":")
+        if not sep or not block.isascii() or not block.isdigit() or len(block) > 18:
+            raise ValueError(f"not a submission id (hotkey:block): {text[:200]!r}")
+        return _SUBMISSION_ID.validate_python({"hotkey": hotkey, "commit_block": int(block)})
+
+
+_SUBMISSION_ID: TypeAdapter[SubmissionId] = TypeAdapter(SubmissionId)
 
 
 class ModelRef(Strict):
@@ -59,7 +112,8 @@ class ModelRef(Strict):
 
     @property
     def key(self) -> str:
-        return self.submission.key
+        """The submission's string form (``str(SubmissionId)``): job paths, result lookup."""
+        return str(self.submission)
 
     @property
     def spec(self) -> str:

@@ -41,8 +41,10 @@ def writer(db: Path, stop: threading.Event, stats: dict[str, int]) -> None:
     try:
         while not stop.is_set():
             king = store.current_king()
-            cand = next(c for c in store.candidates([king["hotkey"]]) if c.hotkey == king["hotkey"])
-            rules = ContestRules.model_validate(store.latest_rules()["rules"])
+            latest = store.latest_rules()
+            assert king is not None and latest is not None, "the seeded store has a king and a round"
+            cand = next(c for c in store.candidates([king.hotkey]) if c.hotkey == king.hotkey)
+            rules = ContestRules.model_validate(latest.rules)
             n = rules.prompts_per_round
             block = 10_000_000 + stats["rounds"]
             bh = "0x" + f"{block:064x}"

@@ -28,7 +28,7 @@ from eval.rules import ContestRules
 from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo
 from scripts.pod_fixtures import free_port, trim_onpolicy
 from validator.chain.sim import SimChain
-from validator.contest import Candidate, Key, new_submissions, plan_round
+from validator.contest import Candidate, new_submissions, plan_round
 from validator.store.database import Store
 from validator.verdicts import interpret_result
 
@@ -68,11 +68,11 @@ def _result(job_id: str, block_hash: str, rules: ContestRules, models: list[Mode
 
 def _model_result(
     c: Candidate,
-    quality: dict[Key, float],
-    kind: dict[Key, str],
+    quality: dict[SubmissionId, float],
+    kind: dict[SubmissionId, str],
     rules: ContestRules,
     rng: random.Random,
-    hashes: dict[Key, str],
+    hashes: dict[SubmissionId, str],
 ) -> ModelResult:
     ref = ModelRef(
         repo=c.repo, revision=c.revision, submission=SubmissionId(hotkey=c.hotkey, commit_block=c.commit_block)
@@ -149,9 +149,9 @@ def build_store(
     validator = hotkey(rng)
     chain.register(validator, "5Validator" + "1" * 38, stake=1000.0, validator_permit=True)
     hotkeys: list[str] = []
-    quality: dict[Key, float] = {}
-    kind: dict[Key, str] = {}
-    hashes: dict[Key, str] = {}
+    quality: dict[SubmissionId, float] = {}
+    kind: dict[SubmissionId, str] = {}
+    hashes: dict[SubmissionId, str] = {}
     for i in range(n_miners):
         hk = hotkey(rng)
         hotkeys.append(hk)
@@ -181,11 +181,11 @@ def build_store(
         )
         quality[s.key] = 1.2 * math.exp(-idx / max(8.0, n_miners / 3)) * rng.uniform(0.85, 1.25) + 0.05
         kind[s.key] = "error" if r < 0.05 else "high" if r < 0.1 else "loops" if idx % 11 == 9 else "ok"
-        hashes[s.key] = hashlib.sha256(s.key[0].encode()).hexdigest()
+        hashes[s.key] = hashlib.sha256(s.key.hotkey.encode()).hexdigest()
         if kind[s.key] == "high":
             quality[s.key] = rules.max_kl * 1.5
     # one exact copy of an earlier model, re-committed later under another hotkey
-    keys = sorted(quality, key=lambda k: (k[1], k[0]))
+    keys = sorted(quality, key=lambda k: (k.commit_block, k.hotkey))
     if len(keys) > 4:
         hashes[keys[-1]] = hashes[keys[1]]
         kind[keys[-1]] = "ok"
@@ -197,7 +197,7 @@ def build_store(
     while True:
         king_row = store.current_king()
         cands = store.candidates(registered)
-        king = next((c for c in cands if king_row and c.key == (king_row["hotkey"], king_row["commit_block"])), None)
+        king = next((c for c in cands if king_row and c.key == king_row.key), None)
         plan = plan_round(king, cands, rules)
         if plan.kind == "none":
             break
@@ -242,14 +242,14 @@ def build_store(
     clock.now = end_time - 30.0
     if live_round and king_row:
         head = chain.advance(5)
-        kk = (king_row["hotkey"], king_row["commit_block"])
+        kk = king_row.key
         live = store.create_round("challenge", head.number, head.hash, ["f" * 64] * prompts, rules, [kk], kk)
         store.mark_dispatched(live, "http://127.0.0.1:8091", f"job-{live}")
         store.set_progress(
             {
                 "round_id": live,
                 "phase": "student",
-                "model": king_row["repo"],
+                "model": king_row.repo,
                 "model_index": 1,
                 "model_count": 2,
                 "prompt": prompts // 2,
@@ -272,10 +272,10 @@ def _fail_share(n_rounds: int, n_miners: int, cap: int) -> float:
     return max(0.0, min(0.95, 1.0 - real / n_rounds))
 
 
-def _set_weights(chain: SimChain, store: Store, validator: str, king: Key | None, clock: Clock) -> None:
+def _set_weights(chain: SimChain, store: Store, validator: str, king: SubmissionId | None, clock: Clock) -> None:
     if king is None:
         return
-    uid = next((n.uid for n in chain.neurons() if n.hotkey == king[0]), None)
+    uid = next((n.uid for n in chain.neurons() if n.hotkey == king.hotkey), None)
     if uid is None:
         return
     chain.hotkey = validator

@@ -10,6 +10,7 @@ from fixtures_contest import TEACHER, hotkey, make_world
 from eval.admission import Rejected, TeacherSpec, check_model
 from eval.errors import TransientError
 from eval.rules import ContestRules
+from eval.schemas import SubmissionId
 from validator.admit import admit_pending, backoff_blocks, check_king_repo
 from validator.contest import NewSubmission
 from validator.store.database import Store
@@ -30,11 +31,11 @@ def setup(tmp_path, contest_hub):
     return world, store, teacher, teacher_calls
 
 
-def _add(store: Store, world: Any, name: str, block: int, repo: str, revision: str | None = None) -> tuple[str, int]:
+def _add(store: Store, world: Any, name: str, block: int, repo: str, revision: str | None = None) -> SubmissionId:
     hk = hotkey(name)
     rev = revision or world.revs[repo]
     store.add_submissions([NewSubmission(hk, block, 1, hk, "{}", "pending", repo, rev)])
-    return hk, block
+    return SubmissionId(hk, block)
 
 
 def test_backoff_doubles_and_is_capped():
@@ -60,7 +61,7 @@ def test_admitted_once_then_never_checked_again(setup):
     assert admit_pending(store, world.hub, 20, RULES, teacher, check=check).admitted == [key]
     assert admit_pending(store, world.hub, 21, RULES, teacher, check=check).checks == 0
     assert calls == ["alice/m1"]
-    assert store.submission(key[0])[0]["hashes"]["metadata"]
+    assert store.submission(key.hotkey)[0].hashes["metadata"]
 
 
 def test_definite_failure_is_final(setup):
@@ -68,8 +69,8 @@ def test_definite_failure_is_final(setup):
     key = _add(store, world, "a", 10, "ghost/none", "a" * 40)
     report = admit_pending(store, world.hub, 20, RULES, teacher)
     assert report.rejected == [key]
-    sub = store.submission(key[0])[0]
-    assert sub["status"] == "invalid" and sub["disqualifications"][0]["reason"] == "INVALID"
+    sub = store.submission(key.hotkey)[0]
+    assert sub.status == "invalid" and sub.disqualifications[0].reason == "INVALID"
     assert admit_pending(store, world.hub, 2000, RULES, teacher).checks == 0
 
 
@@ -81,7 +82,7 @@ def test_teacher_outage_is_transient_too(setup):
         raise TransientError("503 on the teacher")
 
     report = admit_pending(store, world.hub, 20, RULES, teacher, backoff_base=3)
-    assert report.transient == [key] and store.submission(key[0])[0]["status"] == "pending"
+    assert report.transient == [key] and store.submission(key.hotkey)[0].status == "pending"
     assert store.pending_admissions(22) == [] and len(store.pending_admissions(23)) == 1
 
 
@@ -91,8 +92,8 @@ def test_same_files_later_commit_is_copy_in_one_batch(setup):
     late = _add(store, world, "b", 11, "alice/m1")
     report = admit_pending(store, world.hub, 20, RULES, teacher)
     assert report.admitted == [early] and report.copies == [late]
-    dq = store.submission(late[0])[0]["disqualifications"][0]
-    assert dq["reason"] == "COPY" and dq["evidence"]["copy_of"] == {"hotkey": early[0], "commit_block": 10}
+    dq = store.submission(late.hotkey)[0].disqualifications[0]
+    assert dq.reason == "COPY" and dq.evidence["copy_of"] == {"hotkey": early.hotkey, "commit_block": 10}
 
 
 def test_rejection_reason_from_check_is_recorded(setup):
@@ -107,7 +108,7 @@ def test_rejection_reason_from_check_is_recorded(setup):
         check=lambda *a, **k: Rejected("INVALID", "tokenizer", "differs from the teacher"),
     )
     assert report.rejected == [key]
-    assert store.submission(key[0])[0]["admission"]["check_name"] == "tokenizer"
+    assert store.submission(key.hotkey)[0].admission.check_name == "tokenizer"
 
 
 def test_king_repo_strikes_ignore_outages_and_reset(setup):
@@ -129,7 +130,7 @@ def test_king_repo_strikes_ignore_outages_and_reset(setup):
             return []
 
     hub = Hub()
-    strikes = lambda: store.submission(key[0])[0]["strikes"]  # noqa: E731
+    strikes = lambda: store.submission(key.hotkey)[0].strikes  # noqa: E731
     hub.mode = "missing"
     assert check_king_repo(store, hub, 21, 3) and strikes() == 1
     hub.mode = "transient"
@@ -138,7 +139,33 @@ def test_king_repo_strikes_ignore_outages_and_reset(setup):
     assert check_king_repo(store, hub, 23, 3) and strikes() == 0
     hub.mode = "missing"
     assert check_king_repo(store, hub, 24, 2) and not check_king_repo(store, hub, 25, 2)
-    assert store.submission(key[0])[0]["status"] == "removed"
+    assert store.submission(key.hotkey)[0].status == "removed"
+
+
+def test_king_repo_check_reads_only_the_kings_strikes(setup, monkeypatch):
+    """One submission's strike count, not every submission and disqualification of the hotkey's subnet."""
+    from eval.model_store.port import RepoNotFound
+
+    world, store, teacher, _ = setup
+    key = _add(store, world, "a", 10, "alice/m1")
+    admit_pending(store, world.hub, 20, RULES, teacher)
+    store.set_king(key, 20, None, 0.1, "test")
+    store.set_strikes(key, 1)
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the king's repo check reads only its own strikes")
+
+    monkeypatch.setattr(store, "submission", refused)
+    monkeypatch.setattr(store, "disqualifications", refused)
+
+    class Gone:
+        def files(self, repo: str, revision: str) -> Any:
+            raise RepoNotFound(repo)
+
+    assert not check_king_repo(store, Gone(), 21, 2)  # the second strike in a row removes it
+    assert store.strikes(key) == 2
+    monkeypatch.undo()
+    assert store.submission(key.hotkey)[0].status == "removed"
 
 
 def test_rejected_hub_token_judges_nobody_and_is_reported(setup, monkeypatch, caplog):
@@ -167,9 +194,9 @@ def test_rejected_hub_token_judges_nobody_and_is_reported(setup, monkeypatch, ca
             report = admit_pending(store, hf, 20, RULES, teacher)
             assert check_king_repo(store, hf, 20, max_strikes=1)  # one strike would remove it: none is given
         assert report.admitted == report.rejected == [] and "HF_TOKEN" in (report.hub_auth_error or "")
-        assert [store.submission(k[0])[0]["status"] for k in (first, second)] == ["pending", "pending"]
-        assert store.pending_admissions(20) and all(r["attempts"] in (0, None) for r in store.pending_admissions(20))
-        assert store.submission(king[0])[0]["strikes"] == 0 and store.current_king()["hotkey"] == king[0]
+        assert [store.submission(k.hotkey)[0].status for k in (first, second)] == ["pending", "pending"]
+        assert store.pending_admissions(20) and all(r.attempts in (0, None) for r in store.pending_admissions(20))
+        assert store.submission(king.hotkey)[0].strikes == 0 and store.current_king().hotkey == king.hotkey
         assert store.disqualifications() == []
         errors = [r for r in caplog.records if r.levelname == "ERROR" and "HF_TOKEN" in r.getMessage()]
         assert len(errors) == 2 and "hf_expired" not in caplog.text

@@ -62,8 +62,8 @@ def test_scores_king_leaderboard_and_dq_reasons(built):
     s = client(built).get("/api/scores").json()
     with _ro(built) as store:
         king = store.current_king()
-    assert s["king"]["hotkey"] == king["hotkey"] and s["king"]["uid"] == king["uid_at_sight"]
-    assert s["king"]["kl"] == pytest.approx(king["kl"])
+    assert s["king"]["hotkey"] == king.hotkey and s["king"]["uid"] == king.uid_at_sight
+    assert s["king"]["kl"] == pytest.approx(king.kl)
     evals = {(e["hotkey"], e["commit_block"]): e for e in s["evaluations"]}
     ok = [e for e in s["evaluations"] if e["mean_kl"] is not None and e["n_prompts"] > 1]
     assert ok and all(e["ci_lo"] <= e["mean_kl"] <= e["ci_hi"] and e["n_prompts"] == 6 for e in ok)

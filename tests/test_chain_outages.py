@@ -62,7 +62,7 @@ def _state(store) -> tuple:
     evals = store._db.execute("SELECT hotkey, commit_block, COUNT(*) FROM evaluations GROUP BY 1, 2").fetchall()
     statuses = store._db.execute("SELECT status FROM submissions").fetchall()
     return (
-        king["hotkey"] if king else None,
+        king.hotkey if king else None,
         sorted(tuple(e) for e in evals),
         sorted(s[0] for s in statuses),
         store.last_weights(confirmed=True) is not None,
@@ -123,7 +123,7 @@ def test_a_lost_answer_to_a_write_that_landed_is_not_a_failure(world):
     v = make_validator(world, FakePod({"alice/m1": 0.5}), chain=chain)
     try:
         assert v.epoch().weights == "set" and calls.count("execute") == 1
-        assert v.store.last_weights(confirmed=True)["message"].endswith("(the answer was lost, but LastUpdate moved).")
+        assert v.store.last_weights(confirmed=True).message.endswith("(the answer was lost, but LastUpdate moved).")
     finally:
         chain.close()
         v.store.close()

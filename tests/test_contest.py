@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from eval.rules import ContestRules
+from eval.schemas import SubmissionId as S
 from validator.contest import (
     Candidate,
     king_vanished,
@@ -51,7 +52,7 @@ def test_new_commitment_is_pending_with_chain_fields():
     out = new_submissions([C("hkA", 10, good())], set(), [N(3, "hkA", "ckA")])
     assert len(out) == 1
     s = out[0]
-    assert (s.key, s.uid, s.coldkey, s.status, s.repo, s.revision) == (("hkA", 10), 3, "ckA", "pending", "org/m", REV)
+    assert (s.key, s.uid, s.coldkey, s.status, s.repo, s.revision) == (S("hkA", 10), 3, "ckA", "pending", "org/m", REV)
 
 
 def test_spoofed_block_key_is_invalid_and_chain_block_is_kept():
@@ -62,25 +63,25 @@ def test_spoofed_block_key_is_invalid_and_chain_block_is_kept():
 
 
 def test_known_submission_is_not_recorded_again():
-    assert new_submissions([C("hkA", 10, good())], {("hkA", 10)}, [N(0, "hkA", "ck")]) == []
+    assert new_submissions([C("hkA", 10, good())], {S("hkA", 10)}, [N(0, "hkA", "ck")]) == []
 
 
 def test_recommit_is_a_new_submission_and_withdraws_the_one_it_replaced():
     """The chain keeps only the newest commitment: that one is the hotkey's submission, for everyone."""
-    (s,) = new_submissions([C("hkA", 20, good("org/new"))], {("hkA", 10)}, [N(0, "hkA", "ck")])
-    assert s.key == ("hkA", 20) and s.status == "pending" and s.repo == "org/new"
-    assert withdrawn_submissions([C("hkA", 20, good("org/new"))], [("hkA", 10), ("hkB", 5)]) == {("hkA", 10): 20}
+    (s,) = new_submissions([C("hkA", 20, good("org/new"))], {S("hkA", 10)}, [N(0, "hkA", "ck")])
+    assert s.key == S("hkA", 20) and s.status == "pending" and s.repo == "org/new"
+    assert withdrawn_submissions([C("hkA", 20, good("org/new"))], [S("hkA", 10), S("hkB", 5)]) == {S("hkA", 10): 20}
 
 
 def test_recommit_seen_once_is_not_recorded_twice():
-    assert new_submissions([C("hkA", 20, good())], {("hkA", 10), ("hkA", 20)}, [N(0, "hkA", "ck")]) == []
-    assert withdrawn_submissions([C("hkA", 20, good())], [("hkA", 20)]) == {}
+    assert new_submissions([C("hkA", 20, good())], {S("hkA", 10), S("hkA", 20)}, [N(0, "hkA", "ck")]) == []
+    assert withdrawn_submissions([C("hkA", 20, good())], [S("hkA", 20)]) == {}
 
 
 def test_nothing_is_withdrawn_without_a_newer_commitment_on_chain():
     """A hotkey missing from a read (sealed, filtered) or showing an older block withdraws nothing."""
-    assert withdrawn_submissions([], [("hkA", 10)]) == {}
-    assert withdrawn_submissions([C("hkA", 5, good())], [("hkA", 10)]) == {}
+    assert withdrawn_submissions([], [S("hkA", 10)]) == {}
+    assert withdrawn_submissions([C("hkA", 5, good())], [S("hkA", 10)]) == {}
 
 
 def test_validator_that_started_late_records_what_one_that_watched_ends_up_with():
@@ -93,7 +94,7 @@ def test_validator_that_started_late_records_what_one_that_watched_ends_up_with(
     watcher.update({s.key: s.repo for s in new_submissions(now, set(watcher), neurons)})
     live_watcher = {k: repo for k, repo in watcher.items() if k not in gone}
     late = {s.key: s.repo for s in new_submissions(now, set(), neurons)}
-    assert live_watcher == late == {("hkA", 30): "org/new", ("hkB", 12): "org/b"}
+    assert live_watcher == late == {S("hkA", 30): "org/new", S("hkB", 12): "org/b"}
 
 
 def test_withdrawn_king_vanishes():
@@ -102,20 +103,20 @@ def test_withdrawn_king_vanishes():
 
 def test_recycled_uid_new_hotkey_is_a_fresh_submission():
     """LESSONS 17: uid 7 belonged to hkOld; hkNew on uid 7 is new, keyed by its own hotkey."""
-    out = new_submissions([C("hkNew", 30, good())], {("hkOld", 10)}, [N(7, "hkNew", "ck2")])
-    assert [(s.key, s.status, s.uid) for s in out] == [(("hkNew", 30), "pending", 7)]
+    out = new_submissions([C("hkNew", 30, good())], {S("hkOld", 10)}, [N(7, "hkNew", "ck2")])
+    assert [(s.key, s.status, s.uid) for s in out] == [(S("hkNew", 30), "pending", 7)]
 
 
 def test_unregistered_hotkeys_are_skipped_and_output_is_fifo():
     commits = [C("hkB", 12, good()), C("hkZ", 5, good()), C("hkA", 12, good()), C("gone", 1, good())]
     neurons = [N(0, "hkA", "c"), N(1, "hkB", "c"), N(2, "hkZ", "c")]
-    assert [s.key for s in new_submissions(commits, set(), neurons)] == [("hkZ", 5), ("hkA", 12), ("hkB", 12)]
+    assert [s.key for s in new_submissions(commits, set(), neurons)] == [S("hkZ", 5), S("hkA", 12), S("hkB", 12)]
 
 
 def test_two_commitments_same_hotkey_in_one_sync_the_newest_counts():
     commits = [C("hkA", 20, good("org/late")), C("hkA", 10, good("org/early"))]
     (s,) = new_submissions(commits, set(), [N(0, "hkA", "c")])
-    assert s.key == ("hkA", 20) and s.repo == "org/late"
+    assert s.key == S("hkA", 20) and s.repo == "org/late"
 
 
 # --- plan_round ------------------------------------------------------------
@@ -132,7 +133,7 @@ def test_challenge_fifo_by_block_then_hotkey_and_cap():
     pool = [cand("e", 9), cand("d", 3), cand("c", 3), cand("b", 7), cand("a", 8), cand("x", 2, "pending")]
     plan = plan_round(king, [king, *pool], RULES, max_challengers=3)
     assert plan.kind == "challenge"
-    assert [c.key for c in plan.challengers] == [("c", 3), ("d", 3), ("b", 7)]
+    assert [c.key for c in plan.challengers] == [S("c", 3), S("d", 3), S("b", 7)]
     assert plan.models[0] == king
 
 
@@ -149,7 +150,7 @@ def test_per_coldkey_cap_blocks_sybil_flood():
     swarm = [cand(f"s{i}", 2 + i, coldkey="whale") for i in range(10)]
     honest = cand("h", 50, coldkey="honest")
     plan = plan_round(king, [king, *swarm, honest], RULES)
-    assert [c.key for c in plan.challengers] == [("s0", 2), ("s1", 3), ("h", 50)]
+    assert [c.key for c in plan.challengers] == [S("s0", 2), S("s1", 3), S("h", 50)]
 
 
 def test_unregistered_admitted_submission_is_not_queued():
@@ -161,7 +162,7 @@ def test_first_round_takes_all_candidates_together():
     pool = [cand("a", 5), cand("b", 3)]
     plan = plan_round(None, pool, RULES)
     assert plan.kind == "first" and plan.king is None
-    assert [c.key for c in plan.challengers] == [("b", 3), ("a", 5)]
+    assert [c.key for c in plan.challengers] == [S("b", 3), S("a", 5)]
 
 
 def test_no_king_no_candidates_is_none():
@@ -177,9 +178,9 @@ def test_vanished_king_triggers_coronation_of_survivors_plus_new(status, registe
     dq = cand("dq", 5, "disqualified", kl=0.0)
     new = cand("n", 9)
     plan = plan_round(king, [king, *survivors, dq, new], RULES)
-    assert plan.kind == "coronation" and plan.king is None and plan.vanished_king == ("K", 1)
-    assert [c.key for c in plan.challengers] == [("s2", 3), ("s3", 4), ("n", 9)]
-    assert plan.reevaluated == (("s2", 3), ("s3", 4))
+    assert plan.kind == "coronation" and plan.king is None and plan.vanished_king == S("K", 1)
+    assert [c.key for c in plan.challengers] == [S("s2", 3), S("s3", 4), S("n", 9)]
+    assert plan.reevaluated == (S("s2", 3), S("s3", 4))
 
 
 def test_live_king_with_stale_better_scores_is_still_king():
@@ -188,17 +189,17 @@ def test_live_king_with_stale_better_scores_is_still_king():
     stale = cand("old", 2, "evaluated", kl=0.0)
     plan = plan_round(king, [king, stale, cand("n", 3)], RULES)
     assert plan.kind == "challenge" and plan.king == king
-    assert [c.key for c in plan.challengers] == [("n", 3)]
+    assert [c.key for c in plan.challengers] == [S("n", 3)]
 
 
 def test_no_king_but_survivors_is_coronation_even_without_new():
     plan = plan_round(None, [cand("s", 2, "evaluated", kl=0.4)], RULES)
-    assert plan.kind == "coronation" and [c.key for c in plan.challengers] == [("s", 2)]
+    assert plan.kind == "coronation" and [c.key for c in plan.challengers] == [S("s", 2)]
 
 
 def test_coronation_with_nobody_left_is_none():
     plan = plan_round(cand("K", 1, "removed", kl=0.1), [], RULES)
-    assert plan.kind == "none" and plan.vanished_king == ("K", 1)
+    assert plan.kind == "none" and plan.vanished_king == S("K", 1)
 
 
 def test_max_challengers_must_be_positive():
@@ -226,12 +227,12 @@ def test_weights_due(last, head, changed, due):
 
 def test_weights_for_king_one_others_zero():
     neurons = [N(2, "b", "c"), N(0, "K", "c"), N(1, "a", "c")]
-    assert weights_for(("K", 5), neurons) == ([0, 1, 2], [1.0, 0.0, 0.0])
+    assert weights_for(S("K", 5), neurons) == ([0, 1, 2], [1.0, 0.0, 0.0])
 
 
 def test_weights_for_no_king_or_deregistered_king_sets_nothing():
     assert weights_for(None, [N(0, "a", "c")]) is None
-    assert weights_for(("K", 5), [N(0, "new-owner-of-uid", "c")]) is None
+    assert weights_for(S("K", 5), [N(0, "new-owner-of-uid", "c")]) is None
 
 
 # --- strikes ---------------------------------------------------------------

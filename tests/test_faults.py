@@ -26,7 +26,7 @@ def _evals(store) -> list[tuple]:
 
 
 def _status(store, name: str, world) -> str:
-    return store.submission(world.miners[name])[0]["status"]
+    return store.submission(world.miners[name])[0].status
 
 
 # --- pods -----------------------------------------------------------------------------------------------
@@ -55,13 +55,13 @@ def test_pod_fault_fails_the_round_and_judges_nobody(world, fault):
     assert report.round_state == "failed" and report.weights == "no_king"
     assert _evals(v.store) == [] and v.store.current_king() is None
     assert {_status(v.store, n, world) for n in ("m1", "m2")} == {"admitted"}
-    assert v.store.rounds()["items"][0]["state"] == "failed"
+    assert v.store.rounds().items[0].state == "failed"
     pod.fail, pod.mutate = None, None
     world.sim.advance(1)
     report = v.epoch()  # retried next epoch with a fresh job
     assert report.round_state == "done" and report.weights == "set"
     assert len(_evals(v.store)) == 2 and pod.calls[0].job_id != pod.calls[1].job_id
-    assert v.store.current_king()["hotkey"] == world.miners["m1"]
+    assert v.store.current_king().hotkey == world.miners["m1"]
 
 
 # --- model store ------------------------------------------------------------------------------------------
@@ -86,14 +86,14 @@ def test_hub_outage_during_admission_defers_and_never_disqualifies(world):
     v = make_validator(world, FakePod())
     v.model_store = FlakyStore(world.hub, failures=2)
     report = v.epoch()
-    assert [k[0] for k in report.admission.transient] == [world.miners["m1"]] and report.round_kind == "none"
+    assert [k.hotkey for k in report.admission.transient] == [world.miners["m1"]] and report.round_kind == "none"
     row = v.store.submission(world.miners["m1"])[0]
-    assert row["status"] == "pending" and row["disqualifications"] == []
-    assert row["admission"]["next_retry_block"] == report.block + 5
+    assert row.status == "pending" and row.disqualifications == []
+    assert row.admission.next_retry_block == report.block + 5
     assert v.epoch().admission.checks == 0  # not before its retry block: no hammering
     world.sim.advance(5)
     assert v.epoch().admission.transient  # second outage: backoff doubles
-    assert v.store.submission(world.miners["m1"])[0]["admission"]["next_retry_block"] >= world.sim.head().number + 10
+    assert v.store.submission(world.miners["m1"])[0].admission.next_retry_block >= world.sim.head().number + 10
     world.sim.advance(10)
     report = v.epoch()
     assert report.admission.admitted and report.round_state == "done"
@@ -136,14 +136,14 @@ def test_failed_weights_are_recorded_and_retried_later_not_in_a_tight_loop(world
     v.chain = chain
     assert v.epoch().weights == "failed"
     attempt = v.store.last_weights(successful=False)
-    assert attempt["success"] == 0 and attempt["message"]
+    assert attempt.success is False and attempt.message
     for _ in range(3):  # the loop keeps running epochs; no new attempt inside the retry window
         world.sim.advance(1)
         assert v.epoch().weights == "retry_later"
     assert chain.calls == 1
     world.sim.advance(10)
     assert v.epoch().weights == "set" and chain.calls == 2
-    assert v.store.last_weights()["confirmed"] == 1
+    assert v.store.last_weights().confirmed is True
     world.sim.advance(1)
     assert v.epoch().weights == "not_due" and chain.calls == 2  # unchanged king, inside the interval
 
@@ -154,12 +154,12 @@ def test_same_model_by_two_hotkeys_the_earlier_owns(world):
     pod = FakePod()
     v = make_validator(world, pod)
     report = v.epoch()
-    assert [k[0] for k in report.admission.copies] == [world.miners["m2"]]
+    assert [k.hotkey for k in report.admission.copies] == [world.miners["m2"]]
     assert _status(v.store, "m2", world) == "disqualified"
     dq = v.store.disqualifications()[0]
-    assert dq["reason"] == "COPY" and dq["evidence"]["copy_of"]["hotkey"] == world.miners["m1"]
+    assert dq.reason == "COPY" and dq.evidence["copy_of"]["hotkey"] == world.miners["m1"]
     assert [m.submission.hotkey for m in pod.calls[0].models] == [world.miners["m1"]]
-    assert v.store.current_king()["hotkey"] == world.miners["m1"]
+    assert v.store.current_king().hotkey == world.miners["m1"]
 
 
 def test_later_copy_that_took_the_crown_loses_it_when_the_elder_is_admitted(world):
@@ -175,12 +175,12 @@ def test_later_copy_that_took_the_crown_loses_it_when_the_elder_is_admitted(worl
 
     v.check = first_call_hits_an_outage
     v.epoch()
-    assert v.store.current_king()["hotkey"] == world.miners["m2"]
+    assert v.store.current_king().hotkey == world.miners["m2"]
     world.sim.advance(10)
     report = v.epoch()
-    assert [k[0] for k in report.admission.admitted] == [world.miners["m1"]]
+    assert [k.hotkey for k in report.admission.admitted] == [world.miners["m1"]]
     assert _status(v.store, "m2", world) == "disqualified"
-    assert report.round_kind == "coronation" and v.store.current_king()["hotkey"] == world.miners["m1"]
+    assert report.round_kind == "coronation" and v.store.current_king().hotkey == world.miners["m1"]
 
 
 def test_copy_of_the_king_under_another_repo_is_a_copy(world):
@@ -193,26 +193,26 @@ def test_copy_of_the_king_under_another_repo_is_a_copy(world):
     seed(world, ("m9", "mallory/stolen"))
     report = v.epoch()
     assert report.admission.copies and report.round_kind == "none"
-    assert v.store.current_king()["hotkey"] == world.miners["m1"]
+    assert v.store.current_king().hotkey == world.miners["m1"]
 
 
 def test_deleted_king_repo_leads_to_a_coronation(world):
     seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
     v = make_validator(world, FakePod({"alice/m1": 0.5, "bob/m2": 0.7}), max_strikes=2)
     v.epoch()
-    assert v.store.current_king()["hotkey"] == world.miners["m1"]
+    assert v.store.current_king().hotkey == world.miners["m1"]
     world.hub.delete("alice/m1")
     world.sim.advance(1)
     assert v.epoch().round_kind == "none"  # strike 1 of 2: the king keeps the crown for now
     world.sim.advance(1)
     report = v.epoch()
     assert _status(v.store, "m1", world) == "removed" and report.round_kind == "coronation"
-    assert v.store.current_king()["hotkey"] == world.miners["m2"]
+    assert v.store.current_king().hotkey == world.miners["m2"]
     first, coronation = v.store.round(1), v.store.round(report.round_id)
-    assert coronation["block_hash"] != first["block_hash"]  # fresh prompts, not the old round's scores
-    assert set(coronation["prompt_sha256s"]) != set(first["prompt_sha256s"])
-    assert [e["round_id"] for e in v.store.submission(world.miners["m2"])[0]["evaluations"]] == [1, report.round_id]
-    assert any(d["reason"] == "REMOVED" for d in v.store.disqualifications())
+    assert coronation.block_hash != first.block_hash  # fresh prompts, not the old round's scores
+    assert set(coronation.prompt_sha256s) != set(first.prompt_sha256s)
+    assert [e.round_id for e in v.store.submission(world.miners["m2"])[0].evaluations] == [1, report.round_id]
+    assert any(d.reason == "REMOVED" for d in v.store.disqualifications())
 
 
 def test_uid_recycling_inherits_nothing(world):
@@ -225,10 +225,10 @@ def test_uid_recycling_inherits_nothing(world):
     world.sim.advance(10)
     report = v.epoch()
     assert report.round_kind == "coronation"  # the deregistered king cannot hold the crown
-    assert v.store.current_king()["hotkey"] == world.miners["m2"]
+    assert v.store.current_king().hotkey == world.miners["m2"]
     assert v.store.submission(world.miners["newcomer"]) == []
     w = v.store.last_weights()
-    assert dict(zip(w["uids"], w["weights"], strict=True))[uid] == 0.0
+    assert dict(zip(w.uids, w.weights, strict=True))[uid] == 0.0
 
 
 def _counting_check(v: Any) -> list[Any]:
@@ -252,7 +252,7 @@ def test_king_recommit_withdraws_the_king_and_the_new_commitment_is_judged_on_it
     pod = FakePod({"alice/m1": 0.5, "bob/m2": 0.9, "carol/m3": 0.3})
     v = make_validator(world, pod)
     v.epoch()
-    first_block = v.store.current_king()["commit_block"]
+    first_block = v.store.current_king().commit_block
     checks = _counting_check(v)
     new_block = world.commit("m1", "carol/m3", replace=True)  # the chain overwrites the first commitment
     world.sim.advance(10)
@@ -260,11 +260,11 @@ def test_king_recommit_withdraws_the_king_and_the_new_commitment_is_judged_on_it
     assert report.withdrawn == 1 and report.new_submissions == 1 and checks == ["carol/m3"]
     assert report.round_kind == "coronation"  # a withdrawn king holds nothing (LESSONS 20)
     subs = v.store.submission(world.miners["m1"])
-    assert [(s["commit_block"], s["status"]) for s in subs] == [(first_block, "ignored"), (new_block, "evaluated")]
-    assert subs[0]["status_detail"] == f"withdrawn: replaced by the commitment at block {new_block}"
-    assert len(subs[0]["evaluations"]) == 1 and len(subs[1]["evaluations"]) == 1  # one evaluation each, ever
+    assert [(s.commit_block, s.status) for s in subs] == [(first_block, "ignored"), (new_block, "evaluated")]
+    assert subs[0].status_detail == f"withdrawn: replaced by the commitment at block {new_block}"
+    assert len(subs[0].evaluations) == 1 and len(subs[1].evaluations) == 1  # one evaluation each, ever
     king = v.store.current_king()
-    assert (king["hotkey"], king["commit_block"]) == (world.miners["m1"], new_block)
+    assert (king.hotkey, king.commit_block) == (world.miners["m1"], new_block)
     world.sim.advance(1)
     assert v.epoch().round_kind == "none" and len(pod.calls) == 2
 
@@ -289,10 +289,10 @@ def test_a_validator_started_after_a_recommit_agrees_with_one_that_watched_it(wo
     assert _live(watcher.store) == _live(late.store)
     assert {status for _, status in _live(late.store).values()} == {"evaluated"}  # m3 owns alice/m1 now, for both
     assert watcher.store.disqualifications() == late.store.disqualifications() == []
-    kings = [(s.current_king()["hotkey"], s.current_king()["commit_block"]) for s in (watcher.store, late.store)]
+    kings = [(s.current_king().hotkey, s.current_king().commit_block) for s in (watcher.store, late.store)]
     assert kings[0] == kings[1] == (world.miners["m1"], world.sim.commitments()[world.miners["m1"]].block)
     rewarded = [
-        {u: x for u, x in zip(w["uids"], w["weights"], strict=True) if x}
+        {u: x for u, x in zip(w.uids, w.weights, strict=True) if x}
         for w in (watcher.store.last_weights(), late.store.last_weights())
     ]
     assert rewarded[0] == rewarded[1] and len(rewarded[0]) == 1
@@ -304,14 +304,14 @@ def test_recommit_while_pending_replaces_the_pending_model(world):
     v = make_validator(world, pod)
     v.model_store = FlakyStore(world.hub, failures=1)
     assert v.epoch().admission.transient  # the first commitment waits for its retry
-    first_block = v.store.submission(world.miners["m1"])[0]["commit_block"]
+    first_block = v.store.submission(world.miners["m1"])[0].commit_block
     world.commit("m1", "bob/m2", replace=True)
     checks = _counting_check(v)
     world.sim.advance(20)
     report = v.epoch()
     assert report.round_state == "done" and checks == ["bob/m2"]
     subs = v.store.submission(world.miners["m1"])
-    assert [s["status"] for s in subs] == ["ignored", "evaluated"] and subs[0]["commit_block"] == first_block
+    assert [s.status for s in subs] == ["ignored", "evaluated"] and subs[0].commit_block == first_block
     assert [m.repo for m in pod.calls[0].models] == ["bob/m2"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from eval.estimate import AGAINST_HOTKEY, MODEL_HOTKEY, Pinned, local_job
 from eval.jobs import build_job, model_ref
 from eval.rules import DEFAULT_RULES
+from eval.schemas import SubmissionId
 from validator.contest import Candidate, RoundPlan
 from validator.rounds import plan_refs
 
@@ -14,8 +15,10 @@ KING_HK, CHAL_HK = "5" + "k" * 47, "5" + "c" * 47
 
 
 def test_king_first_then_challengers_with_their_identities():
-    king = model_ref("org/king", REV_K, KING_HK, 3)
-    job = build_job("j-1", 7, HASH, DEFAULT_RULES, None, ["p"], king, [model_ref("org/chal", REV_C, CHAL_HK, 9)])
+    king = model_ref("org/king", REV_K, SubmissionId(KING_HK, 3))
+    job = build_job(
+        "j-1", 7, HASH, DEFAULT_RULES, None, ["p"], king, [model_ref("org/chal", REV_C, SubmissionId(CHAL_HK, 9))]
+    )
     assert [m.spec for m in job.models] == [f"org/king@{REV_K}", f"org/chal@{REV_C}"]
     assert [m.key for m in job.models] == [f"{KING_HK}:3", f"{CHAL_HK}:9"]
     assert (job.job_id, job.block, job.block_hash, job.prompts) == ("j-1", 7, HASH, ["p"])

@@ -25,7 +25,7 @@ from eval.errors import InfraError, TransientError
 from eval.hashing import metadata_hash
 from eval.kl import kl_from_hidden, kl_per_position
 from eval.model_store.local import LocalHub
-from eval.schemas import ModelResult
+from eval.schemas import ModelResult, SubmissionId
 from scripts.pod_fixtures import make_job, ref
 from tests.pod_helpers import fake_result
 from validator.contest import NewSubmission
@@ -69,13 +69,15 @@ def test_lesson_05_integrity_shas_and_weight_hashes_never_clobber(tmp_path):
         for hk, block, uid in ((hk_a, 5, 0), (hk_b, 9, 1))
     ]
     store.add_submissions(subs)
-    store.record_admission((hk_a, 5), "admitted", params=10, metadata_hash=same)
-    store.add_integrity((hk_a, 5), {"model.safetensors": same, "config.json": "b" * 64})
-    store.add_hash((hk_a, 5), "content", "c" * 64)
-    store.add_integrity((hk_b, 9), {"model.safetensors": same})  # b's file SHA equals a's metadata hash
-    store.record_admission((hk_b, 9), "admitted", params=10, metadata_hash="e" * 64)
-    assert store.metadata_hash_owner(same) == (hk_a, 5) and store.metadata_hash_holders("e" * 64) == [(hk_b, 9)]
-    assert store.known_content_hashes() == [((hk_a, 5), "c" * 64)]
+    store.record_admission(SubmissionId(hk_a, 5), "admitted", params=10, metadata_hash=same)
+    store.add_integrity(SubmissionId(hk_a, 5), {"model.safetensors": same, "config.json": "b" * 64})
+    store.add_hash(SubmissionId(hk_a, 5), "content", "c" * 64)
+    store.add_integrity(SubmissionId(hk_b, 9), {"model.safetensors": same})  # b's file SHA equals a's metadata hash
+    store.record_admission(SubmissionId(hk_b, 9), "admitted", params=10, metadata_hash="e" * 64)
+    assert store.metadata_hash_owner(same) == SubmissionId(hk_a, 5) and store.metadata_hash_holders("e" * 64) == [
+        SubmissionId(hk_b, 9)
+    ]
+    assert store.known_content_hashes() == [(SubmissionId(hk_a, 5), "c" * 64)]
     rows = store._db.execute("SELECT hotkey, path, sha256 FROM integrity ORDER BY hotkey, path").fetchall()
     assert [tuple(r) for r in rows] == [
         (hk_a, "config.json", "b" * 64),
@@ -85,7 +87,7 @@ def test_lesson_05_integrity_shas_and_weight_hashes_never_clobber(tmp_path):
     kinds = store._db.execute("SELECT kind, value FROM hashes WHERE hotkey = ? ORDER BY kind", (hk_a,)).fetchall()
     assert [tuple(r) for r in kinds] == [("content", "c" * 64), ("metadata", same)]
     with pytest.raises((sqlite3.IntegrityError, StoreError)):  # the hash table is typed: no third kind
-        store.add_hash((hk_a, 5), "integrity", same)
+        store.add_hash(SubmissionId(hk_a, 5), "integrity", same)
     store.close()
 
 
@@ -120,8 +122,8 @@ def test_lesson_11_main_moving_after_the_commit_changes_nothing(world):
     (sent,) = pod.calls[0].models
     assert sent.revision == pinned
     row = v.store.submission(world.miners["m1"])[0]
-    assert row["revision"] == pinned
-    key = (world.miners["m1"], row["commit_block"])
+    assert row.revision == pinned
+    key = SubmissionId(world.miners["m1"], row.commit_block)
     assert v.store.metadata_hash_owner(metadata_hash(hub.files("alice/m1", pinned))) == key
     assert v.store.metadata_hash_owner(metadata_hash(hub.files("alice/m1", moved))) is None
 
@@ -195,7 +197,7 @@ def test_lesson_18_a_model_error_is_final_and_never_dispatched_again(world):
     pod.mutate = break_bob
     v = make_validator(world, pod)
     assert v.epoch().round_state == "done"
-    assert v.store.submission(world.miners["m2"])[0]["status"] not in ("pending", "admitted")
+    assert v.store.submission(world.miners["m2"])[0].status not in ("pending", "admitted")
     for _ in range(3):
         world.sim.advance(10)
         assert v.epoch().round_kind == "none"

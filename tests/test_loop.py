@@ -54,7 +54,21 @@ def test_job_identity_comes_from_the_chain(world):
     assert {m.submission.hotkey: m.submission.commit_block for m in job.models} == chain_blocks
     assert job.block_hash == world.sim.block_hash(job.block)  # prompts seeded by the block HASH
     rnd = v.store.round(1)
-    assert rnd["block_hash"] == job.block_hash and len(rnd["prompt_sha256s"]) == len(job.prompts)
+    assert rnd.block_hash == job.block_hash and len(rnd.prompt_sha256s) == len(job.prompts)
+
+
+def test_jobs_are_numbered_by_the_stores_round_count_not_the_apis_pages(world, monkeypatch):
+    pod = FakePod()
+    v = make_validator(world, pod)
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the loop counts rounds with its own query")
+
+    monkeypatch.setattr(v.store, "rounds", refused)
+    v.store.create_round("first", 1, "0x" + "0" * 64, ["e" * 64], v.rules, [], None)
+    v.store.fail_round(1, "an earlier attempt")
+    report = v.epoch()
+    assert report.round_id == 2 and pod.calls[0].job_id.startswith("r2-")
 
 
 class StoppingPod(FakePod):
@@ -78,7 +92,7 @@ def test_stopped_round_is_resumed_with_the_same_job(world):
     report = v.epoch()
     assert report.round_state == "abandoned" and report.weights == "not_due"
     first = v.pod.calls[0]
-    assert [r["state"] for r in v.store.interrupted_rounds()] == ["dispatched"]
+    assert [r.state for r in v.store.interrupted_rounds()] == ["dispatched"]
     v.store.close()
     world.sim.advance(3)
     pod = FakePod({"alice/m1": 0.4})
@@ -111,8 +125,8 @@ class ProgressPod(FakePod):
         end = time.monotonic() + 10
         while time.monotonic() < end and self.seen is None:
             p = reader.progress()
-            if p and p["data"].get("phase") == "running":
-                self.seen = p["data"]
+            if p and p.data.get("phase") == "running":
+                self.seen = p.data
             time.sleep(0.05)
         reader.close()
         return super().answer(job, deadline_s)
@@ -141,7 +155,7 @@ def test_sigterm_stops_the_running_loop_cleanly(world, tmp_path):
         if world.db.exists():
             s = Store.open_readonly(world.db)
             try:
-                done = s.rounds()["total"] and s.last_weights() is not None
+                done = s.rounds().total and s.last_weights() is not None
             except Exception:  # noqa: BLE001 - schema may not exist yet
                 done = False
             s.close()

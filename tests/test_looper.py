@@ -22,6 +22,7 @@ from eval.onpolicy import measure_onpolicy
 from eval.prompts import LocalCorpus, sample_prompts
 from eval.rules import ContestRules
 from eval.runner import DiskLimits, run_job
+from eval.schemas import SubmissionId
 from eval.scoring import load_causal_lm, load_tokenizer, score_student
 from eval.stats import decide, onpolicy_guard
 from eval.teacher import run_teacher
@@ -98,7 +99,7 @@ def test_looper_beats_the_king_on_kl_and_the_guard_stops_it(cast, tmp_path):
     king, looper = result.models
     assert decide(king.prompt_kl, looper.prompt_kl, RULES).dethrone  # it wins on KL, by the dethrone rule
     verdict = {v.hotkey: v for v in out.verdicts}[looper.ref.submission.hotkey]
-    assert verdict.state == "onpolicy_stopped" and out.new_king == (king.ref.submission.hotkey, 10)
+    assert verdict.state == "onpolicy_stopped" and out.new_king == SubmissionId(king.ref.submission.hotkey, 10)
     assert verdict.reason.startswith("beats the king on KL") and "its own continuations" in verdict.reason
     loops = [o for o in looper.onpolicy if o.repetition > 0.5]
     assert len(loops) >= len(looper.onpolicy) // 2 and all(set(o.text) == {"."} for o in loops)  # "........"
@@ -106,7 +107,7 @@ def test_looper_beats_the_king_on_kl_and_the_guard_stops_it(cast, tmp_path):
     # the old rules (no guard) crown it on the very same round
     old = RULES.model_copy(update={"onpolicy_prompts": 0})
     result, out = _round(cast, tmp_path / "unguarded", old, HASHES[0])
-    assert out.new_king == (result.models[1].ref.submission.hotkey, 20) and result.models[1].onpolicy == []
+    assert out.new_king == SubmissionId(result.models[1].ref.submission.hotkey, 20) and result.models[1].onpolicy == []
 
 
 def _guard(king, challenger):

@@ -125,7 +125,7 @@ def test_hub_outage_during_admission(world, hub, caplog, name, fault, marker):
     hub.fail(fault)
     report = v.epoch()  # returns: the step ended, the loop goes on
     assert report.round_kind == "none" and report.weights == "no_king"
-    assert v.store.submission(world.miners["m1"])[0]["status"] == "pending"
+    assert v.store.submission(world.miners["m1"])[0].status == "pending"
     _nobody_judged(v)
     _logged(caplog, marker)
     if name in ("expired_token", "bare_403"):
@@ -135,7 +135,7 @@ def test_hub_outage_during_admission(world, hub, caplog, name, fault, marker):
     hub.heal()
     world.sim.advance(50)  # past any backoff
     report = v.epoch()
-    assert report.round_state == "done" and v.store.current_king()["hotkey"] == world.miners["m1"]
+    assert report.round_state == "done" and v.store.current_king().hotkey == world.miners["m1"]
 
 
 # --- the king's repo check --------------------------------------------------------------------------------
@@ -149,13 +149,13 @@ def test_hub_outage_during_the_kings_repo_check(world, hub, caplog, name, fault,
     caplog.clear()
     report = v.epoch()
     king = v.store.current_king()
-    assert king["hotkey"] == world.miners["m1"] and v.store.submission(king["hotkey"])[0]["strikes"] == 0
+    assert king.hotkey == world.miners["m1"] and v.store.submission(king.hotkey)[0].strikes == 0
     assert v.store.disqualifications() == [] and report.weights in ("set", "not_due")
     _logged(caplog, marker)
     hub.heal()
     world.sim.advance(1)
     v.epoch()
-    assert v.store.current_king()["hotkey"] == world.miners["m1"]
+    assert v.store.current_king().hotkey == world.miners["m1"]
 
 
 # --- prompt sampling ----------------------------------------------------------------------------------------
@@ -221,14 +221,14 @@ def test_dataset_outage_during_prompt_sampling(world, caplog, name, seam, fault,
     report = v.epoch()
     assert report.round_state == "no_prompts" and report.round_kind == "first"
     assert report.prompts_error and report.weights == "no_king"
-    assert v.store.rounds()["total"] == 0  # no round was created, so none is left half-done
+    assert v.store.rounds().total == 0  # no round was created, so none is left half-done
     _nobody_judged(v)
     _logged(caplog, "prompt sampling failed", marker)
     assert v.epoch().round_state == "no_prompts"  # backing off: the source is not asked in a tight loop
     broken["on"] = False
     world.sim.advance(5)
     report = v.epoch()
-    assert report.round_state == "done" and v.store.current_king()["hotkey"] == world.miners["m1"]
+    assert report.round_state == "done" and v.store.current_king().hotkey == world.miners["m1"]
 
 
 def test_a_rejected_token_while_listing_the_dataset_is_reported(world, monkeypatch, tmp_path):
@@ -287,10 +287,10 @@ def test_pod_outage_during_dispatch_or_polling(world, caplog, name, where, fault
     v = _validator(world, pod=pod)
     report = v.epoch()
     assert report.round_state == "failed" and report.weights == "no_king"
-    assert v.store.rounds()["items"][0]["state"] == "failed" and v.store.current_king() is None
-    assert v.store.submission(world.miners["m1"])[0]["status"] == "admitted"  # still in the queue
+    assert v.store.rounds().items[0].state == "failed" and v.store.current_king() is None
+    assert v.store.submission(world.miners["m1"])[0].status == "admitted"  # still in the queue
     _nobody_judged(v)
     _logged(caplog, "failed, nobody judged", marker)
     v.rounds.pod = FakePod({"alice/m1": 0.5})  # the pod is back
     world.sim.advance(1)
-    assert v.epoch().round_state == "done" and v.store.current_king()["hotkey"] == world.miners["m1"]
+    assert v.epoch().round_state == "done" and v.store.current_king().hotkey == world.miners["m1"]

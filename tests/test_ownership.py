@@ -57,11 +57,11 @@ def test_duplicate_keys_rejected():
 
 
 def test_owner_order_is_the_validators_seniority_order():
-    # One seniority rule across the tree: the validator's COPY verdicts use validator.contest.order_key.
-    from validator.contest import order_key
+    # One seniority rule across the tree: the validator's COPY verdicts order eval.schemas.SubmissionId.
+    from eval.schemas import SubmissionId
 
     rng = random.Random(5)
     for _ in range(50):
         subs = [S(f"{h}:{b}", h, b, "m", None) for h, b in {(rng.choice("abcde"), rng.randint(1, 4)) for _ in range(6)}]
-        owner = min(subs, key=lambda s: order_key((s.hotkey, s.commit_block)))
+        owner = min(subs, key=lambda s: SubmissionId(s.hotkey, s.commit_block))
         assert set(assign_ownership(subs).values()) == {owner.key}

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from eval.rules import ContestRules
 from eval.schemas import (
@@ -111,12 +111,61 @@ def test_bad_repo_ids(repo: str) -> None:
         ModelRef.model_validate(ref(repo=repo))
 
 
+SUBMISSION_ID = TypeAdapter(SubmissionId)
+
+
 def test_submission_identity() -> None:
-    s = SubmissionId.model_validate(sub(HK1, 7))
-    assert s.key == f"{HK1}:7"
-    for bad in [sub("not a hotkey!", 7), sub(HK1, -1), sub("5" * 10, 7)]:
+    s = SUBMISSION_ID.validate_python(sub(HK1, 7))
+    assert str(s) == f"{HK1}:7" and s == SubmissionId(HK1, 7)
+    for bad in [sub("not a hotkey!", 7), sub(HK1, -1), sub("5" * 10, 7), {**sub(HK1, 7), "block": 1}]:
         with pytest.raises(ValidationError):
-            SubmissionId.model_validate(bad)
+            SUBMISSION_ID.validate_python(bad)
+
+
+def test_submission_id_string_round_trip() -> None:
+    for s in [SubmissionId(HK1, 0), SubmissionId(HK2, 7), SubmissionId(HK1, 10**12)]:
+        assert SubmissionId.parse(str(s)) == s
+        assert hash(SubmissionId.parse(str(s))) == hash(s)
+    assert str(SubmissionId(HK1, 42)) == f"{HK1}:42"  # the form messages, job ids and the API always used
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", HK1, f"{HK1}:", f"{HK1}:-1", f"{HK1}:1.5", f"{HK1}: 1", f"{HK1}:1e3", f"{HK1}:٣", "hk:1", f":{7}", f"{HK1}:x"],
+)
+def test_submission_id_parse_refuses_malformed_text(text: str) -> None:
+    with pytest.raises(ValueError):
+        SubmissionId.parse(text)
+
+
+def test_submission_id_orders_by_seniority() -> None:
+    from eval.ownership import seniority
+
+    ids = [SubmissionId(HK2, 5), SubmissionId(HK1, 9), SubmissionId(HK1, 5), SubmissionId("z" * 45, 1)]
+    assert sorted(ids) == sorted(ids, key=lambda s: seniority(s.hotkey, s.commit_block))
+    assert sorted(ids)[0].commit_block == 1 and sorted(ids)[1] == SubmissionId(HK2, 5)  # same block: smaller hotkey
+    assert SubmissionId(HK1, 5) < SubmissionId(HK1, 9) <= SubmissionId(HK1, 9) and SubmissionId(HK2, 6) > SubmissionId(
+        HK1, 5
+    )
+    assert min(ids) == SubmissionId("z" * 45, 1) and max(ids) == SubmissionId(HK1, 9)
+
+
+def test_submission_id_is_frozen_and_not_a_tuple() -> None:
+    s = SubmissionId(HK1, 5)
+    with pytest.raises(AttributeError):
+        s.hotkey = HK2  # type: ignore[misc]
+    assert s != (HK1, 5) and {s: 1}[SubmissionId(HK1, 5)] == 1
+    for hotkey, block in [("", 1), (f"{HK1}:2", 1), (HK1, -1), (HK1, True), (HK1, "5")]:
+        with pytest.raises(ValueError):
+            SubmissionId(hotkey, block)  # type: ignore[arg-type]
+
+
+def test_submission_id_wire_shape_unchanged() -> None:
+    r = ModelRef.model_validate(ref(hotkey=HK1, block=7))
+    assert r.submission == SubmissionId(HK1, 7) and r.key == f"{HK1}:7"
+    assert json.loads(r.model_dump_json())["submission"] == {"hotkey": HK1, "commit_block": 7}
+    with pytest.raises(ValidationError):  # built in code, it is still checked when it goes on the wire
+        ModelRef(repo="org/student", revision=REV, submission=SubmissionId("hkA", 7))
 
 
 # --- strictness everywhere ----------------------------------------------------------------------
@@ -126,7 +175,6 @@ def _valid_documents() -> dict[type[BaseModel], dict[str, Any]]:
     teacher = {"repo": "Qwen/Qwen3.5-35B-A3B", "continuation_tokens": [512, 512]}
     result = {"job_id": "round-7", "block_hash": BH, "teacher": teacher, "models": [model_result()]}
     return {
-        SubmissionId: sub(),
         ModelRef: ref(),
         EvalJob: job(),
         ModelTimings: {"download_s": 1.5},

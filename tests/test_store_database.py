@@ -76,7 +76,7 @@ def store(tmp_path):
 def admitted(store: Store, *names_blocks: tuple[str, int]) -> list[Candidate]:
     store.add_submissions([sub(n, b, uid=i) for i, (n, b) in enumerate(names_blocks)])
     for n, b in names_blocks:
-        store.record_admission((hk(n), b), "admitted", params=1000, metadata_hash=f"m-{n}")
+        store.record_admission(SubmissionId(hk(n), b), "admitted", params=1000, metadata_hash=f"m-{n}")
     return [cand(n, b) for n, b in names_blocks]
 
 
@@ -98,9 +98,9 @@ def test_a_challenge_round_keeps_the_guards_audit_record(store):
     rid = store.create_round("challenge", 20, BH, ["e" * 64] * 4, RULES, [a.key, c.key], job_id="job-2")
     result = eres(mres(a, [0.5, 0.6, 0.5, 0.4]), mres(c, [0.1, 0.12, 0.11, 0.1]), king=king)
     store.record_round_result(rid, interpret_result(RoundPlan("challenge", king, (c,)), result, RULES), result, 21)
-    ev = {e["hotkey"]: e for e in store.round(rid)["evaluations"]}
-    assert [o["text"] for o in ev[a.hotkey]["onpolicy"]] == [f"own text {i} \u2026" for i in range(4)]
-    assert ev[c.hotkey]["onpolicy"][0] == {
+    ev = {e.hotkey: e for e in store.round(rid).evaluations}
+    assert [o["text"] for o in ev[a.hotkey].onpolicy] == [f"own text {i} \u2026" for i in range(4)]
+    assert ev[c.hotkey].onpolicy[0] == {
         "tokens": 5,
         "teacher_nll": 0.6,
         "reverse_kl": 0.2,
@@ -148,7 +148,7 @@ def test_database_migrates_to_a_later_version_and_a_failed_step_rolls_back(tmp_p
     s2 = Store.open(path)
     assert s2._db.execute("PRAGMA user_version").fetchone()[0] == n + 1
     assert [tuple(r) for r in s2._db.execute("SELECT note FROM submissions")] == [(None,)]
-    assert [c.key for c in s2.candidates([hk("alice")])] == [(hk("alice"), 5)] and s2.integrity_ok()
+    assert [c.key for c in s2.candidates([hk("alice")])] == [SubmissionId(hk("alice"), 5)] and s2.integrity_ok()
     s2.close()
 
 
@@ -204,15 +204,15 @@ def test_v1_rounds_gain_an_empty_onpolicy_record(tmp_path, monkeypatch):
     monkeypatch.undo()
     new = Store.open(path)
     assert new._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 2
-    (ev,) = new.round(rid)["evaluations"]
-    assert ev["onpolicy"] == [] and ev["prompt_kl"] == [0.5]
+    (ev,) = new.round(rid).evaluations
+    assert ev.onpolicy == [] and ev.prompt_kl == [0.5]
     new.close()
 
 
 def test_readonly_connection_refuses_writes(store, tmp_path):
     admitted(store, ("alice", 5))
     ro = Store.open_readonly(tmp_path / "state" / "validator.db")
-    assert [c["hotkey"] for c in ro.commitments()] == [hk("alice")]
+    assert [c.hotkey for c in ro.commitments()] == [hk("alice")]
     with pytest.raises(sqlite3.OperationalError):
         ro._db.execute("DELETE FROM submissions")
     with pytest.raises(StoreError, match="read-only"):
@@ -225,23 +225,23 @@ def test_readonly_connection_refuses_writes(store, tmp_path):
 def test_full_round_recorded_and_readable(store):
     rid, (a, b) = first_round(store)
     king = store.current_king()
-    assert (king["hotkey"], king["commit_block"], king["repo"]) == (a.hotkey, 5, "org/alice")
+    assert (king.hotkey, king.commit_block, king.repo) == (a.hotkey, 5, "org/alice")
     rnd = store.round(rid)
-    assert rnd["state"] == "done" and rnd["block_hash"] == BH and rnd["rules"]["version"] == RULES.version
-    assert rnd["rules_digest"] == RULES.digest() and rnd["models"] == [a.key, b.key]
-    ev = {e["hotkey"]: e for e in rnd["evaluations"]}
-    assert ev[a.hotkey]["state"] == "won" and ev[a.hotkey]["prompt_kl"] == [0.5, 0.6, 0.5, 0.4]
-    assert ev[a.hotkey]["ci_lo"] <= ev[a.hotkey]["mean_kl"] <= ev[a.hotkey]["ci_hi"]
-    assert ev[a.hotkey]["onpolicy"] == [] == ev[b.hotkey]["onpolicy"]  # a first round has no king: no guard
+    assert rnd.state == "done" and rnd.block_hash == BH and rnd.rules["version"] == RULES.version
+    assert rnd.rules_digest == RULES.digest() and rnd.models == [a.key, b.key]
+    ev = {e.hotkey: e for e in rnd.evaluations}
+    assert ev[a.hotkey].state == "won" and ev[a.hotkey].prompt_kl == [0.5, 0.6, 0.5, 0.4]
+    assert ev[a.hotkey].ci_lo <= ev[a.hotkey].mean_kl <= ev[a.hotkey].ci_hi
+    assert ev[a.hotkey].onpolicy == [] == ev[b.hotkey].onpolicy  # a first round has no king: no guard
     scores = store.scores()
-    assert [e["hotkey"] for e in scores["evaluations"]] == [a.hotkey, b.hotkey]
-    assert scores["evaluations"][0]["n_prompts"] == 4 and scores["last_round"]["id"] == rid
+    assert [e.hotkey for e in scores.evaluations] == [a.hotkey, b.hotkey]
+    assert scores.evaluations[0].n_prompts == 4 and scores.last_round.id == rid
     assert {c.key: c.status for c in store.candidates([a.hotkey, b.hotkey])} == {a.key: "evaluated", b.key: "evaluated"}
     assert store.known_content_hashes() == [(a.key, "a" * 64)]
     assert sorted(store.known_fingerprints())[0][1] == [0.5, 0.25]
-    assert [h["hotkey"] for h in store.king_history()] == [a.hotkey]
-    assert store.rounds(page=1, per_page=500)["per_page"] == 100
-    assert store.submission(a.hotkey)[0]["admission"]["params"] == 1000
+    assert [h.hotkey for h in store.king_history()] == [a.hotkey]
+    assert store.rounds(page=1, per_page=500).per_page == 100
+    assert store.submission(a.hotkey)[0].admission.params == 1000
     assert store.integrity_ok()
 
 
@@ -255,9 +255,9 @@ def test_round_is_recorded_once_and_evaluations_are_unique(store):
         store._db.execute(
             "INSERT INTO evaluations(round_id, hotkey, commit_block, status, state, prompt_kl,"
             " prompt_tokens) VALUES (?,?,?,'ok','lost','[]','[]')",
-            (rid, *a.key),
+            (rid, a.hotkey, a.commit_block),
         )
-    assert len(store.round(rid)["evaluations"]) == 2
+    assert len(store.round(rid).evaluations) == 2
 
 
 def test_crash_mid_round_records_nothing_and_round_is_interrupted(store, monkeypatch):
@@ -274,9 +274,9 @@ def test_crash_mid_round_records_nothing_and_round_is_interrupted(store, monkeyp
     monkeypatch.setattr(store, "set_king", boom)
     with pytest.raises(RuntimeError):
         store.record_round_result(rid, out, result, 12)
-    assert store.round(rid)["evaluations"] == [] and store.disqualifications() == []
+    assert store.round(rid).evaluations == [] and store.disqualifications() == []
     assert store.current_king() is None and store.known_content_hashes() == []
-    assert [r["id"] for r in store.interrupted_rounds()] == [rid]
+    assert [r.id for r in store.interrupted_rounds()] == [rid]
     assert {c.status for c in store.candidates([a.hotkey, b.hotkey])} == {"admitted"}
     monkeypatch.undo()
     store.record_round_result(rid, out, result, 12)  # the re-run records it exactly once
@@ -286,17 +286,17 @@ def test_crash_mid_round_records_nothing_and_round_is_interrupted(store, monkeyp
 def test_recycled_uid_new_hotkey_inherits_nothing(store):
     """LESSONS 17: old hotkey on uid 3 is disqualified; a new hotkey on uid 3 starts clean."""
     store.add_submissions([sub("old", 5, uid=3)])
-    store.add_disqualification((hk("old"), 5), "COPY", "content_hash", "copy", {"copy_of": "x"}, 9)
+    store.add_disqualification(SubmissionId(hk("old"), 5), "COPY", "content_hash", "copy", {"copy_of": "x"}, 9)
     store.add_submissions([sub("new", 50, uid=3)])
     new = store.submission(hk("new"))[0]
-    assert new["status"] == "pending" and new["disqualifications"] == [] and new["evaluations"] == []
-    assert new["last_kl"] is None
+    assert new.status == "pending" and new.disqualifications == [] and new.evaluations == []
+    assert new.last_kl is None
 
 
 def test_invalid_commitment_is_recorded_with_dq(store):
     store.add_submissions([NewSubmission(hk("x"), 4, 1, "ck", "garbage", "invalid", reason="not JSON")])
     (dq,) = store.disqualifications()
-    assert (dq["reason"], dq["check"], dq["detail"]) == ("INVALID", "commitment", "not JSON")
+    assert (dq.reason, dq.check, dq.detail) == ("INVALID", "commitment", "not JSON")
 
 
 def test_nan_and_inf_refused(store):
@@ -317,26 +317,26 @@ def test_json_round_trip_keeps_ints_ints(store):
     wid = store.record_weights(10, [0, 5, 17], [0.0, 1.0, 0.0], True, "ok")
     store.confirm_weights(wid, True)
     w = store.last_weights()
-    assert w["uids"] == [0, 5, 17] and all(type(u) is int for u in w["uids"]) and w["confirmed"] == 1
+    assert w.uids == [0, 5, 17] and all(type(u) is int for u in w.uids) and w.confirmed is True
     store.save_metagraph(10, [{"uid": 3, "hotkey": "h", "stake": 1.5}])
-    n = store.metagraph()["neurons"][0]
+    n = store.metagraph().neurons[0]
     assert type(n["uid"]) is int and n["stake"] == 1.5
     store.set_progress({"prompt": 3, "prompt_count": 40})
-    assert store.progress()["data"] == {"prompt": 3, "prompt_count": 40}
+    assert store.progress().data == {"prompt": 3, "prompt_count": 40}
     rid, _ = first_round(store)
-    assert all(type(t) is int for t in store.round(rid)["evaluations"][0]["prompt_tokens"])
+    assert all(type(t) is int for t in store.round(rid).evaluations[0].prompt_tokens)
 
 
 def test_transient_admission_retries_later_then_final(store):
     store.add_submissions([sub("alice", 5)])
-    key = (hk("alice"), 5)
+    key = SubmissionId(hk("alice"), 5)
     store.record_admission(key, "transient", detail="HTTP 503", next_retry_block=20)
     assert store.pending_admissions(10) == []
     (p,) = store.pending_admissions(20)
-    assert p["attempts"] == 1
+    assert p.attempts == 1
     store.record_admission(key, "rejected", check="params", detail="too big")
-    assert store.submission(hk("alice"))[0]["status"] == "invalid"
-    assert store.submission(hk("alice"))[0]["admission"]["attempts"] == 2
+    assert store.submission(hk("alice"))[0].status == "invalid"
+    assert store.submission(hk("alice"))[0].admission.attempts == 2
     assert store.metadata_hash_owner("none") is None
 
 
@@ -344,7 +344,7 @@ def test_failed_round_judges_nobody(store):
     (a,) = admitted(store, ("alice", 5))
     rid = store.create_round("first", 10, BH, ["e" * 64] * 4, RULES, [a.key])
     store.fail_round(rid, "pod down")
-    assert store.round(rid)["state"] == "failed" and store.interrupted_rounds() == []
+    assert store.round(rid).state == "failed" and store.interrupted_rounds() == []
     with pytest.raises(StoreError):
         store.mark_dispatched(rid, "p", "j")
 
@@ -407,9 +407,9 @@ def test_withdrawn_submission_stops_counting_and_owning(store):
     (a,) = admitted(store, ("alice", 5))
     store.add_hash(a.key, "content", "c" * 64)
     assert store.live_keys() == [a.key] and store.metadata_hash_holders("m-alice") == [a.key]
-    assert store.withdraw_submissions({a.key: 9, (hk("nobody"), 1): 9}) == 1
+    assert store.withdraw_submissions({a.key: 9, SubmissionId(hk("nobody"), 1): 9}) == 1
     row = store.submission(hk("alice"))[0]
-    assert (row["status"], row["status_detail"]) == ("ignored", "withdrawn: replaced by the commitment at block 9")
+    assert (row.status, row.status_detail) == ("ignored", "withdrawn: replaced by the commitment at block 9")
     assert store.live_keys() == [] and store.metadata_hash_holders("m-alice") == []
     assert store.metadata_hash_owner("m-alice") is None and store.known_content_hashes() == []
     assert store.withdraw_submissions({a.key: 12}) == 0  # already withdrawn: nothing moves
@@ -417,11 +417,43 @@ def test_withdrawn_submission_stops_counting_and_owning(store):
 
 def test_weights_states_and_supersede(store):
     first = store.record_weights(10, [1], [1.0], True, "committed", state="committed", reveal_block=30)
-    assert store.pending_weights()["id"] == first
+    assert store.pending_weights().id == first
     second = store.record_weights(15, [2], [1.0], True, "committed", state="committed", reveal_block=35)
     rows = {r["id"]: (r["state"], r["confirmed"]) for r in store._db.execute("SELECT * FROM weight_submissions")}
     assert rows == {first: ("superseded", 0), second: ("committed", None)}
     store.confirm_weights(second, True, "revealed")
-    assert store.pending_weights() is None and store.last_weights(confirmed=True)["state"] == "revealed"
+    assert store.pending_weights() is None and store.last_weights(confirmed=True).state == "revealed"
     with pytest.raises(StoreError):
         store.record_weights(16, [2], [1.0], True, state="maybe")
+
+
+def test_the_store_writes_the_values_it_is_given(store):
+    """The KL interval, status and last KL come from ``validator.verdicts``; the store derives none of them."""
+    import dataclasses
+
+    a, b = admitted(store, ("alice", 5), ("bob", 6))
+    rid = store.create_round("first", 10, BH, ["e" * 64] * 4, RULES, [a.key, b.key], job_id="job-1")
+    result = eres(mres(a, [0.5, 0.6, 0.5, 0.4]), mres(b, [0.9, 0.8, 0.9, 1.0]))
+    out = interpret_result(RoundPlan("first", None, (a, b)), result, RULES)
+    e = out.evaluations[1]
+    given = dataclasses.replace(e, mean_kl=0.875, ci_lo=0.25, ci_hi=1.5)
+    verdict = dataclasses.replace(e.verdict, state="model_error", reason="given")
+    out = dataclasses.replace(out, evaluations=(out.evaluations[0], dataclasses.replace(given, verdict=verdict)))
+    store.record_round_result(rid, out, result, 12)
+    ev = {x.hotkey: x for x in store.round(rid).evaluations}
+    assert (ev[b.hotkey].mean_kl, ev[b.hotkey].ci_lo, ev[b.hotkey].ci_hi) == (0.875, 0.25, 1.5)
+    assert ev[b.hotkey].state == "model_error" and ev[b.hotkey].reason == "given"
+    row = store.submission(b.hotkey)[0]
+    assert (row.status, row.status_detail, row.last_kl) == ("evaluated", "given", None)
+
+
+def test_loop_queries_count_rounds_and_read_one_submissions_strikes(store):
+    assert store.round_count() == 0
+    (a,) = admitted(store, ("alice", 5))
+    assert store.strikes(a.key) == 0 and store.strikes(SubmissionId(hk("nobody"), 1)) == 0
+    store.set_strikes(a.key, 2)
+    assert store.strikes(a.key) == 2 and store.strikes(SubmissionId(a.hotkey, 6)) == 0
+    for i in range(3):
+        rid = store.create_round("first", 10 + i, BH, ["e" * 64] * 4, RULES, [a.key], job_id=f"job-{i}")
+    store.fail_round(rid, "pod down")
+    assert store.round_count() == 3 == store.rounds(1, 1).total  # failed and open rounds count too

@@ -162,12 +162,12 @@ def test_once_against_a_real_pod_service(tmp_path, contest_hub):
     lines = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
     assert any("weights set" in entry["msg"] for entry in lines), out.stderr[-2000:]
     store = Store.open_readonly(world.db)
-    rounds = store.rounds()["items"]
-    assert [(r["kind"], r["state"]) for r in rounds] == [("first", "done")]
-    assert rounds[0]["job_id"] and store.round(rounds[0]["id"])["pod"] == f"http://127.0.0.1:{port}"
+    rounds = store.rounds().items
+    assert [(r.kind, r.state) for r in rounds] == [("first", "done")]
+    assert rounds[0].job_id and store.round(rounds[0].id).pod == f"http://127.0.0.1:{port}"
     king = store.current_king()
-    assert king is not None and king["hotkey"] in world.miners.values()
-    assert store.last_weights()["weights"].count(1.0) == 1
+    assert king is not None and king.hotkey in world.miners.values()
+    assert store.last_weights().weights.count(1.0) == 1
     assert store.progress() is None
     keyfile = json.loads(Path(world.wallet.hotkey_file.path).read_text())
     secrets = [str(v)[-32:] for k, v in keyfile.items() if k in ("secretSeed", "privateKey", "secretPhrase") and v]

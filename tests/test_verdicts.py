@@ -122,7 +122,7 @@ def test_content_copy_of_king_is_copy_and_never_takes_kings_result():
 
 
 def test_king_is_not_exempt_from_copy_check():
-    early = ((hk("orig"), 0), "f" * 64)
+    early = (SubmissionId(hk("orig"), 0), "f" * 64)
     out = interpret_result(
         challenge(A),
         result(res(K, noisy(1.0), content_hash="f" * 64), res(A, noisy(1.2))),
@@ -141,7 +141,7 @@ def test_same_round_copy_later_commit_is_copy_earlier_owns():
 
 def test_functional_copy_against_past_rounds_fingerprints():
     """LESSONS 4: a perturbed copy (close fingerprint) of an earlier submission is FUNCTIONAL_COPY."""
-    past = [((hk("old"), 2), [0.1, 0.2, 0.3, 0.4])]
+    past = [(SubmissionId(hk("old"), 2), [0.1, 0.2, 0.3, 0.4])]
     fp = [0.105, 0.2, 0.3, 0.4]
     out = interpret_result(
         challenge(A), result(res(K, noisy(1.0)), res(A, noisy(0.2), fingerprint=fp)), RULES, known_fingerprints=past
@@ -151,7 +151,7 @@ def test_functional_copy_against_past_rounds_fingerprints():
 
 
 def test_later_fingerprint_does_not_disqualify_earlier_commit():
-    later = [((hk("late"), 99), [0.1, 0.2])]
+    later = [(SubmissionId(hk("late"), 99), [0.1, 0.2])]
     out = interpret_result(
         challenge(A),
         result(res(K, noisy(1.0)), res(A, noisy(0.5), fingerprint=[0.1, 0.2])),
@@ -286,3 +286,29 @@ def test_guard_off_in_the_rules_measures_nothing_and_stops_nobody():
         challenge(A), result(res(K, noisy(1.0), onpolicy=[]), res(A, noisy(0.5), onpolicy=[])), rules
     )
     assert out.new_king == A.key
+
+
+def test_the_outcome_carries_every_value_the_store_writes():
+    """Statuses, last KL and KL intervals are decided here; the store only persists them."""
+    from eval.stats import mean_ci
+
+    C = cand("carl", 7)
+    out = interpret_result(
+        challenge(A, B, C),
+        result(
+            res(K, noisy(1.0)),
+            res(A, status="model_error", error="bad weights"),
+            res(B, noisy(0.999)),
+            res(C, 2.5),
+        ),
+        RULES,
+    )
+    assert [e.verdict for e in out.evaluations] == list(out.verdicts)
+    assert [e.key for e in out.evaluations] == [K.key, A.key, B.key, C.key]
+    king, err, lost, high = out.evaluations
+    assert (king.mean_kl, king.ci_lo, king.ci_hi) == mean_ci(noisy(1.0)) and king.result.prompt_kl == noisy(1.0)
+    assert (err.mean_kl, err.ci_lo, err.ci_hi) == (None, None, None)
+    assert [v.submission_status for v in out.verdicts] == ["evaluated", "evaluated", "evaluated", "disqualified"]
+    assert [v.last_kl for v in out.verdicts] == [king.mean_kl, None, lost.mean_kl, high.mean_kl]
+    assert err.verdict.status_detail == "bad weights" and high.verdict.status_detail.startswith("mean KL")
+    assert king.verdict.status_detail == "defended"

@@ -80,7 +80,7 @@ def test_a_reveal_that_never_came_is_noticed_and_weights_are_committed_again(con
     assert "never showed on chain" in caplog.text
     assert [r[:2] for r in _rows(v.store)] == [("unconfirmed", 0), ("committed", None)] and v.chain.sent == 2
     world.sim.advance(10)
-    assert v.epoch().weights == "revealed" and v.store.last_weights(confirmed=True)["state"] == "revealed"
+    assert v.epoch().weights == "revealed" and v.store.last_weights(confirmed=True).state == "revealed"
 
 
 def test_a_new_king_while_a_commit_waits_supersedes_it(contest):
@@ -114,7 +114,7 @@ def test_no_permit_or_stake_sends_nothing_and_says_why(contest, caplog, commit_r
     reason = "no_permit" if lack == "permit" else "low_stake"
     assert v.chain.sent == 0 and world.sim.last_weights_block(world.validator_hotkey) is None
     row = v.store.last_weights(successful=False)
-    assert row["state"] == "failed" and row["message"].startswith(reason) and reason in caplog.text
+    assert row.state == "failed" and row.message.startswith(reason) and reason in caplog.text
     world.sim.advance(1)
     assert v.epoch().weights == "retry_later" and v.chain.sent == 0
 

@@ -19,8 +19,9 @@ from eval.admission import Admitted, Rejected, TeacherSpec, check_model
 from eval.errors import HubAuthError, TransientError
 from eval.model_store.port import DefiniteStoreError, ModelStore
 from eval.rules import ContestRules
+from eval.schemas import SubmissionId
 from validator import hub_health
-from validator.contest import Key, order_key, strike_missing_repo
+from validator.contest import strike_missing_repo
 from validator.store.database import Store
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,10 @@ CheckFn = Callable[..., Admitted | Rejected]
 
 @dataclass
 class AdmitReport:
-    admitted: list[Key] = field(default_factory=list)
-    rejected: list[Key] = field(default_factory=list)
-    copies: list[Key] = field(default_factory=list)
-    transient: list[Key] = field(default_factory=list)
+    admitted: list[SubmissionId] = field(default_factory=list)
+    rejected: list[SubmissionId] = field(default_factory=list)
+    copies: list[SubmissionId] = field(default_factory=list)
+    transient: list[SubmissionId] = field(default_factory=list)
     checks: int = 0
     hub_auth_error: str | None = None
 
@@ -41,10 +42,6 @@ class AdmitReport:
 def backoff_blocks(attempts: int, base: int, cap: int) -> int:
     """Blocks to wait before retry number ``attempts + 1``: doubling from ``base``, at most ``cap``."""
     return int(min(cap, base * 2 ** min(max(attempts, 0), 30)))
-
-
-def _fmt(key: Key) -> str:
-    return f"{key[0]}:{key[1]}"
 
 
 def admit_pending(
@@ -73,22 +70,22 @@ def admit_pending(
         return report
     spec: TeacherSpec | None = None
     for row in pending:
-        key: Key = (row["hotkey"], row["commit_block"])
+        key = row.key
         try:
             spec = spec or teacher()
             report.checks += 1
-            verdict = check(model_store, row["repo"], row["revision"], rules, spec)
+            verdict = check(model_store, row.repo, row.revision, rules, spec)
         except HubAuthError as exc:
             hub_health.report_rejected(store, str(exc), head_block, "admission")
             report.hub_auth_error = str(exc)
             break
         except TransientError as exc:
-            wait = backoff_blocks(row["attempts"] or 0, backoff_base, backoff_cap)
+            wait = backoff_blocks(row.attempts or 0, backoff_base, backoff_cap)
             store.record_admission(
                 key, "transient", detail=f"transient: {exc}"[:2000], next_retry_block=head_block + wait
             )
             report.transient.append(key)
-            log.warning("admission of %s deferred %d blocks: %s", _fmt(key), wait, exc)
+            log.warning("admission of %s deferred %d blocks: %s", key, wait, exc)
             continue
         hub_health.report_ok(store, head_block)
         if isinstance(verdict, Rejected):
@@ -96,14 +93,14 @@ def admit_pending(
                 store.record_admission(key, "rejected", check=verdict.check, detail=verdict.detail)
                 store.add_disqualification(key, verdict.reason, verdict.check, verdict.detail, {}, head_block)
             report.rejected.append(key)
-            log.info("rejected %s (%s): %s", _fmt(key), verdict.check, verdict.detail)
+            log.info("rejected %s (%s): %s", key, verdict.check, verdict.detail)
             continue
         copy_of = _record_admitted(store, key, verdict, head_block)
         (report.copies if copy_of else report.admitted).append(key)
     return report
 
 
-def _record_admitted(store: Store, key: Key, verdict: Admitted, head_block: int) -> Key | None:
+def _record_admitted(store: Store, key: SubmissionId, verdict: Admitted, head_block: int) -> SubmissionId | None:
     """Record an admitted model; the earliest commit of the same metadata hash owns it (LESSONS 1).
 
     Returns the owner when ``key`` is a copy. A later commit that was admitted
@@ -113,25 +110,25 @@ def _record_admitted(store: Store, key: Key, verdict: Admitted, head_block: int)
         holders = [k for k in store.metadata_hash_holders(verdict.metadata_hash) if k != key]
         store.record_admission(key, "admitted", params=verdict.params, metadata_hash=verdict.metadata_hash)
         store.add_integrity(key, {f.path: f.sha256 for f in verdict.files if f.sha256})
-        elder = [k for k in holders if order_key(k) < order_key(key)]
+        elder = [k for k in holders if k < key]
         if elder:
             _disqualify_copy(store, key, elder[0], verdict.metadata_hash, head_block)
             return elder[0]
-        for later in (k for k in holders if order_key(k) > order_key(key)):
+        for later in (k for k in holders if k > key):
             _disqualify_copy(store, later, key, verdict.metadata_hash, head_block)
-    log.info("admitted %s (%d params)", _fmt(key), verdict.params)
+    log.info("admitted %s (%d params)", key, verdict.params)
     return None
 
 
-def _disqualify_copy(store: Store, key: Key, owner: Key, metadata_hash: str, block: int) -> None:
-    detail = f"same files as the earlier commit {_fmt(owner)}"
+def _disqualify_copy(store: Store, key: SubmissionId, owner: SubmissionId, metadata_hash: str, block: int) -> None:
+    detail = f"same files as the earlier commit {owner}"
     evidence: dict[str, Any] = {
-        "copy_of": {"hotkey": owner[0], "commit_block": owner[1]},
+        "copy_of": {"hotkey": owner.hotkey, "commit_block": owner.commit_block},
         "metadata_hash": metadata_hash,
     }
     store.add_disqualification(key, "COPY", "metadata_hash", detail, evidence, block)
     store.set_status(key, "disqualified", detail)
-    log.info("COPY: %s is a copy of %s", _fmt(key), _fmt(owner))
+    log.info("COPY: %s is a copy of %s", key, owner)
 
 
 def check_king_repo(store: Store, model_store: ModelStore, head_block: int, max_strikes: int) -> bool:
@@ -143,11 +140,10 @@ def check_king_repo(store: Store, model_store: ModelStore, head_block: int, max_
     king = store.current_king()
     if king is None:
         return True
-    key: Key = (king["hotkey"], king["commit_block"])
-    row = next((s for s in store.submission(key[0]) if s["commit_block"] == key[1]), None)
-    strikes = int(row["strikes"]) if row else 0
+    key = king.key
+    strikes = store.strikes(key)
     try:
-        model_store.files(king["repo"], king["revision"])
+        model_store.files(king.repo, king.revision)
         outcome = "ok"
         detail = ""
     except HubAuthError as exc:
@@ -164,11 +160,11 @@ def check_king_repo(store: Store, model_store: ModelStore, head_block: int, max_
     if result.strikes != strikes:
         store.set_strikes(key, result.strikes)
     if outcome == "missing":
-        log.warning("king %s repo missing (strike %d/%d): %s", _fmt(key), result.strikes, max_strikes, detail)
+        log.warning("king %s repo missing (strike %d/%d): %s", key, result.strikes, max_strikes, detail)
     if not result.removed:
         return True
     with store.transaction():
         store.set_status(key, "removed", detail)
         store.add_disqualification(key, "REMOVED", "availability", detail, {"strikes": result.strikes}, head_block)
-    log.warning("king %s REMOVED: its repo is gone", _fmt(key))
+    log.warning("king %s REMOVED: its repo is gone", key)
     return False

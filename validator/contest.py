@@ -2,7 +2,7 @@
 
 No I/O, no clock, no randomness: the loop reads the chain and the store, hands
 plain values in, and records what comes out. Every submission is identified by
-``(hotkey, commit_block)``, never by uid (LESSONS 1, 17). The round result is
+``eval.schemas.SubmissionId`` (hotkey, commit block), never by uid (LESSONS 1, 17). The round result is
 interpreted in ``validator.verdicts``; this module decides who enters which
 round and when weights are due.
 """
@@ -13,12 +13,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from eval.ownership import seniority
 from eval.rules import ContestRules
+from eval.schemas import SubmissionId
 from validator.chain.commitments import Invalid, parse_commitment
-
-Key = tuple[str, int]
-"""A submission's identity: (hotkey, commit_block)."""
 
 RoundKind = Literal["none", "challenge", "first", "coronation"]
 SubmissionStatus = Literal[
@@ -49,11 +46,6 @@ class NeuronLike(Protocol):
     coldkey: str
 
 
-def order_key(key: Key) -> tuple[int, str]:
-    """Seniority of a (hotkey, commit_block) key: ``eval.ownership.seniority``."""
-    return seniority(key[0], key[1])
-
-
 @dataclass(frozen=True)
 class NewSubmission:
     """A commitment seen for the first time; ``status`` is pending or invalid."""
@@ -69,8 +61,8 @@ class NewSubmission:
     reason: str | None = None
 
     @property
-    def key(self) -> Key:
-        return (self.hotkey, self.commit_block)
+    def key(self) -> SubmissionId:
+        return SubmissionId(self.hotkey, self.commit_block)
 
 
 def current_commitments(commitments: Iterable[CommitmentLike]) -> dict[str, CommitmentLike]:
@@ -85,7 +77,7 @@ def current_commitments(commitments: Iterable[CommitmentLike]) -> dict[str, Comm
 
 def new_submissions(
     commitments: Iterable[CommitmentLike],
-    known_keys: Iterable[Key],
+    known_keys: Iterable[SubmissionId],
     neurons: Iterable[NeuronLike],
 ) -> list[NewSubmission]:
     """Submissions to record from this sync, in seniority order.
@@ -102,7 +94,7 @@ def new_submissions(
     out: list[NewSubmission] = []
     for c in sorted(current_commitments(commitments).values(), key=lambda c: (c.block, c.hotkey)):
         neuron = by_hotkey.get(c.hotkey)
-        if neuron is None or (c.hotkey, c.block) in known:
+        if neuron is None or SubmissionId(c.hotkey, c.block) in known:
             continue
         base = (c.hotkey, c.block, neuron.uid, neuron.coldkey, c.text)
         parsed = parse_commitment(c.text)
@@ -113,7 +105,9 @@ def new_submissions(
     return out
 
 
-def withdrawn_submissions(commitments: Iterable[CommitmentLike], live_keys: Iterable[Key]) -> dict[Key, int]:
+def withdrawn_submissions(
+    commitments: Iterable[CommitmentLike], live_keys: Iterable[SubmissionId]
+) -> dict[SubmissionId, int]:
     """Live submissions whose hotkey's commitment the chain now shows at a later block: key -> that block.
 
     The chain overwrote them, so no validator that starts now could see them: they stop counting
@@ -122,9 +116,9 @@ def withdrawn_submissions(commitments: Iterable[CommitmentLike], live_keys: Iter
     """
     current = current_commitments(commitments)
     return {
-        (hotkey, block): current[hotkey].block
-        for hotkey, block in live_keys
-        if hotkey in current and current[hotkey].block > block
+        key: current[key.hotkey].block
+        for key in live_keys
+        if key.hotkey in current and current[key.hotkey].block > key.commit_block
     }
 
 
@@ -142,8 +136,8 @@ class Candidate:
     registered: bool = True
 
     @property
-    def key(self) -> Key:
-        return (self.hotkey, self.commit_block)
+    def key(self) -> SubmissionId:
+        return SubmissionId(self.hotkey, self.commit_block)
 
 
 @dataclass(frozen=True)
@@ -153,8 +147,8 @@ class RoundPlan:
     kind: RoundKind
     king: Candidate | None
     challengers: tuple[Candidate, ...]
-    reevaluated: tuple[Key, ...] = ()
-    vanished_king: Key | None = None
+    reevaluated: tuple[SubmissionId, ...] = ()
+    vanished_king: SubmissionId | None = None
 
     @property
     def models(self) -> tuple[Candidate, ...]:
@@ -169,7 +163,7 @@ def king_vanished(king: Candidate) -> bool:
 
 def _fresh_challengers(candidates: Sequence[Candidate], rules: ContestRules, cap: int) -> list[Candidate]:
     """Admitted, never evaluated, FIFO by commit block, per-round and per-coldkey caps (LESSONS 6)."""
-    fresh = sorted((c for c in candidates if c.status == "admitted" and c.registered), key=lambda c: order_key(c.key))
+    fresh = sorted((c for c in candidates if c.status == "admitted" and c.registered), key=lambda c: c.key)
     per_coldkey: dict[str, int] = {}
     picked: list[Candidate] = []
     for c in fresh:
@@ -182,12 +176,12 @@ def _fresh_challengers(candidates: Sequence[Candidate], rules: ContestRules, cap
     return picked
 
 
-def _survivors(candidates: Sequence[Candidate], exclude: Key | None, n: int) -> list[Candidate]:
+def _survivors(candidates: Sequence[Candidate], exclude: SubmissionId | None, n: int) -> list[Candidate]:
     """Best previously evaluated, still eligible submissions by their last KL."""
     alive = [
         c for c in candidates if c.status == "evaluated" and c.registered and c.last_kl is not None and c.key != exclude
     ]
-    alive.sort(key=lambda c: (c.last_kl, *order_key(c.key)))
+    alive.sort(key=lambda c: (c.last_kl, c.key))
     return alive[:n]
 
 
@@ -239,7 +233,7 @@ def weights_due(
     return king_changed or since >= interval
 
 
-def weights_for(king: Key | None, neurons: Iterable[NeuronLike]) -> tuple[list[int], list[float]] | None:
+def weights_for(king: SubmissionId | None, neurons: Iterable[NeuronLike]) -> tuple[list[int], list[float]] | None:
     """King 1.0, every other uid 0.0. None (set nothing) when there is no registered king.
 
     With no king there is nobody to reward; leaving the last weights in place
@@ -248,7 +242,7 @@ def weights_for(king: Key | None, neurons: Iterable[NeuronLike]) -> tuple[list[i
     if king is None:
         return None
     uids = sorted({n.uid for n in neurons})
-    king_uids = [n.uid for n in neurons if n.hotkey == king[0]]
+    king_uids = [n.uid for n in neurons if n.hotkey == king.hotkey]
     if not king_uids:
         return None
     return uids, [1.0 if uid == king_uids[0] else 0.0 for uid in uids]

@@ -45,6 +45,7 @@ from validator.rounds import RoundRunner, make_job_id, plan_refs
 from validator.sampling import PromptSampler
 from validator.settings import LoopConfig
 from validator.store.database import Store
+from validator.store.rows import RoundRow
 from validator.weights import WeightsKeeper
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class Validator:
         for row in self.store.interrupted_rounds():
             if self.stop.is_set():
                 return report
-            report.resumed.append((row["id"], self._resume(row, registered, number)))
+            report.resumed.append((row.id, self._resume(row, registered, number)))
         if not report.resumed and not self.stop.is_set():
             self._plan_and_run(number, registered, report)
         if not self.stop.is_set():
@@ -143,8 +144,8 @@ class Validator:
         with self.store.transaction():
             report.new_submissions = self.store.add_submissions(new)
             report.withdrawn = self.store.withdraw_submissions(withdrawn)
-        for (hotkey, block), replaced_by in withdrawn.items():
-            log.warning("%s:%d withdrawn: its hotkey committed again at block %d", hotkey, block, replaced_by)
+        for key, replaced_by in withdrawn.items():
+            log.warning("%s withdrawn: its hotkey committed again at block %d", key, replaced_by)
         if new:
             log.info("block %d: %d new submission(s)", number, report.new_submissions)
 
@@ -152,8 +153,7 @@ class Validator:
         row = self.store.current_king()
         if row is None:
             return None
-        key = (row["hotkey"], row["commit_block"])
-        return next((c for c in candidates if c.key == key), None)
+        return next((c for c in candidates if c.key == row.key), None)
 
     def _plan_and_run(self, number: int, registered: set[str], report: EpochReport) -> None:
         candidates = self.store.candidates(registered)
@@ -163,7 +163,7 @@ class Validator:
         if plan.kind == "none":
             if plan.vanished_king is not None and self.store.current_king() is not None:
                 self.store.set_king(None, number, None, None, "king vanished; nobody left to crown")
-                log.warning("king %s:%d vanished and nobody is left to crown", *plan.vanished_king)
+                log.warning("king %s vanished and nobody is left to crown", plan.vanished_king)
             return
         head = BlockRef(number, self.chain.block_hash(number))  # the hash only now: a round needs it
         try:
@@ -172,7 +172,7 @@ class Validator:
             report.round_state, report.prompts_error = "no_prompts", f"{type(exc).__name__}: {exc}"[:1000]
             return
         keys = [c.key for c in plan.models]
-        attempt = int(self.store.rounds(1, 1)["total"]) + 1
+        attempt = self.store.round_count() + 1
         job_id = make_job_id(attempt, head.number, head.hash, keys, self.rules)
         round_id = self.store.create_round(
             plan.kind,
@@ -194,13 +194,13 @@ class Validator:
         report.round_id = round_id
         report.round_state = self.rounds.dispatch(round_id, plan, job, head.number)
 
-    def _resume(self, row: dict[str, Any], registered: set[str], number: int) -> str:
+    def _resume(self, row: RoundRow, registered: set[str], number: int) -> str:
         """Re-send an unfinished round's exact job (same id, same prompts), or fail it if it cannot stand."""
-        rid = row["id"]
-        rules = ContestRules.model_validate(row["rules"])
+        rid = row.id
+        rules = ContestRules.model_validate(row.rules)
         by_key = {c.key: c for c in self.store.candidates(registered)}
-        models = [by_key.get(tuple(k)) for k in row["models"]]  # type: ignore[call-overload]
-        king_key = (row["king_hotkey"], row["king_block"]) if row["king_hotkey"] else None
+        models = [by_key.get(k) for k in row.models]
+        king_key = row.king
         problem = ""
         if any(m is None or m.status in VANISHED_STATUSES for m in models):
             problem = "a model of this round was disqualified or removed since it was planned"
@@ -209,28 +209,26 @@ class Validator:
         prompts: list[str] = []
         if not problem:
             try:
-                prompts = self.sampler.sample(row["block_hash"], rules, number)
+                prompts = self.sampler.sample(row.block_hash, rules, number)
             except TransientError:  # the source is down, not the round: it stays open and resumes later
                 return "deferred"
             except KlhillError as exc:
                 problem = f"cannot re-sample the round's prompts: {exc}"
-            if prompts and [prompt_sha256(p) for p in prompts] != row["prompt_sha256s"]:
+            if prompts and [prompt_sha256(p) for p in prompts] != row.prompt_sha256s:
                 problem = "the prompt corpus changed since the round was planned"
-        if problem or not row["job_id"]:
+        if problem or not row.job_id:
             self.store.fail_round(rid, f"not resumable: {problem or 'no job id'}")
             log.warning("round %d not resumed (%s); a fresh round is planned next epoch", rid, problem)
             return "failed"
         present = [m for m in models if m is not None]
         king = next((m for m in present if m.key == king_key), None)
         current = self.store.current_king()
-        vanished = (current["hotkey"], current["commit_block"]) if current and king is None else None
-        plan = RoundPlan(row["kind"], king, tuple(m for m in present if m.key != king_key), vanished_king=vanished)
-        job = build_job(
-            row["job_id"], row["block"], row["block_hash"], rules, row["teacher_revision"], prompts, *plan_refs(plan)
-        )
-        if row["state"] == "planned":
-            self.store.mark_dispatched(rid, self.config.pod_name, row["job_id"])
-        log.info("resuming round %d (%s) with job %s", rid, row["kind"], row["job_id"])
+        vanished = current.key if current and king is None else None
+        plan = RoundPlan(row.kind, king, tuple(m for m in present if m.key != king_key), vanished_king=vanished)
+        job = build_job(row.job_id, row.block, row.block_hash, rules, row.teacher_revision, prompts, *plan_refs(plan))
+        if row.state == "planned":
+            self.store.mark_dispatched(rid, self.config.pod_name, row.job_id)
+        log.info("resuming round %d (%s) with job %s", rid, row.kind, row.job_id)
         return self.rounds.dispatch(rid, plan, job, number)
 
     # --- the loop ---------------------------------------------------------------

@@ -19,8 +19,8 @@ from typing import Any
 
 from eval.jobs import model_ref
 from eval.rules import ContestRules
-from eval.schemas import EvalJob, EvalResult, ModelRef
-from validator.contest import Candidate, Key, RoundPlan
+from eval.schemas import EvalJob, EvalResult, ModelRef, SubmissionId
+from validator.contest import Candidate, RoundPlan
 from validator.pod_client import Pod
 from validator.store.database import Store
 from validator.verdicts import RoundOutcome, interpret_result
@@ -28,9 +28,9 @@ from validator.verdicts import RoundOutcome, interpret_result
 log = logging.getLogger(__name__)
 
 
-def make_job_id(attempt: int, block: int, block_hash: str, keys: Sequence[Key], rules: ContestRules) -> str:
+def make_job_id(attempt: int, block: int, block_hash: str, keys: Sequence[SubmissionId], rules: ContestRules) -> str:
     """Unique per round attempt and stable across restarts (it is stored with the round)."""
-    material = "|".join([block_hash, rules.digest(), *(f"{h}:{b}" for h, b in keys)])
+    material = "|".join([block_hash, rules.digest(), *(str(k) for k in keys)])
     return f"r{attempt}-b{block}-{hashlib.sha256(material.encode()).hexdigest()[:16]}"
 
 
@@ -41,7 +41,7 @@ def plan_refs(plan: RoundPlan) -> tuple[ModelRef | None, list[ModelRef]]:
     """
 
     def ref(c: Candidate) -> ModelRef:
-        return model_ref(c.repo, c.revision, c.hotkey, c.commit_block)
+        return model_ref(c.repo, c.revision, c.key)
 
     return (ref(plan.king) if plan.king else None), [ref(c) for c in plan.challengers]
 
@@ -141,7 +141,7 @@ def _log_outcome(round_id: int, outcome: RoundOutcome) -> None:
         round_id,
         outcome.kind,
         outcome.reason,
-        f"{outcome.new_king[0]}:{outcome.new_king[1]}" if outcome.new_king else "none",
+        str(outcome.new_king) if outcome.new_king else "none",
     )
     for v in outcome.verdicts:
         log.info("  %s:%d %s mean_kl=%s %s", v.hotkey, v.commit_block, v.state, v.mean_kl, v.reason)

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from eval.rules import ContestRules
-from eval.schemas import EvalResult, ModelResult
-from eval.stats import GuardDecision, fingerprint_distance, onpolicy_guard
+from eval.schemas import EvalResult, ModelResult, SubmissionId
+from eval.stats import GuardDecision, fingerprint_distance, mean_ci, onpolicy_guard
 from eval.stats import decide as stats_decide
-from validator.contest import Candidate, Key, RoundPlan, order_key
+from validator.contest import Candidate, RoundPlan
 
 SUSPICIOUS_KL = 1e-6
 """A mean KL below this is flagged: a student that matches the teacher exactly is likely the teacher (LESSONS 8)."""
@@ -60,6 +60,10 @@ class Disqualification:
     detail: str
     evidence: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def key(self) -> SubmissionId:
+        return SubmissionId(self.hotkey, self.commit_block)
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -74,73 +78,112 @@ class Verdict:
     suspicious: bool = False
 
     @property
-    def key(self) -> Key:
-        return (self.hotkey, self.commit_block)
+    def key(self) -> SubmissionId:
+        return SubmissionId(self.hotkey, self.commit_block)
+
+    @property
+    def submission_status(self) -> str:
+        """The submission's final status after this verdict: a DQ state disqualifies, anything else is evaluated."""
+        return "disqualified" if self.state in DQ_STATES else "evaluated"
+
+    @property
+    def last_kl(self) -> float | None:
+        """The KL the planner remembers for a coronation: none after a model error."""
+        return None if self.state == "model_error" else self.mean_kl
+
+    @property
+    def status_detail(self) -> str:
+        return self.reason or self.state
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One model's row of a round as the store keeps it: the pod's numbers, the verdict, the KL interval.
+
+    ``mean_kl`` / ``ci_lo`` / ``ci_hi`` are ``eval.stats.mean_ci`` over the per-prompt KL (None
+    without any); the store writes them as given.
+    """
+
+    verdict: Verdict
+    result: ModelResult
+    mean_kl: float | None
+    ci_lo: float | None
+    ci_hi: float | None
+
+    @property
+    def key(self) -> SubmissionId:
+        return self.verdict.key
+
+
+def evaluation(verdict: Verdict, result: ModelResult) -> Evaluation:
+    mean, lo, hi = mean_ci(result.prompt_kl) if result.prompt_kl else (None, None, None)
+    return Evaluation(verdict, result, mean, lo, hi)
 
 
 @dataclass(frozen=True)
 class RoundOutcome:
     kind: str
-    king_before: Key | None
-    new_king: Key | None
+    king_before: SubmissionId | None
+    new_king: SubmissionId | None
     new_king_kl: float | None
     verdicts: tuple[Verdict, ...]
     dqs: tuple[Disqualification, ...]
     reason: str
     p_value: float | None
+    evaluations: tuple[Evaluation, ...] = ()
+    """One per verdict, in the same order (what ``Store.record_round_result`` writes)."""
 
     @property
     def king_changed(self) -> bool:
         return self.new_king != self.king_before
 
     @property
-    def suspicious(self) -> tuple[Key, ...]:
+    def suspicious(self) -> tuple[SubmissionId, ...]:
         return tuple(v.key for v in self.verdicts if v.suspicious)
 
 
-def _match_results(result: EvalResult) -> dict[Key, ModelResult]:
+def _match_results(result: EvalResult) -> dict[SubmissionId, ModelResult]:
     """Index the result by submission identity.
 
     ``result`` was checked against the job built from this plan (``validator.pod_client.validate_result``):
     every planned model is present once, under its own identity and revision, with complete values.
     """
-    return {(m.ref.submission.hotkey, m.ref.submission.commit_block): m for m in result.models}
+    return {m.ref.submission: m for m in result.models}
 
 
 def _copy_check(
-    key: Key,
+    key: SubmissionId,
     m: ModelResult,
-    hashes: list[tuple[Key, str]],
-    prints: list[tuple[Key, Sequence[float]]],
+    hashes: list[tuple[SubmissionId, str]],
+    prints: list[tuple[SubmissionId, Sequence[float]]],
     rules: ContestRules,
     distance: DistanceFn,
 ) -> Disqualification | None:
     """Earlier commit owns: compare with every strictly earlier submission (the king is not exempt)."""
-    mine = order_key(key)
     if m.content_hash:
-        owners = sorted((k for k, h in hashes if h == m.content_hash and order_key(k) < mine), key=order_key)
+        owners = sorted(k for k, h in hashes if h == m.content_hash and k < key)
         if owners:
             o = owners[0]
             return Disqualification(
-                key[0],
-                key[1],
+                key.hotkey,
+                key.commit_block,
                 "COPY",
                 "content_hash",
-                f"same weights as {o[0]}:{o[1]}",
-                {"copy_of": {"hotkey": o[0], "commit_block": o[1]}, "content_hash": m.content_hash},
+                f"same weights as {o}",
+                {"copy_of": _evidence_id(o), "content_hash": m.content_hash},
             )
     if m.fingerprint:
-        close = [(k, distance(fp, m.fingerprint)) for k, fp in prints if order_key(k) < mine]
-        close = sorted(((k, d) for k, d in close if d < rules.fingerprint_threshold), key=lambda t: order_key(t[0]))
+        close = [(k, distance(fp, m.fingerprint)) for k, fp in prints if k < key]
+        close = sorted(((k, d) for k, d in close if d < rules.fingerprint_threshold), key=lambda t: t[0])
         if close:
             o, d = close[0]
             return Disqualification(
-                key[0],
-                key[1],
+                key.hotkey,
+                key.commit_block,
                 "FUNCTIONAL_COPY",
                 "fingerprint",
-                f"behaves like {o[0]}:{o[1]} (distance {d:.6g} < {rules.fingerprint_threshold})",
-                {"copy_of": {"hotkey": o[0], "commit_block": o[1]}, "distance": d},
+                f"behaves like {o} (distance {d:.6g} < {rules.fingerprint_threshold})",
+                {"copy_of": _evidence_id(o), "distance": d},
             )
     return None
 
@@ -149,8 +192,8 @@ def interpret_result(
     plan: RoundPlan,
     result: EvalResult,
     rules: ContestRules,
-    known_fingerprints: Sequence[tuple[Key, Sequence[float]]] = (),
-    known_content_hashes: Sequence[tuple[Key, str]] = (),
+    known_fingerprints: Sequence[tuple[SubmissionId, Sequence[float]]] = (),
+    known_content_hashes: Sequence[tuple[SubmissionId, str]] = (),
     *,
     decide: DecideFn | None = None,
     distance: DistanceFn = fingerprint_distance,
@@ -169,9 +212,9 @@ def interpret_result(
     hashes = list(known_content_hashes) + [(k, m.content_hash) for k, m in got.items() if m.content_hash]
     prints = list(known_fingerprints) + [(k, m.fingerprint) for k, m in got.items() if m.fingerprint]
 
-    verdicts: dict[Key, Verdict] = {}
+    verdicts: dict[SubmissionId, Verdict] = {}
     dqs: list[Disqualification] = []
-    eligible: list[tuple[Key, ModelResult]] = []
+    eligible: list[tuple[SubmissionId, ModelResult]] = []
     for c in plan.models:
         m = got[c.key]
         mean = m.mean_kl
@@ -203,39 +246,41 @@ def interpret_result(
             verdicts[c.key] = Verdict(c.hotkey, c.commit_block, "lost", mean, suspicious=sus)
 
     king = plan.king
-    new_king: Key | None
+    new_king: SubmissionId | None
     if king is not None and any(k == king.key for k, _ in eligible):
         new_king, kl, reason, p = _challenge(king, got[king.key], eligible, rules, decide, verdicts)
     else:
         new_king, kl, reason, p = _crown_best(eligible, verdicts, king)
+    final = tuple(verdicts[c.key] for c in plan.models)
     return RoundOutcome(
         kind=plan.kind,
         king_before=king.key if king else plan.vanished_king,
         new_king=new_king,
         new_king_kl=kl,
-        verdicts=tuple(verdicts[c.key] for c in plan.models),
+        verdicts=final,
         dqs=tuple(dqs),
         reason=reason,
         p_value=p,
+        evaluations=tuple(evaluation(v, got[v.key]) for v in final),
     )
 
 
 def _challenge(
     king: Candidate,
     king_result: ModelResult,
-    eligible: list[tuple[Key, ModelResult]],
+    eligible: list[tuple[SubmissionId, ModelResult]],
     rules: ContestRules,
     decide: DecideFn,
-    verdicts: dict[Key, Verdict],
-) -> tuple[Key, float | None, str, float | None]:
+    verdicts: dict[SubmissionId, Verdict],
+) -> tuple[SubmissionId, float | None, str, float | None]:
     """Paired decision against this round's king scores; the best winner (lowest mean) takes the crown.
 
     A challenger that beats the king on KL must also pass the on-policy guard against the king's
     own continuations on the same prompts (``eval.stats.onpolicy_guard``); if it does not, its
     state is ``onpolicy_stopped``, final for that submission like an early stop.
     """
-    winners: list[tuple[float, tuple[int, str], Key]] = []
-    stopped: list[Key] = []
+    winners: list[tuple[float, SubmissionId]] = []
+    stopped: list[SubmissionId] = []
     best_p: float | None = None
     for key, m in eligible:
         if key == king.key:
@@ -258,8 +303,8 @@ def _challenge(
                 v.hotkey, v.commit_block, "lost", v.mean_kl, d.p_value, f"{d.reason}; {g.reason}", v.suspicious
             )
         if d.dethrone:
-            winners.append((m.mean_kl or 0.0, order_key(key), key))
-    note = f"; on-policy guard stopped {', '.join(f'{k[0]}:{k[1]}' for k in stopped)}" if stopped else ""
+            winners.append((m.mean_kl or 0.0, key))
+    note = f"; on-policy guard stopped {', '.join(str(k) for k in stopped)}" if stopped else ""
     kv = verdicts[king.key]
     if not winners:
         verdicts[king.key] = Verdict(
@@ -267,7 +312,7 @@ def _challenge(
         )
         return king.key, king_result.mean_kl, "king defended" + note, best_p
     winners.sort()
-    win = winners[0][2]
+    win = winners[0][1]
     wv = verdicts[win]
     verdicts[win] = Verdict(wv.hotkey, wv.commit_block, "won", wv.mean_kl, wv.p_value, wv.reason, wv.suspicious)
     verdicts[king.key] = Verdict(
@@ -275,10 +320,10 @@ def _challenge(
         kv.commit_block,
         "dethroned",
         kv.mean_kl,
-        reason=f"dethroned by {win[0]}:{win[1]}",
+        reason=f"dethroned by {win}",
         suspicious=kv.suspicious,
     )
-    return win, wv.mean_kl, f"dethroned by {win[0]}:{win[1]}{note}", wv.p_value
+    return win, wv.mean_kl, f"dethroned by {win}{note}", wv.p_value
 
 
 def _guard(king: ModelResult, challenger: ModelResult, rules: ContestRules) -> GuardDecision:
@@ -293,8 +338,8 @@ def _guard(king: ModelResult, challenger: ModelResult, rules: ContestRules) -> G
 
 
 def _crown_best(
-    eligible: list[tuple[Key, ModelResult]], verdicts: dict[Key, Verdict], old_king: Candidate | None
-) -> tuple[Key | None, float | None, str, float | None]:
+    eligible: list[tuple[SubmissionId, ModelResult]], verdicts: dict[SubmissionId, Verdict], old_king: Candidate | None
+) -> tuple[SubmissionId | None, float | None, str, float | None]:
     """First / coronation round, or a king that failed this round: lowest mean KL on these prompts wins."""
     if old_king is not None:
         kv = verdicts[old_king.key]
@@ -302,13 +347,18 @@ def _crown_best(
             verdicts[old_king.key] = Verdict(
                 kv.hotkey, kv.commit_block, "dethroned", kv.mean_kl, reason=f"king failed this round ({kv.state})"
             )
-    pool = [(m.mean_kl, order_key(k), k) for k, m in eligible if m.mean_kl is not None]
+    pool = [(m.mean_kl, k) for k, m in eligible if m.mean_kl is not None]
     if not pool:
         return None, None, "no eligible model: no king", None
     pool.sort()
-    mean, _, win = pool[0]
+    mean, win = pool[0]
     v = verdicts[win]
     verdicts[win] = Verdict(
         v.hotkey, v.commit_block, "won", v.mean_kl, reason="lowest mean KL this round", suspicious=v.suspicious
     )
-    return win, mean, f"crowned {win[0]}:{win[1]} (lowest mean KL)", None
+    return win, mean, f"crowned {win} (lowest mean KL)", None
+
+
+def _evidence_id(key: SubmissionId) -> dict[str, Any]:
+    """A submission as DQ evidence names it (JSON, served by the API as stored)."""
+    return {"hotkey": key.hotkey, "commit_block": key.commit_block}

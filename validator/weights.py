@@ -27,6 +27,7 @@ from validator.chain.port import Chain, ChainError, Neuron, weights_match, weigh
 from validator.contest import Candidate, king_vanished, weights_due, weights_for
 from validator.settings import LoopConfig
 from validator.store.database import Store
+from validator.store.rows import WeightsRow
 
 log = logging.getLogger(__name__)
 _CHAIN_ERRORS = (ChainError, TransientError)
@@ -39,8 +40,8 @@ def standing_refusal(me: Neuron | None, min_stake: float) -> tuple[str, str] | N
     return weights_standing(registered=True, permit=me.validator_permit, stake=me.stake, min_stake=min_stake)
 
 
-def _same(row: dict[str, Any], uids: Sequence[int], weights: Sequence[float]) -> bool:
-    return bool(row["uids"] == list(uids) and row["weights"] == list(weights))
+def _same(row: WeightsRow, uids: Sequence[int], weights: Sequence[float]) -> bool:
+    return row.uids == list(uids) and row.weights == list(weights)
 
 
 class WeightsKeeper:
@@ -63,10 +64,10 @@ class WeightsKeeper:
             settled = self._settle(pending, block)
             if settled in ("waiting", "chain_error") and _same(pending, uids, weights):
                 return "awaiting_reveal" if settled == "waiting" else "chain_error"
-            if settled == "confirmed" and pending["state"] == "committed":
+            if settled == "confirmed" and pending.state == "committed":
                 settled = "revealed"
         last_any = self.store.last_weights(successful=False)
-        if last_any and not last_any["success"] and block - last_any["block"] < self.config.weights_retry_blocks:
+        if last_any and not last_any.success and block - last_any.block < self.config.weights_retry_blocks:
             return "retry_later"
         try:
             on_chain = self.chain.last_weights_block(self.hotkey) if self.hotkey else None
@@ -77,7 +78,7 @@ class WeightsKeeper:
         shown = self.store.last_weights(confirmed=True)
         changed = settled == "waiting" or shown is None or not _same(shown, uids, weights)
         last_ok = self.store.last_weights(successful=True)
-        last_block = on_chain if on_chain is not None else (last_ok["block"] if last_ok else None)
+        last_block = on_chain if on_chain is not None else (last_ok.block if last_ok else None)
         if not weights_due(last_block, block, changed, self.config.weights_interval, rate_limit):
             return {"confirmed": "confirmed", "revealed": "revealed", "missed": "unconfirmed"}.get(settled, "not_due")
         return self._send(block, neurons, uids, weights, king)
@@ -119,17 +120,17 @@ class WeightsKeeper:
         reveal = receipt.reveal_by if receipt.reveal_by is not None else at
         wid = self.store.record_weights(at, uids, weights, True, receipt.message, state=state, reveal_block=reveal)
         log.info(
-            "weights %s at block %d: king %s:%d -> 1.0 over %d uids%s",
+            "weights %s at block %d: king %s -> 1.0 over %d uids%s",
             state,
             at,
-            *king.key,
+            king.key,
             len(uids),
             f"; reveal expected by block {reveal}" if receipt.committed else "",
         )
         if receipt.committed:
             return "committed"
         row = self.store.pending_weights()
-        settled = self._settle(row, block) if row is not None and row["id"] == wid else "chain_error"
+        settled = self._settle(row, block) if row is not None and row.id == wid else "chain_error"
         return {"confirmed": "set", "missed": "unconfirmed", "waiting": "set_unconfirmed"}.get(settled, settled)
 
     def _standing(self, neurons: list[Neuron]) -> tuple[str, str] | None:
@@ -138,28 +139,28 @@ class WeightsKeeper:
         me = next((n for n in neurons if n.hotkey == self.hotkey), None)
         return standing_refusal(me, self.chain.weights_min_stake())
 
-    def _settle(self, row: dict[str, Any], block: int) -> str:
+    def _settle(self, row: WeightsRow, block: int) -> str:
         """Has an accepted submission shown on chain? confirmed / waiting / missed / chain_error."""
         if self.hotkey is None:
             return "waiting"
         try:
             shown = self.chain.weights_of(self.hotkey)
         except _CHAIN_ERRORS as exc:
-            log.warning("could not read weights to confirm submission %d: %s: %s", row["id"], type(exc).__name__, exc)
+            log.warning("could not read weights to confirm submission %d: %s: %s", row.id, type(exc).__name__, exc)
             return "chain_error"
-        committed = row["state"] == "committed"
-        if weights_match(shown, row["uids"], row["weights"]):
-            self.store.confirm_weights(row["id"], True, "revealed" if committed else None)
-            log.info("weights from block %d %s on chain", row["block"], "revealed" if committed else "confirmed")
+        committed = row.state == "committed"
+        if weights_match(shown, row.uids, row.weights):
+            self.store.confirm_weights(row.id, True, "revealed" if committed else None)
+            log.info("weights from block %d %s on chain", row.block, "revealed" if committed else "confirmed")
             return "confirmed"
-        deadline = row["reveal_block"] if row["reveal_block"] is not None else row["block"]
+        deadline = row.reveal_block if row.reveal_block is not None else row.block
         if block < deadline:
             return "waiting"
-        self.store.confirm_weights(row["id"], False, "unconfirmed")
+        self.store.confirm_weights(row.id, False, "unconfirmed")
         log.error(
             "weights %s at block %d never showed on chain by block %d (%s); they are sent again when due",
-            row["state"],
-            row["block"],
+            row.state,
+            row.block,
             deadline,
             "the reveal failed: a timelocked commit is revealed only with "
             "a permit and enough stake, and a failed reveal is dropped silently"

@@ -20,11 +20,11 @@ from typing import Any
 
 from eval.errors import KlhillError
 from eval.rules import ContestRules
-from eval.schemas import EvalResult
-from validator.contest import Key, NewSubmission
+from eval.schemas import EvalResult, SubmissionId
+from validator.contest import NewSubmission
 from validator.store.reads import StoreReads
 from validator.store.schema import WEIGHT_STATES, migrate
-from validator.verdicts import DQ_STATES, RoundOutcome
+from validator.verdicts import Evaluation, RoundOutcome
 
 DEFAULT_PATH = Path("state/validator.db")
 BUSY_TIMEOUT_MS = 10_000
@@ -42,6 +42,11 @@ def real(x: float | None, what: str) -> float | None:
     if not math.isfinite(x):
         raise StoreError(f"{what} is not finite: {x!r}")
     return x
+
+
+def _cols(key: SubmissionId) -> tuple[str, int]:
+    """A submission id as the two key columns every table keys by."""
+    return (key.hotkey, key.commit_block)
 
 
 def dumps(value: Any) -> str:
@@ -159,7 +164,7 @@ class Store(StoreReads):
                     self.add_disqualification(s.key, "INVALID", "commitment", s.reason or "", {}, s.commit_block)
             return n
 
-    def withdraw_submissions(self, replaced: dict[Key, int]) -> int:
+    def withdraw_submissions(self, replaced: dict[SubmissionId, int]) -> int:
         """Mark live submissions whose hotkey committed again as withdrawn (status ``ignored``), in one go.
 
         ``replaced`` maps each key to the block of the commitment that replaced it. A withdrawn king
@@ -167,33 +172,35 @@ class Store(StoreReads):
         """
         with self.transaction() as db:
             n = 0
-            for (hotkey, block), new_block in replaced.items():
+            for key, new_block in replaced.items():
                 cur = db.execute(
                     "UPDATE submissions SET status = 'ignored', status_detail = ?, updated = ?"
                     " WHERE hotkey = ? AND commit_block = ? AND status IN ('pending', 'admitted',"
                     " 'evaluated')",
-                    (f"withdrawn: replaced by the commitment at block {new_block}", self._clock(), hotkey, block),
+                    (f"withdrawn: replaced by the commitment at block {new_block}", self._clock(), *_cols(key)),
                 )
                 n += cur.rowcount
             return n
 
-    def set_status(self, key: Key, status: str, detail: str | None = None) -> None:
+    def set_status(self, key: SubmissionId, status: str, detail: str | None = None) -> None:
         with self.transaction() as db:
             cur = db.execute(
                 "UPDATE submissions SET status = ?, status_detail = ?, updated = ?"
                 " WHERE hotkey = ? AND commit_block = ?",
-                (status, detail, self._clock(), *key),
+                (status, detail, self._clock(), *_cols(key)),
             )
             if cur.rowcount != 1:
-                raise StoreError(f"no submission {key[0]}:{key[1]}")
+                raise StoreError(f"no submission {key}")
 
-    def set_strikes(self, key: Key, strikes: int) -> None:
+    def set_strikes(self, key: SubmissionId, strikes: int) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE submissions SET strikes = ? WHERE hotkey = ? AND commit_block = ?", (strikes, *key))
+            db.execute(
+                "UPDATE submissions SET strikes = ? WHERE hotkey = ? AND commit_block = ?", (strikes, *_cols(key))
+            )
 
     def record_admission(
         self,
-        key: Key,
+        key: SubmissionId,
         result: str,
         *,
         params: int | None = None,
@@ -211,28 +218,29 @@ class Store(StoreReads):
                 " DO UPDATE SET result=excluded.result, params=excluded.params, metadata_hash=excluded.metadata_hash,"
                 " check_name=excluded.check_name, detail=excluded.detail, attempts=attempts+1,"
                 " next_retry_block=excluded.next_retry_block, updated=excluded.updated",
-                (*key, result, params, metadata_hash, check, detail, next_retry_block, self._clock()),
+                (*_cols(key), result, params, metadata_hash, check, detail, next_retry_block, self._clock()),
             )
             if metadata_hash:
                 self.add_hash(key, "metadata", metadata_hash)
             self.set_status(key, status, detail if result != "admitted" else None)
 
-    def add_hash(self, key: Key, kind: str, value: str) -> None:
+    def add_hash(self, key: SubmissionId, kind: str, value: str) -> None:
         with self.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO hashes(hotkey, commit_block, kind, value) VALUES (?,?,?,?)", (*key, kind, value)
+                "INSERT OR REPLACE INTO hashes(hotkey, commit_block, kind, value) VALUES (?,?,?,?)",
+                (*_cols(key), kind, value),
             )
 
-    def add_integrity(self, key: Key, files: dict[str, str]) -> None:
+    def add_integrity(self, key: SubmissionId, files: dict[str, str]) -> None:
         with self.transaction() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO integrity(hotkey, commit_block, path, sha256) VALUES (?,?,?,?)",
-                [(*key, p, h) for p, h in sorted(files.items())],
+                [(*_cols(key), p, h) for p, h in sorted(files.items())],
             )
 
     def add_disqualification(
         self,
-        key: Key,
+        key: SubmissionId,
         reason: str,
         check: str,
         detail: str,
@@ -244,7 +252,7 @@ class Store(StoreReads):
             db.execute(
                 "INSERT OR IGNORE INTO disqualifications(hotkey, commit_block, reason, check_name, detail, evidence,"
                 " block, round_id, at) VALUES (?,?,?,?,?,?,?,?,?)",
-                (*key, reason, check, detail, dumps(evidence), block, round_id, self._clock()),
+                (*_cols(key), reason, check, detail, dumps(evidence), block, round_id, self._clock()),
             )
 
     # --- rounds --------------------------------------------------------------
@@ -255,8 +263,8 @@ class Store(StoreReads):
         block_hash: str,
         prompt_sha256s: Sequence[str],
         rules: ContestRules,
-        models: Sequence[Key],
-        king: Key | None = None,
+        models: Sequence[SubmissionId],
+        king: SubmissionId | None = None,
         *,
         teacher_revision: str | None = None,
         pod: str | None = None,
@@ -277,9 +285,9 @@ class Store(StoreReads):
                     rules.digest(),
                     rules.teacher_repo,
                     teacher_revision or rules.teacher_revision,
-                    dumps([list(k) for k in models]),
-                    king[0] if king else None,
-                    king[1] if king else None,
+                    dumps([list(_cols(k)) for k in models]),
+                    king.hotkey if king else None,
+                    king.commit_block if king else None,
                     pod,
                     job_id,
                     self._clock(),
@@ -307,10 +315,11 @@ class Store(StoreReads):
 
     def record_round_result(self, round_id: int, outcome: RoundOutcome, result: EvalResult, block: int) -> None:
         """Record a finished round in one transaction: evaluations, hashes, fingerprints, DQs,
-        submission states, king change and the round's decision. A round is recorded once."""
-        from eval.stats import mean_ci  # the stats layer is only needed here
+        submission states, king change and the round's decision. A round is recorded once.
 
-        by_key = {(m.ref.submission.hotkey, m.ref.submission.commit_block): m for m in result.models}
+        Everything written is decided by ``validator.verdicts`` (states, statuses, KL intervals);
+        ``result`` supplies only the teacher revision the pod actually scored with.
+        """
         with self.transaction() as db:
             self._round_transition(
                 round_id,
@@ -319,89 +328,79 @@ class Store(StoreReads):
                 finished=self._clock(),
                 decision=outcome.reason,
                 p_value=real(outcome.p_value, "p_value"),
-                new_king_hotkey=outcome.new_king[0] if outcome.new_king else None,
-                new_king_block=outcome.new_king[1] if outcome.new_king else None,
+                new_king_hotkey=outcome.new_king.hotkey if outcome.new_king else None,
+                new_king_block=outcome.new_king.commit_block if outcome.new_king else None,
             )
             # an unpinned teacher: the audit record keeps the revision the pod actually scored with
             db.execute(
                 "UPDATE rounds SET teacher_revision = ? WHERE id = ? AND teacher_revision IS NULL",
                 (result.teacher.revision, round_id),
             )
-            for v in outcome.verdicts:
-                m = by_key[v.key]
-                mean, lo, hi = mean_ci(m.prompt_kl) if m.prompt_kl else (None, None, None)
-                db.execute(
-                    "INSERT INTO evaluations(round_id, hotkey, commit_block, status, state, prompt_kl, prompt_tokens,"
-                    " mean_kl, ci_lo, ci_hi, p_value, reason, error, suspicious, onpolicy)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        round_id,
-                        *v.key,
-                        m.status,
-                        v.state,
-                        dumps([real(x, "kl") for x in m.prompt_kl]),
-                        dumps([int(t) for t in m.prompt_tokens]),
-                        real(mean, "mean_kl"),
-                        real(lo, "ci_lo"),
-                        real(hi, "ci_hi"),
-                        real(v.p_value, "p_value"),
-                        v.reason,
-                        m.error,
-                        int(v.suspicious),
-                        dumps([o.model_dump(mode="json") for o in m.onpolicy]),
-                    ),
-                )
-                if m.content_hash:
-                    self.add_hash(v.key, "content", m.content_hash)
-                if m.fingerprint:
-                    db.execute(
-                        "INSERT OR REPLACE INTO fingerprints(hotkey, commit_block, vector, round_id) VALUES (?,?,?,?)",
-                        (*v.key, dumps([real(x, "fingerprint") for x in m.fingerprint]), round_id),
-                    )
-                status = "disqualified" if v.state in DQ_STATES else "evaluated"
-                db.execute(
-                    "UPDATE submissions SET status = ?, status_detail = ?, last_kl = ?, updated = ?"
-                    " WHERE hotkey = ? AND commit_block = ?",
-                    (
-                        status,
-                        v.reason or v.state,
-                        real(v.mean_kl if v.state not in ("model_error",) else None, "last_kl"),
-                        self._clock(),
-                        *v.key,
-                    ),
-                )
+            for e in outcome.evaluations:
+                self._record_evaluation(db, round_id, e)
             for dq in outcome.dqs:
-                self.add_disqualification(
-                    (dq.hotkey, dq.commit_block), dq.reason, dq.check, dq.detail, dq.evidence, block, round_id
-                )
+                self.add_disqualification(dq.key, dq.reason, dq.check, dq.detail, dq.evidence, block, round_id)
             if outcome.king_changed or outcome.new_king != self._king_key():
                 self.set_king(outcome.new_king, block, round_id, outcome.new_king_kl, outcome.reason)
 
-    def interrupted_rounds(self) -> list[dict[str, Any]]:
-        """Rounds planned or dispatched but never finished: resume (same job id) or fail and re-plan."""
-        rows = self._db.execute("SELECT * FROM rounds WHERE state IN ('planned', 'dispatched') ORDER BY id")
-        return [self._round_row(r) for r in rows]
+    def _record_evaluation(self, db: sqlite3.Connection, round_id: int, e: Evaluation) -> None:
+        v, m = e.verdict, e.result
+        db.execute(
+            "INSERT INTO evaluations(round_id, hotkey, commit_block, status, state, prompt_kl, prompt_tokens,"
+            " mean_kl, ci_lo, ci_hi, p_value, reason, error, suspicious, onpolicy)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                round_id,
+                *_cols(v.key),
+                m.status,
+                v.state,
+                dumps([real(x, "kl") for x in m.prompt_kl]),
+                dumps([int(t) for t in m.prompt_tokens]),
+                real(e.mean_kl, "mean_kl"),
+                real(e.ci_lo, "ci_lo"),
+                real(e.ci_hi, "ci_hi"),
+                real(v.p_value, "p_value"),
+                v.reason,
+                m.error,
+                int(v.suspicious),
+                dumps([o.model_dump(mode="json") for o in m.onpolicy]),
+            ),
+        )
+        if m.content_hash:
+            self.add_hash(v.key, "content", m.content_hash)
+        if m.fingerprint:
+            db.execute(
+                "INSERT OR REPLACE INTO fingerprints(hotkey, commit_block, vector, round_id) VALUES (?,?,?,?)",
+                (*_cols(v.key), dumps([real(x, "fingerprint") for x in m.fingerprint]), round_id),
+            )
+        db.execute(
+            "UPDATE submissions SET status = ?, status_detail = ?, last_kl = ?, updated = ?"
+            " WHERE hotkey = ? AND commit_block = ?",
+            (v.submission_status, v.status_detail, real(v.last_kl, "last_kl"), self._clock(), *_cols(v.key)),
+        )
 
     # --- king, weights, metagraph, progress ---------------------------------------
-    def _king_key(self) -> Key | None:
+    def _king_key(self) -> SubmissionId | None:
         row = self._db.execute("SELECT hotkey, commit_block FROM king WHERE id = 1").fetchone()
-        return (row["hotkey"], row["commit_block"]) if row else None
+        return SubmissionId(row["hotkey"], row["commit_block"]) if row else None
 
-    def set_king(self, key: Key | None, block: int, round_id: int | None, kl: float | None, reason: str) -> None:
+    def set_king(
+        self, key: SubmissionId | None, block: int, round_id: int | None, kl: float | None, reason: str
+    ) -> None:
         """Crown ``key`` (or clear the throne with None) and append to the king's history."""
         with self.transaction() as db:
             db.execute("DELETE FROM king WHERE id = 1")
             if key is not None:
                 db.execute(
                     "INSERT INTO king(id, hotkey, commit_block, since_block, round_id, kl) VALUES (1,?,?,?,?,?)",
-                    (*key, block, round_id, real(kl, "king kl")),
+                    (*_cols(key), block, round_id, real(kl, "king kl")),
                 )
             db.execute(
                 "INSERT INTO king_history(hotkey, commit_block, from_block, round_id, kl, reason, at)"
                 " VALUES (?,?,?,?,?,?,?)",
                 (
-                    key[0] if key else None,
-                    key[1] if key else None,
+                    key.hotkey if key else None,
+                    key.commit_block if key else None,
                     block,
                     round_id,
                     real(kl, "king kl"),

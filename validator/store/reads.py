@@ -1,4 +1,5 @@
-"""Read-only queries on the store, for the loop and the API. All return plain dicts or contest types.
+"""Read-only queries on the store, for the loop and the API. All return typed rows
+(``validator.store.rows``), submission ids or contest types; ``meta`` alone is a free-form dict.
 
 Kept apart from the writers so the API's read-only connection exposes exactly
 these. JSON columns are decoded here, so callers never see raw JSON text.
@@ -6,18 +7,23 @@ these. JSON columns are decoded here, so callers never see raw JSON text.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from validator.contest import Candidate, Key
+from eval.schemas import SubmissionId
+from validator.contest import Candidate
+from validator.store import rows as r
+from validator.store.rows import build, loads
 
 MAX_PER_PAGE = 100
 
 
-def _key(row: sqlite3.Row | dict[str, Any]) -> str:
-    return f"{row['hotkey']}:{row['commit_block']}"
+def _id(row: sqlite3.Row | dict[str, Any]) -> SubmissionId:
+    """The one place a row's key columns become a submission id."""
+    return SubmissionId(row["hotkey"], row["commit_block"])
 
 
 _CLAIMING = "JOIN submissions USING (hotkey, commit_block) WHERE submissions.status != 'ignored'"
@@ -26,38 +32,68 @@ _CLAIMING = "JOIN submissions USING (hotkey, commit_block) WHERE submissions.sta
 class StoreReads:
     _db: sqlite3.Connection
 
-    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._db.execute(sql, args)]
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        return list(self._db.execute(sql, args))
 
-    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> dict[str, Any] | None:
-        row = self._db.execute(sql, args).fetchone()
-        return dict(row) if row else None
-
-    @staticmethod
-    def _round_row(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
-        d = dict(row)
-        d["prompt_sha256s"] = json.loads(d["prompt_sha256s"])
-        d["rules"] = json.loads(d["rules"])
-        d["models"] = [tuple(k) for k in json.loads(d["models"])]
-        return d
-
-    @staticmethod
-    def _eval_row(row: dict[str, Any]) -> dict[str, Any]:
-        row["prompt_kl"] = json.loads(row["prompt_kl"])
-        row["prompt_tokens"] = json.loads(row["prompt_tokens"])
-        row["onpolicy"] = json.loads(row.get("onpolicy") or "[]")
-        row["suspicious"] = bool(row["suspicious"])
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._db.execute(sql, args).fetchone()
         return row
+
+    @staticmethod
+    def _round_row(row: sqlite3.Row) -> r.RoundRow:
+        return build(
+            r.RoundRow,
+            row,
+            prompt_sha256s=json.loads(row["prompt_sha256s"]),
+            rules=json.loads(row["rules"]),
+            models=[SubmissionId(h, b) for h, b in json.loads(row["models"])],
+        )
+
+    @staticmethod
+    def _eval_row(row: sqlite3.Row) -> r.EvaluationRow:
+        return build(
+            r.EvaluationRow,
+            row,
+            prompt_kl=json.loads(row["prompt_kl"]),
+            prompt_tokens=json.loads(row["prompt_tokens"]),
+            onpolicy=loads(row["onpolicy"], []),
+            suspicious=bool(row["suspicious"]),
+        )
+
+    @staticmethod
+    def _weights_row(row: sqlite3.Row | None) -> r.WeightsRow | None:
+        if row is None:
+            return None
+        return build(
+            r.WeightsRow,
+            row,
+            uids=json.loads(row["uids"]),
+            weights=json.loads(row["weights"]),
+            success=bool(row["success"]),
+            confirmed=None if row["confirmed"] is None else bool(row["confirmed"]),
+        )
 
     # --- for the loop -----------------------------------------------------------
     def integrity_ok(self) -> bool:
         return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
     def meta(self) -> dict[str, Any]:
-        return {r["key"]: json.loads(r["value"]) for r in self._all("SELECT key, value FROM meta")}
+        """Free-form key/value settings the loop records (network, netuid, last epoch block, hub health)."""
+        return {row["key"]: json.loads(row["value"]) for row in self._all("SELECT key, value FROM meta")}
 
-    def known_keys(self) -> set[Key]:
-        return {(r[0], r[1]) for r in self._db.execute("SELECT hotkey, commit_block FROM submissions")}
+    def known_keys(self) -> set[SubmissionId]:
+        return {_id(row) for row in self._db.execute("SELECT hotkey, commit_block FROM submissions")}
+
+    def round_count(self) -> int:
+        """Rounds ever created, in any state (the loop numbers job attempts by it)."""
+        return int(self._db.execute("SELECT COUNT(*) FROM rounds").fetchone()[0])
+
+    def strikes(self, key: SubmissionId) -> int:
+        """Missing-repo strikes of one submission (0 when unknown)."""
+        row = self._db.execute(
+            "SELECT strikes FROM submissions WHERE hotkey = ? AND commit_block = ?", (key.hotkey, key.commit_block)
+        ).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
 
     def candidates(self, registered_hotkeys: Iterable[str]) -> list[Candidate]:
         """Every submission with a model, as the planner sees it (``registered`` from the current neurons)."""
@@ -68,98 +104,103 @@ class StoreReads:
         )
         return [
             Candidate(
-                r["hotkey"],
-                r["commit_block"],
-                r["repo"],
-                r["revision"],
-                r["coldkey"] or "",
-                r["status"],
-                r["last_kl"],
-                r["hotkey"] in reg,
+                row["hotkey"],
+                row["commit_block"],
+                row["repo"],
+                row["revision"],
+                row["coldkey"] or "",
+                row["status"],
+                row["last_kl"],
+                row["hotkey"] in reg,
             )
-            for r in rows
+            for row in rows
         ]
 
-    def pending_admissions(self, block: int) -> list[dict[str, Any]]:
+    def pending_admissions(self, block: int) -> list[r.PendingAdmission]:
         """Submissions waiting for admission whose retry time (if any) has come."""
-        return self._all(
+        rows = self._all(
             "SELECT s.*, a.attempts, a.next_retry_block FROM submissions s LEFT JOIN admissions a"
             " USING (hotkey, commit_block) WHERE s.status = 'pending'"
             " AND (a.next_retry_block IS NULL OR a.next_retry_block <= ?) ORDER BY s.commit_block, s.hotkey",
             (block,),
         )
+        return [build(r.PendingAdmission, row) for row in rows]
 
-    def live_keys(self) -> list[Key]:
+    def live_keys(self) -> list[SubmissionId]:
         """Submissions that still count and a re-commit would withdraw (``contest.LIVE_STATUSES``)."""
         rows = self._db.execute(
             "SELECT hotkey, commit_block FROM submissions WHERE status IN ('pending', 'admitted', 'evaluated')"
         )
-        return [(r[0], r[1]) for r in rows]
+        return [_id(row) for row in rows]
 
     # Ownership (LESSONS 1-5) is claimed only by submissions that still count: a withdrawn one
     # (status 'ignored') is gone from the chain, so a validator starting now could not know it.
-    def known_content_hashes(self) -> list[tuple[Key, str]]:
+    def known_content_hashes(self) -> list[tuple[SubmissionId, str]]:
         rows = self._db.execute(f"SELECT hotkey, commit_block, value FROM hashes {_CLAIMING} AND kind = 'content'")
-        return [((r[0], r[1]), r[2]) for r in rows]
+        return [(_id(row), row["value"]) for row in rows]
 
-    def metadata_hash_owner(self, value: str) -> Key | None:
+    def metadata_hash_owner(self, value: str) -> SubmissionId | None:
         holders = self.metadata_hash_holders(value)
         return holders[0] if holders else None
 
-    def metadata_hash_holders(self, value: str) -> list[Key]:
+    def metadata_hash_holders(self, value: str) -> list[SubmissionId]:
         """Every submission that counts, recorded with this metadata hash, earliest commit first."""
         rows = self._db.execute(
             f"SELECT hotkey, commit_block FROM hashes {_CLAIMING} AND kind = 'metadata'"
             " AND value = ? ORDER BY commit_block, hotkey",
             (value,),
         )
-        return [(r[0], r[1]) for r in rows]
+        return [_id(row) for row in rows]
 
-    def known_fingerprints(self) -> list[tuple[Key, list[float]]]:
+    def known_fingerprints(self) -> list[tuple[SubmissionId, list[float]]]:
         rows = self._db.execute(f"SELECT hotkey, commit_block, vector FROM fingerprints {_CLAIMING}")
-        return [((r[0], r[1]), json.loads(r[2])) for r in rows]
+        return [(_id(row), json.loads(row["vector"])) for row in rows]
 
-    def current_king(self) -> dict[str, Any] | None:
-        return self._one(
+    def current_king(self) -> r.KingRow | None:
+        row = self._one(
             "SELECT k.*, s.repo, s.revision, s.uid_at_sight FROM king k JOIN submissions s"
             " USING (hotkey, commit_block) WHERE k.id = 1"
         )
+        return build(r.KingRow, row) if row else None
 
-    def last_weights(self, successful: bool = True, *, confirmed: bool = False) -> dict[str, Any] | None:
+    def interrupted_rounds(self) -> list[r.RoundRow]:
+        """Rounds planned or dispatched but never finished: resume (same job id) or fail and re-plan."""
+        rows = self._all("SELECT * FROM rounds WHERE state IN ('planned', 'dispatched') ORDER BY id")
+        return [self._round_row(row) for row in rows]
+
+    def last_weights(self, successful: bool = True, *, confirmed: bool = False) -> r.WeightsRow | None:
         """The latest weight submission: any, accepted (``successful``), or seen on chain (``confirmed``)."""
         where = "WHERE confirmed = 1" if confirmed else "WHERE success = 1" if successful else ""
-        return self._weights_row(f"SELECT * FROM weight_submissions {where} ORDER BY id DESC LIMIT 1")
+        return self._weights_row(self._one(f"SELECT * FROM weight_submissions {where} ORDER BY id DESC LIMIT 1"))
 
-    def pending_weights(self) -> dict[str, Any] | None:
+    def pending_weights(self) -> r.WeightsRow | None:
         """The accepted submission still waiting to show on chain (a commit before its reveal), if any."""
         return self._weights_row(
-            "SELECT * FROM weight_submissions WHERE success = 1 AND confirmed IS NULL ORDER BY id DESC LIMIT 1"
+            self._one(
+                "SELECT * FROM weight_submissions WHERE success = 1 AND confirmed IS NULL ORDER BY id DESC LIMIT 1"
+            )
         )
 
-    def _weights_row(self, sql: str) -> dict[str, Any] | None:
-        row = self._one(sql)
-        if row:
-            row["uids"], row["weights"] = json.loads(row["uids"]), json.loads(row["weights"])
-        return row
-
     # --- for the API ------------------------------------------------------------
-    def commitments(self) -> list[dict[str, Any]]:
-        return self._all(
+    def commitments(self) -> list[r.CommitmentRow]:
+        rows = self._all(
             "SELECT hotkey, uid_at_sight AS uid, commit_block, repo AS model, revision, status,"
             " status_detail, coldkey, first_seen FROM submissions"
             " ORDER BY commit_block, hotkey"
         )
+        return [build(r.CommitmentRow, row) for row in rows]
 
-    def disqualifications(self) -> list[dict[str, Any]]:
+    def disqualifications(self, key: SubmissionId | None = None) -> list[r.DisqualificationRow]:
+        """Every disqualification, or one submission's (``key``), in the order they were given."""
+        where, args = ("WHERE hotkey = ? AND commit_block = ?", (key.hotkey, key.commit_block)) if key else ("", ())
         rows = self._all(
             "SELECT hotkey, commit_block, reason, check_name AS 'check', detail, evidence, block,"
-            " round_id, at FROM disqualifications ORDER BY block, id"
+            f" round_id, at FROM disqualifications {where} ORDER BY block, id",
+            args,
         )
-        for r in rows:
-            r["evidence"] = json.loads(r["evidence"])
-        return rows
+        return [build(r.DisqualificationRow, row, evidence=json.loads(row["evidence"])) for row in rows]
 
-    def scores(self) -> dict[str, Any]:
+    def scores(self) -> r.Scores:
         """The king, each evaluated submission's latest evaluation (KL + 95% CI), DQ reasons, last round."""
         evals = self._all(
             "SELECT e.hotkey, e.commit_block, e.round_id, e.state, e.status, e.mean_kl, e.ci_lo, e.ci_hi, e.reason,"
@@ -168,74 +209,77 @@ class StoreReads:
             " WHERE e.id = (SELECT MAX(id) FROM evaluations x WHERE x.hotkey = e.hotkey"
             " AND x.commit_block = e.commit_block) ORDER BY e.mean_kl IS NULL, e.mean_kl, e.commit_block"
         )
-        dq: dict[str, list[str]] = {}
-        for r in self._db.execute("SELECT hotkey, commit_block, reason FROM disqualifications ORDER BY id"):
-            dq.setdefault(_key(r), []).append(r["reason"])
-        for e in evals:
-            e["disqualified"] = dq.get(_key(e), [])
+        dq: dict[SubmissionId, list[str]] = {}
+        for row in self._db.execute("SELECT hotkey, commit_block, reason FROM disqualifications ORDER BY id"):
+            dq.setdefault(_id(row), []).append(row["reason"])
         last = self._one(
             "SELECT id, kind, block, finished, decision, p_value FROM rounds WHERE state = 'done'"
             " ORDER BY id DESC LIMIT 1"
         )
-        return {"king": self.current_king(), "evaluations": evals, "last_round": last}
+        return r.Scores(
+            king=self.current_king(),
+            evaluations=[build(r.ScoreRow, e, disqualified=dq.get(_id(e), [])) for e in evals],
+            last_round=build(r.RoundBrief, last) if last else None,
+        )
 
-    def rounds(self, page: int = 1, per_page: int = 20) -> dict[str, Any]:
+    def rounds(self, page: int = 1, per_page: int = 20) -> r.RoundsPage:
         """Round summaries, newest first; ``page`` from 1, ``per_page`` bounded to MAX_PER_PAGE."""
         page, per_page = max(1, int(page)), max(1, min(MAX_PER_PAGE, int(per_page)))
-        total = self._db.execute("SELECT COUNT(*) FROM rounds").fetchone()[0]
         items = self._all(
             "SELECT id, kind, block, block_hash, state, started, finished, decision, p_value, king_hotkey,"
             " king_block, new_king_hotkey, new_king_block, job_id FROM rounds ORDER BY id DESC LIMIT ? OFFSET ?",
             (per_page, (page - 1) * per_page),
         )
-        return {"page": page, "per_page": per_page, "total": total, "items": items}
+        return r.RoundsPage(page, per_page, self.round_count(), [build(r.RoundSummary, row) for row in items])
 
-    def round(self, round_id: int) -> dict[str, Any] | None:
+    def round(self, round_id: int) -> r.RoundAudit | None:
         """The full audit record of one round: prompts' hashes, rules, teacher, per-prompt KL, decision."""
         row = self._one("SELECT * FROM rounds WHERE id = ?", (round_id,))
         if row is None:
             return None
-        out = self._round_row(row)
-        out["evaluations"] = [
-            self._eval_row(e)
-            for e in self._all("SELECT * FROM evaluations WHERE round_id = ? ORDER BY id", (round_id,))
-        ]
-        return out
-
-    def submission(self, hotkey: str) -> list[dict[str, Any]]:
-        """Everything about a hotkey's submissions, oldest first (ones a re-commit withdrew show as ignored)."""
-        subs = self._all("SELECT * FROM submissions WHERE hotkey = ? ORDER BY commit_block", (hotkey,))
-        for s in subs:
-            k = (s["hotkey"], s["commit_block"])
-            s["admission"] = self._one("SELECT * FROM admissions WHERE hotkey = ? AND commit_block = ?", k)
-            s["hashes"] = {
-                r["kind"]: r["value"]
-                for r in self._all("SELECT kind, value FROM hashes WHERE hotkey = ? AND commit_block = ?", k)
-            }
-            s["evaluations"] = [
-                self._eval_row(e)
-                for e in self._all("SELECT * FROM evaluations WHERE hotkey = ? AND commit_block = ? ORDER BY id", k)
-            ]
-            s["disqualifications"] = [d for d in self.disqualifications() if (d["hotkey"], d["commit_block"]) == k]
-        return subs
-
-    def king_history(self) -> list[dict[str, Any]]:
-        return self._all(
-            "SELECT hotkey, commit_block, from_block, round_id, kl, reason, at FROM king_history ORDER BY id"
+        evals = self._all("SELECT * FROM evaluations WHERE round_id = ? ORDER BY id", (round_id,))
+        base = self._round_row(row)
+        return r.RoundAudit(
+            **{f.name: getattr(base, f.name) for f in dataclasses.fields(base)},
+            evaluations=[self._eval_row(e) for e in evals],
         )
 
-    def metagraph(self) -> dict[str, Any] | None:
-        row = self._one("SELECT block, neurons, at FROM metagraph ORDER BY block DESC LIMIT 1")
-        if row:
-            row["neurons"] = json.loads(row["neurons"])
-        return row
+    def submission(self, hotkey: str) -> list[r.SubmissionDetail]:
+        """Everything about a hotkey's submissions, oldest first (ones a re-commit withdrew show as ignored)."""
+        out: list[r.SubmissionDetail] = []
+        for s in self._all("SELECT * FROM submissions WHERE hotkey = ? ORDER BY commit_block", (hotkey,)):
+            k = (s["hotkey"], s["commit_block"])
+            admission = self._one("SELECT * FROM admissions WHERE hotkey = ? AND commit_block = ?", k)
+            hashes = self._all("SELECT kind, value FROM hashes WHERE hotkey = ? AND commit_block = ?", k)
+            evals = self._all("SELECT * FROM evaluations WHERE hotkey = ? AND commit_block = ? ORDER BY id", k)
+            out.append(
+                build(
+                    r.SubmissionDetail,
+                    s,
+                    admission=build(r.AdmissionRow, admission) if admission else None,
+                    hashes={h["kind"]: h["value"] for h in hashes},
+                    evaluations=[self._eval_row(e) for e in evals],
+                    disqualifications=self.disqualifications(_id(s)),
+                )
+            )
+        return out
 
-    def progress(self) -> dict[str, Any] | None:
+    def king_history(self) -> list[r.KingChangeRow]:
+        rows = self._all(
+            "SELECT hotkey, commit_block, from_block, round_id, kl, reason, at FROM king_history ORDER BY id"
+        )
+        return [build(r.KingChangeRow, row) for row in rows]
+
+    def metagraph(self) -> r.Metagraph | None:
+        row = self._one("SELECT block, neurons, at FROM metagraph ORDER BY block DESC LIMIT 1")
+        return build(r.Metagraph, row, neurons=json.loads(row["neurons"])) if row else None
+
+    def progress(self) -> r.Progress | None:
         row = self._one("SELECT data, updated FROM progress WHERE id = 1")
-        return {"data": json.loads(row["data"]), "updated": row["updated"]} if row else None
+        return r.Progress(json.loads(row["data"]), row["updated"]) if row else None
 
     # --- for the API (charts, rules, metrics) -------------------------------------
-    def king_kl_series(self, limit: int = 2000) -> list[dict[str, Any]]:
+    def king_kl_series(self, limit: int = 2000) -> list[r.KingPoint]:
         """The king's mean KL after each finished round (oldest first): the king's own row of that round."""
         rows = self._all(
             "SELECT r.id AS round_id, r.block, r.finished, e.hotkey, e.commit_block, e.mean_kl AS kl"
@@ -243,22 +287,20 @@ class StoreReads:
             " AND e.commit_block = r.new_king_block WHERE r.state = 'done' ORDER BY r.id DESC LIMIT ?",
             (max(1, int(limit)),),
         )
-        return rows[::-1]
+        return [build(r.KingPoint, row) for row in rows[::-1]]
 
-    def latest_rules(self) -> dict[str, Any] | None:
+    def latest_rules(self) -> r.LatestRules | None:
         """The rules of the newest round (what the validator judges by now), with its digest."""
         row = self._one("SELECT id AS round_id, rules, rules_digest FROM rounds ORDER BY id DESC LIMIT 1")
-        if row:
-            row["rules"] = json.loads(row["rules"])
-        return row
+        return build(r.LatestRules, row, rules=json.loads(row["rules"])) if row else None
 
-    def stats(self, recent: int = 100) -> dict[str, Any]:
+    def stats(self, recent: int = 100) -> r.Stats:
         """Counts for monitoring: submissions by status, rounds by state, recent round durations."""
-        by_status = {r[0]: r[1] for r in self._db.execute("SELECT status, COUNT(*) FROM submissions GROUP BY status")}
-        by_state = {r[0]: r[1] for r in self._db.execute("SELECT state, COUNT(*) FROM rounds GROUP BY state")}
+        by_status = {x[0]: x[1] for x in self._db.execute("SELECT status, COUNT(*) FROM submissions GROUP BY status")}
+        by_state = {x[0]: x[1] for x in self._db.execute("SELECT state, COUNT(*) FROM rounds GROUP BY state")}
         durations = [
-            r[0]
-            for r in self._db.execute(
+            x[0]
+            for x in self._db.execute(
                 "SELECT finished - started FROM rounds WHERE state = 'done' AND finished IS NOT NULL"
                 " ORDER BY id DESC LIMIT ?",
                 (max(1, int(recent)),),
@@ -266,14 +308,14 @@ class StoreReads:
         ]
         model_errors = self._db.execute("SELECT COUNT(*) FROM evaluations WHERE status = 'model_error'").fetchone()[0]
         last_round = self._one("SELECT id, state, started, finished FROM rounds ORDER BY id DESC LIMIT 1")
-        return {
-            "submissions": by_status,
-            "rounds": by_state,
-            "durations": durations,
-            "model_errors": model_errors,
-            "last_round": last_round,
-            "last_weights": self.last_weights(),
-        }
+        return r.Stats(
+            submissions=by_status,
+            rounds=by_state,
+            durations=durations,
+            model_errors=model_errors,
+            last_round=build(r.LastRound, last_round) if last_round else None,
+            last_weights=self.last_weights(),
+        )
 
     def round_durations(self, bounds: Sequence[float]) -> tuple[list[int], float, int]:
         """Finished rounds' wall times as cumulative histogram counts: (count <= each bound, sum, count).
