@@ -20,7 +20,7 @@ from typing import Any, Self
 
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,8 @@ class EnvSettings(BaseSettings):
     @classmethod
     def load(cls, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Self:
         """Settings from the given flags over ``environ`` (``os.environ`` when None) over the defaults."""
-        values = dict(flags)
-        sources = (InitSettingsSource(cls, init_kwargs=values), DeclaredEnvSource(cls, environ))
-        return cls(_build_sources=(sources, values))
+        # model_validate validates the merged values without reading os.environ a second time
+        return cls.model_validate({**DeclaredEnvSource(cls, environ)(), **flags})
 
 
 def usage_message(exc: ValidationError, settings_cls: type[BaseSettings]) -> str:
