@@ -8,10 +8,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from api.settings import Settings
-from eval.env_settings import usage_message
 from eval.exit_codes import ExitCode
 
 
@@ -53,10 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``argv`` over ``env`` (``os.environ`` when None); a bad value exits 2 with usage."""
     parser = build_parser()
-    try:
-        return Settings.load(vars(parser.parse_args(argv)), env)
-    except ValidationError as exc:
-        parser.error(usage_message(exc, Settings))
+    return Settings.from_flags(parser, vars(parser.parse_args(argv)), env)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ prints with argparse's ``error``: exit status 2 (``ExitCode.NO_VERDICT``), never
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -81,6 +82,16 @@ class EnvSettings(BaseSettings):
         """Settings from the given flags over ``environ`` (``os.environ`` when None) over the defaults."""
         # model_validate validates the merged values without reading os.environ a second time
         return cls.model_validate({**DeclaredEnvSource(cls, environ)(), **flags})
+
+    @classmethod
+    def from_flags(
+        cls, parser: argparse.ArgumentParser, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    ) -> Self:
+        """``load`` for an entry point: a bad flag or variable is the parser's usage error (exit 2), no traceback."""
+        try:
+            return cls.load(flags, environ)
+        except ValidationError as exc:
+            parser.error(usage_message(exc, cls))
 
 
 def usage_message(exc: ValidationError, settings_cls: type[BaseSettings]) -> str:

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from eval.env_settings import Env, EnvSettings, usage_message
+from eval.env_settings import Env, EnvSettings
 from eval.rules import ContestRules
 from validator.chain.sim import SIM_NETWORK
 
@@ -207,7 +207,4 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         given["loop"] = LoopConfig(**loop)
     if given.get("local_pod"):
         given["pods"] = ()  # the flag chose the in-process pod: KLHILL_PODS does not apply
-    try:
-        return Settings.load(given, env)
-    except ValidationError as exc:
-        parser.error(usage_message(exc, Settings))
+    return Settings.from_flags(parser, given, env)

@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import ValidationError, field_validator, model_validator
+from pydantic import field_validator, model_validator
 
-from eval.env_settings import Env, EnvSettings, usage_message
+from eval.env_settings import Env, EnvSettings
 from eval.exit_codes import ExitCode
 from validator.pod import signing
 
@@ -98,10 +98,7 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
     """Settings from ``argv`` over ``env`` (``os.environ`` when None); a bad value exits 2 with usage."""
     parser = build_parser()
     given = vars(parser.parse_args(argv))
-    try:
-        settings = PodSettings.load(given, env)
-    except ValidationError as exc:
-        parser.error(usage_message(exc, PodSettings))
+    settings = PodSettings.from_flags(parser, given, env)
     if "device" not in settings.model_fields_set:  # neither flag nor environment: use the GPU when there is one
         from validator.pod.server import gpu_name
 
