@@ -112,3 +112,20 @@ def test_the_store_writes_the_values_it_is_given(store):
     assert ev[b.hotkey].state == "model_error" and ev[b.hotkey].reason == "given"
     row = store.submission(b.hotkey)[0]
     assert (row.status, row.status_detail, row.last_kl) == ("evaluated", "given", None)
+
+
+def test_the_throne_is_written_only_when_the_caller_says_so(store):
+    """The store never compares kings itself: ``king_changed`` (``validator.contest.king_changes``) decides."""
+    a, b = admitted(store, ("alice", 5), ("bob", 6))
+    result = eres(mres(a, [0.5, 0.6, 0.5, 0.4]), mres(b, [0.9, 0.8, 0.9, 1.0]))
+    out = interpret_result(RoundPlan("first", None, (a, b)), result, RULES)
+    assert out.new_king == a.key and store.current_king() is None
+    rid = store.create_round("first", 10, BH, ["e" * 64] * 4, RULES, [a.key, b.key], job_id="job-1")
+    store.record_round_result(rid, out, result, 12, king_changed=False)
+    assert store.current_king() is None and store.king_history() == []
+    assert store.round(rid).new_king_hotkey == a.hotkey  # the round's decision is recorded all the same
+    store.set_king(a.key, 12, rid, 0.5, "crowned")
+    rid2 = store.create_round("first", 20, BH, ["e" * 64] * 4, RULES, [a.key, b.key], job_id="job-2")
+    store.record_round_result(rid2, dataclasses.replace(out, evaluations=()), result, 22, king_changed=True)
+    assert store.current_king().round_id == rid2  # same king, rewritten because the caller said so
+    assert [(h.round_id, h.reason) for h in store.king_history()] == [(rid, "crowned"), (rid2, out.reason)]

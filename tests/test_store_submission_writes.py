@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 from store_fixtures import (
     admitted,
@@ -59,3 +61,27 @@ def test_withdrawn_submission_stops_counting_and_owning(store):
     assert store.live_keys() == [] and store.metadata_hash_holders("m-alice") == []
     assert store.metadata_hash_owner("m-alice") is None and store.known_content_hashes() == []
     assert store.withdraw_submissions({a.key: 12}) == 0  # already withdrawn: nothing moves
+
+
+def test_an_admission_attempt_writes_the_status_it_is_given(store):
+    """The store derives no status from the attempt: ``validator.admit.admission_status`` decides it."""
+    store.add_submissions([sub("alice", 5), sub("bob", 6)])
+    alice, bob = SubmissionId(hk("alice"), 5), SubmissionId(hk("bob"), 6)
+    store.record_admission(alice, "rejected", "pending", status_detail="held for review", check="params", detail="big")
+    store.record_admission(bob, "admitted", "invalid", status_detail="told so", params=10, metadata_hash="m-bob")
+    a, b = store.submission(hk("alice"))[0], store.submission(hk("bob"))[0]
+    assert (a.status, a.status_detail, a.admission.result, a.admission.detail) == (
+        "pending",
+        "held for review",
+        "rejected",
+        "big",
+    )
+    assert (b.status, b.status_detail, b.admission.result, b.hashes) == (
+        "invalid",
+        "told so",
+        "admitted",
+        {"metadata": "m-bob"},
+    )
+    with pytest.raises(sqlite3.IntegrityError):  # no submission, no attempt: nothing half-written
+        store.record_admission(SubmissionId(hk("nobody"), 1), "admitted", "admitted")
+    assert [c.hotkey for c in store.commitments()] == [hk("alice"), hk("bob")]
