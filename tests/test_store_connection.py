@@ -6,13 +6,9 @@ import sqlite3
 import threading
 
 import pytest
-from store_fixtures import (
-    admitted,
-    hk,
-    open_store,
-    sub,
-)
+from store_fixtures import admitted, hk, open_store, sub
 
+from validator.store.connection import dumps, real
 from validator.store.database import Store, StoreError
 from validator.store.schema import SCHEMA_VERSION, SchemaError
 
@@ -77,3 +73,16 @@ def test_concurrent_reader_while_writer_writes(store, tmp_path):
     done.set()
     t.join(timeout=30)
     assert not errors and len(Store.open_readonly(path).commitments()) == 200
+
+
+def test_a_nested_failure_rolls_back_the_outermost_transaction(store):
+    """Callers compose writes (admission + DQ, a whole round) in one transaction: all of it or none."""
+    with pytest.raises(StoreError, match="not storable"), store.transaction():
+        store.add_submissions([sub("alice", 5)])
+        with store.transaction():
+            store.set_meta(network="sim")
+            store.set_progress({"eta": float("inf")})
+    assert store.commitments() == [] and store.meta() == {} and store.progress() is None
+    assert dumps({"b": 1, "a": [2]}) == '{"a":[2],"b":1}' and real(None, "x") is None
+    with pytest.raises(StoreError):
+        dumps({"x": float("nan")})

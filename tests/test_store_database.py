@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from store_fixtures import (
-    BH,
-    RULES,
-    first_round,
-    open_store,
-)
+from store_fixtures import BH, RULES, first_round, open_store
 
 
 @pytest.fixture

@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from store_fixtures import (
-    BH,
-    RULES,
-    admitted,
-    hk,
-    open_store,
-)
+from store_fixtures import BH, RULES, admitted, hk, open_store
 
 from eval.schemas import SubmissionId
 

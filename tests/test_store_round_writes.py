@@ -6,15 +6,7 @@ import dataclasses
 import sqlite3
 
 import pytest
-from store_fixtures import (
-    BH,
-    RULES,
-    admitted,
-    eres,
-    first_round,
-    mres,
-    open_store,
-)
+from store_fixtures import BH, RULES, admitted, eres, first_round, mres, open_store
 
 from validator.contest import Candidate, RoundPlan
 from validator.store.database import StoreError

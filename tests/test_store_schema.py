@@ -5,13 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from store_fixtures import (
-    BH,
-    RULES,
-    admitted,
-    hk,
-    open_store,
-)
+from store_fixtures import BH, RULES, admitted, hk, open_store
 
 from eval.schemas import SubmissionId
 from validator.store.database import Store

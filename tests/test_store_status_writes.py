@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from store_fixtures import (
-    admitted,
-    first_round,
-    open_store,
-)
+from store_fixtures import admitted, first_round, open_store
 
 from validator.store.database import StoreError
 

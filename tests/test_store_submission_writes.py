@@ -5,12 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from store_fixtures import (
-    admitted,
-    hk,
-    open_store,
-    sub,
-)
+from store_fixtures import admitted, hk, open_store, sub
 
 from eval.schemas import SubmissionId
 from validator.admit import record_attempt
