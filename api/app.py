@@ -35,8 +35,8 @@ from api.metrics import render_metrics
 from api.price import PriceReader, PriceService, reader_for
 from api.ratelimit import RateLimitMiddleware
 from api.settings import Settings
+from validator.store.api_reads import MAX_PER_PAGE
 from validator.store.database import Store, StoreError
-from validator.store.reads import MAX_PER_PAGE
 
 T = TypeVar("T")
 NOT_FOUND = b""

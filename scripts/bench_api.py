@@ -29,6 +29,7 @@ from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, Subm
 from scripts.contest_store import build_store
 from scripts.pod_fixtures import free_port
 from validator.contest import RoundPlan
+from validator.rounds import record_outcome
 from validator.store.database import Store
 from validator.verdicts import interpret_result
 
@@ -80,7 +81,7 @@ def writer(db: Path, stop: threading.Event, stats: dict[str, int]) -> None:
                 ],
             )
             plan = RoundPlan("challenge", cand, ())
-            store.record_round_result(rid, interpret_result(plan, res, rules), res, block)
+            record_outcome(store, rid, interpret_result(plan, res, rules), res, block)
             stats["rounds"] += 1
             time.sleep(0.5)
     finally:

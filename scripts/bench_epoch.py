@@ -28,6 +28,7 @@ from eval.prompts import LocalCorpus
 from eval.rules import ContestRules
 from eval.schemas import EvalJob, EvalResult, ModelResult, OnPolicyPrompt, TeacherInfo
 from eval.stats import expected_onpolicy
+from validator.admit import record_attempt
 from validator.chain.commitments import format_commitment
 from validator.chain.sim import SimChain
 from validator.contest import NewSubmission
@@ -135,7 +136,7 @@ def main() -> int:
     store.add_submissions(subs)
     with store.transaction():
         for i, s in enumerate(subs):
-            store.record_admission(s.key, "admitted", params=1000, metadata_hash=f"{i:064x}")
+            record_attempt(store, s.key, "admitted", params=1000, metadata_hash=f"{i:064x}")
             store.set_status(s.key, "evaluated", "lost")
         store.set_king(subs[0].key, chain.head().number, None, 0.5, "seeded")
     chain.advance(10)

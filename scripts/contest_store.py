@@ -27,8 +27,10 @@ import httpx
 from eval.rules import ContestRules
 from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo
 from scripts.pod_fixtures import free_port, trim_onpolicy
+from validator.admit import record_attempt
 from validator.chain.sim import SimChain
 from validator.contest import Candidate, new_submissions, plan_round
+from validator.rounds import record_outcome
 from validator.store.database import Store
 from validator.verdicts import interpret_result
 
@@ -174,10 +176,10 @@ def build_store(
             continue
         r = rng.random()
         if idx % 23 == 7:
-            store.record_admission(s.key, "rejected", check="params", detail="6.1e9 parameters > 5.25e9")
+            record_attempt(store, s.key, "rejected", check="params", detail="6.1e9 parameters > 5.25e9")
             continue
-        store.record_admission(
-            s.key, "admitted", params=4_000_000_000, metadata_hash=hashlib.sha256(s.hotkey.encode()).hexdigest()
+        record_attempt(
+            store, s.key, "admitted", params=4_000_000_000, metadata_hash=hashlib.sha256(s.hotkey.encode()).hexdigest()
         )
         quality[s.key] = 1.2 * math.exp(-idx / max(8.0, n_miners / 3)) * rng.uniform(0.85, 1.25) + 0.05
         kind[s.key] = "error" if r < 0.05 else "high" if r < 0.1 else "loops" if idx % 11 == 9 else "ok"
@@ -225,7 +227,7 @@ def build_store(
         result = _result(f"job-{rid}", head.hash, rules, models)
         out = interpret_result(plan, result, rules, store.known_fingerprints(), store.known_content_hashes())
         clock.now += 600.0
-        store.record_round_result(rid, out, result, head.number + 1)
+        record_outcome(store, rid, out, result, head.number + 1)
         done.append(rid)
         _set_weights(chain, store, validator, out.new_king, clock)
         if progress:

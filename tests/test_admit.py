@@ -11,7 +11,7 @@ from eval.admission import Rejected, TeacherSpec, check_model
 from eval.errors import TransientError
 from eval.rules import ContestRules
 from eval.schemas import SubmissionId
-from validator.admit import admit_pending, backoff_blocks, check_king_repo
+from validator.admit import admission_status, admit_pending, backoff_blocks, check_king_repo, record_attempt
 from validator.contest import NewSubmission
 from validator.store.database import Store
 
@@ -40,6 +40,28 @@ def _add(store: Store, world: Any, name: str, block: int, repo: str, revision: s
 
 def test_backoff_doubles_and_is_capped():
     assert [backoff_blocks(a, 5, 60) for a in range(6)] == [5, 10, 20, 40, 60, 60]
+
+
+@pytest.mark.parametrize(
+    ("result", "status", "detail"),
+    [("admitted", "admitted", None), ("rejected", "invalid", "too big"), ("transient", "pending", "too big")],
+)
+def test_admission_status_rejections_are_final_and_outages_retry(result, status, detail):
+    assert admission_status(result, "too big") == (status, detail)
+
+
+def test_an_attempt_is_recorded_with_the_status_the_domain_decides(tmp_path):
+    """The status comes from ``admission_status``, passed to the store, which derives none itself."""
+    store = Store.open(tmp_path / "v.db")
+    key = SubmissionId("hk-a", 10)
+    store.add_submissions([NewSubmission(key.hotkey, 10, 1, "ck", "{}", "pending", "org/m", "r" * 40)])
+    record_attempt(store, key, "transient", detail="HTTP 503", next_retry_block=30)
+    row = store.submission(key.hotkey)[0]
+    assert (row.status, row.status_detail, row.admission.next_retry_block) == ("pending", "HTTP 503", 30)
+    record_attempt(store, key, "rejected", check="params", detail="too big")
+    row = store.submission(key.hotkey)[0]
+    assert (row.status, row.status_detail, row.admission.attempts) == ("invalid", "too big", 2)
+    store.close()
 
 
 def test_quiet_epoch_asks_nothing(setup):

@@ -10,6 +10,7 @@ from eval.rules import ContestRules
 from eval.schemas import SubmissionId as S
 from validator.contest import (
     Candidate,
+    king_changes,
     king_vanished,
     new_submissions,
     plan_round,
@@ -263,3 +264,19 @@ def test_ok_resets_strikes_and_bad_max_refused():
     assert strike_missing_repo(2, 3, "ok").strikes == 0
     with pytest.raises(ValueError):
         strike_missing_repo(0, 0, "missing")
+
+
+@pytest.mark.parametrize(
+    ("before", "new", "stored", "changed"),
+    [
+        (S("a", 1), S("a", 1), S("a", 1), False),  # defended: the throne stays as it is
+        (S("a", 1), S("b", 2), S("a", 1), True),  # dethroned
+        (None, S("b", 2), None, True),  # first crowning
+        (None, None, None, False),  # nobody eligible, nobody on the throne
+        (S("a", 1), None, S("a", 1), True),  # the king failed and nobody is left
+        (S("a", 1), S("a", 1), None, True),  # the throne was cleared since planning: the round's king returns
+        (S("a", 1), S("a", 1), S("c", 3), True),  # someone else sits there now: the round's answer stands
+    ],
+)
+def test_king_changes_when_the_round_moved_the_crown_or_the_stored_king_differs(before, new, stored, changed):
+    assert king_changes(before, new, stored) is changed

@@ -28,6 +28,7 @@ from eval.model_store.local import LocalHub
 from eval.schemas import ModelResult, SubmissionId
 from scripts.pod_fixtures import make_job, ref
 from tests.pod_helpers import fake_result
+from validator.admit import record_attempt
 from validator.contest import NewSubmission
 from validator.pod_client import InvalidResult, validate_result
 from validator.store.database import Store, StoreError
@@ -69,11 +70,11 @@ def test_lesson_05_integrity_shas_and_weight_hashes_never_clobber(tmp_path):
         for hk, block, uid in ((hk_a, 5, 0), (hk_b, 9, 1))
     ]
     store.add_submissions(subs)
-    store.record_admission(SubmissionId(hk_a, 5), "admitted", params=10, metadata_hash=same)
+    record_attempt(store, SubmissionId(hk_a, 5), "admitted", params=10, metadata_hash=same)
     store.add_integrity(SubmissionId(hk_a, 5), {"model.safetensors": same, "config.json": "b" * 64})
     store.add_hash(SubmissionId(hk_a, 5), "content", "c" * 64)
     store.add_integrity(SubmissionId(hk_b, 9), {"model.safetensors": same})  # b's file SHA equals a's metadata hash
-    store.record_admission(SubmissionId(hk_b, 9), "admitted", params=10, metadata_hash="e" * 64)
+    record_attempt(store, SubmissionId(hk_b, 9), "admitted", params=10, metadata_hash="e" * 64)
     assert store.metadata_hash_owner(same) == SubmissionId(hk_a, 5) and store.metadata_hash_holders("e" * 64) == [
         SubmissionId(hk_b, 9)
     ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from eval.admission import Admitted, Rejected, TeacherSpec, check_model
 from eval.errors import HubAuthError, TransientError
@@ -21,12 +21,18 @@ from eval.model_store.port import DefiniteStoreError, ModelStore
 from eval.rules import ContestRules
 from eval.schemas import SubmissionId
 from validator import hub_health
-from validator.contest import strike_missing_repo
+from validator.contest import SubmissionStatus, strike_missing_repo
 from validator.store.database import Store
 
 log = logging.getLogger(__name__)
 
 CheckFn = Callable[..., Admitted | Rejected]
+AdmissionResult = Literal["admitted", "rejected", "transient"]
+_STATUS_AFTER: dict[AdmissionResult, SubmissionStatus] = {
+    "admitted": "admitted",
+    "rejected": "invalid",
+    "transient": "pending",
+}
 
 
 @dataclass
@@ -42,6 +48,41 @@ class AdmitReport:
 def backoff_blocks(attempts: int, base: int, cap: int) -> int:
     """Blocks to wait before retry number ``attempts + 1``: doubling from ``base``, at most ``cap``."""
     return int(min(cap, base * 2 ** min(max(attempts, 0), 30)))
+
+
+def admission_status(result: AdmissionResult, detail: str | None) -> tuple[SubmissionStatus, str | None]:
+    """A submission's status and status detail after an admission attempt (pure).
+
+    Admitted: a challenger, nothing to explain. Rejected: final, ``invalid`` (LESSONS 18).
+    Transient: still ``pending``, retried later and never held against it (LESSONS 21).
+    """
+    return _STATUS_AFTER[result], (None if result == "admitted" else detail)
+
+
+def record_attempt(
+    store: Store,
+    key: SubmissionId,
+    result: AdmissionResult,
+    *,
+    params: int | None = None,
+    metadata_hash: str | None = None,
+    check: str | None = None,
+    detail: str | None = None,
+    next_retry_block: int | None = None,
+) -> None:
+    """Record an admission attempt with the status ``admission_status`` decides for it."""
+    status, status_detail = admission_status(result, detail)
+    store.record_admission(
+        key,
+        result,
+        status,
+        status_detail=status_detail,
+        params=params,
+        metadata_hash=metadata_hash,
+        check=check,
+        detail=detail,
+        next_retry_block=next_retry_block,
+    )
 
 
 def admit_pending(
@@ -81,8 +122,8 @@ def admit_pending(
             break
         except TransientError as exc:
             wait = backoff_blocks(row.attempts or 0, backoff_base, backoff_cap)
-            store.record_admission(
-                key, "transient", detail=f"transient: {exc}"[:2000], next_retry_block=head_block + wait
+            record_attempt(
+                store, key, "transient", detail=f"transient: {exc}"[:2000], next_retry_block=head_block + wait
             )
             report.transient.append(key)
             log.warning("admission of %s deferred %d blocks: %s", key, wait, exc)
@@ -90,7 +131,7 @@ def admit_pending(
         hub_health.report_ok(store, head_block)
         if isinstance(verdict, Rejected):
             with store.transaction():
-                store.record_admission(key, "rejected", check=verdict.check, detail=verdict.detail)
+                record_attempt(store, key, "rejected", check=verdict.check, detail=verdict.detail)
                 store.add_disqualification(key, verdict.reason, verdict.check, verdict.detail, {}, head_block)
             report.rejected.append(key)
             log.info("rejected %s (%s): %s", key, verdict.check, verdict.detail)
@@ -108,7 +149,7 @@ def _record_admitted(store: Store, key: SubmissionId, verdict: Admitted, head_bl
     """
     with store.transaction():
         holders = [k for k in store.metadata_hash_holders(verdict.metadata_hash) if k != key]
-        store.record_admission(key, "admitted", params=verdict.params, metadata_hash=verdict.metadata_hash)
+        record_attempt(store, key, "admitted", params=verdict.params, metadata_hash=verdict.metadata_hash)
         store.add_integrity(key, {f.path: f.sha256 for f in verdict.files if f.sha256})
         elder = [k for k in holders if k < key]
         if elder:

@@ -161,6 +161,16 @@ def king_vanished(king: Candidate) -> bool:
     return king.status in VANISHED_STATUSES or not king.registered
 
 
+def king_changes(king_before: SubmissionId | None, new_king: SubmissionId | None, stored: SubmissionId | None) -> bool:
+    """Does a finished round write the throne? When it moved the crown, or when the stored king is not
+    the one it crowned (the throne changed since the round was planned): the round's answer stands.
+
+    ``king_before`` and ``new_king`` come from ``validator.verdicts.RoundOutcome``; ``stored`` is the
+    king the store holds as the result is recorded.
+    """
+    return new_king != king_before or new_king != stored
+
+
 def _fresh_challengers(candidates: Sequence[Candidate], rules: ContestRules, cap: int) -> list[Candidate]:
     """Admitted, never evaluated, FIFO by commit block, per-round and per-coldkey caps (LESSONS 6)."""
     fresh = sorted((c for c in candidates if c.status == "admitted" and c.registered), key=lambda c: c.key)

@@ -20,7 +20,7 @@ from typing import Any
 from eval.jobs import model_ref
 from eval.rules import ContestRules
 from eval.schemas import EvalJob, EvalResult, ModelRef, SubmissionId
-from validator.contest import Candidate, RoundPlan
+from validator.contest import Candidate, RoundPlan, king_changes
 from validator.pod_client import Pod
 from validator.store.database import Store
 from validator.verdicts import RoundOutcome, interpret_result
@@ -44,6 +44,14 @@ def plan_refs(plan: RoundPlan) -> tuple[ModelRef | None, list[ModelRef]]:
         return model_ref(c.repo, c.revision, c.key)
 
     return (ref(plan.king) if plan.king else None), [ref(c) for c in plan.challengers]
+
+
+def record_outcome(store: Store, round_id: int, outcome: RoundOutcome, result: EvalResult, block: int) -> None:
+    """Record a finished round in one transaction, the throne written when ``contest.king_changes`` says so."""
+    with store.transaction():
+        stored = store.current_king()
+        changed = king_changes(outcome.king_before, outcome.new_king, stored.key if stored else None)
+        store.record_round_result(round_id, outcome, result, block, king_changed=changed)
 
 
 class RoundRunner:
@@ -98,7 +106,7 @@ class RoundRunner:
             return "failed"
         finally:
             self.store.set_progress(None)
-        self.store.record_round_result(round_id, verdict, result, block)
+        record_outcome(self.store, round_id, verdict, result, block)
         _log_outcome(round_id, verdict)
         return "done"
 

@@ -110,7 +110,7 @@ class DisqualificationRow(Keyed):
 
 @dataclass(frozen=True, slots=True)
 class SubmissionDetail(SubmissionRow):
-    """Everything about one submission (``StoreReads.submission``)."""
+    """Everything about one submission (``ApiReads.submission``)."""
 
     admission: AdmissionRow | None
     hashes: dict[str, str]
