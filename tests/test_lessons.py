@@ -29,7 +29,8 @@ from eval.schemas import ModelResult, SubmissionId
 from scripts.pod_fixtures import make_job, ref
 from tests.pod_helpers import fake_result
 from validator.contest import NewSubmission
-from validator.pod_client import InvalidResult, validate_result
+from validator.pod_errors import InvalidResult
+from validator.pod_result import validate_result
 from validator.store.database import Store, StoreError
 
 REPO = Path(__file__).resolve().parents[1]

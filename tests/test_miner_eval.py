@@ -15,7 +15,7 @@ from eval.prompts import LocalCorpus, sample_prompts
 from eval.rules import ContestRules
 from eval.schemas import EvalJob, EvalResult, ModelRef, ModelResult, OnPolicyPrompt, SubmissionId, TeacherInfo
 from scripts.tiny_models import save_model_dir, tiny_config, tiny_model, train_tokenizer
-from validator.pod_client import LocalPod
+from validator.local_pod import LocalPod
 
 BLOCK_HASH = "0x" + "5c" * 32
 KING_HOTKEY, CHALLENGER_HOTKEY = "5" + "A" * 47, "5" + "B" * 47

@@ -131,7 +131,7 @@ class RoundOutcome:
 def _match_results(result: EvalResult) -> dict[SubmissionId, ModelResult]:
     """Index the result by submission identity.
 
-    ``result`` was checked against the job built from this plan (``validator.pod_client.validate_result``):
+    ``result`` was checked against the job built from this plan (``validator.pod_result.validate_result``):
     every planned model is present once, under its own identity and revision, with complete values.
     """
     return {m.ref.submission: m for m in result.models}
