@@ -23,8 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from eval.downloads import DiskLimits
 from eval.rules import ContestRules
-from eval.runner import DiskLimits
 from eval.schemas import EvalResult, JobProgress, JobStatus
 from scripts.pod_fixtures import build_hub, free_port, hub_job, make_wallet
 from validator.local_pod import LocalPod

@@ -20,7 +20,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory):
 
 def test_local_pod_uses_the_same_routine(hub, tmp_path):
     store, revs = hub
-    from eval.runner import DiskLimits
+    from eval.downloads import DiskLimits
 
     observed: list[str] = []  # a benchmark's timer may watch too; the host reads status()
     pod = LocalPod(
