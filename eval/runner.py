@@ -13,25 +13,25 @@ canary prompts, freed and deleted from disk (LESSONS 24).
 Failure split: a model's own fault becomes ``model_error`` with a reason and
 the job goes on; a fault of the machine (disk full, out of memory, the teacher
 missing, a hub that keeps answering "not now") raises :class:`InfraError` and
-fails the whole job, so nobody is penalised for it (LESSONS 21).
+fails the whole job, so nobody is penalised for it (LESSONS 21). What is
+downloaded, and the disk bounds checked before, are ``eval.downloads``.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from eval import onpolicy, scoring
-from eval.errors import InfraError, KlhillError, ModelError, TransientError
+from eval.downloads import DiskLimits, check_disk, download, download_size, fetch_teacher, is_disk_full, job_dir_name
+from eval.errors import InfraError, KlhillError, ModelError
 from eval.hashing import HashingError, content_hash
 from eval.model_store import port as stores
 from eval.model_store.safetensors_header import HeaderError
@@ -50,18 +50,6 @@ from eval.teacher import run_teacher
 
 log = logging.getLogger(__name__)
 
-# Only weights, config and tokenizer files are ever fetched: no code, no pickle (LESSONS 7/8).
-MODEL_PATTERNS: tuple[str, ...] = (
-    "*.safetensors",
-    "*.safetensors.index.json",
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-)
-DEFAULT_MIN_FREE_BYTES = 2 * 1024**3
 DEFAULT_TEACHER_RAM_BYTES = 4 * 1024**3
 # GPU memory kept free beside the teacher and its log-prob cache: generation's
 # KV cache and one right-padded forward of the largest batch.
@@ -69,7 +57,6 @@ TEACHER_PHASE_RESERVE_BYTES = 16 * 1024**3
 # ... and beside the cache while students are scored: the largest admissible
 # student in bf16 (rules.max_params x 2 bytes) plus its batch and KL blocks.
 STUDENT_ACTIVATION_RESERVE_BYTES = 12 * 1024**3
-DOWNLOAD_ATTEMPTS = 3
 
 CancelFn = Callable[[], bool]
 
@@ -78,74 +65,8 @@ class JobCancelled(KlhillError):
     """The caller asked the job to stop; no partial result is returned."""
 
 
-@dataclass(frozen=True)
-class DiskLimits:
-    """Bounds checked before every download: free space on the disk and our own footprint."""
-
-    min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
-    max_workdir_bytes: int | None = None
-
-
-def job_dir_name(job_id: str) -> str:
-    """Directory name for a job's scratch space; a bare job id of ``..`` must never name the workdir itself."""
-    return f"job-{job_id}"
-
-
-def dir_bytes(path: Path) -> int:
-    """Total size of the regular files under ``path`` (0 when it does not exist)."""
-    if not path.exists():
-        return 0
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-
-
-def check_disk(workdir: Path, limits: DiskLimits, need_bytes: int = 0) -> None:
-    """Raise InfraError when a download of ``need_bytes`` would break a disk bound."""
-    free = shutil.disk_usage(workdir).free
-    if free - need_bytes < limits.min_free_bytes:
-        raise InfraError(f"disk nearly full: {free} bytes free, {need_bytes} needed, {limits.min_free_bytes} reserved")
-    if limits.max_workdir_bytes is not None:
-        used = sum(dir_bytes(workdir / d) for d in ("models", "teacher-cache", "teacher"))
-        if used + need_bytes > limits.max_workdir_bytes:
-            raise InfraError(f"workdir bound reached: {used} bytes used, {need_bytes} needed")
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
-
-
-def _download_size(store: stores.ModelStore, repo: str, revision: str) -> int:
-    """Bytes a download will take, from the store's listing (transient errors: retried by _download)."""
-    try:
-        infos = store.files(repo, revision)
-    except TransientError:
-        return 0
-    return sum(i.size for i in infos if any(fnmatch(i.path, pat) for pat in MODEL_PATTERNS))
-
-
-def _download(store: stores.ModelStore, repo: str, revision: str, dest: Path) -> Path:
-    """Download with a few retries on transient errors; a hub that stays down is an infra failure."""
-    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-        try:
-            return store.download(repo, revision, dest, allow_patterns=list(MODEL_PATTERNS))
-        except TransientError as exc:
-            if attempt == DOWNLOAD_ATTEMPTS:
-                raise InfraError(f"{repo}@{revision}: model store unavailable: {exc}") from exc
-            time.sleep(min(2.0**attempt, 10.0))
-            shutil.rmtree(dest, ignore_errors=True)
-    raise AssertionError("unreachable")
-
-
-def _forget_other_teachers(root: Path, keep: str) -> None:
-    """Only one teacher snapshot is cached: a new teacher revision replaces the old one on disk."""
-    if root.is_dir():
-        for old in root.iterdir():
-            if old.name != keep:
-                log.info("removing old teacher snapshot %s", old.name)
-                shutil.rmtree(old, ignore_errors=True)
 
 
 def _teacher(
@@ -157,14 +78,7 @@ def _teacher(
     try:
         if revision is None:
             revision = store.resolve(repo)
-        dest = workdir / "teacher" / f"{repo.replace('/', '--')}@{revision}"
-        marker = dest / ".complete"
-        if not marker.exists():
-            _forget_other_teachers(workdir / "teacher", keep=dest.name)
-            shutil.rmtree(dest, ignore_errors=True)
-            check_disk(workdir, limits, _download_size(store, repo, revision))
-            _download(store, repo, revision, dest)
-            marker.write_text(revision)
+        dest = fetch_teacher(store, repo, revision, workdir, limits)
         tokenizer = scoring.load_tokenizer(dest)
         model = scoring.load_causal_lm(dest, device)
     except InfraError:
@@ -197,8 +111,8 @@ def _score_one(
     try:
         ctx.progress.phase("download", ref.spec, ctx.index)
         try:
-            check_disk(ctx.workdir, ctx.limits, _download_size(ctx.store, ref.repo, ref.revision))
-            _download(ctx.store, ref.repo, ref.revision, dest)
+            check_disk(ctx.workdir, ctx.limits, download_size(ctx.store, ref.repo, ref.revision))
+            download(ctx.store, ref.repo, ref.revision, dest)
         except stores.DefiniteStoreError as exc:
             return _error(ref, f"repo removed or inaccessible: {exc}", t0)
         timings["download_s"] = time.monotonic() - t0
@@ -244,13 +158,13 @@ def _score_one(
             timings=ModelTimings(**timings, total_s=time.monotonic() - t0),
         )
     except ModelError as exc:
-        if exc.__cause__ is not None and (_is_oom(exc.__cause__) or _is_disk_full(exc.__cause__)):
+        if exc.__cause__ is not None and (_is_oom(exc.__cause__) or is_disk_full(exc.__cause__)):
             raise InfraError(f"{ref.spec}: {type(exc.__cause__).__name__} while loading: {exc}") from exc
         return _error(ref, str(exc) or type(exc).__name__, t0)
     except (JobCancelled, InfraError):
         raise
     except BaseException as exc:
-        if _is_disk_full(exc) or _is_oom(exc):
+        if is_disk_full(exc) or _is_oom(exc):
             raise InfraError(f"{ref.spec}: {type(exc).__name__}: {exc}") from exc
         raise
     finally:

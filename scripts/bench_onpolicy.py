@@ -25,10 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from eval.downloads import DiskLimits
 from eval.model_store.local import LocalHub
 from eval.prompts import LocalCorpus, sample_prompts
 from eval.rules import ContestRules
-from eval.runner import DiskLimits, run_job
+from eval.runner import run_job
 from eval.schemas import EvalJob, EvalResult
 from scripts.demo import DEMO_RULES
 from scripts.demo_cast import Recipe, build_cast, publish_dir

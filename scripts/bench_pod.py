@@ -23,11 +23,12 @@ from pathlib import Path
 
 import httpx
 
+from eval.downloads import DiskLimits
 from eval.rules import ContestRules
-from eval.runner import DiskLimits
 from eval.schemas import EvalResult, JobProgress, JobStatus
 from scripts.pod_fixtures import build_hub, free_port, hub_job, make_wallet
-from validator.pod_client import HttpPod, LocalPod
+from validator.local_pod import LocalPod
+from validator.pod_client import HttpPod
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,8 @@ from bittensor.keyfiles import Keypair
 
 from eval.model_store.local import LocalHub
 from eval.rules import ContestRules
-from validator.pod_client import PodError, SinglePod
+from validator.pod_client import SinglePod
+from validator.pod_errors import PodError
 
 VOCAB = 512
 TEACHER = "demo/teacher"
@@ -149,8 +150,8 @@ def make_validator(world: World, pod: Any = None, *, db: Path | None = None, cha
     """A Validator on the world's SimChain (or ``chain``) with a LocalPod (or ``pod``) and the builtin corpus."""
     from eval.admission import TeacherSpec
     from eval.prompts import LocalCorpus
+    from validator.local_pod import LocalPod
     from validator.loop import LoopConfig, Validator
-    from validator.pod_client import LocalPod
     from validator.store.database import Store
 
     hub = world.hub

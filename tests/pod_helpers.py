@@ -9,12 +9,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from eval.schemas import EvalJob, EvalResult, JobProgress, ModelResult, OnPolicyPrompt, TeacherInfo
 from scripts.pod_fixtures import free_port, trim_onpolicy
+from validator.pod.server import PodSettings, create_app
 
 
 def fake_result(job: EvalJob) -> EvalResult:
@@ -70,6 +72,12 @@ class ScriptedRunner:
             )
             time.sleep(0.02)
         return fake_result(job)
+
+
+def scripted_pod(tmp_path: Path, wallets: Any, seconds: float = 0.1) -> Any:
+    """A pod service that takes jobs signed by ``wallets[0]`` and answers them with a ``ScriptedRunner``."""
+    settings = PodSettings(allow_hotkeys=frozenset({wallets[0].hotkey.ss58_address}), workdir=tmp_path)
+    return create_app(settings, runner=ScriptedRunner(seconds=seconds))
 
 
 @contextmanager

@@ -10,7 +10,14 @@ from eval.exit_codes import ExitCode
 from validator.chain.submit import Refused, outcome
 
 REPO = Path(__file__).resolve().parents[1]
-ENTRY_POINTS = ("miner.py", "eval/estimate.py", "validator/chain/submit.py", "validator/__main__.py", "api/__main__.py")
+ENTRY_POINTS = (
+    "miner.py",
+    "eval/estimate.py",
+    "validator/chain/submit.py",
+    "validator/__main__.py",
+    "validator/loop.py",
+    "api/__main__.py",
+)
 
 
 def test_numbers_are_the_documented_ones():

@@ -16,7 +16,7 @@ from fixtures_contest import FakePod, hotkey, make_validator, seed
 
 from eval.errors import TransientError
 from validator.chain.port import ChainError, WeightsReceipt
-from validator.pod_client import PodDown, PodTimeout
+from validator.pod_errors import PodDown, PodTimeout
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from eval.estimate import AGAINST_HOTKEY, MODEL_HOTKEY, Pinned, local_job
+from eval.estimate import Pinned, local_job
+from eval.estimate_summary import AGAINST_HOTKEY, MODEL_HOTKEY
 from eval.jobs import build_job, model_ref
 from eval.rules import DEFAULT_RULES
 from eval.schemas import SubmissionId

@@ -20,7 +20,7 @@ import torch
 from fixtures_contest import RULES as CONTEST_RULES
 from fixtures_contest import TEACHER, FakePod, make_validator, seed
 
-from eval import runner, scoring
+from eval import downloads, runner, scoring
 from eval.errors import InfraError, TransientError
 from eval.hashing import metadata_hash
 from eval.kl import kl_from_hidden, kl_per_position
@@ -30,11 +30,12 @@ from scripts.pod_fixtures import make_job, ref
 from tests.pod_helpers import fake_result
 from validator.admit import record_attempt
 from validator.contest import NewSubmission
-from validator.pod_client import InvalidResult, validate_result
+from validator.pod_errors import InvalidResult
+from validator.pod_result import validate_result
 from validator.store.database import Store, StoreError
 
 REPO = Path(__file__).resolve().parents[1]
-NO_DISK_RESERVE = runner.DiskLimits(min_free_bytes=0)
+NO_DISK_RESERVE = downloads.DiskLimits(min_free_bytes=0)
 PROMPTS = [
     "The river valley was quiet in the early morning, and the farmers walked down to the fields.",
     "A prime number is a natural number greater than one that has no divisors other than one and itself.",
@@ -106,7 +107,7 @@ def test_lesson_07_no_loader_can_trust_remote_code():
                 end += 1
             call = text[m.end() : end]
             assert "trust_remote_code=False" in call, f"{path.name}: from_pretrained without trust_remote_code=False"
-    assert not any(p.endswith((".py", ".bin", ".pt", ".pkl")) or p == "*" for p in runner.MODEL_PATTERNS)
+    assert not any(p.endswith((".py", ".bin", ".pt", ".pkl")) or p == "*" for p in downloads.MODEL_PATTERNS)
 
 
 # --- LESSONS 11: changing weights after commit ------------------------------------------------------
@@ -224,13 +225,13 @@ class OutageHub:
 
 def test_lesson_21_pod_download_outage_fails_the_job_never_the_model(contest_hub, tmp_path, monkeypatch, one_thread):
     hub_root, revs = contest_hub
-    monkeypatch.setattr(runner.time, "sleep", lambda s: None)  # skip the retry back-off
+    monkeypatch.setattr(downloads.time, "sleep", lambda s: None)  # skip the retry back-off
     job = _contest_job(revs, "alice/m1", ["bob/m2"], "j21")
     hub = OutageHub(LocalHub(hub_root), "bob/m2")
     with pytest.raises(InfraError, match="unavailable"):  # not a model_error result for bob
         runner.run_job(job, hub, tmp_path, "cpu", limits=NO_DISK_RESERVE)
-    assert hub.downloads == runner.DOWNLOAD_ATTEMPTS
-    scratch = runner.job_dir_name("j21")
+    assert hub.downloads == downloads.DOWNLOAD_ATTEMPTS
+    scratch = downloads.job_dir_name("j21")
     assert not (tmp_path / "models" / scratch).exists() and not (tmp_path / "teacher-cache" / scratch).exists()
 
 

@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from eval.downloads import DiskLimits
 from eval.model_store.local import LocalHub
 from eval.onpolicy import measure_onpolicy
 from eval.prompts import LocalCorpus, sample_prompts
 from eval.rules import ContestRules
-from eval.runner import DiskLimits, run_job
+from eval.runner import run_job
 from eval.schemas import SubmissionId
 from eval.scoring import load_causal_lm, load_tokenizer, score_student
 from eval.stats import decide, onpolicy_guard

@@ -367,7 +367,8 @@ def test_get_shows_tokens_per_s_and_eta_while_a_real_student_is_scored(tmp_path,
     """The real runner (tiny models from a local hub) paused mid-student: GET reports rate and ETA."""
     import threading
 
-    from eval.runner import DiskLimits, run_job
+    from eval.downloads import DiskLimits
+    from eval.runner import run_job
     from scripts.pod_fixtures import build_hub, hub_job
 
     store, revs = build_hub(tmp_path / "hub")

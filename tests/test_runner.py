@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from eval.downloads import DiskLimits, check_disk, job_dir_name
 from eval.errors import InfraError
 from eval.model_store.local import LocalHub
-from eval.runner import DiskLimits, JobCancelled, check_disk, job_dir_name, run_job
+from eval.runner import JobCancelled, run_job
 from eval.schemas import JobProgress
 from scripts.pod_fixtures import build_hub, hub_job
 

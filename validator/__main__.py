@@ -115,7 +115,9 @@ def _chain(s: Settings, wallet: Any) -> Any:
 
 
 def _pod(s: Settings, wallet: Any, model_store: Any) -> tuple[Any, str]:
-    from validator.pod_client import HttpPod, LocalPod, PodPool
+    from validator.local_pod import LocalPod
+    from validator.pod_client import HttpPod
+    from validator.pod_pool import PodPool
 
     if s.local_pod:
         pod = LocalPod(model_store, s.workdir, s.device)

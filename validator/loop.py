@@ -25,6 +25,7 @@ from typing import Any
 
 from eval.admission import TeacherSpec, check_model
 from eval.errors import KlhillError, TransientError
+from eval.exit_codes import ExitCode
 from eval.jobs import build_job
 from eval.model_store.port import ModelStore
 from eval.prompts import PromptSource, prompt_sha256
@@ -243,7 +244,7 @@ class Validator:
                 delay = retry_delay(exc, failures, self.config.poll_seconds, self.config.chain_backoff_cap_s)
                 log.error("epoch aborted (%s: %s); trying again in %.0fs", type(exc).__name__, exc, delay)
                 if once:
-                    return 1
+                    return ExitCode.REFUSED
                 self.stop.wait(delay)
                 continue
             failures = 0
@@ -255,10 +256,10 @@ class Validator:
                 report.weights,
             )
             if once:
-                return 0
+                return ExitCode.OK
             self._sleep(report.block)
         log.info("stopped")
-        return 0
+        return ExitCode.OK
 
     def _sleep(self, start: int) -> None:
         """Wait until ``epoch_blocks`` blocks have passed since ``start`` (polling the number only)."""

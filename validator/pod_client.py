@@ -1,79 +1,41 @@
-"""Pod clients on the secure host: one ``Pod`` protocol, an HTTP pod, an in-process pod, a pool.
+"""Pod clients on the secure host: the ``Pod`` protocol, the ``SinglePod`` base and the HTTP pod.
 
-The host trusts no result blindly: :func:`validate_result` is the one check of a
-pod's answer against the job it sent, and ``SinglePod.run`` (what every single
-pod, remote or in-process, answers through) is the one place it is called on the
-host's path. Whoever holds a result from ``Pod.run`` holds a checked one: the
-round runner and the verdicts index it without checking again. Every pod kind
-reports a running job's live progress through ``Pod.status``.
+The host trusts no result blindly: ``validator.pod_result.validate_result`` is
+the one check of a pod's answer against the job it sent, and ``SinglePod.run``
+(what every single pod, remote or in-process, answers through) is the one place
+it is called on the host's path. Whoever holds a result from ``Pod.run`` holds a
+checked one: the round runner and the verdicts index it without checking again.
+Every pod kind reports a running job's live progress through ``Pod.status``.
 ``HttpPod`` signs every call with the validator hotkey (btauth/1, a fresh nonce
 per attempt), polls with backoff, cancels the job when the deadline passes and
-re-submits once when a restarted pod reports the job ``interrupted``.
-``PodPool`` runs the whole job on the first healthy pod and moves it to the
-next pod when one is down, refuses, fails the job or misbehaves: the king and
-every challenger are always scored on the same machine and prompts (LESSONS 14).
-
-Why a round's challengers are not split over pods: a verdict compares a
-challenger's per-prompt KL with the king's on the same prompts, and early
-stopping uses the king's list from the same run. Split sub-jobs would each have
-to re-score the king, and a merged ``EvalResult`` holds one king entry, so
-challengers from the other pods would be judged against a king scored on
-different hardware (numerics differ across GPUs and dtypes). A pool adds
-capacity by running different rounds or validators' jobs, and availability by
-failover, not by splitting one round.
+re-submits once when a restarted pod reports the job ``interrupted``. The other
+pods: ``validator.local_pod.LocalPod`` (in-process) and
+``validator.pod_pool.PodPool`` (failover over several).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol, final
 
 import httpx
 
-from eval.errors import KlhillError
-from eval.progress import ProgressFn
-from eval.schemas import EvalJob, EvalResult, JobProgress, JobStatus
-from eval.stats import expected_onpolicy
+from eval.schemas import EvalJob, EvalResult, JobStatus
 from validator.pod import signing
+from validator.pod_errors import InvalidResult, PodDown, PodError, PodJobFailed, PodRejected, PodTimeout
+from validator.pod_result import validate_result
 
 log = logging.getLogger(__name__)
-
-
-class PodError(KlhillError):
-    """The pod's answer cannot be used for this job."""
-
-
-class PodDown(PodError):
-    """The pod cannot be reached (or keeps losing the job): try another pod."""
-
-
-class PodTimeout(PodError):
-    """The job missed its deadline; it was cancelled on the pod."""
-
-
-class PodRejected(PodError):
-    """The pod refused the request (auth, schema, conflict): retrying will not help."""
-
-
-class PodJobFailed(PodError):
-    """The pod ran the job and reported an infrastructure failure or a cancellation."""
-
-
-class InvalidResult(PodError):
-    """The result does not match the job that was sent."""
 
 
 class Pod(Protocol):
     """What the host's round runner drives: one pod or a pool of them."""
 
     def run(self, job: EvalJob, deadline_s: float) -> EvalResult:
-        """The result of ``job``, already checked against it (:func:`validate_result`), or a ``PodError``."""
+        """The result of ``job``, already checked against it (``validate_result``), or a ``PodError``."""
         ...
 
     def health(self) -> dict[str, Any]: ...
@@ -81,48 +43,6 @@ class Pod(Protocol):
     def status(self, job_id: str) -> JobStatus:
         """Live state and progress of a job this pod knows; a ``PodError`` when it cannot say."""
         ...
-
-
-def validate_result(job: EvalJob, result: EvalResult) -> EvalResult:
-    """Check that ``result`` answers exactly ``job``; raise InvalidResult naming the first mismatch."""
-    if result.job_id != job.job_id or result.block_hash != job.block_hash:
-        raise InvalidResult(f"result is for job {result.job_id}, expected {job.job_id}")
-    n = len(job.prompts)
-    if len(result.teacher.continuation_tokens) != n:
-        raise InvalidResult(f"teacher reports {len(result.teacher.continuation_tokens)} prompts, job has {n}")
-    expected = {m.key: m for m in job.models}
-    got = [m.ref.key for m in result.models]
-    if len(got) != len(set(got)) or set(got) != set(expected):
-        raise InvalidResult(f"model set differs: sent {sorted(expected)}, got {sorted(got)}")
-    king = next((m for m in result.models if job.king is not None and m.ref.key == job.king.key), None)
-    king_kl = list(king.prompt_kl) if king is not None and king.status == "ok" else None
-    for m in result.models:
-        if m.ref != expected[m.ref.key]:
-            raise InvalidResult(f"{m.ref.key}: result names {m.ref.spec}, job sent {expected[m.ref.key].spec}")
-        if m.status == "ok" and len(m.prompt_kl) != n:
-            raise InvalidResult(f"{m.ref.key}: ok with {len(m.prompt_kl)} of {n} prompts")
-        if m.status == "early_stopped":
-            if job.king is not None and m.ref.key == job.king.key:
-                raise InvalidResult("the king can never be early-stopped")
-            if not 0 < len(m.prompt_kl) <= n:
-                raise InvalidResult(f"{m.ref.key}: early_stopped with {len(m.prompt_kl)} prompts")
-        if any(t > job.rules.max_new_tokens for t in m.prompt_tokens):
-            raise InvalidResult(f"{m.ref.key}: more tokens than max_new_tokens on some prompt")
-        if list(m.prompt_tokens) != list(result.teacher.continuation_tokens[: len(m.prompt_tokens)]):
-            # every continuation position is scored; fewer tokens means silent truncation (LESSONS 12)
-            raise InvalidResult(f"{m.ref.key}: scored tokens differ from the teacher's continuation tokens")
-        want = expected_onpolicy(m is king, king_kl, m.prompt_kl, job.rules, n) if m.status == "ok" else 0
-        if m.status == "ok" and len(m.onpolicy) != want:
-            # the king and every KL winner carry the guard's values on the same prompts; missing never passes
-            raise InvalidResult(f"{m.ref.key}: {len(m.onpolicy)} on-policy values, the rules want {want}")
-        if any(o.tokens > job.rules.onpolicy_new_tokens for o in m.onpolicy):
-            raise InvalidResult(f"{m.ref.key}: more on-policy tokens than onpolicy_new_tokens")
-        values = list(m.prompt_kl) + list(m.fingerprint or [])
-        if not all(math.isfinite(v) for v in values):
-            raise InvalidResult(f"{m.ref.key}: non-finite values")
-        if any(v < -1e-6 for v in m.prompt_kl):  # KL is never negative beyond float rounding
-            raise InvalidResult(f"{m.ref.key}: negative KL")
-    return result
 
 
 class SinglePod(ABC):
@@ -269,111 +189,3 @@ class HttpPod(SinglePod):
                 if now - down_since >= self.down_grace_s or now >= deadline:
                     raise PodDown(f"{self.url} unreachable for {now - down_since:.0f}s: {exc}") from exc
                 log.warning("pod %s unreachable while polling %s: %s; still waiting", self.url, job.job_id, exc)
-
-
-class LocalPod(SinglePod):
-    """Runs the job in this process with the same routine as the pod service, and reports progress like it."""
-
-    def __init__(
-        self,
-        store: Any,
-        workdir: Path,
-        device: str = "cpu",
-        *,
-        on_progress: ProgressFn | None = None,
-        **run_kwargs: Any,
-    ) -> None:
-        """``on_progress`` also sees every update (a benchmark's timer); the host reads ``status``."""
-        self.store, self.workdir, self.device, self.run_kwargs = store, Path(workdir), device, run_kwargs
-        self.on_progress = on_progress
-        self._lock = threading.Lock()
-        self._running: dict[str, JobStatus] = {}  # job id -> latest status, while it runs
-
-    def health(self) -> dict[str, Any]:
-        return {"state": "idle", "device": self.device}
-
-    def status(self, job_id: str) -> JobStatus:
-        with self._lock:
-            status = self._running.get(job_id)
-        if status is None:
-            raise PodError(f"job {job_id} is not running in-process")
-        return status
-
-    def _progress(self, job_id: str, progress: JobProgress) -> None:
-        with self._lock:
-            self._running[job_id] = JobStatus(job_id=job_id, state="running", progress=progress)
-        if self.on_progress is not None:
-            self.on_progress(progress)
-
-    def answer(self, job: EvalJob, deadline_s: float) -> EvalResult:
-        from eval.runner import JobCancelled, run_job
-
-        deadline = time.monotonic() + deadline_s
-        with self._lock:
-            self._running[job.job_id] = JobStatus(job_id=job.job_id, state="running", progress=JobProgress())
-        try:
-            result = run_job(
-                job,
-                self.store,
-                self.workdir,
-                self.device,
-                on_progress=lambda p: self._progress(job.job_id, p),
-                should_cancel=lambda: time.monotonic() > deadline,
-                **self.run_kwargs,
-            )
-        except JobCancelled as exc:
-            raise PodTimeout(f"job {job.job_id} missed its {deadline_s:.0f}s deadline in-process") from exc
-        except KlhillError as exc:
-            raise PodJobFailed(f"job {job.job_id} failed in-process: {exc}") from exc
-        finally:
-            with self._lock:
-                self._running.pop(job.job_id, None)
-        if time.monotonic() > deadline:
-            raise PodTimeout(f"job {job.job_id} missed its {deadline_s:.0f}s deadline in-process")
-        return result
-
-
-class PodPool:
-    """Several pods; the whole job goes to the first that works, a failed or dead pod's job moves on."""
-
-    def __init__(self, pods: Sequence[SinglePod]) -> None:
-        if not pods:
-            raise ValueError("a pod pool needs at least one pod")
-        self.pods = list(pods)
-        self._active: dict[str, SinglePod] = {}  # job id -> the pod running it now, for live progress
-
-    def status(self, job_id: str) -> JobStatus:
-        """Live status from whichever pod runs ``job_id`` now (the host's dashboard polls this)."""
-        pod = self._active.get(job_id)
-        if pod is None:
-            raise PodError(f"job {job_id} is not running on any pod of this pool")
-        return pod.status(job_id)
-
-    def health(self) -> dict[str, Any]:
-        states = []
-        for pod in self.pods:
-            try:
-                states.append(pod.health())
-            except PodError as exc:
-                states.append({"state": "down", "error": str(exc)})
-        return {"pods": states}
-
-    def run(self, job: EvalJob, deadline_s: float) -> EvalResult:
-        deadline = time.monotonic() + deadline_s
-        errors: list[str] = []
-        for pod in self.pods:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                pod.health()
-                self._active[job.job_id] = pod
-                return pod.run(job, remaining)
-            except PodTimeout:
-                raise  # the deadline is spent: no other pod could finish in time
-            except PodError as exc:  # down, refused, failed the job (disk full, OOM) or lied (InvalidResult): next
-                log.warning("pod %r unusable for job %s: %s; trying the next one", pod, job.job_id, exc)
-                errors.append(f"{pod!r}: {exc}")
-            finally:
-                self._active.pop(job.job_id, None)
-        raise PodDown(f"no pod could run job {job.job_id}: " + "; ".join(errors or ["deadline passed"]))

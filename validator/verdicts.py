@@ -4,19 +4,21 @@ Results are matched to the plan by submission identity, so one submission's
 result can never land on another's entry, the king's least of all (LESSONS 1).
 Dethroning compares the king and a challenger on this round's prompts only
 (LESSONS 14, 15); every evaluated model reaches a final state (LESSONS 18).
+Who is disqualified, and why, is decided in ``validator.disqualify``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from eval.rules import ContestRules
 from eval.schemas import EvalResult, ModelResult, SubmissionId
 from eval.stats import GuardDecision, fingerprint_distance, mean_ci, onpolicy_guard
 from eval.stats import decide as stats_decide
 from validator.contest import Candidate, RoundPlan
+from validator.disqualify import DQ_STATES, Disqualification, DistanceFn, disqualify
 
 SUSPICIOUS_KL = 1e-6
 """A mean KL below this is flagged: a student that matches the teacher exactly is likely the teacher (LESSONS 8)."""
@@ -33,7 +35,6 @@ ModelState = Literal[
     "copy",
     "functional_copy",
 ]
-DQ_STATES: dict[str, str] = {"copy": "COPY", "functional_copy": "FUNCTIONAL_COPY", "kl_too_high": "KL_TOO_HIGH"}
 
 
 class DecisionLike(Protocol):
@@ -48,21 +49,6 @@ class DecisionLike(Protocol):
 
 
 DecideFn = Callable[[Sequence[float], Sequence[float], ContestRules], DecisionLike]
-DistanceFn = Callable[[Sequence[float], Sequence[float]], float]
-
-
-@dataclass(frozen=True)
-class Disqualification:
-    hotkey: str
-    commit_block: int
-    reason: str  # COPY | FUNCTIONAL_COPY | KL_TOO_HIGH
-    check: str
-    detail: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> SubmissionId:
-        return SubmissionId(self.hotkey, self.commit_block)
 
 
 @dataclass(frozen=True)
@@ -145,47 +131,10 @@ class RoundOutcome:
 def _match_results(result: EvalResult) -> dict[SubmissionId, ModelResult]:
     """Index the result by submission identity.
 
-    ``result`` was checked against the job built from this plan (``validator.pod_client.validate_result``):
+    ``result`` was checked against the job built from this plan (``validator.pod_result.validate_result``):
     every planned model is present once, under its own identity and revision, with complete values.
     """
     return {m.ref.submission: m for m in result.models}
-
-
-def _copy_check(
-    key: SubmissionId,
-    m: ModelResult,
-    hashes: list[tuple[SubmissionId, str]],
-    prints: list[tuple[SubmissionId, Sequence[float]]],
-    rules: ContestRules,
-    distance: DistanceFn,
-) -> Disqualification | None:
-    """Earlier commit owns: compare with every strictly earlier submission (the king is not exempt)."""
-    if m.content_hash:
-        owners = sorted(k for k, h in hashes if h == m.content_hash and k < key)
-        if owners:
-            o = owners[0]
-            return Disqualification(
-                key.hotkey,
-                key.commit_block,
-                "COPY",
-                "content_hash",
-                f"same weights as {o}",
-                {"copy_of": _evidence_id(o), "content_hash": m.content_hash},
-            )
-    if m.fingerprint:
-        close = [(k, distance(fp, m.fingerprint)) for k, fp in prints if k < key]
-        close = sorted(((k, d) for k, d in close if d < rules.fingerprint_threshold), key=lambda t: t[0])
-        if close:
-            o, d = close[0]
-            return Disqualification(
-                key.hotkey,
-                key.commit_block,
-                "FUNCTIONAL_COPY",
-                "fingerprint",
-                f"behaves like {o} (distance {d:.6g} < {rules.fingerprint_threshold})",
-                {"copy_of": _evidence_id(o), "distance": d},
-            )
-    return None
 
 
 def interpret_result(
@@ -219,16 +168,7 @@ def interpret_result(
         m = got[c.key]
         mean = m.mean_kl
         sus = m.status == "ok" and mean is not None and mean < SUSPICIOUS_KL
-        dq = _copy_check(c.key, m, hashes, prints, rules, distance)
-        if dq is None and m.status == "ok" and mean is not None and mean > rules.max_kl:
-            dq = Disqualification(
-                c.hotkey,
-                c.commit_block,
-                "KL_TOO_HIGH",
-                "max_kl",
-                f"mean KL {mean:.6g} > {rules.max_kl}",
-                {"mean_kl": mean},
-            )
+        dq = disqualify(c.key, m, hashes, prints, rules, distance)
         if dq is not None:
             dqs.append(dq)
             state: ModelState = (
@@ -357,8 +297,3 @@ def _crown_best(
         v.hotkey, v.commit_block, "won", v.mean_kl, reason="lowest mean KL this round", suspicious=v.suspicious
     )
     return win, mean, f"crowned {win} (lowest mean KL)", None
-
-
-def _evidence_id(key: SubmissionId) -> dict[str, Any]:
-    """A submission as DQ evidence names it (JSON, served by the API as stored)."""
-    return {"hotkey": key.hotkey, "commit_block": key.commit_block}

@@ -23,8 +23,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from eval.downloads import DiskLimits
 from eval.kernels import KernelReport, environment_report, kernel_warning
-from eval.runner import DiskLimits, run_job
+from eval.runner import run_job
 from eval.schemas import EvalJob
 from validator.pod.auth import PodAuth, Signed, install, open_nonces
 from validator.pod.jobs import JobConflict, JobManager, QueueFull, Runner
