@@ -29,7 +29,7 @@ from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, Subm
 from scripts.pod_fixtures import free_port, trim_onpolicy
 from validator.admit import record_attempt
 from validator.chain.sim import SimChain
-from validator.contest import Candidate, new_submissions, plan_round
+from validator.contest import Candidate, commitment_disqualifications, new_submissions, plan_round
 from validator.rounds import record_outcome
 from validator.store.database import Store
 from validator.verdicts import interpret_result
@@ -170,7 +170,7 @@ def build_store(
         chain.commit(text)
         chain.advance(3)
     subs = new_submissions(chain.commitments().values(), store.known_keys(), chain.neurons())
-    store.add_submissions(subs)
+    store.add_submissions(subs, commitment_disqualifications(subs))
     for idx, s in enumerate(subs):
         if s.status != "pending":
             continue

@@ -10,6 +10,7 @@ from eval.rules import ContestRules
 from eval.schemas import SubmissionId as S
 from validator.contest import (
     Candidate,
+    commitment_disqualifications,
     king_changes,
     king_vanished,
     new_submissions,
@@ -61,6 +62,14 @@ def test_spoofed_block_key_is_invalid_and_chain_block_is_kept():
     text = '{"block":1,"model":"org/m","revision":"' + REV + '"}'
     (s,) = new_submissions([C("hkA", 500, text)], set(), [N(0, "hkA", "ck")])
     assert s.commit_block == 500 and s.status == "invalid" and "unknown keys" in (s.reason or "")
+
+
+def test_a_malformed_commitment_is_disqualified_at_its_own_block_and_a_good_one_is_not():
+    text = '{"block":1,"model":"org/m","revision":"' + REV + '"}'
+    subs = new_submissions([C("hkA", 500, text), C("hkB", 501, good())], set(), [N(0, "hkA", "ck"), N(1, "hkB", "ck")])
+    (dq,) = commitment_disqualifications(subs)
+    assert (dq.key, dq.reason, dq.check) == (S("hkA", 500), "INVALID", "commitment")
+    assert "unknown keys" in dq.detail
 
 
 def test_known_submission_is_not_recorded_again():

@@ -9,7 +9,7 @@ from store_fixtures import admitted, hk, open_store, sub
 
 from eval.schemas import SubmissionId
 from validator.admit import record_attempt
-from validator.contest import NewSubmission
+from validator.contest import NewSubmission, commitment_disqualifications
 
 
 @pytest.fixture
@@ -28,9 +28,17 @@ def test_recycled_uid_new_hotkey_inherits_nothing(store):
 
 
 def test_invalid_commitment_is_recorded_with_dq(store):
-    store.add_submissions([NewSubmission(hk("x"), 4, 1, "ck", "garbage", "invalid", reason="not JSON")])
+    subs = [NewSubmission(hk("x"), 4, 1, "ck", "garbage", "invalid", reason="not JSON")]
+    store.add_submissions(subs, commitment_disqualifications(subs))
     (dq,) = store.disqualifications()
-    assert (dq.reason, dq.check, dq.detail) == ("INVALID", "commitment", "not JSON")
+    assert (dq.reason, dq.check, dq.detail, dq.block) == ("INVALID", "commitment", "not JSON", 4)
+
+
+def test_the_store_derives_no_disqualification_from_a_status(store):
+    """The domain decides disqualifications; an invalid status alone writes none."""
+    store.add_submissions([NewSubmission(hk("x"), 4, 1, "ck", "garbage", "invalid", reason="not JSON")])
+    assert store.disqualifications() == []
+    assert store.submission(hk("x"))[0].status == "invalid"
 
 
 def test_transient_admission_retries_later_then_final(store):

@@ -16,6 +16,7 @@ from typing import Literal, Protocol
 from eval.rules import ContestRules
 from eval.schemas import SubmissionId
 from validator.chain.commitments import Invalid, parse_commitment
+from validator.disqualify import Disqualification
 
 RoundKind = Literal["none", "challenge", "first", "coronation"]
 SubmissionStatus = Literal[
@@ -63,6 +64,15 @@ class NewSubmission:
     @property
     def key(self) -> SubmissionId:
         return SubmissionId(self.hotkey, self.commit_block)
+
+
+def commitment_disqualifications(subs: Iterable[NewSubmission]) -> list[Disqualification]:
+    """A malformed commitment is disqualified when first seen (INVALID, final), with the parser's reason."""
+    return [
+        Disqualification(s.hotkey, s.commit_block, "INVALID", "commitment", s.reason or "")
+        for s in subs
+        if s.status == "invalid"
+    ]
 
 
 def current_commitments(commitments: Iterable[CommitmentLike]) -> dict[str, CommitmentLike]:

@@ -26,7 +26,7 @@ DQ_STATES: dict[str, str] = {"copy": "COPY", "functional_copy": "FUNCTIONAL_COPY
 class Disqualification:
     hotkey: str
     commit_block: int
-    reason: str  # COPY | FUNCTIONAL_COPY | KL_TOO_HIGH
+    reason: str  # COPY | FUNCTIONAL_COPY | KL_TOO_HIGH, or INVALID for a malformed commitment
     check: str
     detail: str
     evidence: dict[str, Any] = field(default_factory=dict)

@@ -36,6 +36,7 @@ from validator.contest import (
     VANISHED_STATUSES,
     Candidate,
     RoundPlan,
+    commitment_disqualifications,
     king_vanished,
     new_submissions,
     plan_round,
@@ -143,7 +144,7 @@ class Validator:
         if not new and not withdrawn:
             return
         with self.store.transaction():
-            report.new_submissions = self.store.add_submissions(new)
+            report.new_submissions = self.store.add_submissions(new, commitment_disqualifications(new))
             report.withdrawn = self.store.withdraw_submissions(withdrawn)
         for key, replaced_by in withdrawn.items():
             log.warning("%s withdrawn: its hotkey committed again at block %d", key, replaced_by)

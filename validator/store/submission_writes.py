@@ -11,12 +11,17 @@ from typing import Any
 
 from eval.schemas import SubmissionId
 from validator.contest import NewSubmission
+from validator.disqualify import Disqualification
 from validator.store.connection import Connection, StoreError, dumps, key_cols
 
 
 class SubmissionWrites(Connection):
-    def add_submissions(self, subs: Sequence[NewSubmission]) -> int:
-        """Record new submissions (from ``contest.new_submissions``); known keys are left untouched."""
+    def add_submissions(self, subs: Sequence[NewSubmission], disqualified: Sequence[Disqualification] = ()) -> int:
+        """Record new submissions and the disqualifications the domain decided for them, in one transaction.
+
+        Known keys are left untouched. ``disqualified`` comes from ``contest.commitment_disqualifications``:
+        the store writes what it is given and derives nothing from a status.
+        """
         now = self._clock()
         with self.transaction() as db:
             n = 0
@@ -39,8 +44,8 @@ class SubmissionWrites(Connection):
                     ),
                 )
                 n += cur.rowcount
-                if s.status == "invalid":
-                    self.add_disqualification(s.key, "INVALID", "commitment", s.reason or "", {}, s.commit_block)
+            for dq in disqualified:  # block: a commitment is judged at the block it was made
+                self.add_disqualification(dq.key, dq.reason, dq.check, dq.detail, dq.evidence, dq.commit_block)
             return n
 
     def withdraw_submissions(self, replaced: dict[SubmissionId, int]) -> int:
