@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from eval.errors import KlhillError
 from eval.hashing import metadata_hash
 from eval.model_store.port import (
     DefiniteStoreError,
@@ -27,87 +24,19 @@ from eval.model_store.port import (
     validate_revision,
 )
 from eval.model_store.safetensors_header import HeaderError, SafetensorsHeader
+from eval.repo_policy import (
+    CHAT_TEMPLATE_FILES,
+    MAX_CONFIG_BYTES,
+    MAX_INDEX_BYTES,
+    MAX_TOKENIZER_BYTES,
+    QUANT_MARKERS,
+    TOKENIZER_FILES,
+    Reject,
+    check_file_list,
+    check_no_forbidden_keys,
+    parse_json_object,
+)
 from eval.rules import ContestRules
-
-TOKENIZER_FILES = frozenset(
-    {
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "added_tokens.json",
-        "vocab.json",
-        "merges.txt",
-        "tokenizer.model",
-        "chat_template.jinja",
-        "chat_template.json",
-    }
-)
-CHAT_TEMPLATE_FILES = frozenset({"chat_template.jinja", "chat_template.json", "tokenizer_config.json"})
-OTHER_ALLOWED = frozenset(
-    {
-        "config.json",
-        "generation_config.json",
-        "model.safetensors.index.json",
-        "README.md",
-        ".gitattributes",
-        "LICENSE",
-        "LICENSE.txt",
-        "LICENSE.md",
-        "preprocessor_config.json",
-        "video_preprocessor_config.json",
-    }
-)
-SHARD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.safetensors$")
-FORBIDDEN_SUFFIXES = (
-    ".py",
-    ".pyc",
-    ".bin",
-    ".pt",
-    ".pth",
-    ".ckpt",
-    ".pkl",
-    ".pickle",
-    ".gguf",
-    ".onnx",
-    ".h5",
-    ".msgpack",
-    ".so",
-    ".npy",
-    ".npz",
-    ".joblib",
-    ".tflite",
-    ".keras",
-)
-QUANT_MARKERS = frozenset(
-    {
-        "qweight",
-        "qzeros",
-        "scales",
-        "g_idx",
-        "absmax",
-        "quant_map",
-        "nested_absmax",
-        "nested_quant_map",
-        "SCB",
-        "weight_scale",
-        "weight_scale_inv",
-        "weight_scale_2",
-        "input_scale",
-        "output_scale",
-        "weight_zero_point",
-        "weight_global_scale",
-        "weight_packed",
-        "weight_format",
-        "quant_state",
-    }
-)
-
-MAX_FILES = 256
-MAX_SHARDS = 128
-MAX_CONFIG_BYTES = 1 << 20
-MAX_INDEX_BYTES = 32 << 20
-MAX_TOKENIZER_BYTES = 64 << 20
-MAX_JSON_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -125,7 +54,7 @@ class TeacherSpec:
     @classmethod
     def from_dir(cls, path: Path | str) -> TeacherSpec:
         path = Path(path)
-        config = _parse_json_object((path / "config.json").read_bytes(), "config.json")
+        config = parse_json_object((path / "config.json").read_bytes(), "config.json")
         shas = {
             name: hashlib.sha256((path / name).read_bytes()).hexdigest()
             for name in sorted(TOKENIZER_FILES)
@@ -136,7 +65,7 @@ class TeacherSpec:
     @classmethod
     def from_store(cls, store: ModelStore, repo: str, revision: str) -> TeacherSpec:
         files = {f.path: f for f in store.files(repo, revision)}
-        config = _parse_json_object(store.read_file(repo, revision, "config.json", MAX_CONFIG_BYTES), "config.json")
+        config = parse_json_object(store.read_file(repo, revision, "config.json", MAX_CONFIG_BYTES), "config.json")
         shas = {name: _file_sha(store, repo, revision, files[name]) for name in sorted(TOKENIZER_FILES & set(files))}
         read = lambda n: store.read_file(repo, revision, n, MAX_TOKENIZER_BYTES)  # noqa: E731
         return cls(_vocab_sizes(config)[0], shas, _chat_template_sha(read, shas))
@@ -157,12 +86,6 @@ class Rejected:
     reason: Literal["INVALID", "REMOVED"]
     check: str
     detail: str
-
-
-class _Reject(KlhillError):
-    def __init__(self, check: str, detail: str) -> None:
-        super().__init__(detail)
-        self.check, self.detail = check, detail
 
 
 def check_model(
@@ -189,7 +112,7 @@ def check_model(
             reason: Literal["INVALID", "REMOVED"] = "REMOVED" if existed_before else "INVALID"
             return Rejected(reason, "availability", f"{type(exc).__name__}: {exc}")
         return _check_files_and_content(store, repo, revision, rules, teacher, files)
-    except _Reject as rej:
+    except Reject as rej:
         return Rejected("INVALID", rej.check, rej.detail)
     except UnsafeRepoContent as exc:
         return Rejected("INVALID", "files", str(exc))
@@ -202,101 +125,45 @@ def check_model(
 def _check_files_and_content(
     store: ModelStore, repo: str, revision: str, rules: ContestRules, teacher: TeacherSpec, files: list[FileInfo]
 ) -> Admitted:
-    by_path = _check_file_list(files)
+    by_path = check_file_list(files)
     shards = sorted(p for p in by_path if p.endswith(".safetensors"))
-    config = _parse_json_object(store.read_file(repo, revision, "config.json", MAX_CONFIG_BYTES), "config.json")
+    config = parse_json_object(store.read_file(repo, revision, "config.json", MAX_CONFIG_BYTES), "config.json")
     architectures = _check_config(config, rules, teacher)
     if "generation_config.json" in by_path:
         raw = store.read_file(repo, revision, "generation_config.json", MAX_CONFIG_BYTES)
-        _check_no_forbidden_keys(_parse_json_object(raw, "generation_config.json"), "generation_config.json")
+        check_no_forbidden_keys(parse_json_object(raw, "generation_config.json"), "generation_config.json")
     _check_tokenizer(store, repo, revision, by_path, teacher)
     headers = {p: store.safetensors_header(repo, revision, p) for p in shards}
     if "model.safetensors.index.json" in by_path:
         raw = store.read_file(repo, revision, "model.safetensors.index.json", MAX_INDEX_BYTES)
-        _check_index(_parse_json_object(raw, "model.safetensors.index.json"), headers)
+        _check_index(parse_json_object(raw, "model.safetensors.index.json"), headers)
     params, dtypes = _check_tensors(headers, rules, teacher)
     unhashed = [p for p in shards if not by_path[p].sha256]
     if unhashed:  # e.g. a hub file kept out of LFS: without its sha256 no copy can be detected before download
-        raise _Reject("files", f"{unhashed[0]} has no sha256 in the store's metadata: store *.safetensors with LFS")
+        raise Reject("files", f"{unhashed[0]} has no sha256 in the store's metadata: store *.safetensors with LFS")
     return Admitted(params, metadata_hash(files), files, architectures, dtypes, len(shards))
-
-
-def _check_file_list(files: list[FileInfo]) -> dict[str, FileInfo]:
-    if len(files) > MAX_FILES:
-        raise _Reject("files", f"{len(files)} files in the repo (at most {MAX_FILES} allowed)")
-    by_path = {f.path: f for f in files}
-    for path in sorted(by_path):
-        if path.lower().endswith(FORBIDDEN_SUFFIXES):
-            raise _Reject("files", f"forbidden file {path!r}: only safetensors, JSON configs and tokenizer files")
-        if path not in TOKENIZER_FILES | OTHER_ALLOWED and not SHARD_RE.match(path):
-            raise _Reject("files", f"unexpected file {path!r}: remove it (allowed: configs, *.safetensors, tokenizer)")
-    shards = [p for p in by_path if p.endswith(".safetensors")]
-    if not shards:
-        raise _Reject("files", "no *.safetensors weights in the repo")
-    if len(shards) > MAX_SHARDS:
-        raise _Reject("files", f"{len(shards)} safetensors shards (at most {MAX_SHARDS})")
-    if "config.json" not in by_path:
-        raise _Reject("files", "config.json is missing")
-    return by_path
-
-
-def _parse_json_object(raw: bytes, name: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise _Reject("config", f"{name} is not UTF-8") from None
-    except (ValueError, RecursionError) as exc:
-        raise _Reject("config", f"{name} is not valid JSON ({type(exc).__name__})") from None
-    if not isinstance(doc, dict):
-        raise _Reject("config", f"{name} must be a JSON object, got {type(doc).__name__}")
-    for _ in _walk_json(doc, name):
-        pass
-    return doc
-
-
-def _walk_json(doc: Any, name: str) -> Iterator[tuple[str, Any]]:
-    """Yield every (key, value) pair at any depth; too deep a document is rejected, not recursed."""
-    stack: list[tuple[Any, int]] = [(doc, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            raise _Reject("config", f"{name} is nested deeper than {MAX_JSON_DEPTH} levels")
-        if isinstance(node, dict):
-            for k, v in node.items():
-                yield k, v
-                stack.append((v, depth + 1))
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
-
-
-def _check_no_forbidden_keys(doc: dict[str, Any], name: str) -> None:
-    for key, _ in _walk_json(doc, name):
-        if key == "auto_map":
-            raise _Reject("config", f"{name} has auto_map (remote code is never run): remove it")
-        if key in ("quantization_config", "quantization", "compression_config"):
-            raise _Reject("quantization", f"{name} has {key}: quantized models are not allowed")
 
 
 def _vocab_sizes(config: dict[str, Any]) -> list[int]:
     sizes = [c["vocab_size"] for c in (config, config.get("text_config")) if isinstance(c, dict) and "vocab_size" in c]
     if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) for s in sizes):
-        raise _Reject("config", "config.json has no integer vocab_size (top level or text_config)")
+        raise Reject("config", "config.json has no integer vocab_size (top level or text_config)")
     return sizes
 
 
 def _check_config(config: dict[str, Any], rules: ContestRules, teacher: TeacherSpec) -> list[str]:
-    _check_no_forbidden_keys(config, "config.json")
+    check_no_forbidden_keys(config, "config.json")
     if "text_config" in config and not isinstance(config["text_config"], dict):  # the loader would fail on the pod
-        raise _Reject("config", "config.json's text_config must be a JSON object")
+        raise Reject("config", "config.json's text_config must be a JSON object")
     archs = config.get("architectures")
     if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
-        raise _Reject("config", "config.json needs an 'architectures' list of strings")
+        raise Reject("config", "config.json needs an 'architectures' list of strings")
     bad = [a for a in archs if a not in rules.allowed_architectures]
     if bad:
-        raise _Reject("architecture", f"architecture {bad[0]!r} not allowed (allowed: {rules.allowed_architectures})")
+        raise Reject("architecture", f"architecture {bad[0]!r} not allowed (allowed: {rules.allowed_architectures})")
     for size in _vocab_sizes(config):
         if size != teacher.vocab_size:
-            raise _Reject("vocab", f"vocab_size {size} differs from the teacher's {teacher.vocab_size}")
+            raise Reject("vocab", f"vocab_size {size} differs from the teacher's {teacher.vocab_size}")
     return archs
 
 
@@ -312,9 +179,9 @@ def _check_tokenizer(
     mine = sorted(TOKENIZER_FILES & set(by_path))
     theirs = sorted(teacher.tokenizer_sha256)
     if not theirs:
-        raise _Reject("tokenizer", "the teacher has no tokenizer files to compare against")
+        raise Reject("tokenizer", "the teacher has no tokenizer files to compare against")
     if mine != theirs:
-        raise _Reject("tokenizer", f"tokenizer files {mine} differ from the teacher's {theirs}: copy them unchanged")
+        raise Reject("tokenizer", f"tokenizer files {mine} differ from the teacher's {theirs}: copy them unchanged")
     shas = {name: _file_sha(store, repo, revision, by_path[name]) for name in mine}
     for name in mine:
         if shas[name] != teacher.tokenizer_sha256[name]:
@@ -326,7 +193,7 @@ def _check_tokenizer(
                         check = "chat_template"
                 except (ValueError, AttributeError, RecursionError):  # not even a JSON object: a tokenizer file
                     pass
-            raise _Reject(check, f"{name} is not byte-identical to the teacher's: copy the teacher's file unchanged")
+            raise Reject(check, f"{name} is not byte-identical to the teacher's: copy the teacher's file unchanged")
 
 
 def _chat_template_sha(read: Any, shas: dict[str, str], *, strict: bool = False) -> str | None:
@@ -349,11 +216,11 @@ def _chat_template_sha(read: Any, shas: dict[str, str], *, strict: bool = False)
 def _check_index(index: dict[str, Any], headers: dict[str, SafetensorsHeader]) -> None:
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict):
-        raise _Reject("safetensors", "model.safetensors.index.json has no weight_map object")
+        raise Reject("safetensors", "model.safetensors.index.json has no weight_map object")
     for name, shard in weight_map.items():
         if not isinstance(shard, str) or shard not in headers or name not in headers[shard].tensors:
             where = repr(shard)[:100]  # a hostile index may map to anything, of any size
-            raise _Reject("safetensors", f"index maps {name[:200]!r} to {where}, which does not hold it")
+            raise Reject("safetensors", f"index maps {name[:200]!r} to {where}, which does not hold it")
 
 
 def _check_tensors(
@@ -365,23 +232,21 @@ def _check_tensors(
     for shard, header in sorted(headers.items()):
         for name, t in header.tensors.items():
             if name in seen:
-                raise _Reject("safetensors", f"tensor {name!r} appears in more than one shard")
+                raise Reject("safetensors", f"tensor {name!r} appears in more than one shard")
             seen.add(name)
             if t.dtype not in rules.allowed_dtypes:
-                raise _Reject(
-                    "dtype", f"{shard}: tensor {name!r} has dtype {t.dtype} (allowed: {rules.allowed_dtypes})"
-                )
+                raise Reject("dtype", f"{shard}: tensor {name!r} has dtype {t.dtype} (allowed: {rules.allowed_dtypes})")
             parts = name.split(".")
             if QUANT_MARKERS & set(parts) or any("quant_state" in p for p in parts):
-                raise _Reject("quantization", f"{shard}: tensor {name!r} is a quantization marker")
+                raise Reject("quantization", f"{shard}: tensor {name!r} is a quantization marker")
             if name.endswith(("embed_tokens.weight", "lm_head.weight")) and (
                 len(t.shape) != 2 or t.shape[0] != teacher.vocab_size
             ):
-                raise _Reject("embedding", f"{name!r} has shape {list(t.shape)}; expected [{teacher.vocab_size}, H]")
+                raise Reject("embedding", f"{name!r} has shape {list(t.shape)}; expected [{teacher.vocab_size}, H]")
             params += t.numel
             dtypes.add(t.dtype)
     if not any(n.endswith("embed_tokens.weight") for n in seen):
-        raise _Reject("embedding", "no embed_tokens.weight tensor found")
+        raise Reject("embedding", "no embed_tokens.weight tensor found")
     if params > rules.max_params:
-        raise _Reject("params", f"{params:,} parameters across all shards exceed the limit of {rules.max_params:,}")
+        raise Reject("params", f"{params:,} parameters across all shards exceed the limit of {rules.max_params:,}")
     return params, sorted(dtypes)

@@ -162,7 +162,7 @@ def _rewrite(src: Path, out: Path, edit: Callable[[Any], None], **save: Any) -> 
 
 
 def _copy_tokenizer_files(src: Path, out: Path) -> None:
-    from eval.admission import TOKENIZER_FILES
+    from eval.repo_policy import TOKENIZER_FILES
 
     for name in sorted(TOKENIZER_FILES):
         if (src / name).is_file():

@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from eval.admission import TOKENIZER_FILES  # admission compares these byte for byte
 from eval.fineweb import FineWebSource
 from eval.prompts import LocalCorpus, sample_prompts
+from eval.repo_policy import TOKENIZER_FILES  # admission compares these byte for byte
 from eval.rules import DEFAULT_RULES, ContestRules
 from eval.schemas import MAX_PROMPTS_PER_JOB
 from eval.scoring import free_model, load_causal_lm, load_tokenizer, score_student

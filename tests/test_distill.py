@@ -18,10 +18,11 @@ import torch
 from safetensors.torch import load_file
 
 import miner
-from eval.admission import OTHER_ALLOWED, SHARD_RE, TOKENIZER_FILES, Admitted, TeacherSpec, check_model
+from eval.admission import Admitted, TeacherSpec, check_model
 from eval.kl import kl_per_position
 from eval.model_store.local import LocalHub
 from eval.prompts import LocalCorpus, sample_prompts
+from eval.repo_policy import OTHER_ALLOWED, SHARD_RE, TOKENIZER_FILES
 from eval.rules import DEFAULT_RULES, ContestRules
 from eval.scoring import free_model, load_causal_lm, load_tokenizer, score_student
 from eval.teacher import run_teacher
