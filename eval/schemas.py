@@ -7,6 +7,7 @@ rejected, sizes are bounded and NaN/inf cannot pass (LESSONS 26).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -40,6 +41,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
+@functools.total_ordering
 @dataclass(frozen=True, slots=True, eq=True)
 class SubmissionId:
     """Who submitted, and when: the only identity of a submission (never the uid, LESSONS 1, 17).
@@ -75,21 +77,6 @@ class SubmissionId:
         if not isinstance(other, SubmissionId):
             return NotImplemented
         return self.seniority < other.seniority
-
-    def __le__(self, other: object) -> bool:
-        if not isinstance(other, SubmissionId):
-            return NotImplemented
-        return self.seniority <= other.seniority
-
-    def __gt__(self, other: object) -> bool:
-        if not isinstance(other, SubmissionId):
-            return NotImplemented
-        return self.seniority > other.seniority
-
-    def __ge__(self, other: object) -> bool:
-        if not isinstance(other, SubmissionId):
-            return NotImplemented
-        return self.seniority >= other.seniority
 
     @classmethod
     def parse(cls, text: str) -> SubmissionId:
