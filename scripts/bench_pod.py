@@ -26,7 +26,7 @@ import httpx
 from eval.downloads import DiskLimits
 from eval.rules import ContestRules
 from eval.schemas import EvalResult, JobProgress, JobStatus
-from scripts.pod_fixtures import build_hub, free_port, hub_job, make_wallet
+from scripts.pod_fixtures import build_hub, free_port, hub_job, make_wallet, pod_args
 from validator.local_pod import LocalPod
 from validator.pod_client import HttpPod
 
@@ -87,23 +87,7 @@ def main() -> int:
 
     # HTTP path: a real pod subprocess, signed calls, polling.
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "validator.pod",
-        "--port",
-        str(port),
-        "--allow-hotkey",
-        wallet.hotkey.ss58_address,
-        "--workdir",
-        str(tmp / "pod"),
-        "--hub",
-        str(store.root),
-        "--device",
-        "cpu",
-        "--min-free-gb",
-        "0",
-    ]
+    cmd = [sys.executable, *pod_args(port, wallet.hotkey.ss58_address, store.root, tmp / "pod")]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )

@@ -29,6 +29,7 @@ import httpx
 
 from scripts.demo_cast import NETUID, ROOT, Recipe, build_cast, publish_dir
 from scripts.demo_report import api_get, check_outcomes, leaderboard
+from scripts.pod_fixtures import pod_args
 
 DEMO_SEED = b"klhill-demo"  # fixed hash-chain seed: the block hashes (round seeds) are the same on every run
 TEACHER = "demo/teacher"
@@ -65,49 +66,20 @@ class Entry:
     of: str = "strong"  # the cast member a copy copies, a loser loses to, a marginal challenger nearly beats
 
 
-CAST: tuple[Entry, ...] = (
-    Entry(
-        "strong", "strong", "alice/strong", 1, expect="king after epoch 1, dethroned in epoch 2", outcome="dethroned"
-    ),
-    Entry("weak", "weak", "bob/weak", 1, expect="evaluated, loses to strong", outcome="loses"),
-    Entry(
-        "copy", "strong", "carol/strong-copy", 1, expect="COPY (metadata hash) of strong", outcome="COPY:metadata_hash"
-    ),
-    Entry(
-        "resharded",
-        "resharded",
-        "dave/resharded",
-        1,
-        expect="COPY (content hash) of strong",
-        outcome="COPY:content_hash",
-    ),
-    Entry("perturbed", "perturbed", "erin/perturbed", 1, expect="FUNCTIONAL_COPY of strong", outcome="FUNCTIONAL_COPY"),
-    Entry(
-        "invalid",
-        "invalid",
-        "frank/with-code",
-        1,
-        via_chain=True,
-        expect="INVALID (ships a .py file)",
-        outcome="INVALID",
-    ),
-    Entry("better", "better", "grace/better", 2, expect="dethrones strong", outcome="king"),
-    Entry(
-        "marginal",
-        "marginal",
-        "heidi/marginal",
-        2,
-        expect="better by less than epsilon: no dethrone",
-        outcome="marginal",
-    ),
-    Entry(
-        "looper",
-        "looper",
-        "ivan/looper",
-        2,
-        expect="beats strong on KL, stopped by the on-policy guard (loops)",
-        outcome="guarded",
-    ),
+# name, model, repo, epoch, outcome, expectation; "invalid" is written to the chain directly (``via_chain``)
+CAST: tuple[Entry, ...] = tuple(
+    Entry(name, model, repo, epoch, via_chain=name == "invalid", expect=expect, outcome=outcome)
+    for name, model, repo, epoch, outcome, expect in (
+        ("strong", "strong", "alice/strong", 1, "dethroned", "king after epoch 1, dethroned in epoch 2"),
+        ("weak", "weak", "bob/weak", 1, "loses", "evaluated, loses to strong"),
+        ("copy", "strong", "carol/strong-copy", 1, "COPY:metadata_hash", "COPY (metadata hash) of strong"),
+        ("resharded", "resharded", "dave/resharded", 1, "COPY:content_hash", "COPY (content hash) of strong"),
+        ("perturbed", "perturbed", "erin/perturbed", 1, "FUNCTIONAL_COPY", "FUNCTIONAL_COPY of strong"),
+        ("invalid", "invalid", "frank/with-code", 1, "INVALID", "INVALID (ships a .py file)"),
+        ("better", "better", "grace/better", 2, "king", "dethrones strong"),
+        ("marginal", "marginal", "heidi/marginal", 2, "marginal", "better by less than epsilon: no dethrone"),
+        ("looper", "looper", "ivan/looper", 2, "guarded", "beats strong on KL, stopped by the on-policy guard (loops)"),
+    )
 )
 
 
@@ -230,28 +202,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: floa
 
 def start_pod(d: Demo, port: int = 0) -> None:
     port = port or free_port()
-    d.procs["pod"] = _spawn(
-        d,
-        "pod",
-        [
-            "-m",
-            "validator.pod",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--allow-hotkey",
-            d.hotkeys["validator"],
-            "--hub",
-            str(d.hub),
-            "--device",
-            "cpu",
-            "--workdir",
-            str(d.state / "pod"),
-            "--min-free-gb",
-            "0",
-        ],
-    )
+    d.procs["pod"] = _spawn(d, "pod", pod_args(port, d.hotkeys["validator"], d.hub, d.state / "pod"))
     d.pod_url = f"http://127.0.0.1:{port}"
     _wait_http(f"{d.pod_url}/health", d.procs["pod"], "the pod service")
     d.log(f"== pod service on {d.pod_url} (only the validator hotkey is obeyed; jobs are signed)")
@@ -290,33 +241,19 @@ def miner_commit(d: Demo, e: Entry) -> None:
             c.close()
         d.log(f"   {e.name:<10} {e.repo}@{rev[:8]} written to the chain at block {block} (miner.py refuses it)")
     else:
-        argv = [
-            "miner.py",
-            "commit",
-            "--network",
-            "sim",
-            "--sim-db",
-            str(d.sim_db),
-            "--netuid",
-            str(NETUID),
-            "--wallet-name",
-            e.name,
-            "--hotkey-name",
-            "default",
-            "--wallet-path",
-            str(d.wallet_path),
-            "--model-repo",
-            e.repo,
-            "--revision",
-            rev,
-            "--hub-dir",
-            str(d.hub),
-            "--teacher",
-            f"{TEACHER}@{d.revs[TEACHER]}",
-            "--yes",
-            "--poll-interval",
-            "0.2",
-        ]
+        argv = ["miner.py", "commit", "--yes"] + flags(
+            network="sim",
+            sim_db=d.sim_db,
+            netuid=NETUID,
+            wallet_name=e.name,
+            hotkey_name="default",
+            wallet_path=d.wallet_path,
+            model_repo=e.repo,
+            revision=rev,
+            hub_dir=d.hub,
+            teacher=f"{TEACHER}@{d.revs[TEACHER]}",
+            poll_interval=0.2,
+        )
         out = subprocess.run(
             [sys.executable, *argv], cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300
         )
@@ -326,39 +263,27 @@ def miner_commit(d: Demo, e: Entry) -> None:
     d.sim.advance(1)  # one commitment per block: ownership is decided by commit order
 
 
+def flags(**values: object) -> list[str]:
+    """Command-line pairs from keywords: ``sim_db=path`` -> ``--sim-db path``."""
+    return [arg for name, value in values.items() for arg in (f"--{name.replace('_', '-')}", str(value))]
+
+
 def validator_argv(d: Demo, *extra: str) -> list[str]:
-    return [
-        "-m",
-        "validator",
-        "run",
-        "--network",
-        "sim",
-        "--sim-db",
-        str(d.sim_db),
-        "--netuid",
-        str(NETUID),
-        "--wallet-name",
-        "validator",
-        "--hotkey-name",
-        "default",
-        "--wallet-path",
-        str(d.wallet_path),
-        "--db",
-        str(d.db),
-        "--pod",
-        d.pod_url,
-        "--hub-dir",
-        str(d.hub),
-        "--corpus",
-        "builtin",
-        "--rules",
-        str(d.rules_path),
-        "--epoch-blocks",
-        "1",
-        "--poll-seconds",
-        "0.5",
-        *extra,
-    ]
+    return ["-m", "validator", "run", *extra] + flags(
+        network="sim",
+        sim_db=d.sim_db,
+        netuid=NETUID,
+        wallet_name="validator",
+        hotkey_name="default",
+        wallet_path=d.wallet_path,
+        db=d.db,
+        pod=d.pod_url,
+        hub_dir=d.hub,
+        corpus="builtin",
+        rules=d.rules_path,
+        epoch_blocks=1,
+        poll_seconds=0.5,
+    )
 
 
 def run_epoch(d: Demo, timeout: float = 600.0) -> None:

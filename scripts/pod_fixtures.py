@@ -27,6 +27,12 @@ RULES = ContestRules(
 )
 
 
+def pod_args(port: int, allow_hotkey: str, hub: Path, workdir: Path) -> list[str]:
+    """Arguments after ``python`` for a local CPU pod serving ``hub`` (the demo, benchmarks and tests alike)."""
+    fixed = f"-m validator.pod --host 127.0.0.1 --port {port} --device cpu --min-free-gb 0".split()
+    return [*fixed, "--allow-hotkey", allow_hotkey, "--hub", str(hub), "--workdir", str(workdir)]
+
+
 def make_wallet(root: Path, name: str) -> bt.Wallet:
     """A throwaway wallet with a real sr25519 hotkey (no password) under ``root``."""
     wallet = bt.Wallet(name=name, hotkey="default", path=str(root))

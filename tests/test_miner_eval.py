@@ -84,6 +84,13 @@ def run_json(capsys, *argv: str) -> tuple[int, dict]:
     return code, json.loads(lines[0])
 
 
+def local_args(setup, block_hash: str | None = BLOCK_HASH) -> list[str]:
+    """The flags the estimates here share: the round's block hash (None: a fresh one), the rules, corpus and hub."""
+    rules, hub = str(setup["rules_path"]), str(setup["hub"].root)
+    pinned = ["--block-hash", block_hash] if block_hash is not None else []
+    return [*pinned, "--rules", rules, "--corpus", "builtin", "--hub-dir", hub]
+
+
 def round_kl(setup, hotkey: str, block: int) -> list[float]:
     return list(setup["round"][f"{hotkey}:{block}"].prompt_kl)
 
@@ -96,14 +103,7 @@ def test_hub_refs_reproduce_the_round_and_decision(setup, capsys):
         f"miner/challenger@{r['challenger']}",
         "--against",
         f"miner/king@{r['king']}",
-        "--block-hash",
-        BLOCK_HASH,
-        "--rules",
-        str(setup["rules_path"]),
-        "--corpus",
-        "builtin",
-        "--hub-dir",
-        str(setup["hub"].root),
+        *local_args(setup),
     )
     assert code == 0 and doc["block_hash"] == BLOCK_HASH and doc["prompts"] == 3
     assert doc["against"]["status"] == "ok" and all(x > 1e-3 for x in doc["against"]["prompt_kl"])
@@ -151,14 +151,7 @@ def test_fewer_prompts_and_shorter_continuations_are_a_prefix_of_the_round(setup
         f"miner/king@{r['king']}",
         "--prompts",
         "2",
-        "--block-hash",
-        BLOCK_HASH,
-        "--rules",
-        str(setup["rules_path"]),
-        "--corpus",
-        "builtin",
-        "--hub-dir",
-        str(setup["hub"].root),
+        *local_args(setup),
     )
     assert code == 0
     assert doc["model"]["prompt_kl"] == pytest.approx(round_kl(setup, KING_HOTKEY, 10)[:2], abs=1e-4)
@@ -170,12 +163,7 @@ def test_fewer_prompts_and_shorter_continuations_are_a_prefix_of_the_round(setup
         "2",
         "--max-new-tokens",
         "3",
-        "--rules",
-        str(setup["rules_path"]),
-        "--corpus",
-        "builtin",
-        "--hub-dir",
-        str(setup["hub"].root),
+        *local_args(setup, block_hash=None),
     )
     assert code == 0 and all(n <= 3 for n in doc["teacher"]["continuation_tokens"])
     assert doc["block_hash"] != BLOCK_HASH  # a fresh random hash, reported for reproduction
@@ -184,12 +172,7 @@ def test_fewer_prompts_and_shorter_continuations_are_a_prefix_of_the_round(setup
 def test_human_output_and_usage_errors(setup, capsys):
     r = setup["revs"]
     common = [
-        "--rules",
-        str(setup["rules_path"]),
-        "--corpus",
-        "builtin",
-        "--hub-dir",
-        str(setup["hub"].root),
+        *local_args(setup, block_hash=None),
         "--device",
         "cpu",
         "--prompts",

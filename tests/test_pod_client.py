@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scripts.pod_fixtures import build_hub, free_port, hub_job, make_job, make_wallet
+from scripts.pod_fixtures import build_hub, free_port, hub_job, make_job, make_wallet, pod_args
 from tests.pod_helpers import ScriptedRunner, scripted_pod, serve
 from validator.pod.server import PodSettings, create_app
 from validator.pod_client import HttpPod
@@ -95,23 +95,7 @@ def test_dead_pod_reported_down_and_pool_fails_over(tmp_path, wallets):
 
 # --- the real service as a process: signed end to end, SIGKILL mid-job, restart --
 def start_pod(workdir: Path, hub_root: Path, port: int, hotkey: str) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "validator.pod",
-        "--port",
-        str(port),
-        "--allow-hotkey",
-        hotkey,
-        "--workdir",
-        str(workdir),
-        "--hub",
-        str(hub_root),
-        "--device",
-        "cpu",
-        "--min-free-gb",
-        "0",
-    ]
+    cmd = [sys.executable, *pod_args(port, hotkey, hub_root, workdir)]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

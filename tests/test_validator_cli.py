@@ -17,6 +17,7 @@ import httpx
 import pytest
 from fixtures_contest import make_world
 
+from scripts.pod_fixtures import pod_args
 from validator.__main__ import JsonFormatter
 from validator.settings import parse_args
 from validator.store.database import Store
@@ -109,23 +110,7 @@ def test_once_against_a_real_pod_service(tmp_path, contest_hub):
         world.commit(name, repo)
     port = _port()
     pod = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "validator.pod",
-            "--port",
-            str(port),
-            "--allow-hotkey",
-            world.validator_hotkey,
-            "--hub",
-            str(world.hub_root),
-            "--device",
-            "cpu",
-            "--workdir",
-            str(tmp_path / "podwork"),
-            "--min-free-gb",
-            "0",
-        ],
+        [sys.executable, *pod_args(port, world.validator_hotkey, world.hub_root, tmp_path / "podwork")],
         env=_env(),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
