@@ -48,7 +48,7 @@ class ContestRules(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    version: int = Field(3, ge=1, description="Bumped whenever a scoring rule changes.")
+    version: int = Field(4, ge=1, description="Bumped whenever a scoring rule changes.")
 
     # Teacher and vocabulary.
     teacher_repo: str = Field("Qwen/Qwen3.5-35B-A3B", min_length=3, max_length=96)
@@ -95,10 +95,24 @@ class ContestRules(BaseModel):
         0.02, gt=0.0, description="Mean abs log-prob distance below which two models are one model."
     )
 
-    # Round planning.
-    max_challengers_per_round: int = Field(4, ge=1, le=64)
-    max_queued_per_coldkey: int = Field(2, ge=1)
-    coronation_candidates: int = Field(3, ge=1, le=64)
+    # Round planning: the shared schedule (rules v4, docs/decisions.md "One schedule for every validator").
+    # Slot s covers blocks [s*R, (s+1)*R) and is judged on prompts seeded by the final hash of block s*R;
+    # a commitment made at block c enters the first slot starting at or after c + L.
+    round_interval_blocks: int = Field(
+        150, ge=1, le=100_000, description="R: blocks per round slot (150 x 12 s = 30 min on subtensor)."
+    )
+    commit_lag_blocks: int = Field(
+        50, ge=0, le=100_000, description="L: blocks between a commitment and the first slot that may judge it."
+    )
+    max_challengers_per_round: int = Field(4, ge=1, le=64, description="Challengers one slot judges at most.")
+    max_queued_per_coldkey: int = Field(2, ge=1, description="Challengers of one coldkey in one slot at most.")
+    coronation_candidates: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Models a coronation (no king) re-scores at most: the newest live submissions of the slot "
+        "and before, at most max_queued_per_coldkey per coldkey.",
+    )
 
     # --- The prompt dataset, pinned (rules v2) ----------------------------------------------------
     # Prompts must not change when the dataset is republished: every file is read at this commit,

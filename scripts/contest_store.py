@@ -1,7 +1,8 @@
 """Build a realistic validator store with the real validator code (for the API benchmark and the API tests).
 
 Nothing here writes rows by hand: submissions come from SimChain commitments through
-``contest.new_submissions``, rounds are planned with ``contest.plan_round``, results are
+``contest.new_submissions``, placed in the shared schedule by ``schedule.assign_slots``, each slot's
+round is planned with ``contest.plan_slot``, results are
 constructed ``EvalResult``s interpreted by ``verdicts.interpret_result`` and recorded with
 the ``Store`` write methods, metagraph snapshots are SimChain neurons.
 """
@@ -29,8 +30,9 @@ from eval.schemas import EvalResult, ModelRef, ModelResult, OnPolicyPrompt, Subm
 from scripts.pod_fixtures import free_port, trim_onpolicy
 from validator.admit import record_attempt
 from validator.chain.sim import SimChain
-from validator.contest import Candidate, commitment_disqualifications, new_submissions, plan_round
+from validator.contest import Candidate, commitment_disqualifications, new_submissions, plan_slot
 from validator.rounds import record_outcome
+from validator.schedule import Entry, assign_slots, slot_start
 from validator.store.database import Store
 from validator.verdicts import interpret_result
 
@@ -186,30 +188,41 @@ def build_store(
         hashes[s.key] = hashlib.sha256(s.key.hotkey.encode()).hexdigest()
         if kind[s.key] == "high":
             quality[s.key] = rules.max_kl * 1.5
+        if kind[s.key] == "loops":  # a looper wins on KL (teacher text) and loses on its own: the guard's case
+            quality[s.key] *= 0.7
     # one exact copy of an earlier model, re-committed later under another hotkey
     keys = sorted(quality, key=lambda k: (k.commit_block, k.hotkey))
     if len(keys) > 4:
         hashes[keys[-1]] = hashes[keys[1]]
         kind[keys[-1]] = "ok"
     registered = [n.hotkey for n in chain.neurons()]
+    entries = store.schedule_entries()
+    placed = assign_slots([Entry(e.key, e.coldkey) for e in entries], rules)
+    store.assign_slots(placed)
+    slots = iter(sorted(set(placed.values())))
+    slot = next(slots, None)
     done: list[int] = []
     failed: list[int] = []
     total = 0
     planned_rounds = 0
-    while True:
+    while slot is not None:
         king_row = store.current_king()
         cands = store.candidates(registered)
         king = next((c for c in cands if king_row and c.key == king_row.key), None)
-        plan = plan_round(king, cands, rules)
+        plan = plan_slot(slot, king, cands, rules, crown=king is None)
         if plan.kind == "none":
-            break
+            slot = next(slots, None)
+            continue
         planned_rounds += 1
-        head = chain.advance(25)
+        start = slot_start(slot, rules)
+        chain.advance(max(0, start - chain.head().number))
+        chain.advance(2)  # past the slot's first block, so it is final
         clock.now += 300.0
-        prompt_shas = [hashlib.sha256(f"{head.hash}:{i}".encode()).hexdigest() for i in range(prompts)]
+        seed = chain.block_hash(start)
+        prompt_shas = [hashlib.sha256(f"{seed}:{i}".encode()).hexdigest() for i in range(prompts)]
         models = [c.key for c in plan.models]
         kingkey = plan.king.key if plan.king else None
-        rid = store.create_round(plan.kind, head.number, head.hash, prompt_shas, rules, models, kingkey)
+        rid = store.create_round(plan.kind, start, seed, prompt_shas, rules, models, kingkey, slot=slot)
         store.mark_dispatched(rid, "http://127.0.0.1:8091", f"job-{rid}")
         total += 1
         if (
@@ -224,10 +237,10 @@ def build_store(
         models = [_model_result(c, quality, kind, rules, rng, hashes) for c in plan.models]
         king_ref = f"{plan.king.hotkey}:{plan.king.commit_block}" if plan.king is not None else None
         models = trim_onpolicy(models, king_ref, rules, rules.prompts_per_round)
-        result = _result(f"job-{rid}", head.hash, rules, models)
+        result = _result(f"job-{rid}", seed, rules, models)
         out = interpret_result(plan, result, rules, store.known_fingerprints(), store.known_content_hashes())
         clock.now += 600.0
-        record_outcome(store, rid, out, result, head.number + 1)
+        record_outcome(store, rid, out, result, start)
         done.append(rid)
         _set_weights(chain, store, validator, out.new_king, clock)
         if progress:

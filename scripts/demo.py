@@ -3,11 +3,14 @@
     python -m scripts.demo [--once] [--state state/demo] [--api-port 8080]
 
 Builds (or reuses) the cast of models, publishes it into a local hub, creates
-wallets, starts a SimChain, registers everyone, starts the pod service on
-loopback, has each miner commit through ``miner.py commit``, runs validator
-epochs with ``python -m validator run --once``, serves the API + dashboard and
-prints the leaderboard read back from the API. Each function does one step so
-the end-to-end tests can drive a reduced cast with the same code.
+wallets, starts a SimChain, registers everyone, starts one pod service per
+validator on loopback, has each miner commit through ``miner.py commit``, and
+once the slot the commitments entered has begun runs every validator (two by
+default, ``--validators N``) with ``python -m validator run --once``, one block
+after the other. It serves the first validator's store through the API +
+dashboard and prints the leaderboard read back from the API and each
+validator's king per slot. Each function does one step so the end-to-end tests
+can drive a reduced cast with the same code.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from typing import Any
 import httpx
 
 from scripts.demo_cast import NETUID, ROOT, Recipe, build_cast, publish_dir
-from scripts.demo_report import api_get, check_outcomes, leaderboard
+from scripts.demo_report import agreement_table, api_get, check_outcomes, leaderboard
 from scripts.pod_fixtures import pod_args
 
 DEMO_SEED = b"klhill-demo"  # fixed hash-chain seed: the block hashes (round seeds) are the same on every run
 TEACHER = "demo/teacher"
+# The shared schedule, short enough for a demo: a slot every 10 blocks, commitments enter 2 blocks later.
+DEMO_SCHEDULE: dict[str, Any] = {"round_interval_blocks": 10, "commit_lag_blocks": 2}
 DEMO_RULES: dict[str, Any] = {
     "teacher_repo": TEACHER,
     "vocab_size": 512,
@@ -90,6 +95,8 @@ class Demo:
     state: Path
     recipe: Recipe
     cast: tuple[Entry, ...] = CAST
+    validators: int = 2
+    overrides: dict[str, Any] = field(default_factory=dict)  # rules on top of the recipe's (they build no model)
     log: Callable[[str], None] = print
     cache: Path | None = None  # where built models live (default: <state>/cast)
     dirs: dict[str, Path] = field(default_factory=dict)
@@ -98,14 +105,28 @@ class Demo:
     hotkeys: dict[str, str] = field(default_factory=dict)
     sim: Any = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    pod_url: str = ""
+    pod_url: str = ""  # the first validator's pod
+    pod_urls: dict[str, str] = field(default_factory=dict)
     api_url: str = ""
 
     hub = property(lambda self: self.state / "hub")
     sim_db = property(lambda self: self.state / "simchain.db")
-    db = property(lambda self: self.state / "validator.db")
+    db = property(lambda self: self.state / "validator.db")  # the first validator's store: the API serves it
     wallet_path = property(lambda self: self.state / "wallets")
     rules_path = property(lambda self: self.state / "rules.json")
+
+    @property
+    def validator_names(self) -> list[str]:
+        """``validator``, ``validator-2``, ...: one wallet, store and pod each."""
+        return ["validator", *(f"validator-{i}" for i in range(2, self.validators + 1))]
+
+    def db_of(self, name: str) -> Path:
+        return self.db if name == "validator" else self.state / f"{name}.db"
+
+    @property
+    def rules(self) -> dict[str, Any]:
+        """The contest's rules: the recipe's (which name the built cast) over the demo's schedule, then overrides."""
+        return {**DEMO_SCHEDULE, **self.recipe.rules, **self.overrides}
 
 
 def child_env() -> dict[str, str]:
@@ -125,10 +146,10 @@ def free_port(preferred: int = 0) -> int:
 
 def reset(d: Demo) -> None:
     """A fresh chain, store, hub and pod scratch; the built cast and the wallets are kept."""
-    for path in (d.sim_db, d.db):
+    for path in (d.sim_db, *d.state.glob("validator*.db")):
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
-    for sub in ("hub", "pod", "logs"):
+    for sub in ("hub", "pod", "logs", *(f"pod-{n}" for n in d.validator_names)):
         shutil.rmtree(d.state / sub, ignore_errors=True)
     (d.state / "logs").mkdir(parents=True)
 
@@ -147,7 +168,7 @@ def publish(d: Demo) -> None:
     d.revs[TEACHER] = publish_dir(hub, TEACHER, d.dirs["teacher"])
     for e in d.cast:
         d.revs[e.repo] = publish_dir(hub, e.repo, d.dirs[e.model])
-    d.rules_path.write_text(ContestRules.model_validate(d.recipe.rules).to_json())
+    d.rules_path.write_text(ContestRules.model_validate(d.rules).to_json())
     d.log(f"== published teacher + {len(d.cast)} models into the local hub {d.hub}")
 
 
@@ -157,7 +178,7 @@ def wallets(d: Demo) -> None:
 
     from validator.chain.wallets import create_test_wallet
 
-    for name in ["validator", *(e.name for e in d.cast)]:
+    for name in [*d.validator_names, *(e.name for e in d.cast)]:
         w = bt.Wallet(name=name, hotkey="default", path=str(d.wallet_path))
         if not w.hotkey_file.exists_on_device() or not w.coldkeypub_file.exists_on_device():
             w = create_test_wallet(d.wallet_path, name=name)
@@ -173,12 +194,16 @@ def chain(d: Demo) -> None:
     d.sim = SimChain(
         d.sim_db, NETUID, block_time=86400.0, hotkey=d.hotkeys["validator"], weights_rate_limit=1, seed=DEMO_SEED
     )
-    v = d.wallets["validator"]
-    d.sim.register(d.hotkeys["validator"], str(v.coldkeypub.ss58_address), stake=1000.0, validator_permit=True)
+    for name in d.validator_names:
+        cold = str(d.wallets[name].coldkeypub.ss58_address)
+        d.sim.register(d.hotkeys[name], cold, stake=1000.0, validator_permit=True)
     for e in d.cast:
         d.sim.register(d.hotkeys[e.name], str(d.wallets[e.name].coldkeypub.ss58_address))
     d.sim.advance(10)
-    d.log(f"== SimChain at {d.sim_db}: validator (permit) + {len(d.cast)} miners, block {d.sim.head().number}")
+    d.log(
+        f"== SimChain at {d.sim_db}: {d.validators} validator(s) (permit, equal stake) + {len(d.cast)} miners,"
+        f" block {d.sim.head().number}"
+    )
 
 
 def _spawn(d: Demo, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
@@ -200,12 +225,22 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: floa
     raise RuntimeError(f"{what} did not answer {url} within {timeout:.0f}s")
 
 
-def start_pod(d: Demo, port: int = 0) -> None:
+def start_pod(d: Demo, port: int = 0, validator: str = "validator") -> None:
+    """The pod service of one validator (process ``pod`` for the first, ``pod-<name>`` for the others)."""
     port = port or free_port()
-    d.procs["pod"] = _spawn(d, "pod", pod_args(port, d.hotkeys["validator"], d.hub, d.state / "pod"))
-    d.pod_url = f"http://127.0.0.1:{port}"
-    _wait_http(f"{d.pod_url}/health", d.procs["pod"], "the pod service")
-    d.log(f"== pod service on {d.pod_url} (only the validator hotkey is obeyed; jobs are signed)")
+    proc = "pod" if validator == "validator" else f"pod-{validator}"
+    workdir = d.state / ("pod" if validator == "validator" else f"pod-{validator}")
+    d.procs[proc] = _spawn(d, proc, pod_args(port, d.hotkeys[validator], d.hub, workdir))
+    d.pod_urls[validator] = url = f"http://127.0.0.1:{port}"
+    if validator == "validator":
+        d.pod_url = url
+    _wait_http(f"{url}/health", d.procs[proc], "the pod service")
+    d.log(f"== pod service on {url} (only {validator}'s hotkey is obeyed; jobs are signed)")
+
+
+def start_pods(d: Demo) -> None:
+    for name in d.validator_names:
+        start_pod(d, validator=name)
 
 
 def start_api(d: Demo, port: int = 0) -> None:
@@ -268,16 +303,17 @@ def flags(**values: object) -> list[str]:
     return [arg for name, value in values.items() for arg in (f"--{name.replace('_', '-')}", str(value))]
 
 
-def validator_argv(d: Demo, *extra: str) -> list[str]:
-    return ["-m", "validator", "run", *extra] + flags(
+def validator_argv(d: Demo, *extra: str, name: str = "validator", local_pod: bool = False) -> list[str]:
+    """``python -m validator run`` for validator ``name``: its pod service, or ``local_pod`` (in process)."""
+    pod = ["--local-pod", "--workdir", str(d.state / f"local-pod-{name}")] if local_pod else ["--pod", d.pod_urls[name]]
+    return ["-m", "validator", "run", *extra, *pod] + flags(
         network="sim",
         sim_db=d.sim_db,
         netuid=NETUID,
-        wallet_name="validator",
+        wallet_name=name,
         hotkey_name="default",
         wallet_path=d.wallet_path,
-        db=d.db,
-        pod=d.pod_url,
+        db=d.db_of(name),
         hub_dir=d.hub,
         corpus="builtin",
         rules=d.rules_path,
@@ -286,11 +322,11 @@ def validator_argv(d: Demo, *extra: str) -> list[str]:
     )
 
 
-def run_epoch(d: Demo, timeout: float = 600.0) -> None:
-    """One ``python -m validator run --once``; its log lines are echoed as progress."""
+def run_epoch(d: Demo, timeout: float = 600.0, name: str = "validator") -> None:
+    """One ``python -m validator run --once`` of validator ``name``; its log lines are echoed as progress."""
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, *validator_argv(d, "--once")],
+        [sys.executable, *validator_argv(d, "--once", name=name)],
         cwd=ROOT,
         env=child_env(),
         stdout=subprocess.PIPE,
@@ -299,27 +335,41 @@ def run_epoch(d: Demo, timeout: float = 600.0) -> None:
     )
     d.procs["epoch"] = proc  # type: ignore[assignment]  # stopped by the caller's cleanup if interrupted
     assert proc.stdout is not None
-    with open(d.state / "logs" / "validator.log", "a") as logf:
+    with open(d.state / "logs" / f"{name}.log", "a") as logf:
         for line in proc.stdout:
             logf.write(line)
-            if " validator" in line or "round" in line or "weights" in line:
-                d.log("   | " + line.rstrip().split(": ", 1)[-1][:150])
+            if " validator" in line or "round" in line or "weights" in line or "slot" in line:
+                d.log(f"   {name} | " + line.rstrip().split(": ", 1)[-1][:140])
     rc = proc.wait(timeout)
     d.procs.pop("epoch", None)
     if rc != 0:
-        raise RuntimeError(f"validator epoch failed with status {rc}; see {d.state / 'logs' / 'validator.log'}")
-    d.sim.advance(2)
-    d.log(f"   epoch done in {time.monotonic() - t0:.0f}s")
+        raise RuntimeError(f"{name} epoch failed with status {rc}; see {d.state / 'logs' / f'{name}.log'}")
+    d.log(f"   {name} done in {time.monotonic() - t0:.0f}s")
+
+
+def to_next_slot(d: Demo) -> int:
+    """Advance the chain until the slot the latest commitment entered has begun and its first block is final."""
+    from eval.rules import ContestRules
+    from validator.schedule import entry_slot, slot_start
+
+    rules = ContestRules.model_validate(d.rules)
+    head = d.sim.head().number
+    slot = entry_slot(head - 1, rules)  # the newest commitment landed at head - 1 (each commit moves one block)
+    d.sim.advance(max(0, slot_start(slot, rules) + 1 - head))  # SimChain: the block before the head is final
+    return slot
 
 
 def contest(d: Demo) -> None:
-    """Commit the cast epoch by epoch, running one validator epoch after each batch."""
+    """Commit the cast epoch by epoch; once their slot begins, run every validator, one block after the other."""
     for epoch in sorted({e.epoch for e in d.cast}):
         d.log(f"== epoch {epoch}: commits")
         for e in (e for e in d.cast if e.epoch == epoch):
             miner_commit(d, e)
-        d.log(f"== epoch {epoch}: validator (sync, admission, round on the pod, weights)")
-        run_epoch(d)
+        slot = to_next_slot(d)
+        d.log(f"== slot {slot} begins at block {d.sim.head().number - 1}: each validator syncs, admits, judges it")
+        for name in d.validator_names:
+            run_epoch(d, name=name)
+            d.sim.advance(1)  # the next validator's head is one block later: the same slot, the same round
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -327,6 +377,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--once", action="store_true", help="exit after printing the leaderboard")
     p.add_argument("--state", type=Path, default=ROOT / "state" / "demo")
     p.add_argument("--api-port", type=int, default=8080, help="preferred API port (a free one if taken)")
+    p.add_argument("--validators", type=int, default=2, help="how many validators judge the contest (default 2)")
     return p.parse_args(argv)
 
 
@@ -345,7 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (SIGINT is set explicitly: a shell starts background jobs with it ignored).
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    d = Demo(args.state, Recipe(rules=DEMO_RULES), log=log)
+    if args.validators < 1:
+        raise SystemExit("--validators must be at least 1")
+    d = Demo(args.state, Recipe(rules=DEMO_RULES), validators=args.validators, log=log)
     d.state.mkdir(parents=True, exist_ok=True)
     failed, checked = False, False
     try:
@@ -354,11 +407,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         publish(d)
         wallets(d)
         chain(d)
-        start_pod(d)
+        start_pods(d)
         contest(d)
         start_api(d, args.api_port)
         scores, dqs = api_get(d, "/api/scores"), api_get(d, "/api/disqualifications")
         print(leaderboard(d, scores, dqs), flush=True)
+        print(agreement_table(d), flush=True)
         n_failed, report = check_outcomes(d, scores, dqs)
         failed, checked = n_failed > 0, True
         print("\n".join(report), flush=True)
@@ -368,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt as exc:
-        log(f"{exc or 'SIGINT'}: stopping the pod, API and validator")
+        log(f"{exc or 'SIGINT'}: stopping the pods, API and validators")
     finally:
         for name in list(d.procs):
             stop(d, name)

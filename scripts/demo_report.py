@@ -175,14 +175,63 @@ def check_outcomes(d: Demo, scores: dict[str, Any], dqs_page: dict[str, Any]) ->
         f"  {'ok  ' if ok_w else 'FAIL'} {'weights':<10} expected all the weight on the king's uid {uid}"
         f" - got {({u: x for u, x in w.items() if x}) or 'no weights'} on the chain"
     )
+    kings = {name: _last_king(d, name) for name in d.validator_names}
+    agree = len(set(kings.values())) == 1 and all(
+        chain_weights(d, name) == weights for name in d.validator_names if kings[name] is not None
+    )
+    failed += not agree
+    lines.append(
+        f"  {'ok  ' if agree else 'FAIL'} {'agreement':<10} expected all {len(kings)} validator(s) to crown one king"
+        f" and set one weight vector - got {sorted({_name(d, k) for k in kings.values()})}"
+    )
     head = "all outcomes as expected" if not failed else f"{failed} OUTCOME(S) DIFFER FROM THE EXPECTATIONS"
     return failed, [f"expectations: {head}", *lines, *([head] if failed else [])]
 
 
-def chain_weights(d: Demo) -> tuple[list[int], list[float]] | None:
-    """The validator's weight vector as the SimChain recorded it (read-only)."""
+def chain_weights(d: Demo, name: str = "validator") -> tuple[list[int], list[float]] | None:
+    """Validator ``name``'s weight vector as the SimChain recorded it (read-only)."""
     with closing(sqlite3.connect(f"file:{d.sim_db}?mode=ro", uri=True)) as conn:
         row = conn.execute(
-            "SELECT uids, weights FROM weights WHERE netuid = ? AND hotkey = ?", (NETUID, d.hotkeys["validator"])
+            "SELECT uids, weights FROM weights WHERE netuid = ? AND hotkey = ?", (NETUID, d.hotkeys[name])
         ).fetchone()
     return (json.loads(row[0]), json.loads(row[1])) if row else None
+
+
+def slot_records(d: Demo, name: str) -> list[dict[str, Any]]:
+    """Validator ``name``'s slot records (``validator.store`` table ``slots``), oldest first; [] before any."""
+    path = d.db_of(name)
+    if not path.exists():
+        return []
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM slots ORDER BY slot")]
+
+
+def _name(d: Demo, hotkey: str | None) -> str:
+    return next((n for n, hk in d.hotkeys.items() if hk == hotkey), str(hotkey))
+
+
+def _last_king(d: Demo, name: str) -> str | None:
+    done = [r for r in slot_records(d, name) if r["state"] != "open"]
+    return done[-1]["king_hotkey"] if done else None
+
+
+def agreement_table(d: Demo) -> str:
+    """Each validator's king after every slot it judged, and whether the chain's consensus agreed with it."""
+    names = {hk: n for n, hk in d.hotkeys.items()}
+    per = {v: {r["slot"]: r for r in slot_records(d, v) if r["state"] != "open"} for v in d.validator_names}
+    slots = sorted({s for rows in per.values() for s, r in rows.items() if r["state"] == "judged" or r["anchor"]})
+    width = max(20, *(len(v) + 2 for v in d.validator_names))
+    lines = ["", "KINGS PER SLOT (each validator's own store; 'adopted' = taken from the chain's consensus)"]
+    lines.append(f"{'slot':<6}" + "".join(f"{v:<{width}}" for v in d.validator_names) + "all agree")
+    for slot in slots:
+        rows = {v: per[v].get(slot) for v in d.validator_names}
+        kings = {names.get(r["king_hotkey"], "none") for r in rows.values() if r}
+        cells = [
+            "-"
+            if r is None
+            else names.get(r["king_hotkey"], "none") + (" (adopted)" if r["anchor"] == "consensus" else "")
+            for r in rows.values()
+        ]
+        lines.append(f"{slot:<6}" + "".join(f"{c:<{width}}" for c in cells) + ("yes" if len(kings) == 1 else "NO"))
+    return "\n".join(lines)

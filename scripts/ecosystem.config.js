@@ -14,7 +14,7 @@
 //                     URL or URL#POD_HOTKEY: the ss58 the pod runs with (--pod-hotkey); jobs
 //                     are then signed for that pod only, so none can be replayed to another
 //   KLHILL_DB         state database (default state/validator.db)
-//   KLHILL_EXTRA_ARGS extra validator flags, e.g. "--max-challengers 4 --weights-interval 360"
+//   KLHILL_EXTRA_ARGS extra validator flags, e.g. "--weights-interval 360 --log-format json"
 //   KLHILL_API_PORT   API port when KLHILL_WITH_API=1 (default 8080)
 //
 // What PM2 (7.x) really does with these settings, and why each is set:

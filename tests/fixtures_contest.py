@@ -30,6 +30,8 @@ RULES = ContestRules(
     max_kl=50.0,
     prompt_min_chars=40,
     prompt_max_chars=400,
+    round_interval_blocks=1,  # a slot per block, judged as soon as it starts: each test's block is a round
+    commit_lag_blocks=0,
 )
 # name -> seed; "demo/teacher" is the teacher, the rest are students
 MODELS = {TEACHER: 0, "alice/m1": 1, "bob/m2": 2, "carol/m3": 3, "dave/m4": 4}

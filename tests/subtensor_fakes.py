@@ -7,8 +7,9 @@ exception classes injected per call, so the adapter and the loop above it meet w
 meet on finney. State lives in the SimChain: a set is applied, a commit waits for its reveal.
 
 ``faults["name"]`` is a list of exceptions raised (one per call) before the call runs; names are
-the client method (``block``, ``finalized_block``, ``block_info``, ``metagraph``, ``commitments``,
-``commitment``, ``uid``, ``execute``, ``submit_call``, ``connect``) or ``query:<Item>``.
+the client method (``block``, ``finalized_block``, ``block_info``, ``block_hash`` (the hash RPC on the
+SDK's ``Substrate`` backend), ``metagraph``, ``commitments``, ``weights``, ``commitment``, ``uid``,
+``execute``, ``submit_call``, ``connect``) or ``query:<Item>``.
 ``lose_answer`` names writes that land on the chain and then lose their answer. ``delay`` adds
 seconds to a call (a slow success, or a hang). ``calls`` records every call by name.
 """
@@ -63,6 +64,8 @@ class SimClient:
         self.hyperparameters = SimpleNamespace(weights_rate_limit=self._rate_limit)
         self.neurons = SimpleNamespace(uid=self._uid)
         self.identity = SimpleNamespace(commitment=self._commitment)
+        self.weights = SimpleNamespace(weights=self._weights)
+        self._substrate = SimpleNamespace(block_hash=self._block_hash)
 
     async def _enter(self, name: str) -> None:
         self.calls.append(name)
@@ -105,6 +108,17 @@ class SimClient:
             header={"number": number},
             extrinsics=[],
         )
+
+    async def _block_hash(self, block: int | None = None) -> str | None:
+        """``chain_getBlockHash``: the hash, or None (JSON null) for a block the chain has not made yet."""
+        await self._enter("block_hash")
+        number = self.sim.block_number() if block is None else block
+        return None if number > self.sim.block_number() else self.sim.block_hash(number)
+
+    async def _weights(self, netuid: int, mechid: int = 0, *, block: int | None = None) -> dict[int, dict[int, float]]:
+        """The SDK's ``weights.weights`` read: {validator_uid: {uid: fraction}}, each row summing to 1."""
+        await self._enter("weights")
+        return self.sim.weight_rows()
 
     async def _metagraph(self, netuid: int, block: int | None = None, *, commitments: bool = True) -> Metagraph:
         await self._enter("metagraph")
@@ -231,7 +245,7 @@ def _neuron(n: Any, netuid: int) -> MetagraphNeuron:
         active=True,
         validator_permit=n.validator_permit,
         last_update=n.last_update,
-        block_at_registration=0,
+        block_at_registration=n.registered_at,
         rank=0.0,
         trust=0.0,
         consensus=0.0,

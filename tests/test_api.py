@@ -15,6 +15,7 @@ from api import models as m
 from api.app import Settings, create_app
 from api.price import BittensorPriceReader, PriceQuote
 from api.ratelimit import ClientIP
+from eval.rules import ContestRules
 from scripts.contest_store import BuiltStore, build_store
 from validator.store.database import Store
 
@@ -109,7 +110,8 @@ def test_the_guard_in_rules_scores_and_rounds(built):
     """/api/rules publishes the guard; a stopped challenger says why and is not ranked on its KL."""
     c = client(built)
     r = c.get("/api/rules").json()
-    assert r["rules"]["version"] == 3 and r["rules"]["onpolicy_prompts"] == built.rules.onpolicy_prompts
+    assert r["rules"]["version"] == ContestRules().version
+    assert r["rules"]["onpolicy_prompts"] == built.rules.onpolicy_prompts
     assert {"onpolicy_new_tokens", "onpolicy_nll_margin", "onpolicy_repetition_margin", "onpolicy_alpha"} <= set(
         r["rules"]
     )

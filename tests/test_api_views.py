@@ -38,13 +38,15 @@ def test_store_written_by_the_real_validator_loop(world):
     """Epochs of the real ``Validator`` (real admission on a LocalHub, a FakePod) fill the store the API serves."""
     from fixtures_contest import FakePod, make_validator, seed
 
-    # one challenger per round: bob is crowned alone, then alice challenges him (a p-value), then the rest
-    seed(world, ("m2", "bob/m2"), ("m1", "alice/m1"), ("m3", "carol/m3"), ("m4", "dave/m4"), ("m5", "alice/m1"))
+    # one challenger per slot: bob is crowned alone, then alice challenges him (a p-value), then the rest
+    seed(world, ("m2", "bob/m2"))
     pod = FakePod({"alice/m1": 0.5, "bob/m2": 0.3, "carol/m3": 100.0, "dave/m4": 0.2})
     pod.mutate = _model_error("dave/m4")
-    v = make_validator(world, pod, max_challengers=1)
+    v = make_validator(world, pod)
     try:
-        for _ in range(7):
+        v.epoch()
+        seed(world, ("m1", "alice/m1"), ("m3", "carol/m3"), ("m4", "dave/m4"), ("m5", "alice/m1"))
+        for _ in range(3):
             v.epoch()
             world.sim.advance(2)
     finally:

@@ -29,7 +29,7 @@ STEPS = {  # step -> the SDK call it makes first in an epoch
     "block number": "block",
     "neurons": "metagraph",
     "commitments": "commitments",
-    "block hash": "block_info",
+    "block hash": "block_hash",
     "set weights": "execute",
     "confirm": "query:Weights",
 }

@@ -1,4 +1,4 @@
-"""Round planning, submission intake, weights cadence and strikes: table-driven, pure."""
+"""Slot planning, submission intake, weights cadence and strikes: table-driven, pure."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from eval.schemas import SubmissionId as S
 from validator.contest import (
     Candidate,
     commitment_disqualifications,
+    coronation_pool,
     king_changes,
     king_vanished,
     new_submissions,
-    plan_round,
+    plan_slot,
+    slot_challengers,
     strike_missing_repo,
     weights_due,
     weights_for,
@@ -22,6 +24,7 @@ from validator.contest import (
 )
 
 REV = "b" * 40
+SLOT = 7  # the slot planned in these tests; candidates sit in it unless told otherwise
 RULES = ContestRules(max_challengers_per_round=4, max_queued_per_coldkey=2, coronation_candidates=2)
 
 
@@ -43,8 +46,10 @@ def good(repo: str = "org/m") -> str:
     return '{"model":"' + repo + '","revision":"' + REV + '"}'
 
 
-def cand(hk: str, block: int, status: str = "admitted", coldkey: str | None = None, kl=None, registered=True):
-    return Candidate(hk, block, f"org/{hk}", REV, coldkey or f"cold-{hk}", status, kl, registered)
+def cand(
+    hk: str, block: int, status: str = "admitted", coldkey: str | None = None, kl=None, registered=True, slot=SLOT
+):
+    return Candidate(hk, block, f"org/{hk}", REV, coldkey or f"cold-{hk}", status, kl, registered, slot)
 
 
 # --- new_submissions -------------------------------------------------------
@@ -129,21 +134,22 @@ def test_two_commitments_same_hotkey_in_one_sync_the_newest_counts():
     assert s.key == S("hkA", 20) and s.repo == "org/late"
 
 
-# --- plan_round ------------------------------------------------------------
+# --- plan_slot ---------------------------------------------------------------
 
 
-def test_no_challengers_means_no_job():
+def test_no_challengers_in_the_slot_means_no_job():
     king = cand("K", 1, "evaluated", kl=0.5)
-    plan = plan_round(king, [king, cand("L", 2, "evaluated", kl=0.6)], RULES)
+    later = cand("n", 2, slot=SLOT + 1)  # placed in the next slot: not this one's business
+    plan = plan_slot(SLOT, king, [king, cand("L", 2, "evaluated", kl=0.6), later], RULES)
     assert plan.kind == "none" and plan.challengers == () and plan.king == king
 
 
-def test_challenge_fifo_by_block_then_hotkey_and_cap():
+def test_challenge_takes_the_slots_challengers_in_seniority_order():
     king = cand("K", 1, "evaluated", kl=0.5)
-    pool = [cand("e", 9), cand("d", 3), cand("c", 3), cand("b", 7), cand("a", 8), cand("x", 2, "pending")]
-    plan = plan_round(king, [king, *pool], RULES, max_challengers=3)
+    pool = [cand("e", 9), cand("d", 3), cand("c", 3), cand("x", 2, "pending"), cand("y", 1, slot=SLOT - 1)]
+    plan = plan_slot(SLOT, king, [king, *pool], RULES)
     assert plan.kind == "challenge"
-    assert [c.key for c in plan.challengers] == [S("c", 3), S("d", 3), S("b", 7)]
+    assert [c.key for c in plan.challengers] == [S("c", 3), S("d", 3), S("e", 9)]
     assert plan.models[0] == king
 
 
@@ -151,70 +157,66 @@ def test_evaluated_submissions_never_challenge_again():
     """LESSONS 18 / 6: one evaluation per submission, ever."""
     king = cand("K", 1, "evaluated", kl=0.5)
     done = [cand(h, i + 2, s) for i, (h, s) in enumerate([("a", "evaluated"), ("b", "disqualified"), ("c", "invalid")])]
-    assert plan_round(king, [king, *done], RULES).kind == "none"
+    assert plan_slot(SLOT, king, [king, *done], RULES).kind == "none"
 
 
-def test_per_coldkey_cap_blocks_sybil_flood():
-    """LESSONS 6: 10 hotkeys of one coldkey get at most max_queued_per_coldkey slots."""
+def test_unregistered_admitted_submission_is_not_judged():
     king = cand("K", 1, "evaluated", kl=0.5)
-    swarm = [cand(f"s{i}", 2 + i, coldkey="whale") for i in range(10)]
-    honest = cand("h", 50, coldkey="honest")
-    plan = plan_round(king, [king, *swarm, honest], RULES)
-    assert [c.key for c in plan.challengers] == [S("s0", 2), S("s1", 3), S("h", 50)]
+    assert slot_challengers(SLOT, [king, cand("a", 2, registered=False)]) == []
+    assert plan_slot(SLOT, king, [king, cand("a", 2, registered=False)], RULES).kind == "none"
 
 
-def test_unregistered_admitted_submission_is_not_queued():
-    king = cand("K", 1, "evaluated", kl=0.5)
-    assert plan_round(king, [king, cand("a", 2, registered=False)], RULES).kind == "none"
-
-
-def test_first_round_takes_all_candidates_together():
+def test_first_round_takes_the_slots_candidates_together():
     pool = [cand("a", 5), cand("b", 3)]
-    plan = plan_round(None, pool, RULES)
+    plan = plan_slot(SLOT, None, pool, RULES)
     assert plan.kind == "first" and plan.king is None
     assert [c.key for c in plan.challengers] == [S("b", 3), S("a", 5)]
 
 
-def test_no_king_no_candidates_is_none():
-    assert plan_round(None, [cand("x", 1, "pending")], RULES).kind == "none"
+def test_no_king_no_challengers_is_none_unless_the_validator_must_crown():
+    older = cand("s", 2, "evaluated", kl=0.4, slot=SLOT - 3)
+    assert plan_slot(SLOT, None, [cand("x", 1, "pending"), older], RULES).kind == "none"
+    plan = plan_slot(SLOT, None, [older], RULES, crown=True)  # anchored with no consensus king on chain
+    assert plan.kind == "coronation" and [c.key for c in plan.challengers] == [S("s", 2)]
 
 
 @pytest.mark.parametrize("status, registered", [("removed", True), ("disqualified", True), ("evaluated", False)])
-def test_vanished_king_triggers_coronation_of_survivors_plus_new(status, registered):
-    """LESSONS 20 / 14: a vanished king is replaced by a fresh same-prompt decision."""
+def test_vanished_king_triggers_a_coronation_of_the_newest_live_submissions(status, registered):
+    """LESSONS 20 / 14 / 31: a vanished king is replaced by a same-prompt decision over a pool every validator
+    computes alike: the newest live submissions, never this validator's old scores."""
     king = cand("K", 1, status, kl=0.01, registered=registered)
-    survivors = [cand("s1", 2, "evaluated", kl=0.9), cand("s2", 3, "evaluated", kl=0.3)]
-    survivors.append(cand("s3", 4, "evaluated", kl=0.4))
-    dq = cand("dq", 5, "disqualified", kl=0.0)
+    old = [cand("s1", 2, "evaluated", kl=0.9, slot=1), cand("s2", 3, "evaluated", kl=0.3, slot=2)]
+    old.append(cand("s3", 4, "evaluated", kl=0.4, slot=3))
+    dq = cand("dq", 5, "disqualified", kl=0.0, slot=4)
     new = cand("n", 9)
-    plan = plan_round(king, [king, *survivors, dq, new], RULES)
+    future = cand("f", 99, slot=SLOT + 1)
+    plan = plan_slot(SLOT, king, [king, *old, dq, new, future], RULES)  # coronation_candidates = 2
     assert plan.kind == "coronation" and plan.king is None and plan.vanished_king == S("K", 1)
-    assert [c.key for c in plan.challengers] == [S("s2", 3), S("s3", 4), S("n", 9)]
-    assert plan.reevaluated == (S("s2", 3), S("s3", 4))
+    assert [c.key for c in plan.challengers] == [S("s3", 4), S("n", 9)]
+    assert plan.reevaluated == (S("s3", 4),)
+
+
+def test_coronation_pool_caps_each_coldkey():
+    """LESSONS 6: a swarm of one coldkey fills no coronation."""
+    swarm = [cand(f"s{i}", 10 + i, coldkey="whale") for i in range(5)]
+    pool = coronation_pool(
+        SLOT, [cand("h", 2, coldkey="honest"), *swarm], RULES.model_copy(update={"coronation_candidates": 4})
+    )
+    assert [c.key for c in pool] == [S("h", 2), S("s3", 13), S("s4", 14)]
 
 
 def test_live_king_with_stale_better_scores_is_still_king():
     """LESSONS 14: an old, lower KL from another prompt set never replaces the stored king."""
     king = cand("K", 1, "evaluated", kl=0.5)
     stale = cand("old", 2, "evaluated", kl=0.0)
-    plan = plan_round(king, [king, stale, cand("n", 3)], RULES)
+    plan = plan_slot(SLOT, king, [king, stale, cand("n", 3)], RULES)
     assert plan.kind == "challenge" and plan.king == king
     assert [c.key for c in plan.challengers] == [S("n", 3)]
 
 
-def test_no_king_but_survivors_is_coronation_even_without_new():
-    plan = plan_round(None, [cand("s", 2, "evaluated", kl=0.4)], RULES)
-    assert plan.kind == "coronation" and [c.key for c in plan.challengers] == [S("s", 2)]
-
-
 def test_coronation_with_nobody_left_is_none():
-    plan = plan_round(cand("K", 1, "removed", kl=0.1), [], RULES)
+    plan = plan_slot(SLOT, cand("K", 1, "removed", kl=0.1), [], RULES)
     assert plan.kind == "none" and plan.vanished_king == S("K", 1)
-
-
-def test_max_challengers_must_be_positive():
-    with pytest.raises(ValueError):
-        plan_round(None, [], RULES, max_challengers=0)
 
 
 # --- weights ---------------------------------------------------------------

@@ -37,7 +37,9 @@ from scripts.demo import (
     reset,
     start_api,
     start_pod,
+    start_pods,
     stop,
+    to_next_slot,
     validator_argv,
     wallets,
 )
@@ -77,8 +79,8 @@ def cast_dirs() -> dict[str, Path]:
     return build_cast(RECIPE, ROOT / "state" / "test-cast", lambda _m: None, names)
 
 
-def _demo(tmp_path: Path, dirs: dict[str, Path], cast: tuple[Entry, ...]) -> Demo:
-    d = Demo(tmp_path / "demo", RECIPE, cast=cast, log=lambda _m: None, dirs=dict(dirs))
+def _demo(tmp_path: Path, dirs: dict[str, Path], cast: tuple[Entry, ...], validators: int = 2) -> Demo:
+    d = Demo(tmp_path / "demo", RECIPE, cast=cast, validators=validators, log=lambda _m: None, dirs=dict(dirs))
     d.state.mkdir(parents=True)
     reset(d)
     publish(d)
@@ -113,8 +115,8 @@ def test_contest_settles(tmp_path, cast_dirs):
     """Two epochs of the demo's cast: strong is crowned among copies and losers, then better dethrones it."""
     d = _demo(tmp_path, cast_dirs, CAST)
     try:
-        start_pod(d)
-        contest(d)  # per epoch: miner.py commit subprocesses, then one `python -m validator run --once`
+        start_pods(d)
+        contest(d)  # per epoch: miner.py commit subprocesses, then `python -m validator run --once` per validator
         start_api(d)
         _assert_outcome(d, "better")
         names = {hk: name for name, hk in d.hotkeys.items()}
@@ -163,7 +165,7 @@ def test_kill_and_settle(tmp_path, cast_dirs):
     seed = random.randrange(2**32)
     print(f"kill schedule seed {seed}")
     rng = random.Random(seed)
-    d = _demo(tmp_path, cast_dirs, EPOCH1)
+    d = _demo(tmp_path, cast_dirs, EPOCH1, validators=1)
     port = 0
     mid_round: list[str] = []
     try:
@@ -171,6 +173,7 @@ def test_kill_and_settle(tmp_path, cast_dirs):
         port = int(d.pod_url.rsplit(":", 1)[1])
         for e in EPOCH1:
             miner_commit(d, e)
+        to_next_slot(d)  # the slot these commitments entered has begun: its round is due
         d.procs["validator"] = _spawn(d, "validator", validator_argv(d))
         for i, victim in enumerate(("pod", "validator", "validator", "pod", "validator")):
             if i < 2:  # a killed pod loses its job, so the restarted validator's resubmission makes it busy again

@@ -285,10 +285,13 @@ def test_a_validator_started_after_a_recommit_agrees_with_one_that_watched_it(wo
     world.sim.register(late_hotkey, hotkey("cold-late"), stake=1000.0, validator_permit=True)
     late_chain = SimChain(world.sim_db, 1, hotkey=late_hotkey)
     late = make_validator(world, FakePod(kl), db=tmp_path / "late.db", chain=late_chain)
-    late.epoch()
-    assert _live(watcher.store) == _live(late.store)
-    assert {status for _, status in _live(late.store).values()} == {"evaluated"}  # m3 owns alice/m1 now, for both
+    late.epoch()  # no history: it adopts the chain's consensus king (the watcher's) instead of judging anew
+    assert {k: repo for k, (repo, _) in _live(watcher.store).items()} == {
+        k: repo for k, (repo, _) in _live(late.store).items()
+    }  # the same live submissions: m3 owns alice/m1 now, for both
+    assert {status for _, status in _live(watcher.store).values()} == {"evaluated"}
     assert watcher.store.disqualifications() == late.store.disqualifications() == []
+    assert late.store.king_history()[-1].reason.startswith("adopted the chain's consensus king")
     kings = [(s.current_king().hotkey, s.current_king().commit_block) for s in (watcher.store, late.store)]
     assert kings[0] == kings[1] == (world.miners["m1"], world.sim.commitments()[world.miners["m1"]].block)
     rewarded = [

@@ -197,12 +197,14 @@ class CallLog:
 def test_block_hash_is_fetched_only_for_a_round_and_polls_read_the_number(world):
     v = make_validator(world, FakePod())
     v.chain = chain = CallLog(world.sim)
-    v.epoch()  # a first round: its prompts need the block hash
-    assert chain.calls.count("block_hash") == 1 and "head" not in chain.calls
+    v.epoch()  # a first round: its prompts need the slot's final block hash
+    assert chain.calls.count("final_block_hash") == 1 and "head" not in chain.calls and "block_hash" not in chain.calls
     chain.calls.clear()
     world.sim.advance(1)
     assert v.epoch().round_kind == "none"  # nothing to run: the block itself is never fetched
-    assert "block_hash" not in chain.calls and "head" not in chain.calls and chain.calls.count("block_number") == 1
+    assert (
+        "final_block_hash" not in chain.calls and "head" not in chain.calls and chain.calls.count("block_number") == 1
+    )
     chain.calls.clear()
     v.config = dataclasses.replace(v.config, epoch_blocks=2, poll_seconds=0.01)
     target = world.sim.block_number() + 2

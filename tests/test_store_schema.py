@@ -86,7 +86,11 @@ def test_v1_rounds_gain_an_empty_onpolicy_record(tmp_path, monkeypatch):
     monkeypatch.setattr(schema, "SCHEMA_VERSION", 1)
     old = Store.open(path, clock=lambda: 1000.0)
     a, b = admitted(old, ("alice", 5), ("bob", 6))
-    rid = old.create_round("first", 10, BH, ["e" * 64] * 4, RULES, [a.key, b.key], job_id="job-1")
+    rid = old._db.execute(  # as a v1 store wrote it: no slot column yet
+        "INSERT INTO rounds(kind, block, block_hash, prompt_sha256s, rules, rules_digest, teacher_repo, models,"
+        " job_id, state, started) VALUES ('first', 10, ?, '[]', ?, ?, ?, ?, 'job-1', 'planned', 1000.0)",
+        (BH, RULES.to_json(), RULES.digest(), RULES.teacher_repo, f'[["{a.hotkey}", 5], ["{b.hotkey}", 6]]'),
+    ).lastrowid
     old._db.execute(
         "INSERT INTO evaluations(round_id, hotkey, commit_block, status, state, prompt_kl, prompt_tokens)"
         " VALUES (?, ?, 5, 'ok', 'won', '[0.5]', '[7]')",

@@ -49,7 +49,7 @@ def test_flags_and_env_defaults():
             "http://a",
             "--pod",
             "http://b",
-            "--max-challengers",
+            "--max-catchup-slots",
             "2",
             "--once",
             "--log-format",
@@ -57,7 +57,7 @@ def test_flags_and_env_defaults():
         ],
         env={},
     )
-    assert s.is_sim and s.pods == ("http://a", "http://b") and s.loop.max_challengers == 2 and s.once
+    assert s.is_sim and s.pods == ("http://a", "http://b") and s.loop.max_catchup_slots == 2 and s.once
     s = parse_args(["run", "--local-pod"], env={"BT_NETWORK": "test", "KLHILL_DB": "/x/v.db"})
     assert s.network == "test" and s.local_pod and s.db == Path("/x/v.db")
     s = parse_args(["run"], env={"KLHILL_PODS": "http://p1,http://p2"})
@@ -183,7 +183,7 @@ def test_pm2_file_args_parse_with_the_real_clis():
         "KLHILL_PODS": "http://pod:8000",
         "BT_WALLET": "val",
         "KLHILL_WITH_API": "1",
-        "KLHILL_EXTRA_ARGS": " --max-challengers 4  --weights-interval 360 ",
+        "KLHILL_EXTRA_ARGS": " --max-disagreement-slots 4  --weights-interval 360 ",
     }
     apps = {a["name"]: a for a in _pm2_apps(env)}
     assert set(apps) == {"klhill-validator", "klhill-api"}
@@ -191,7 +191,7 @@ def test_pm2_file_args_parse_with_the_real_clis():
     assert val["args"][:3] == ["-m", "validator", "run"] and val["script"].endswith(".venv/bin/python")
     assert all("BT_" not in a and "KLHILL_" not in a for a in val["args"])  # secrets/env stay out of argv
     s = parse_args(val["args"][2:], env=val["env"])
-    assert (s.netuid, s.pods, s.loop.max_challengers, s.log_format) == (7, ("http://pod:8000",), 4, "json")
+    assert (s.netuid, s.pods, s.loop.max_disagreement_slots, s.log_format) == (7, ("http://pod:8000",), 4, "json")
     assert val["env"]["BT_WALLET"] == "val" and val["kill_timeout"] >= 30000  # SIGTERM gets time to finish a step
     a = api_args(apps["klhill-api"]["args"][2:])
     assert a.db == s.db and a.netuid == 7 and a.host == "127.0.0.1"

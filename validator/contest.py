@@ -3,8 +3,9 @@
 No I/O, no clock, no randomness: the loop reads the chain and the store, hands
 plain values in, and records what comes out. Every submission is identified by
 ``eval.schemas.SubmissionId`` (hotkey, commit block), never by uid (LESSONS 1, 17). The round result is
-interpreted in ``validator.verdicts``; this module decides who enters which
-round and when weights are due.
+interpreted in ``validator.verdicts``; which slot judges a submission is
+``validator.schedule``'s; this module decides who enters a slot's round and
+when weights are due.
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ class Candidate:
     status: str
     last_kl: float | None = None
     registered: bool = True
+    slot: int | None = None  # the slot that judges it (validator.schedule), once assigned
 
     @property
     def key(self) -> SubmissionId:
@@ -181,60 +183,70 @@ def king_changes(king_before: SubmissionId | None, new_king: SubmissionId | None
     return new_king != king_before or new_king != stored
 
 
-def _fresh_challengers(candidates: Sequence[Candidate], rules: ContestRules, cap: int) -> list[Candidate]:
-    """Admitted, never evaluated, FIFO by commit block, per-round and per-coldkey caps (LESSONS 6)."""
-    fresh = sorted((c for c in candidates if c.status == "admitted" and c.registered), key=lambda c: c.key)
+def slot_challengers(slot: int, candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The slot's challengers: admitted, registered, never evaluated, placed in ``slot`` by the schedule.
+
+    The caps (per slot, per coldkey: LESSONS 6) were applied when the schedule placed them.
+    """
+    return sorted(
+        (c for c in candidates if c.slot == slot and c.status == "admitted" and c.registered), key=lambda c: c.key
+    )
+
+
+def coronation_pool(
+    slot: int, candidates: Sequence[Candidate], rules: ContestRules, exclude: SubmissionId | None = None
+) -> list[Candidate]:
+    """Who a coronation (no king to defend) re-scores: live submissions placed in ``slot`` or before.
+
+    The newest ``rules.coronation_candidates`` of them, at most ``max_queued_per_coldkey`` per
+    coldkey, in seniority order. Only the schedule and the statuses decide, never a validator's old
+    scores, so every validator without a king crowns from the same pool (LESSONS 14, 31).
+    """
+    alive = [
+        c
+        for c in candidates
+        if c.status in ("admitted", "evaluated") and c.registered and c.slot is not None and c.slot <= slot
+    ]
     per_coldkey: dict[str, int] = {}
     picked: list[Candidate] = []
-    for c in fresh:
-        if len(picked) >= cap:
-            break
+    for c in sorted(alive, key=lambda c: c.key, reverse=True):
+        if c.key == exclude or len(picked) >= rules.coronation_candidates:
+            continue
         if per_coldkey.get(c.coldkey, 0) >= rules.max_queued_per_coldkey:
             continue
         per_coldkey[c.coldkey] = per_coldkey.get(c.coldkey, 0) + 1
         picked.append(c)
-    return picked
+    return sorted(picked, key=lambda c: c.key)
 
 
-def _survivors(candidates: Sequence[Candidate], exclude: SubmissionId | None, n: int) -> list[Candidate]:
-    """Best previously evaluated, still eligible submissions by their last KL."""
-    alive = [
-        c for c in candidates if c.status == "evaluated" and c.registered and c.last_kl is not None and c.key != exclude
-    ]
-    alive.sort(key=lambda c: (c.last_kl, c.key))
-    return alive[:n]
-
-
-def plan_round(
+def plan_slot(
+    slot: int,
     king: Candidate | None,
     candidates: Sequence[Candidate],
     rules: ContestRules,
-    max_challengers: int | None = None,
+    *,
+    crown: bool = False,
 ) -> RoundPlan:
-    """Plan the next round. ``king`` is the stored king, never re-derived from old scores.
+    """The round of ``slot``. ``king`` is the king after the previous slot, never re-derived from old scores.
 
-    - king alive + fresh challengers -> "challenge"; no fresh challengers -> "none" (no job).
-    - no king and nothing evaluated survives -> "first": fresh candidates together.
-    - king vanished, or no king while evaluated survivors exist -> "coronation": the best
-      ``rules.coronation_candidates`` survivors are re-scored on fresh prompts with any fresh
-      challengers; stale scores from other prompt sets never crown anyone (LESSONS 14, 20).
+    - king alive + challengers in this slot -> "challenge"; none -> "none" (no job, no GPU).
+    - no king (or it vanished): a coronation over ``coronation_pool`` when this slot has
+      challengers or ``crown`` (the validator just anchored with no consensus king, or its king
+      vanished): "first" when nobody in it was evaluated before, else "coronation".
     """
-    cap = rules.max_challengers_per_round if max_challengers is None else max_challengers
-    if cap < 1:
-        raise ValueError("max_challengers must be >= 1")
-    fresh = _fresh_challengers(candidates, rules, cap)
+    fresh = slot_challengers(slot, candidates)
     if king is not None and not king_vanished(king):
-        if not fresh:
-            return RoundPlan("none", king, ())
-        return RoundPlan("challenge", king, tuple(c for c in fresh if c.key != king.key))
+        challengers = tuple(c for c in fresh if c.key != king.key)
+        return RoundPlan("challenge", king, challengers) if challengers else RoundPlan("none", king, ())
     vanished = king.key if king is not None else None
-    survivors = _survivors(candidates, vanished, rules.coronation_candidates)
-    if king is None and not survivors:
-        return RoundPlan("first", None, tuple(fresh)) if fresh else RoundPlan("none", None, ())
-    models = survivors + [c for c in fresh if c.key not in {s.key for s in survivors}]
-    if not models:
+    if not fresh and not crown and vanished is None:
+        return RoundPlan("none", None, ())
+    pool = coronation_pool(slot, candidates, rules, exclude=vanished)
+    if not pool:
         return RoundPlan("none", None, (), vanished_king=vanished)
-    return RoundPlan("coronation", None, tuple(models), tuple(s.key for s in survivors), vanished)
+    again = tuple(c.key for c in pool if c.status == "evaluated")
+    kind: RoundKind = "coronation" if again or vanished is not None else "first"
+    return RoundPlan(kind, None, tuple(pool), again, vanished)
 
 
 def weights_due(

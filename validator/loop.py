@@ -1,17 +1,19 @@
-"""The validator's epoch: sync -> admit new -> plan -> prompts (block hash) -> pod -> record -> weights.
+"""The validator's epoch: sync -> admit new -> the schedule's slots, each with its round -> weights.
 
 Every step reads the chain and the store afresh and writes its result to the
 store before the next step, so a crash anywhere loses nothing: the next start
 resumes an unfinished round with the same job, and a finished round is never
-recorded twice. Decisions are the pure functions of ``validator.contest``;
-this module only sequences I/O.
+recorded twice. Which slot judges whom, on which seed, is the shared schedule's
+(``validator.schedule``, walked by ``validator.slots``): a pure function of the
+chain, the same for every honest validator wherever its head is. Decisions are
+the pure functions of ``validator.contest``; this module only sequences I/O.
 
 The chain is asked for what each step needs and no more: the block *number*
-each epoch and each poll (cheap), the block *hash* only when a round is planned
-(on subtensor it costs a whole block). A chain outage at any step ends that step
-with a logged, typed reason; an epoch that could not finish is retried after a
-backoff that doubles with each failure in a row, and never sooner than the RPC
-endpoint asked when it throttled us.
+each epoch and each poll (cheap), the *final* hash of a slot's first block only
+when that slot has a round. A chain outage at any step ends that step with a
+logged, typed reason; an epoch that could not finish is retried after a backoff
+that doubles with each failure in a row, and never sooner than the RPC endpoint
+asked when it throttled us.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from eval.model_store.port import ModelStore
 from eval.prompts import PromptSource, prompt_sha256
 from eval.rules import ContestRules
 from validator import admit
-from validator.chain.port import BlockRef, Chain, ChainThrottled
+from validator.chain.port import Chain, ChainThrottled
 from validator.contest import (
     VANISHED_STATUSES,
     Candidate,
@@ -39,13 +41,14 @@ from validator.contest import (
     commitment_disqualifications,
     king_vanished,
     new_submissions,
-    plan_round,
     withdrawn_submissions,
 )
 from validator.pod_client import Pod
-from validator.rounds import RoundRunner, make_job_id, plan_refs
+from validator.rounds import RoundRunner, plan_refs
 from validator.sampling import PromptSampler
+from validator.schedule import Entry, assign_slots
 from validator.settings import LoopConfig
+from validator.slots import ConsensusReport, SlotDriver, SlotReport
 from validator.store.database import Store
 from validator.store.rows import RoundRow
 from validator.weights import WeightsKeeper
@@ -56,15 +59,40 @@ log = logging.getLogger(__name__)
 @dataclass
 class EpochReport:
     block: int
+    final_block: int | None = None
     new_submissions: int = 0
     admission: admit.AdmitReport = field(default_factory=admit.AdmitReport)
     resumed: list[tuple[int, str]] = field(default_factory=list)
-    round_kind: str = "none"
-    round_id: int | None = None
-    round_state: str | None = None
-    prompts_error: str | None = None  # why this epoch has no prompts (typed: "ErrorClass: detail")
+    slots: list[SlotReport] = field(default_factory=list)
+    consensus: ConsensusReport | None = None
     weights: str = "not_due"
     withdrawn: int = 0
+
+    def _last_round(self) -> SlotReport | None:
+        return next((r for r in reversed(self.slots) if r.kind != "none"), None)
+
+    @property
+    def round_kind(self) -> str:
+        """The kind of the last round this epoch planned ("none" without one)."""
+        last = self._last_round()
+        return last.kind if last else "none"
+
+    @property
+    def round_id(self) -> int | None:
+        last = self._last_round()
+        return last.round_id if last else None
+
+    @property
+    def round_state(self) -> str | None:
+        """How the last planned round ended: done, failed, abandoned, waiting (seed not final) or no_prompts."""
+        last = self._last_round()
+        return last.outcome if last else None
+
+    @property
+    def prompts_error(self) -> str | None:
+        """Why the last planned round has no prompts (typed: "ErrorClass: detail"), if that is what stopped it."""
+        last = self._last_round()
+        return last.detail.removeprefix(": ") if last and last.outcome == "no_prompts" else None
 
 
 class Validator:
@@ -93,6 +121,7 @@ class Validator:
         self._teacher: TeacherSpec | None = None
         self.sampler = PromptSampler(prompts, store, config.epoch_blocks, config.prompts_backoff_cap)
         self.rounds = RoundRunner(store, pod, deadline_s=config.pod_deadline_s, stop=self.stop)
+        self.slots = SlotDriver(store, self.sampler, self.rounds, rules, config, self.hotkey, self.stop)
         self.weights = WeightsKeeper(store, config, self.hotkey)
 
     def teacher(self) -> TeacherSpec:
@@ -107,8 +136,9 @@ class Validator:
     # --- the epoch -------------------------------------------------------------
     def epoch(self) -> EpochReport:
         number = self.chain.block_number()
+        final = self.chain.finalized_block_number()  # read before the commitments: every slot it closes is seen
         neurons = self.chain.neurons()
-        report = EpochReport(block=number)
+        report = EpochReport(block=number, final_block=final)
         self.store.save_metagraph(number, [dataclasses.asdict(n) for n in neurons])
         self.store.set_meta(last_epoch_block=number)
         self._sync_submissions(number, neurons, report)
@@ -128,15 +158,17 @@ class Validator:
             if self.stop.is_set():
                 return report
             report.resumed.append((row.id, self._resume(row, registered, number)))
-        if not report.resumed and not self.stop.is_set():
-            self._plan_and_run(number, registered, report)
-        if not self.stop.is_set():
-            king = self._king(self.store.candidates(registered))
-            report.weights = self.weights.step(self.chain, number, neurons, king)
+        if all(state == "done" for _, state in report.resumed) and not self.stop.is_set():
+            report.slots = self.slots.catch_up(self.chain, final, neurons, registered)
+        if self.stop.is_set():
+            return report
+        report.consensus = self.slots.observe(self.chain, final, neurons)
+        king = self._king(self.store.candidates(registered))
+        report.weights = self.weights.step(self.chain, number, neurons, king)
         return report
 
     def _sync_submissions(self, number: int, neurons: list[Any], report: EpochReport) -> None:
-        """Record new commitments and withdraw the submissions they replaced, in one transaction."""
+        """Record new commitments, place them in the schedule and withdraw what they replaced, in one transaction."""
         current = list(self.chain.commitments().values())
         # frozen chain types satisfy contest's protocols structurally; mypy wants settable attributes
         new = new_submissions(current, self.store.known_keys(), neurons)  # type: ignore[arg-type]
@@ -146,55 +178,26 @@ class Validator:
         with self.store.transaction():
             report.new_submissions = self.store.add_submissions(new, commitment_disqualifications(new))
             report.withdrawn = self.store.withdraw_submissions(withdrawn)
+            self._place_new()
         for key, replaced_by in withdrawn.items():
             log.warning("%s withdrawn: its hotkey committed again at block %d", key, replaced_by)
         if new:
             log.info("block %d: %d new submission(s)", number, report.new_submissions)
+
+    def _place_new(self) -> None:
+        """Give each submission without a slot its place in the schedule; placed ones keep theirs."""
+        entries = self.store.schedule_entries()
+        if all(e.slot is not None for e in entries):
+            return
+        frozen = {e.key: e.slot for e in entries if e.slot is not None}
+        placed = assign_slots([Entry(e.key, e.coldkey) for e in entries], self.rules, frozen)
+        self.store.assign_slots({e.key: placed[e.key] for e in entries if e.slot is None})
 
     def _king(self, candidates: list[Candidate]) -> Candidate | None:
         row = self.store.current_king()
         if row is None:
             return None
         return next((c for c in candidates if c.key == row.key), None)
-
-    def _plan_and_run(self, number: int, registered: set[str], report: EpochReport) -> None:
-        candidates = self.store.candidates(registered)
-        king = self._king(candidates)
-        plan = plan_round(king, candidates, self.rules, self.config.max_challengers)
-        report.round_kind = plan.kind
-        if plan.kind == "none":
-            if plan.vanished_king is not None and self.store.current_king() is not None:
-                self.store.set_king(None, number, None, None, "king vanished; nobody left to crown")
-                log.warning("king %s vanished and nobody is left to crown", plan.vanished_king)
-            return
-        head = BlockRef(number, self.chain.block_hash(number))  # the hash only now: a round needs it
-        try:
-            prompts = self.sampler.sample(head.hash, self.rules, head.number)
-        except KlhillError as exc:
-            report.round_state, report.prompts_error = "no_prompts", f"{type(exc).__name__}: {exc}"[:1000]
-            return
-        keys = [c.key for c in plan.models]
-        attempt = self.store.round_count() + 1
-        job_id = make_job_id(attempt, head.number, head.hash, keys, self.rules)
-        round_id = self.store.create_round(
-            plan.kind,
-            head.number,
-            head.hash,
-            [prompt_sha256(p) for p in prompts],
-            self.rules,
-            keys,
-            plan.king.key if plan.king else None,
-            teacher_revision=self.rules.teacher_revision,
-            pod=self.config.pod_name,
-            job_id=job_id,
-        )
-        job = build_job(
-            job_id, head.number, head.hash, self.rules, self.rules.teacher_revision, prompts, *plan_refs(plan)
-        )
-        self.store.mark_dispatched(round_id, self.config.pod_name, job_id)
-        log.info("round %d (%s) at block %d: %d model(s), job %s", round_id, plan.kind, head.number, len(keys), job_id)
-        report.round_id = round_id
-        report.round_state = self.rounds.dispatch(round_id, plan, job, head.number)
 
     def _resume(self, row: RoundRow, registered: set[str], number: int) -> str:
         """Re-send an unfinished round's exact job (same id, same prompts), or fail it if it cannot stand."""

@@ -57,7 +57,6 @@ class PodTarget:
 class LoopConfig:
     """How the epoch loop paces itself: the one place these defaults live."""
 
-    max_challengers: int | None = None
     weights_interval: int = 360
     weights_retry_blocks: int = 10
     epoch_blocks: int = 25
@@ -69,6 +68,8 @@ class LoopConfig:
     chain_backoff_cap_s: float = 600.0
     pod_name: str = "pod"
     prompts_backoff_cap: int = 100  # blocks between tries of a failing prompt source, at most (~20 min)
+    max_catchup_slots: int = 48  # further behind than this (a day at 150-block slots): anchor on the consensus
+    max_disagreement_slots: int = 16  # slots in a row against the chain's consensus king before re-anchoring
 
 
 class Settings(EnvSettings):
@@ -182,7 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--teacher-dir", type=Path, help="local teacher dir for admission checks")
     teacher.add_argument("--teacher", metavar="REPO[@REV]", help="teacher repo (overrides the rules)")
     r.add_argument("--rules", dest="rules_path", type=Path, help="ContestRules JSON file")
-    r.add_argument("--max-challengers", type=_positive(int))
     r.add_argument("--weights-interval", type=_positive(int), help="blocks between weight refreshes")
     r.add_argument(
         "--weights-retry-blocks", type=_positive(int), help="blocks to wait after a failed weight submission"
@@ -191,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--poll-seconds", type=_positive(float))
     r.add_argument("--pod-deadline", dest="pod_deadline_s", type=_positive(float))
     r.add_argument("--max-strikes", type=_positive(int))
+    r.add_argument(
+        "--max-catchup-slots",
+        type=_positive(int),
+        help="slots this validator judges to catch up; further behind, it adopts the chain's consensus king",
+    )
+    r.add_argument(
+        "--max-disagreement-slots",
+        type=_positive(int),
+        help="slots in a row against the chain's consensus king before re-anchoring on it",
+    )
     r.add_argument("--once", action="store_true", help="run one epoch and exit")
     r.add_argument("--log-format", choices=("plain", "json"), help="env KLHILL_LOG_FORMAT; default plain")
     r.add_argument("--log-level", help="env KLHILL_LOG_LEVEL; default INFO")

@@ -61,6 +61,8 @@ class Neuron:
     incentive: float
     emission: float
     last_update: int
+    registered_at: int = 0
+    """Block the hotkey took this uid: weights set on the uid before it scored the previous owner."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,26 @@ class Chain(Protocol):
 
     def block_hash(self, number: int) -> str:
         """Hash of an existing block; ``ChainError`` for a block that does not exist yet."""
+        ...
+
+    def finalized_block_number(self) -> int:
+        """The newest finalized block: what it holds can no longer be reorganised away."""
+        ...
+
+    def final_block_hash(self, number: int) -> str | None:
+        """Hash of block ``number`` once it is final; None while it is not (the caller waits, never guesses).
+
+        Round seeds are read only through this: a fork of a block that is not final yet could give
+        two validators two hashes for one slot.
+        """
+        ...
+
+    def weight_rows(self) -> dict[int, dict[int, float]]:
+        """Every validator's weight row as the chain applies it now: validator uid -> {uid: fraction}.
+
+        Rows are normalised (each sums to 1); a validator without weights has no entry. Pending
+        (unrevealed) commits do not show, as in ``weights_of``.
+        """
         ...
 
     def neurons(self) -> list[Neuron]:

@@ -12,6 +12,10 @@ transactions. Rules mirror subtensor where the contest depends on them:
   ``seed=...`` so an embedded run can be reproduced exactly):
   ``hash_0 = sha256(seed || be64(0))``, ``hash_n = sha256(hash_{n-1} || be64(n))``.
   Unpredictable before the seed is known, identical for every reader afterwards.
+- Finality: the head block is still in progress (commitments land in it), so the newest final
+  block is the one before it, less a lag stored in the DB (0 unless
+  ``set_finality_lag`` says otherwise; subtensor's is usually 2-3 blocks, more when finality
+  stalls). ``final_block_hash`` answers only at or below it, as round seeds need.
 - Registration: at most ``max_uids`` neurons; when full, the lowest-stake non-validator
   (oldest on ties) is deregistered and its uid RECYCLED for the newcomer (LESSONS 17).
 - Commitments: one per hotkey per netuid, at most 128 bytes; a second raises
@@ -78,6 +82,7 @@ _DEFAULTS = {
     "reveal_blocks": "10",
     "fail_reveals": "0",
     "min_stake": "0.0",
+    "finality_lag": "0",
 }
 _CHECKPOINT = 1024
 
@@ -108,8 +113,9 @@ class SimChain(SimChainWeights, SimChainAdmin):
     """An embedded chain bound to one netuid and (optionally) one signing hotkey.
 
     Admin operations (``advance``, ``register``, ``deregister``, ``set_stake``, ``set_validator_permit``,
-    ``set_weights_rate_limit``, ``set_commit_reveal``, ``fail_next_reveals``, ``set_min_stake``) come
-    from ``validator.chain.sim_admin.SimChainAdmin``; weights from ``validator.chain.sim_weights``.
+    ``set_weights_rate_limit``, ``set_commit_reveal``, ``fail_next_reveals``, ``set_min_stake``,
+    ``set_finality_lag``) come from ``validator.chain.sim_admin.SimChainAdmin``; weights from
+    ``validator.chain.sim_weights``.
     """
 
     def __init__(
@@ -209,6 +215,16 @@ class SimChain(SimChainWeights, SimChainAdmin):
             raise ChainError(f"Block {number} does not exist yet on this SimChain (head is {self._number()}).")
         return self._hash(number)
 
+    def finalized_block_number(self) -> int:
+        """The newest sealed block (the head is still in progress: it takes commitments) minus the finality
+        lag (``set_finality_lag``; 0 unless set, subtensor's is ~2 blocks)."""
+        return max(0, self._number() - 1 - int(self._meta("finality_lag")))
+
+    def final_block_hash(self, number: int) -> str | None:
+        if number < 0:
+            raise ChainError(f"Block {number} does not exist.")
+        return self._hash(number) if number <= self.finalized_block_number() else None
+
     def _hash(self, number: int) -> str:
         """hash_n = sha256(hash_{n-1} || be64(n)); walked from the nearest cached checkpoint."""
         base = (number // _CHECKPOINT) * _CHECKPOINT
@@ -249,8 +265,9 @@ class SimChain(SimChainWeights, SimChainAdmin):
                 incentive=incentive.get(int(uid), 0.0),
                 emission=incentive.get(int(uid), 0.0) * per_tempo,
                 last_update=int(last),
+                registered_at=int(registered),
             )
-            for uid, hk, ck, stake, permit, _, last in rows
+            for uid, hk, ck, stake, permit, registered, last in rows
         ]
 
     def commitments(self) -> dict[str, Commitment]:

@@ -108,6 +108,12 @@ class SimChainAdmin:
         """Admin: the stake a hotkey needs for its weights to count (subtensor's ``StakeThreshold``)."""
         self._set_meta("min_stake", repr(float(stake)))
 
+    def set_finality_lag(self, blocks: int) -> None:
+        """Admin: blocks between the head and the finalized block (a stalled finality: a large lag)."""
+        if blocks < 0:
+            raise ValueError("the finality lag is >= 0 blocks")
+        self._set_meta("finality_lag", str(int(blocks)))
+
     def set_commit_reveal(self, enabled: bool, reveal_blocks: int = 10) -> None:
         """Admin: switch commit-reveal weights on or off; a commit is revealed ``reveal_blocks`` later."""
         if reveal_blocks < 1:

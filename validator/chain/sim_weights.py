@@ -55,6 +55,16 @@ class SimChainWeights:
             return {}
         return normalized_weights(json.loads(rows[0][0]), json.loads(rows[0][1]))
 
+    def weight_rows(self) -> dict[int, dict[int, float]]:
+        self._reveal_due()
+        rows = self._read(
+            "SELECT n.uid, w.uids, w.weights FROM weights w JOIN neurons n"
+            " ON n.netuid = w.netuid AND n.hotkey = w.hotkey WHERE w.netuid = ?",
+            (self.netuid,),
+        )
+        out = {int(uid): normalized_weights(json.loads(u), json.loads(w)) for uid, u, w in rows}
+        return {uid: row for uid, row in out.items() if row}
+
     def weights_min_stake(self) -> float:
         return float(self._meta("min_stake"))
 

@@ -87,14 +87,36 @@ class SubtensorChain(SubtensorWeights):
         return self._call("reading the block number", lambda client: client.block())
 
     def block_hash(self, number: int) -> str:
-        return self._call(f"reading block {number}", lambda client: self._hash_of(client, number))
+        return self._call(f"reading block {number}'s hash", lambda client: self._hash_of(client, number))
+
+    def finalized_block_number(self) -> int:
+        return self._call("reading the finalized block number", lambda client: client.finalized_block())
+
+    def final_block_hash(self, number: int) -> str | None:
+        async def op(client: bt.Client) -> str | None:
+            if number > await client.finalized_block():
+                return None
+            return await self._hash_of(client, number)
+
+        return self._call(f"reading final block {number}'s hash", op)
 
     @staticmethod
     async def _hash_of(client: bt.Client, number: int) -> str:
-        info = await client.block_info(number)
-        if info is None or not info.hash:
+        """The hash RPC (``chain_getBlockHash``) alone: ``block_info`` would fetch and decode the whole block.
+
+        The SDK serves that RPC on its ``Substrate`` backend only (``Client`` has no public wrapper).
+        """
+        found = await client._substrate.block_hash(number)
+        if not found or not isinstance(found, str) or int(found, 16) == 0:
             raise ChainError(f"Block {number} is not known to the chain.")
-        return info.hash.lower()
+        return found.lower()
+
+    def weight_rows(self) -> dict[int, dict[int, float]]:
+        async def op(client: bt.Client) -> dict[int, dict[int, float]]:
+            rows = await client.weights.weights(self.netuid)
+            return {int(v): {int(u): float(w) for u, w in row.items() if w > 0} for v, row in rows.items() if row}
+
+        return self._call("reading the weight rows", op)
 
     def neurons(self) -> list[Neuron]:
         async def op(client: bt.Client) -> list[Neuron]:
@@ -111,6 +133,7 @@ class SubtensorChain(SubtensorWeights):
                     incentive=float(n.incentive),
                     emission=float(n.emission.amount),
                     last_update=int(n.last_update),
+                    registered_at=int(n.block_at_registration),
                 )
                 for n in sorted(graph.neurons, key=lambda n: n.uid)
             ]

@@ -87,7 +87,7 @@ class LoopReads:
         """Every submission with a model, as the planner sees it (``registered`` from the current neurons)."""
         reg = set(registered_hotkeys)
         rows = self._db.execute(
-            "SELECT hotkey, commit_block, repo, revision, coldkey, status, last_kl FROM submissions"
+            "SELECT hotkey, commit_block, repo, revision, coldkey, status, last_kl, slot FROM submissions"
             " WHERE repo IS NOT NULL ORDER BY commit_block, hotkey"
         )
         return [
@@ -100,6 +100,7 @@ class LoopReads:
                 row["status"],
                 row["last_kl"],
                 row["hotkey"] in reg,
+                row["slot"],
             )
             for row in rows
         ]
@@ -168,3 +169,31 @@ class LoopReads:
                 "SELECT * FROM weight_submissions WHERE success = 1 AND confirmed IS NULL ORDER BY id DESC LIMIT 1"
             )
         )
+
+    # The shared schedule (validator.schedule, validator.slots).
+    def schedule_entries(self) -> list[r.ScheduleEntry]:
+        """Submissions the schedule places: every parsed commitment still on the chain (not withdrawn)."""
+        rows = self._all(
+            "SELECT hotkey, commit_block, COALESCE(coldkey, hotkey) AS coldkey, slot FROM submissions"
+            " WHERE repo IS NOT NULL AND status != 'ignored' ORDER BY commit_block, hotkey"
+        )
+        return [build(r.ScheduleEntry, row) for row in rows]
+
+    @staticmethod
+    def _slot_row(row: sqlite3.Row) -> r.SlotRow:
+        return build(r.SlotRow, row, agree=None if row["agree"] is None else bool(row["agree"]))
+
+    def slot_record(self, slot: int) -> r.SlotRow | None:
+        row = self._one("SELECT * FROM slots WHERE slot = ?", (slot,))
+        return self._slot_row(row) if row else None
+
+    def latest_slots(self, limit: int = 1) -> list[r.SlotRow]:
+        """The newest slot records, newest first."""
+        return [self._slot_row(row) for row in self._all("SELECT * FROM slots ORDER BY slot DESC LIMIT ?", (limit,))]
+
+    def live_submissions(self) -> dict[str, SubmissionId]:
+        """Each hotkey's live submission (``contest.LIVE_STATUSES``): what a consensus king may be."""
+        rows = self._db.execute(
+            "SELECT hotkey, commit_block FROM submissions WHERE status IN ('pending', 'admitted', 'evaluated')"
+        )
+        return {row["hotkey"]: submission_id(row) for row in rows}

@@ -14,11 +14,12 @@ from typing import Any
 from eval.rules import ContestRules
 from eval.schemas import EvalResult, SubmissionId
 from validator.store.connection import StoreError, dumps, key_cols, real
+from validator.store.slot_writes import SlotWrites
 from validator.store.submission_writes import SubmissionWrites
 from validator.verdicts import Evaluation, RoundOutcome
 
 
-class RoundWrites(SubmissionWrites):
+class RoundWrites(SubmissionWrites, SlotWrites):
     def create_round(
         self,
         kind: str,
@@ -32,13 +33,18 @@ class RoundWrites(SubmissionWrites):
         teacher_revision: str | None = None,
         pod: str | None = None,
         job_id: str | None = None,
+        slot: int | None = None,
     ) -> int:
-        """Record a planned round (state 'planned') with everything needed to audit it."""
+        """Record a planned round (state 'planned') with everything needed to audit it.
+
+        A round of the shared schedule names its ``slot`` (``block`` is then the slot's start); the
+        slot's record is opened with it, in the same transaction.
+        """
         with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO rounds(kind, block, block_hash, prompt_sha256s, rules, rules_digest, teacher_repo,"
-                " teacher_revision, models, king_hotkey, king_block, pod, job_id, state, started)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'planned',?)",
+                " teacher_revision, models, king_hotkey, king_block, pod, job_id, state, started, slot)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'planned',?,?)",
                 (
                     kind,
                     block,
@@ -54,9 +60,12 @@ class RoundWrites(SubmissionWrites):
                     pod,
                     job_id,
                     self._clock(),
+                    slot,
                 ),
             )
             assert cur.lastrowid is not None
+            if slot is not None:
+                self.open_slot(slot, block, block_hash=block_hash, round_id=cur.lastrowid)
             return cur.lastrowid
 
     def mark_dispatched(self, round_id: int, pod: str, job_id: str) -> None:
@@ -107,6 +116,9 @@ class RoundWrites(SubmissionWrites):
                 self.add_disqualification(dq.key, dq.reason, dq.check, dq.detail, dq.evidence, block, round_id)
             if king_changed:
                 self.set_king(outcome.new_king, block, round_id, outcome.new_king_kl, outcome.reason)
+            planned = db.execute("SELECT slot, block FROM rounds WHERE id = ?", (round_id,)).fetchone()
+            if planned["slot"] is not None:  # the slot is done with its round: never judged again
+                self.close_slot(planned["slot"], planned["block"], "judged", outcome.new_king, round_id=round_id)
 
     def _record_evaluation(self, db: sqlite3.Connection, round_id: int, e: Evaluation) -> None:
         v, m = e.verdict, e.result

@@ -213,6 +213,7 @@ class RoundRow(RoundSummary):
     models: list[SubmissionId]
     pod: str | None
     error: str | None
+    slot: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,3 +300,44 @@ class Stats:
     model_errors: int
     last_round: LastRound | None
     last_weights: WeightsRow | None
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRow:
+    """One slot this validator processed (``validator.store.schema.SLOT_STATES``) and what the chain said of it."""
+
+    slot: int
+    start_block: int
+    block_hash: str | None
+    state: str
+    round_id: int | None
+    king_hotkey: str | None
+    king_block: int | None
+    anchor: str | None
+    anchor_block: int | None
+    consensus_hotkey: str | None
+    consensus_block: int | None
+    agree: bool | None
+    vtrust: float | None
+    observed_block: int | None
+    updated: float
+
+    @property
+    def king(self) -> SubmissionId | None:
+        if self.king_hotkey and self.king_block is not None:
+            return SubmissionId(self.king_hotkey, self.king_block)
+        return None
+
+    @property
+    def consensus(self) -> SubmissionId | None:
+        if self.consensus_hotkey and self.consensus_block is not None:
+            return SubmissionId(self.consensus_hotkey, self.consensus_block)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleEntry(Keyed):
+    """A submission the schedule places (its commitment parsed): its coldkey and its slot, once assigned."""
+
+    coldkey: str
+    slot: int | None

@@ -151,7 +151,32 @@ MIGRATION_3 = """
 ALTER TABLE evaluations ADD COLUMN onpolicy TEXT NOT NULL DEFAULT '[]';
 """
 
-MIGRATIONS: tuple[str, ...] = (MIGRATION_1, MIGRATION_2, MIGRATION_3)
+SLOT_STATES = ("open", "empty", "judged")
+"""A slot's record: ``open`` (started or anchored, its round not done yet), ``empty`` (no challenger:
+nothing ran), ``judged`` (its round is recorded)."""
+
+# The shared schedule (validator/schedule.py): each submission's slot, each round's slot, and one
+# record per slot this validator processed: its seed, its round, the king after it, and what the
+# chain's consensus said about that king (``anchor``: 'consensus' when the king was adopted from
+# the chain's weights here, 'none' when no consensus king existed and the slot crowned by coronation).
+MIGRATION_4 = f"""
+ALTER TABLE submissions ADD COLUMN slot INTEGER;
+ALTER TABLE rounds ADD COLUMN slot INTEGER;
+CREATE INDEX submissions_slot ON submissions(slot);
+CREATE TABLE slots (
+    slot INTEGER PRIMARY KEY CHECK (slot >= 0),
+    start_block INTEGER NOT NULL,
+    block_hash TEXT,
+    state TEXT NOT NULL CHECK (state IN {_in(SLOT_STATES)}),
+    round_id INTEGER REFERENCES rounds(id),
+    king_hotkey TEXT, king_block INTEGER,
+    anchor TEXT CHECK (anchor IN ('consensus', 'none')), anchor_block INTEGER,
+    consensus_hotkey TEXT, consensus_block INTEGER, agree INTEGER, vtrust REAL, observed_block INTEGER,
+    updated REAL NOT NULL
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4)
 """MIGRATIONS[i] takes the schema from user_version i to i + 1."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
