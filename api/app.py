@@ -163,6 +163,7 @@ def create_app(settings: Settings | None = None, *, price_reader: PriceReader | 
         "/api/history",
         "/api/eval-progress",
         "/api/rules",
+        "/api/consensus",
         "/api/price",
         "/metrics",
         "/dashboard",
@@ -234,6 +235,10 @@ def create_app(settings: Settings | None = None, *, price_reader: PriceReader | 
     @app.get("/api/rules", response_model=m.RulesOut, responses=ERRORS)
     async def rules() -> Response:
         return await cached("rules", views.rules)
+
+    @app.get("/api/consensus", response_model=m.ConsensusOut, responses=ERRORS)
+    async def consensus() -> Response:
+        return await cached("consensus", views.consensus)
 
     @app.get("/api/price", response_model=m.PriceOut)
     async def price() -> Response:

@@ -83,6 +83,7 @@ class StoreCollector(Collector):
                 "Block of the last successful weight submission.",
                 value=s.last_weights.block,
             )
+        yield from _consensus_gauges(st)
         yield GaugeMetricFamily(
             "klhill_hub_token_rejected",
             "1 while the hub rejects the validator's HF_TOKEN.",
@@ -92,6 +93,29 @@ class StoreCollector(Collector):
             yield CounterMetricFamily(
                 f"klhill_api_{name}", f"API {name.replace('_', ' ')} in this worker.", value=value
             )
+
+
+def _consensus_gauges(store: Store) -> Iterator[Metric]:
+    """Agreement with the chain's consensus after the newest finished slot (``validator.slots`` records it)."""
+    done = next((r for r in store.latest_slots(2) if r.state != "open"), None)
+    if done is None:
+        return
+    yield GaugeMetricFamily(
+        "klhill_slot", "The newest slot of the shared schedule this validator finished.", value=done.slot
+    )
+    yield GaugeMetricFamily(
+        "klhill_consensus_disagreement_slots",
+        "Slots in a row whose king differed from the chain's consensus king (0 while agreeing).",
+        value=done.streak or 0,
+    )
+    if done.agree is not None:
+        yield GaugeMetricFamily(
+            "klhill_consensus_agree",
+            "1 while this validator's king is the chain's consensus king.",
+            value=int(done.agree),
+        )
+    if done.vtrust is not None:
+        yield GaugeMetricFamily("klhill_vtrust", "This validator's trust under Yuma's clipping.", value=done.vtrust)
 
 
 def render_metrics(store: Store, api_counters: Mapping[str, float] | None = None) -> bytes:

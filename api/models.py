@@ -329,3 +329,34 @@ class PriceOut(Out):
     block: int | None = None
     reason: str | None = None
     fetched_at: float
+
+
+class SlotOut(Out):
+    """One slot of the shared schedule as this validator judged it, and what the chain's weights said of it."""
+
+    slot: int
+    start_block: int
+    state: Literal["open", "empty", "judged"]
+    round_id: int | None = None
+    king: SubmissionKey | None = Field(None, description="this validator's king after the slot")
+    consensus_king: SubmissionKey | None = Field(
+        None, description="the other validators' stake-weighted top miner on chain (validator.consensus)"
+    )
+    agree: bool | None = Field(None, description="null while the chain shows no consensus king")
+    anchor: Literal["consensus", "none"] | None = Field(
+        None, description="the validator started here: from the consensus king, or (none) by a coronation"
+    )
+    observed_block: int | None = None
+
+
+class ConsensusOut(Out):
+    """Does this validator agree with the chain? Its newest slot, its king, the consensus king, its vtrust."""
+
+    slot: int | None = Field(None, description="the newest slot this validator finished")
+    own_king: SubmissionKey | None = None
+    consensus_king: SubmissionKey | None = None
+    agreeing: bool | None = Field(None, description="own king == consensus king; null without a consensus king")
+    disagreeing_slots: int = Field(0, description="slots in a row whose king differed from the consensus king")
+    vtrust: float | None = Field(None, description="this validator's trust under Yuma's clipping, from chain weights")
+    observed_block: int | None = None
+    slots: list[SlotOut] = Field(default_factory=list, description="the newest slots, newest first")

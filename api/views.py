@@ -219,3 +219,39 @@ def progress(store: Store, now: float | None = None) -> m.ProgressOut:
 def rules(store: Store) -> m.RulesOut:
     r, digest, rid = _rules(store)
     return m.RulesOut(source="round" if rid is not None else "default", round_id=rid, digest=digest, rules=r)
+
+
+def _key(hotkey: str | None, block: int | None) -> m.SubmissionKey | None:
+    return m.SubmissionKey(hotkey=hotkey, commit_block=block) if hotkey and block is not None else None
+
+
+def consensus(store: Store, recent: int = 20) -> m.ConsensusOut:
+    """The newest finished slot's agreement record, with the slots before it (what ``validator.slots`` wrote)."""
+    rows = store.latest_slots(recent)
+    slots = [
+        m.SlotOut(
+            slot=r.slot,
+            start_block=r.start_block,
+            state=r.state,  # type: ignore[arg-type]  # one of SLOT_STATES, checked by the schema
+            round_id=r.round_id,
+            king=_key(r.king_hotkey, r.king_block),
+            consensus_king=_key(r.consensus_hotkey, r.consensus_block),
+            agree=r.agree,
+            anchor=r.anchor,  # type: ignore[arg-type]
+            observed_block=r.observed_block,
+        )
+        for r in rows
+    ]
+    done = next((r for r in rows if r.state != "open"), None)
+    if done is None:
+        return m.ConsensusOut(slots=slots)
+    return m.ConsensusOut(
+        slot=done.slot,
+        own_king=_key(done.king_hotkey, done.king_block),
+        consensus_king=_key(done.consensus_hotkey, done.consensus_block),
+        agreeing=done.agree,
+        disagreeing_slots=done.streak or 0,
+        vtrust=m.sanitize(done.vtrust),
+        observed_block=done.observed_block,
+        slots=slots,
+    )

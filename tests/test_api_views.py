@@ -205,3 +205,48 @@ def test_progress_shows_the_dispatched_phase_and_hides_the_pod_address(tmp_path)
     finally:
         ro.close()
         w.close()
+
+
+def test_consensus_shows_agreement_with_the_chain_and_vtrust(world, tmp_path):
+    """``/api/consensus`` and its gauges: a validator that follows the others agrees, with Yuma vtrust 1.0."""
+    from fixtures_contest import FakePod, hotkey, make_validator, seed
+
+    from validator.chain.sim import SimChain
+
+    seed(world, ("m1", "alice/m1"), ("m2", "bob/m2"))
+    kl = {"alice/m1": 0.4, "bob/m2": 0.5}
+    other = hotkey("other-validator")
+    world.sim.register(other, hotkey("cold-other"), stake=1000.0, validator_permit=True)
+    first = make_validator(world, FakePod(kl), db=tmp_path / "other.db", chain=SimChain(world.sim_db, 1, hotkey=other))
+    first.epoch()
+    world.sim.advance(6)
+    v = make_validator(world, FakePod(kl))
+    v.epoch()
+    world.sim.advance(1)
+    v.epoch()  # its own weights are on chain now: vtrust can be read
+    v.store.close()
+    c = TestClient(create_app(Settings(db=world.db, network="sim", netuid=1, rate_per_s=0)))
+    body = c.get("/api/consensus").json()
+    king = {"hotkey": world.miners["m1"], "commit_block": world.sim.commitments()[world.miners["m1"]].block}
+    assert body["own_king"] == body["consensus_king"] == king
+    assert body["agreeing"] is True and body["disagreeing_slots"] == 0 and body["vtrust"] == pytest.approx(1.0)
+    assert body["slots"][0]["slot"] == body["slot"] and body["slots"][-1]["anchor"] == "consensus"
+    metrics = c.get("/metrics").text
+    assert "klhill_consensus_agree 1.0" in metrics and "klhill_consensus_disagreement_slots 0.0" in metrics
+    assert "klhill_vtrust 1.0" in metrics and f"klhill_slot {body['slot']}.0" in metrics
+    assert "/api/consensus" in c.get("/").json()["endpoints"]
+
+
+def test_consensus_before_any_slot_is_empty(tmp_path):
+    Store.open(tmp_path / "v.db").close()
+    c = TestClient(create_app(Settings(db=tmp_path / "v.db", network="sim", netuid=1, rate_per_s=0)))
+    assert c.get("/api/consensus").json() == {
+        "slot": None,
+        "own_king": None,
+        "consensus_king": None,
+        "agreeing": None,
+        "disagreeing_slots": 0,
+        "vtrust": None,
+        "observed_block": None,
+        "slots": [],
+    }

@@ -214,7 +214,7 @@ class SlotDriver:
                 reason = f"re-anchored on the chain's consensus king after {streak} slots of disagreement"
                 self.store.set_king(consensus, final, None, None, reason)
             self.store.observe_consensus(
-                newest.slot, consensus, agree, vtrust, final, king=consensus if reanchor else None
+                newest.slot, consensus, agree, vtrust, final, streak=streak, king=consensus if reanchor else None
             )
         if reanchor:
             log.error("king %s differed from the consensus king %s for %d slots: re-anchored", mine, consensus, streak)

@@ -318,6 +318,7 @@ class SlotRow:
     consensus_hotkey: str | None
     consensus_block: int | None
     agree: bool | None
+    streak: int | None
     vtrust: float | None
     observed_block: int | None
     updated: float

@@ -171,7 +171,8 @@ CREATE TABLE slots (
     round_id INTEGER REFERENCES rounds(id),
     king_hotkey TEXT, king_block INTEGER,
     anchor TEXT CHECK (anchor IN ('consensus', 'none')), anchor_block INTEGER,
-    consensus_hotkey TEXT, consensus_block INTEGER, agree INTEGER, vtrust REAL, observed_block INTEGER,
+    consensus_hotkey TEXT, consensus_block INTEGER, agree INTEGER, streak INTEGER, vtrust REAL,
+    observed_block INTEGER,
     updated REAL NOT NULL
 );
 """

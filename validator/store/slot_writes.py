@@ -67,9 +67,12 @@ class SlotWrites(Connection):
         agree: bool | None,
         vtrust: float | None,
         block: int,
+        *,
+        streak: int = 0,
         king: SubmissionId | None = None,
     ) -> None:
-        """What the chain's weights said while ``slot`` was the newest done: the consensus king and vtrust.
+        """What the chain's weights said while ``slot`` was the newest done: the consensus king, vtrust, and
+        ``streak``, the slots in a row (this one included) whose king differed from the consensus king.
 
         ``king`` (when given) replaces the slot's king: the validator re-anchored on the consensus here.
         """
@@ -77,6 +80,7 @@ class SlotWrites(Connection):
             "consensus_hotkey": consensus.hotkey if consensus else None,
             "consensus_block": consensus.commit_block if consensus else None,
             "agree": None if agree is None else int(agree),
+            "streak": int(streak),
             "vtrust": real(vtrust, "vtrust"),
             "observed_block": block,
         }
