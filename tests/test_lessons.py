@@ -372,3 +372,18 @@ def test_lesson_24_hub_adapter_cache_is_bounded_by_revisions(tmp_path, hub_onlin
     finally:
         hub.server.shutdown()
         hub.server.server_close()
+
+
+# --- the map itself ----------------------------------------------------------------------------------
+def test_every_test_the_lessons_map_names_exists():
+    """A renamed or deleted test must not leave the map pointing at nothing."""
+    root = Path(__file__).resolve().parent.parent
+    table = (root / "docs" / "lessons.md").read_text()
+    named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)", table)
+    assert len(named) > 50
+    missing = [
+        f"{path}::{name}"
+        for path, name in named
+        if not (root / path).is_file() or f"def {name}(" not in (root / path).read_text()
+    ]
+    assert missing == []
